@@ -1,0 +1,151 @@
+// cosictl output formats, as talosctl prints them: table, yaml, json (objects or one array), jsonpath.
+import YAML from 'yaml';
+import type { Json } from '../../shared/wire.js';
+import { compileTemplate, type Template } from '../jsonpath.js';
+import type { CosiResource, ResourceDefinition, WatchEventType } from '../resource.js';
+
+export type OutputFormat = { kind: 'table' } | { kind: 'yaml' } | { kind: 'json'; array: boolean } | { kind: 'jsonpath'; template: Template };
+
+export function parseOutputFormat(value: string, jsonArray: boolean): OutputFormat {
+  if (value === 'table') return { kind: 'table' };
+  if (value === 'yaml') return { kind: 'yaml' };
+  if (value === 'json') return { kind: 'json', array: jsonArray };
+  if (value.startsWith('jsonpath=')) return { kind: 'jsonpath', template: compileTemplate(value.slice('jsonpath='.length)) };
+  throw new Error(`unknown output format ${JSON.stringify(value)}: use table, yaml, json or jsonpath=EXPR`);
+}
+
+/** One resource as a printer sees it; `event` only in watch mode. */
+export interface Row {
+  node: string;
+  event?: WatchEventType;
+  resource: CosiResource;
+}
+
+export interface Printer {
+  /** In watch mode, rows before BOOTSTRAPPED are held so the first screen is aligned. */
+  add(row: Row): void;
+  /** Prints what is held (end of a list, or the BOOTSTRAPPED event of a watch). */
+  flush(): void;
+  /** The end of output (closes a JSON array). */
+  close(): void;
+}
+
+/** The map talosctl prints for -o yaml/json/jsonpath. */
+export function resourceDocument(row: Row): { [key: string]: Json } {
+  const md = row.resource.metadata;
+  const metadata: { [key: string]: Json } = {
+    namespace: md.namespace,
+    type: md.type,
+    id: md.id,
+    version: md.version,
+    owner: md.owner,
+    phase: md.phase,
+    created: md.created.toISOString(),
+    updated: md.updated.toISOString(),
+  };
+  if (Object.keys(md.labels).length > 0) metadata['labels'] = { ...md.labels };
+  if (Object.keys(md.annotations).length > 0) metadata['annotations'] = { ...md.annotations };
+  if (md.finalizers.length > 0) metadata['finalizers'] = [...md.finalizers];
+  return {
+    node: row.node,
+    ...(row.event !== undefined ? { event: row.event } : {}),
+    metadata,
+    spec: row.resource.spec,
+  };
+}
+
+export function createPrinter(format: OutputFormat, def: ResourceDefinition, watch: boolean, write: (s: string) => void): Printer {
+  switch (format.kind) {
+    case 'table':
+      return new TablePrinter(def, watch, write);
+    case 'yaml': {
+      let first = true;
+      return simplePrinter((row) => {
+        const doc = YAML.stringify(resourceDocument(row), { indent: 4 });
+        write(`${first ? '' : '---\n'}${doc}`);
+        first = false;
+      });
+    }
+    case 'json': {
+      if (!format.array) return simplePrinter((row) => write(JSON.stringify(resourceDocument(row), null, 4) + '\n'));
+      let count = 0;
+      return {
+        add(row) {
+          const body = JSON.stringify(resourceDocument(row), null, 4).replace(/^/gm, '    ');
+          write(`${count === 0 ? '[\n' : ',\n'}${body}`);
+          count++;
+        },
+        flush() {},
+        close() {
+          write(count === 0 ? '[]\n' : '\n]\n');
+        },
+      };
+    }
+    case 'jsonpath':
+      return simplePrinter((row) => write(format.template.render(resourceDocument(row)) + '\n'));
+  }
+}
+
+function simplePrinter(print: (row: Row) => void): Printer {
+  return { add: print, flush() {}, close() {} };
+}
+
+const PADDING = 3;
+
+class TablePrinter implements Printer {
+  private held: string[][] | undefined = [];
+  private widths: number[] = [];
+  private readonly columns: { name: string; template: Template }[];
+  private headerPrinted = false;
+
+  constructor(
+    private readonly def: ResourceDefinition,
+    private readonly watch: boolean,
+    private readonly write: (s: string) => void,
+  ) {
+    this.columns = def.printColumns.map((c) => ({ name: c.name.toUpperCase(), template: compileTemplate(c.jsonPath) }));
+  }
+
+  private header(): string[] {
+    return ['NODE', ...(this.watch ? ['*'] : []), 'NAMESPACE', 'TYPE', 'ID', 'VERSION', ...this.columns.map((c) => c.name)];
+  }
+
+  private cells(row: Row): string[] {
+    const md = row.resource.metadata;
+    const mark = row.event === 'created' ? '+' : row.event === 'destroyed' ? '-' : ' ';
+    const extra = this.columns.map((c) => {
+      try {
+        return c.template.render(row.resource.spec);
+      } catch {
+        return '';
+      }
+    });
+    return [row.node, ...(this.watch ? [mark] : []), md.namespace, this.def.displayType, md.id, String(md.version), ...extra];
+  }
+
+  add(row: Row): void {
+    const cells = this.cells(row);
+    if (this.held !== undefined) this.held.push(cells);
+    else this.print([cells]);
+  }
+
+  flush(): void {
+    const rows = this.held ?? [];
+    this.held = undefined;
+    const all = this.headerPrinted ? rows : [this.header(), ...rows];
+    this.headerPrinted = true;
+    this.print(all);
+  }
+
+  close(): void {
+    if (this.held !== undefined) this.flush();
+  }
+
+  private print(rows: string[][]): void {
+    for (const r of rows) r.forEach((c, i) => (this.widths[i] = Math.max(this.widths[i] ?? 0, c.length)));
+    for (const r of rows) {
+      const line = r.map((c, i) => (i === r.length - 1 ? c : c.padEnd((this.widths[i] ?? 0) + PADDING))).join('');
+      this.write(line.trimEnd() + '\n');
+    }
+  }
+}

@@ -1,0 +1,288 @@
+// The client library: a connection to one cosid (or any COSI State server) over mTLS.
+import * as grpc from '@grpc/grpc-js';
+import { Observable } from 'rxjs';
+import { CosiError, kindOfGrpcCode } from '../shared/errors.js';
+import { EventType, LabelOp, wire, type Codec, type WireEvent, type WireLabelQuery } from '../shared/wire.js';
+import type { CosiContext } from './cosiconfig.js';
+import { fromWireResource, toDefinition, type CosiResource, type ResourceDefinition, type WatchEvent, type WatchEventType } from './resource.js';
+
+export const DEFINITION_TYPE = 'ResourceDefinitions.meta.cosi.dev';
+export const META_NAMESPACE = 'meta';
+export const DEFAULT_PORT = 50000;
+
+export interface ConnectOptions {
+  /** host[:port]; the port defaults to 50000. */
+  endpoint: string;
+  caPem: string;
+  certPem: string;
+  keyPem: string;
+  /** Verify the server certificate against this name instead of the endpoint host. */
+  serverName?: string;
+}
+
+export type LabelOperator = 'exists' | 'equal' | 'in' | 'lt' | 'lte' | 'ltNumeric' | 'lteNumeric';
+
+export interface LabelTerm {
+  key: string;
+  op: LabelOperator;
+  values?: string[];
+  invert?: boolean;
+}
+
+/** A label query matches when all its terms match; several queries are OR-ed. */
+export interface LabelQuery {
+  terms: LabelTerm[];
+}
+
+export interface ReadOptions {
+  /** Defaults to the type's default namespace. */
+  namespace?: string;
+}
+
+export interface ListOptions extends ReadOptions {
+  labelQuery?: LabelQuery[];
+  /** RE2 regular expression matched (unanchored) against IDs. */
+  idRegexp?: string;
+}
+
+export interface WatchOptions extends ListOptions {
+  /** Watch one resource instead of the kind. */
+  id?: string;
+  /** Start with the current resources as created events, then a bootstrapped event. */
+  bootstrap?: boolean;
+  /** Replay this many past events first. */
+  tailEvents?: number;
+  /** Resume right after the event that carried this bookmark. */
+  fromBookmark?: Uint8Array;
+  /** Ask for a noop event carrying a bookmark for the starting point. */
+  bootstrapBookmark?: boolean;
+  /** Let the server batch events (fewer messages, same events). */
+  aggregated?: boolean;
+}
+
+const OPS: Record<LabelOperator, LabelOp> = {
+  exists: LabelOp.EXISTS,
+  equal: LabelOp.EQUAL,
+  in: LabelOp.IN,
+  lt: LabelOp.LT,
+  lte: LabelOp.LTE,
+  ltNumeric: LabelOp.LT_NUMERIC,
+  lteNumeric: LabelOp.LTE_NUMERIC,
+};
+
+const EVENT_TYPES: Record<EventType, WatchEventType> = {
+  [EventType.CREATED]: 'created',
+  [EventType.UPDATED]: 'updated',
+  [EventType.DESTROYED]: 'destroyed',
+  [EventType.BOOTSTRAPPED]: 'bootstrapped',
+  [EventType.ERRORED]: 'errored',
+  [EventType.NOOP]: 'noop',
+};
+
+function toWireQueries(q: LabelQuery[] | undefined): WireLabelQuery[] {
+  return (q ?? []).map((query) => ({
+    terms: query.terms.map((t) => ({ key: t.key, op: OPS[t.op], value: t.values ?? [], invert: t.invert ?? false })),
+  }));
+}
+
+/** Turns a gRPC failure into the library's one error type, keeping the status code. */
+export function toCosiError(err: unknown, endpoint: string): CosiError {
+  if (err instanceof CosiError) return err;
+  const e = err as Partial<grpc.ServiceError>;
+  if (typeof e.code === 'number') {
+    const details = e.details ?? e.message ?? 'unknown error';
+    const hint = e.code === grpc.status.UNAVAILABLE ? ` (is cosid running at ${endpoint}, and does it trust your certificate?)` : '';
+    return new CosiError(kindOfGrpcCode(e.code), `${details}${hint}`);
+  }
+  return new CosiError('internal', err instanceof Error ? err.message : String(err));
+}
+
+function withPort(endpoint: string): string {
+  if (/^\[.*\]:\d+$/.test(endpoint) || /^[^:]+:\d+$/.test(endpoint)) return endpoint;
+  if (endpoint.includes(':') && !endpoint.startsWith('[')) return `[${endpoint}]:${DEFAULT_PORT}`;
+  return `${endpoint}:${DEFAULT_PORT}`;
+}
+
+export class CosiClient {
+  private readonly client: grpc.Client;
+  private definitionsCache: Promise<ResourceDefinition[]> | undefined;
+  /** The node name the server reported (header `cosi-node`), once a call has answered. */
+  node: string | undefined;
+
+  constructor(readonly endpoint: string, opts: Omit<ConnectOptions, 'endpoint'>) {
+    const creds = grpc.credentials.createSsl(Buffer.from(opts.caPem), Buffer.from(opts.keyPem), Buffer.from(opts.certPem));
+    const channelOptions: grpc.ChannelOptions = { 'grpc.max_receive_message_length': 64 << 20 };
+    if (opts.serverName !== undefined) channelOptions['grpc.ssl_target_name_override'] = opts.serverName;
+    this.client = new grpc.Client(withPort(endpoint), creds, channelOptions);
+  }
+
+  close(): void {
+    this.client.close();
+  }
+
+  /** Every resource definition the server has. */
+  definitions(): Promise<ResourceDefinition[]> {
+    this.definitionsCache ??= this.rawList({ namespace: META_NAMESPACE, type: DEFINITION_TYPE }).then((rs) => rs.map(toDefinition));
+    this.definitionsCache.catch(() => (this.definitionsCache = undefined));
+    return this.definitionsCache;
+  }
+
+  /** Finds a type by its name or any alias, case-insensitively. */
+  async resolveType(name: string): Promise<ResourceDefinition> {
+    const wanted = name.toLowerCase();
+    const defs = await this.definitions();
+    const exact = defs.filter((d) => d.type.toLowerCase() === wanted);
+    const matches = exact.length > 0 ? exact : defs.filter((d) => d.allAliases.some((a) => a.toLowerCase() === wanted));
+    if (matches.length === 0) throw new CosiError('not-registered', `resource ${JSON.stringify(name)} is not registered (list the types with: cosictl get rd)`);
+    if (matches.length > 1) {
+      throw new CosiError('ambiguous', `resource type ${JSON.stringify(name)} is ambiguous: ${matches.map((d) => d.type).join(', ')} (use the full type name)`);
+    }
+    const [def] = matches;
+    if (def === undefined) throw new CosiError('internal', 'unreachable');
+    return def;
+  }
+
+  async get(type: string, id: string, opts: ReadOptions = {}): Promise<CosiResource> {
+    const def = await this.resolveType(type);
+    const req = { namespace: opts.namespace ?? def.defaultNamespace, type: def.type, id };
+    const res = await this.unary('Get', req, wire.getRequest as Codec<unknown>, wire.getResponse);
+    if (res.resource == null) throw new CosiError('internal', 'Get answered without a resource');
+    return fromWireResource(res.resource);
+  }
+
+  /** All matching resources, sorted by ID. */
+  async list(type: string, opts: ListOptions = {}): Promise<CosiResource[]> {
+    const out: CosiResource[] = [];
+    for await (const r of this.listIter(type, opts)) out.push(r);
+    return out;
+  }
+
+  /** Resources one at a time as they arrive, so a large kind is never held whole. */
+  async *listIter(type: string, opts: ListOptions = {}): AsyncGenerator<CosiResource> {
+    const def = await this.resolveType(type);
+    yield* this.stream({
+      namespace: opts.namespace ?? def.defaultNamespace,
+      type: def.type,
+      options: { labelQuery: toWireQueries(opts.labelQuery), idQuery: opts.idRegexp !== undefined ? { regexp: opts.idRegexp } : null },
+    });
+  }
+
+  /**
+   * Watches a kind (or one resource). Events arrive as an Observable; unsubscribing cancels the stream.
+   * The server's "ready" marker is consumed here; set-up errors arrive as the Observable's error.
+   */
+  watch(type: string, opts: WatchOptions = {}): Observable<WatchEvent> {
+    return new Observable<WatchEvent>((subscriber) => {
+      let call: grpc.ClientReadableStream<Buffer> | undefined;
+      let closed = false;
+      this.resolveType(type).then(
+        (def) => {
+          if (closed) return;
+          const req = {
+            namespace: opts.namespace ?? def.defaultNamespace,
+            type: def.type,
+            ...(opts.id !== undefined ? { id: opts.id } : {}),
+            apiVersion: 1,
+            options: {
+              bootstrapContents: opts.bootstrap ?? false,
+              tailEvents: opts.tailEvents ?? 0,
+              labelQuery: toWireQueries(opts.labelQuery),
+              idQuery: opts.idRegexp !== undefined ? { regexp: opts.idRegexp } : null,
+              aggregated: opts.aggregated ?? false,
+              bootstrapBookmark: opts.bootstrapBookmark ?? false,
+              ...(opts.fromBookmark !== undefined ? { startFromBookmark: opts.fromBookmark } : {}),
+            },
+          };
+          const c = this.client.makeServerStreamRequest(
+            '/cosi.resource.State/Watch',
+            (v: typeof req) => Buffer.from(wire.watchRequest.encode(v)),
+            (b: Buffer) => b,
+            req,
+          );
+          call = c;
+          c.on('metadata', (md) => this.noteNode(md));
+          c.on('data', (b: Buffer) => {
+            for (const e of wire.watchResponse.decode(b).event) subscriber.next(toWatchEvent(e));
+          });
+          c.on('error', (err) => {
+            if (!closed) subscriber.error(toCosiError(err, this.endpoint));
+          });
+          c.on('end', () => subscriber.complete());
+        },
+        (err: unknown) => subscriber.error(err),
+      );
+      return () => {
+        closed = true;
+        call?.cancel();
+      };
+    });
+  }
+
+  private noteNode(md: grpc.Metadata): void {
+    const v = md.get('cosi-node')[0];
+    if (typeof v === 'string' && v !== '') this.node = v;
+  }
+
+  private rawList(kind: { namespace: string; type: string }): Promise<CosiResource[]> {
+    return (async () => {
+      const out: CosiResource[] = [];
+      for await (const r of this.stream({ ...kind, options: null })) out.push(r);
+      return out;
+    })();
+  }
+
+  private async *stream(req: Parameters<typeof wire.listRequest.encode>[0]): AsyncGenerator<CosiResource> {
+    const call = this.client.makeServerStreamRequest(
+      '/cosi.resource.State/List',
+      (v: typeof req) => Buffer.from(wire.listRequest.encode(v)),
+      (b: Buffer) => b,
+      req,
+    );
+    call.on('metadata', (md) => this.noteNode(md));
+    try {
+      // grpc-js streams are async iterables: pulling one message at a time is the backpressure.
+      for await (const b of call as AsyncIterable<Buffer>) {
+        const res = wire.listResponse.decode(b);
+        if (res.resource != null) yield fromWireResource(res.resource);
+      }
+    } catch (err) {
+      throw toCosiError(err, this.endpoint);
+    } finally {
+      call.cancel();
+    }
+  }
+
+  private unary<Req, Res>(method: string, req: Req, reqCodec: Codec<unknown>, resCodec: Codec<Res>): Promise<Res> {
+    return new Promise((resolve, reject) => {
+      const call = this.client.makeUnaryRequest(
+        `/cosi.resource.State/${method}`,
+        (v: Req) => Buffer.from(reqCodec.encode(v)),
+        (b: Buffer) => resCodec.decode(b),
+        req,
+        (err, res) => (err != null ? reject(toCosiError(err, this.endpoint)) : res === undefined ? reject(new CosiError('internal', `${method} answered nothing`)) : resolve(res)),
+      );
+      call.on('metadata', (md) => this.noteNode(md));
+    });
+  }
+}
+
+function toWatchEvent(e: WireEvent): WatchEvent {
+  return {
+    type: EVENT_TYPES[e.eventType] ?? 'errored',
+    ...(e.resource != null ? { resource: fromWireResource(e.resource) } : {}),
+    ...(e.old != null ? { old: fromWireResource(e.old) } : {}),
+    ...(e.bookmark != null ? { bookmark: new Uint8Array(e.bookmark) } : {}),
+    ...(e.error != null ? { error: e.error } : {}),
+  };
+}
+
+export function connect(opts: ConnectOptions): CosiClient {
+  return new CosiClient(opts.endpoint, opts);
+}
+
+/** Connects to a cosiconfig context's first endpoint (or the given one). */
+export function connectContext(ctx: CosiContext, endpoint?: string): CosiClient {
+  const target = endpoint ?? ctx.endpoints[0];
+  if (target === undefined) throw new CosiError('invalid-argument', `context ${JSON.stringify(ctx.name)} has no endpoints`);
+  return new CosiClient(target, { caPem: ctx.caPem, certPem: ctx.certPem, keyPem: ctx.keyPem });
+}

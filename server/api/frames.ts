@@ -1,0 +1,68 @@
+// Hand-framed protobuf for the hot paths: a resource is encoded once, an event once per shape,
+// and responses are concatenations of those bytes (no re-encoding per watcher).
+import YAML from 'yaml';
+import { toWireMetadata, type Resource } from '../../shared/resource.js';
+import { EventType, wire } from '../../shared/wire.js';
+import type { Registry } from '../resources/registry.js';
+
+function varint(n: number): Buffer {
+  const out: number[] = [];
+  while (n > 0x7f) {
+    out.push((n & 0x7f) | 0x80);
+    n = Math.floor(n / 128);
+  }
+  out.push(n);
+  return Buffer.from(out);
+}
+
+function lengthDelimited(tag: number, bytes: Uint8Array): Buffer[] {
+  return [Buffer.of(tag), varint(bytes.length), Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)];
+}
+
+// Tags: (field number << 3) | wire type; 2 = length-delimited, 0 = varint.
+const TAG = { field1: 0x0a, eventType: 0x10, old: 0x1a, error: 0x22, bookmark: 0x2a } as const;
+
+export class Frames {
+  private readonly resources = new WeakMap<Resource, Buffer>();
+
+  constructor(private readonly registry: Registry) {}
+
+  /** cosi.resource.Resource bytes, cached for the (immutable) resource. */
+  resource(r: Resource): Buffer {
+    let bytes = this.resources.get(r);
+    if (bytes === undefined) {
+      const def = this.registry.lookup(r.metadata.type);
+      bytes = Buffer.from(
+        wire.resource.encode({
+          metadata: toWireMetadata(r.metadata),
+          spec: { protoSpec: def?.encodeProto?.(r.spec) ?? new Uint8Array(), yamlSpec: YAML.stringify(r.spec) },
+        }),
+      );
+      this.resources.set(r, bytes);
+    }
+    return bytes;
+  }
+
+  /** A GetResponse or ListResponse: both are { resource = 1 }. */
+  single(r: Resource): Buffer {
+    return Buffer.concat(lengthDelimited(TAG.field1, this.resource(r)));
+  }
+
+  /** cosi.resource.Event bytes. */
+  event(type: EventType, resource: Resource | undefined, old: Resource | undefined, bookmark: Uint8Array | undefined, error?: string): Buffer {
+    const parts: Buffer[] = [];
+    if (resource !== undefined) parts.push(...lengthDelimited(TAG.field1, this.resource(resource)));
+    if (type !== EventType.CREATED) parts.push(Buffer.of(TAG.eventType), varint(type));
+    if (old !== undefined) parts.push(...lengthDelimited(TAG.old, this.resource(old)));
+    if (error !== undefined) parts.push(...lengthDelimited(TAG.error, Buffer.from(error, 'utf8')));
+    if (bookmark !== undefined) parts.push(...lengthDelimited(TAG.bookmark, bookmark));
+    return Buffer.concat(parts);
+  }
+
+  /** A WatchResponse carrying the given encoded events (none: the "ready" marker). */
+  static watchResponse(events: readonly Buffer[]): Buffer {
+    const parts: Buffer[] = [];
+    for (const e of events) parts.push(...lengthDelimited(TAG.field1, e));
+    return Buffer.concat(parts);
+  }
+}

@@ -1,0 +1,149 @@
+// The cosi.resource.State service: request decoding, access control, and the one place errors become statuses.
+import * as grpc from '@grpc/grpc-js';
+import { CosiError, isCosiError } from '../../shared/errors.js';
+import type { Logger } from '../../shared/log.js';
+import type { Kind } from '../../shared/resource.js';
+import { codecFor, stateService, type WireGetRequest, type WireListRequest, type WireWatchRequest } from '../../shared/wire.js';
+import type { Registry } from '../resources/registry.js';
+import { compileSelector } from '../store/query.js';
+import type { ResourceStore } from '../store/store.js';
+import type { WatchHub } from '../watch/hub.js';
+import { planWatch } from '../watch/plan.js';
+import { authorizeRead, peerOf } from './access.js';
+import type { Frames } from './frames.js';
+
+export interface StateServiceDeps {
+  store: ResourceStore;
+  registry: Registry;
+  frames: Frames;
+  hub: WatchHub;
+  log: Logger;
+  /** Sent as response header `cosi-node` so clients can fill the NODE column. */
+  nodeName: string;
+}
+
+const WRITE_METHODS = ['Create', 'Update', 'Destroy', 'Teardown', 'TeardownAndDestroy'] as const;
+const MAX_NAME_BYTES = 1024;
+
+/** The one mapping from any thrown value to a gRPC status. */
+export function toStatus(err: unknown): Partial<grpc.StatusObject> {
+  if (isCosiError(err)) return { code: err.code, details: err.message };
+  return { code: grpc.status.INTERNAL, details: `internal error: ${err instanceof Error ? err.message : String(err)}` };
+}
+
+/** The grpc-js service definition, with Buffer pass-through serializers: responses are pre-encoded. */
+export function stateServiceDefinition(): grpc.ServiceDefinition {
+  const def: Record<string, grpc.MethodDefinition<unknown, Buffer>> = {};
+  for (const method of stateService.methodsArray) {
+    const req = codecFor(method.resolvedRequestType?.fullName.replace(/^\./, '') ?? '');
+    def[method.name] = {
+      path: `/cosi.resource.State/${method.name}`,
+      requestStream: false,
+      responseStream: method.responseStream === true,
+      requestSerialize: (v) => Buffer.from(req.encode(v as Record<string, unknown>)),
+      requestDeserialize: (b) => req.decode(b),
+      responseSerialize: (b) => b,
+      responseDeserialize: (b) => b,
+    };
+  }
+  return def;
+}
+
+export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServiceImplementation {
+  const { store, registry, frames, hub, log } = deps;
+  const header = new grpc.Metadata();
+  header.set('cosi-node', deps.nodeName);
+
+  /** Validates the kind and the caller's right to read it. */
+  function checkRead(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, kind: Kind): void {
+    const peer = peerOf(call);
+    if (peer.roles.length === 0) authorizeRead(peer, false, kind.type);
+    checkName('namespace', kind.namespace);
+    checkName('type', kind.type);
+    const def = registry.lookup(kind.type);
+    if (def === undefined) throw new CosiError('not-found', `resource type ${JSON.stringify(kind.type)} is not registered`);
+    if (!registry.hasNamespace(kind.namespace)) throw new CosiError('not-found', `namespace ${JSON.stringify(kind.namespace)} doesn't exist`);
+    authorizeRead(peer, def.sensitive, kind.type);
+  }
+
+  const handlers: grpc.UntypedServiceImplementation = {
+    Get(call: grpc.ServerUnaryCall<WireGetRequest, Buffer>, callback: grpc.sendUnaryData<Buffer>) {
+      try {
+        const req = call.request;
+        checkRead(call, req);
+        checkName('id', req.id);
+        call.sendMetadata(header);
+        callback(null, frames.single(store.get(req)));
+      } catch (err) {
+        log.debug('Get failed', { error: err });
+        callback(toStatus(err));
+      }
+    },
+
+    List(call: grpc.ServerWritableStream<WireListRequest, Buffer>) {
+      void (async () => {
+        try {
+          const req = call.request;
+          checkRead(call, req);
+          const selector = compileSelector(req.options?.labelQuery ?? [], req.options?.idQuery);
+          const items = store.list(req).filter((r) => selector.matches(r.metadata));
+          call.sendMetadata(header);
+          for (const r of items) {
+            if (call.cancelled) return;
+            if (!call.write(frames.single(r))) await drainOrCancel(call);
+          }
+          call.end();
+        } catch (err) {
+          log.debug('List failed', { error: err });
+          call.emit('error', toStatus(err));
+        }
+      })();
+    },
+
+    Watch(call: grpc.ServerWritableStream<WireWatchRequest, Buffer>) {
+      try {
+        const req = call.request;
+        checkRead(call, req);
+        if (req.id !== undefined) checkName('id', req.id);
+        const plan = planWatch(req, store.instance);
+        call.sendMetadata(header);
+        const watch = hub.open(plan, {
+          write: (m) => call.write(m),
+          onDrain: (cb) => call.once('drain', cb),
+          buffered: () => call.writableLength,
+          end: (error) => (error === undefined ? call.end() : call.emit('error', toStatus(error))),
+        });
+        call.on('cancelled', () => watch.close());
+        call.on('close', () => watch.close());
+      } catch (err) {
+        log.debug('Watch refused', { error: err });
+        call.emit('error', toStatus(err));
+      }
+    },
+  };
+
+  for (const name of WRITE_METHODS) {
+    // Resources are produced by the node itself: nobody writes through the API.
+    handlers[name] = (_call: grpc.ServerUnaryCall<unknown, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+      callback(toStatus(new CosiError('permission-denied', 'write access is not allowed')));
+    };
+  }
+  return handlers;
+}
+
+function checkName(field: string, value: string): void {
+  if (value === '') throw new CosiError('invalid-argument', `${field} must not be empty`);
+  if (Buffer.byteLength(value, 'utf8') > MAX_NAME_BYTES) throw new CosiError('invalid-argument', `${field} is longer than ${MAX_NAME_BYTES} bytes`);
+}
+
+function drainOrCancel(call: grpc.ServerWritableStream<unknown, Buffer>): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      call.off('drain', done);
+      call.off('cancelled', done);
+      resolve();
+    };
+    call.once('drain', done);
+    call.once('cancelled', done);
+  });
+}

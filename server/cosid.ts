@@ -1,0 +1,126 @@
+// cosid assembled: store -> registry -> controllers -> gRPC API over mTLS, with health and reflection.
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation } from 'grpc-health-check';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import descriptor from 'protobufjs/ext/descriptor/index.js';
+import { CosiError } from '../shared/errors.js';
+import { silentLogger, type Logger } from '../shared/log.js';
+import { PROTO_DIR } from '../shared/wire.js';
+import { Frames } from './api/frames.js';
+import { stateServiceDefinition, stateServiceHandlers } from './api/service.js';
+import { registerK8sTypes } from './resources/k8s.js';
+import { Registry } from './resources/registry.js';
+import { MemoryStore } from './store/memory.js';
+import type { ResourceStore } from './store/store.js';
+import { WatchHub } from './watch/hub.js';
+
+export interface TlsMaterial {
+  caPem: string;
+  certPem: string;
+  keyPem: string;
+}
+
+export interface CosidOptions {
+  /** host:port; port 0 picks a free one. */
+  listen: string;
+  tls: TlsMaterial;
+  nodeName: string;
+  log?: Logger;
+  historySize?: number;
+  /** How long a graceful stop waits for calls to finish before cutting them (default 5 s). */
+  shutdownGraceMs?: number;
+}
+
+const STATE_SERVICE = 'cosi.resource.State';
+
+export class Cosid {
+  readonly store: ResourceStore;
+  readonly registry: Registry;
+  readonly hub: WatchHub;
+  private readonly server: grpc.Server;
+  private readonly health: HealthImplementation;
+  private stopping: Promise<void> | undefined;
+
+  private constructor(
+    private readonly opts: CosidOptions,
+    readonly port: number,
+    parts: { store: ResourceStore; registry: Registry; hub: WatchHub; server: grpc.Server; health: HealthImplementation },
+  ) {
+    this.store = parts.store;
+    this.registry = parts.registry;
+    this.hub = parts.hub;
+    this.server = parts.server;
+    this.health = parts.health;
+  }
+
+  static async start(opts: CosidOptions): Promise<Cosid> {
+    const log = opts.log ?? silentLogger;
+    const store = new MemoryStore({ historySize: opts.historySize });
+    const registry = new Registry(store, (msg, fields) => log.debug(msg, fields));
+    registerK8sTypes(registry);
+    const frames = new Frames(registry);
+    const hub = new WatchHub(store, frames);
+
+    const server = new grpc.Server({
+      // Watches are long-lived; keep connections honest without killing idle watchers.
+      'grpc.keepalive_time_ms': 60_000,
+      'grpc.keepalive_timeout_ms': 20_000,
+      'grpc.http2.min_ping_interval_without_data_ms': 10_000,
+      'grpc.max_receive_message_length': 1 << 20,
+    });
+    server.addService(stateServiceDefinition(), stateServiceHandlers({ store, registry, frames, hub, log, nodeName: opts.nodeName }));
+    const health = new HealthImplementation({ '': 'SERVING', [STATE_SERVICE]: 'SERVING' });
+    health.addToServer(server);
+    new ReflectionService(reflectionPackage()).addToServer(server);
+
+    // mTLS only: the handshake refuses clients without a certificate signed by the CA.
+    const creds = grpc.ServerCredentials.createSsl(
+      Buffer.from(opts.tls.caPem),
+      [{ cert_chain: Buffer.from(opts.tls.certPem), private_key: Buffer.from(opts.tls.keyPem) }],
+      true,
+    );
+    const port = await new Promise<number>((resolve, reject) => {
+      server.bindAsync(opts.listen, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${opts.listen}: ${err.message}`)) : resolve(p)));
+    });
+    log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName });
+    return new Cosid(opts, port, { store, registry, hub, server, health });
+  }
+
+  /** Graceful stop: every watch ends with UNAVAILABLE, then calls finish or are cut after the grace period. */
+  stop(): Promise<void> {
+    this.stopping ??= new Promise<void>((resolve) => {
+      this.health.setStatus('', 'NOT_SERVING');
+      this.health.setStatus(STATE_SERVICE, 'NOT_SERVING');
+      this.hub.endAll(new CosiError('unavailable', 'cosid is shutting down; reconnect and resume from your last bookmark'));
+      const timer = setTimeout(() => this.server.forceShutdown(), this.opts.shutdownGraceMs ?? 5000);
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    return this.stopping;
+  }
+}
+
+/**
+ * The package definition reflection serves. proto-loader names files after packages and drops imports, which
+ * leaves generic clients unable to resolve google.protobuf.Timestamp; so the real file descriptors, compiled by
+ * `buf build` at build time (dist/*.binpb: ours and the health service's), replace them.
+ */
+function reflectionPackage(): protoLoader.PackageDefinition {
+  let merged: protoLoader.PackageDefinition = {};
+  for (const name of ['cosi.binpb', 'health.binpb']) {
+    const bytes = readFileSync(join(PROTO_DIR, '..', 'dist', name));
+    const pkg = protoLoader.loadFileDescriptorSetFromBuffer(bytes);
+    const set = descriptor.FileDescriptorSet.decode(bytes) as unknown as { file: unknown[] };
+    const files = set.file.map((f) => Buffer.from(descriptor.FileDescriptorProto.encode(f as Record<string, unknown>).finish()));
+    for (const entry of Object.values(pkg)) {
+      if ('fileDescriptorProtos' in entry) entry.fileDescriptorProtos = files;
+    }
+    merged = { ...merged, ...pkg };
+  }
+  return merged;
+}

@@ -1,0 +1,193 @@
+// The in-memory store: resources by kind, plus one ordered, bounded history of changes.
+import { randomBytes } from 'node:crypto';
+import { isDeepStrictEqual } from 'node:util';
+import { CosiError } from '../../shared/errors.js';
+import { describePointer, kindKey, type Kind, type Pointer, type Resource } from '../../shared/resource.js';
+import type { Change, ChangeBatch, ResourceInput, ResourceStore } from './store.js';
+
+export interface MemoryStoreOptions {
+  /** History keeps at least this many changes (default 16384). */
+  historySize?: number;
+  /** Injectable clock for times and history age. */
+  now?: () => number;
+}
+
+export class MemoryStore implements ResourceStore {
+  readonly instance = randomBytes(8).toString('hex');
+  private readonly kinds = new Map<string, Map<string, Resource>>();
+  private readonly history: Change[] = [];
+  private historyStart = 0;
+  private rev = 0;
+  private readonly listeners = new Set<(change: Change) => void>();
+  private readonly historySize: number;
+  private readonly now: () => number;
+
+  constructor(opts: MemoryStoreOptions = {}) {
+    this.historySize = Math.max(1, opts.historySize ?? 16384);
+    this.now = opts.now ?? Date.now;
+  }
+
+  get revision(): number {
+    return this.rev;
+  }
+
+  get oldestRevision(): number {
+    const first = this.history[this.historyStart];
+    return first === undefined ? this.rev : first.revision - 1;
+  }
+
+  get(p: Pointer): Resource {
+    const r = this.kinds.get(kindKey(p))?.get(p.id);
+    if (r === undefined) throw new CosiError('not-found', `${describePointer(p)} doesn't exist`);
+    return r;
+  }
+
+  list(k: Kind): Resource[] {
+    return sortById([...(this.kinds.get(kindKey(k))?.values() ?? [])]);
+  }
+
+  create(input: ResourceInput, owner: string): Resource {
+    const items = this.itemsOf(input);
+    if (items.has(input.id)) throw new CosiError('already-exists', `${describePointer(input)} already exists`);
+    const at = new Date(this.now());
+    const r: Resource = Object.freeze({
+      metadata: Object.freeze({
+        namespace: input.namespace,
+        type: input.type,
+        id: input.id,
+        version: 1,
+        owner,
+        phase: 'running',
+        created: at,
+        updated: at,
+        labels: Object.freeze({ ...input.labels }),
+        annotations: Object.freeze({ ...input.annotations }),
+        finalizers: Object.freeze([]),
+      }),
+      spec: deepFreeze(structuredClone(input.spec)),
+    });
+    items.set(input.id, r);
+    this.commit('created', r, undefined);
+    return r;
+  }
+
+  update(input: ResourceInput, owner: string): Resource {
+    const items = this.itemsOf(input);
+    const old = items.get(input.id);
+    if (old === undefined) throw new CosiError('not-found', `${describePointer(input)} doesn't exist`);
+    checkOwner(old, owner);
+    const labels = input.labels ?? old.metadata.labels;
+    const annotations = input.annotations ?? old.metadata.annotations;
+    if (isDeepStrictEqual(old.spec, input.spec) && isDeepStrictEqual(old.metadata.labels, labels) && isDeepStrictEqual(old.metadata.annotations, annotations)) {
+      return old;
+    }
+    const r: Resource = Object.freeze({
+      metadata: Object.freeze({
+        ...old.metadata,
+        version: old.metadata.version + 1,
+        updated: new Date(this.now()),
+        labels: Object.freeze({ ...labels }),
+        annotations: Object.freeze({ ...annotations }),
+      }),
+      spec: deepFreeze(structuredClone(input.spec)),
+    });
+    items.set(input.id, r);
+    this.commit('updated', r, old);
+    return r;
+  }
+
+  destroy(p: Pointer, owner: string): void {
+    const items = this.kinds.get(kindKey(p));
+    const old = items?.get(p.id);
+    if (items === undefined || old === undefined) throw new CosiError('not-found', `${describePointer(p)} doesn't exist`);
+    checkOwner(old, owner);
+    items.delete(p.id);
+    this.commit('destroyed', old, old);
+  }
+
+  listAt(k: Kind, revision: number): Resource[] {
+    this.checkReplayable(revision);
+    const state = new Map(this.kinds.get(kindKey(k)) ?? []);
+    // Undo the kind's changes newer than `revision`, newest first.
+    for (let i = this.history.length - 1; i >= this.historyStart; i--) {
+      const c = this.history[i];
+      if (c === undefined || c.revision <= revision) break;
+      const md = c.resource.metadata;
+      if (md.namespace !== k.namespace || md.type !== k.type) continue;
+      if (c.type === 'created') state.delete(md.id);
+      else if (c.old !== undefined) state.set(md.id, c.old);
+    }
+    return sortById([...state.values()]);
+  }
+
+  readChanges(after: number, max: number, kind?: Kind): ChangeBatch {
+    this.checkReplayable(after);
+    const changes: Change[] = [];
+    let through = after;
+    const first = this.history[this.historyStart];
+    if (first === undefined) return { changes, through: this.rev };
+    for (let i = this.historyStart + (after + 1 - first.revision); i < this.history.length; i++) {
+      const c = this.history[i];
+      if (c === undefined) break;
+      if (kind === undefined || (c.resource.metadata.namespace === kind.namespace && c.resource.metadata.type === kind.type)) {
+        if (changes.length >= max) break;
+        changes.push(c);
+      }
+      through = c.revision;
+    }
+    return { changes, through };
+  }
+
+  onCommit(listener: (change: Change) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private checkReplayable(revision: number): void {
+    if (revision > this.rev) throw new CosiError('invalid-bookmark', `revision ${revision} is in the future (current ${this.rev})`);
+    if (revision < this.oldestRevision) {
+      throw new CosiError('too-old', `revision ${revision} is too old: history starts after revision ${this.oldestRevision}; list again`);
+    }
+  }
+
+  private itemsOf(k: Kind): Map<string, Resource> {
+    const key = kindKey(k);
+    let items = this.kinds.get(key);
+    if (items === undefined) {
+      items = new Map();
+      this.kinds.set(key, items);
+    }
+    return items;
+  }
+
+  private commit(type: Change['type'], resource: Resource, old: Resource | undefined): void {
+    this.rev++;
+    const change: Change = Object.freeze({ revision: this.rev, type, resource, old, committedAt: this.now() });
+    this.history.push(change);
+    if (this.history.length - this.historyStart > this.historySize) this.historyStart++;
+    // Compact the array now and then rather than shifting on every commit.
+    if (this.historyStart > this.historySize) {
+      this.history.splice(0, this.historyStart);
+      this.historyStart = 0;
+    }
+    for (const l of this.listeners) l(change);
+  }
+}
+
+function checkOwner(r: Resource, owner: string): void {
+  if (r.metadata.owner !== owner) {
+    throw new CosiError('owner-conflict', `${describePointer(r.metadata)} is owned by ${JSON.stringify(r.metadata.owner)}, not ${JSON.stringify(owner)}`);
+  }
+}
+
+function sortById(items: Resource[]): Resource[] {
+  return items.sort((a, b) => (a.metadata.id < b.metadata.id ? -1 : a.metadata.id > b.metadata.id ? 1 : 0));
+}
+
+function deepFreeze<T>(v: T): T {
+  if (v !== null && typeof v === 'object') {
+    for (const x of Object.values(v)) deepFreeze(x);
+    Object.freeze(v);
+  }
+  return v;
+}

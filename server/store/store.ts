@@ -1,0 +1,59 @@
+// The store contract: the only way anything above reaches resources. A second backend (etcd) implements it too.
+import type { Kind, Pointer, Resource } from '../../shared/resource.js';
+import type { Json } from '../../shared/wire.js';
+
+export type ChangeType = 'created' | 'updated' | 'destroyed';
+
+/** One committed change. Revisions are global, start at 1 and grow by one per change. */
+export interface Change {
+  readonly revision: number;
+  readonly type: ChangeType;
+  /** The new state, or for 'destroyed' the last state. */
+  readonly resource: Resource;
+  /** The state before an update or destroy. */
+  readonly old: Resource | undefined;
+  /** Wall-clock commit time in ms (history retention by age). */
+  readonly committedAt: number;
+}
+
+/** What a writer supplies; versions, times and phase are the store's business. */
+export interface ResourceInput extends Pointer {
+  readonly spec: Json;
+  readonly labels?: Readonly<Record<string, string>>;
+  readonly annotations?: Readonly<Record<string, string>>;
+}
+
+export interface ChangeBatch {
+  readonly changes: readonly Change[];
+  /** The last revision examined; resume reading after it. */
+  readonly through: number;
+}
+
+export interface ResourceStore {
+  /** Identifies this store's history: bookmarks from another instance are refused. */
+  readonly instance: string;
+  /** The revision of the last commit (0 when empty). */
+  readonly revision: number;
+  /** The oldest revision history can replay from: readChanges(after >= this) works. */
+  readonly oldestRevision: number;
+
+  /** Throws CosiError not-found. */
+  get(p: Pointer): Resource;
+  /** The current resources of a kind, sorted by ID. */
+  list(k: Kind): Resource[];
+
+  /** Throws already-exists. */
+  create(input: ResourceInput, owner: string): Resource;
+  /** Throws not-found or owner-conflict. An update that changes nothing keeps the version and commits nothing. */
+  update(input: ResourceInput, owner: string): Resource;
+  /** Throws not-found or owner-conflict. */
+  destroy(p: Pointer, owner: string): void;
+
+  /** The resources of a kind as they were at `revision`, sorted by ID. Throws too-old. */
+  listAt(k: Kind, revision: number): Resource[];
+  /** Changes after `after`, oldest first, at most `max` matching ones (all kinds when `kind` is undefined). Throws too-old. */
+  readChanges(after: number, max: number, kind?: Kind): ChangeBatch;
+
+  /** Called after every commit, synchronously; keep it cheap. Returns the unsubscribe function. */
+  onCommit(listener: (change: Change) => void): () => void;
+}

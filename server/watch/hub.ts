@@ -1,0 +1,381 @@
+// Watches over the store's shared history. Each watcher is only a cursor: it pulls from history when its
+// stream can take more (grpc-js backpressure), so a slow watcher costs no memory and slows nobody.
+import { CosiError, isCosiError } from '../../shared/errors.js';
+import { kindKey, type Resource } from '../../shared/resource.js';
+import { EventType } from '../../shared/wire.js';
+import { Frames } from '../api/frames.js';
+import type { Change, ResourceStore } from '../store/store.js';
+import { encodeBookmark, type Position } from './bookmark.js';
+import type { WatchPlan } from './plan.js';
+
+/** Where a session writes: a server stream with grpc-js write()/'drain' semantics. */
+export interface WatchSink {
+  /** false: the stream is full; wait for onDrain before writing again. */
+  write(message: Buffer): boolean;
+  onDrain(callback: () => void): void;
+  /** Ends the stream: OK without error, else with the error's status. */
+  end(error?: CosiError): void;
+  /** Messages accepted but not yet sent (grpc-js writableLength). */
+  buffered(): number;
+}
+
+export interface WatchLimits {
+  /** Events per aggregated WatchResponse. */
+  maxBatchEvents: number;
+  /** Bytes per aggregated WatchResponse (a single larger event still goes alone). */
+  maxBatchBytes: number;
+  /** Messages one session may write per turn before yielding to the others. */
+  messagesPerTurn: number;
+}
+
+export const DEFAULT_WATCH_LIMITS: WatchLimits = { maxBatchEvents: 512, maxBatchBytes: 1 << 20, messagesPerTurn: 64 };
+
+export interface WatchStats {
+  sessions: number;
+  /** Sessions waiting for their stream to drain. */
+  parked: number;
+  /** The most messages any one watch has waiting in its stream: bounded by the stream's high-water mark. */
+  maxBuffered: number;
+}
+
+export class WatchHub {
+  private readonly byKind = new Map<string, Set<WatchSession>>();
+  private readonly dirty = new Set<WatchSession>();
+  private flushScheduled = false;
+  private readonly eventCache = new WeakMap<Change, Map<EventType, Buffer>>();
+  private readonly unsubscribe: () => void;
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(
+    readonly store: ResourceStore,
+    readonly frames: Frames,
+    readonly limits: WatchLimits = DEFAULT_WATCH_LIMITS,
+  ) {
+    this.unsubscribe = store.onCommit((c) => {
+      const sessions = this.byKind.get(kindKey(c.resource.metadata));
+      if (sessions !== undefined) for (const s of sessions) this.schedule(s);
+    });
+    // A parked watcher is only a cursor; once history has moved past it, end it rather than keep it forever.
+    this.sweeper = setInterval(() => this.sweepParked(), 1000);
+    this.sweeper.unref();
+  }
+
+  private sweepParked(): void {
+    const oldest = this.store.oldestRevision;
+    for (const set of this.byKind.values()) {
+      for (const s of [...set]) if (s.parked && s.behind(oldest)) s.finish(new CosiError('too-old', `watch fell behind: revision ${s.position} is no longer in history (it starts after ${oldest}); list again`));
+    }
+  }
+
+  /** Starts a watch: sends the "ready" marker, then the plan's initial events, then changes as they come. */
+  open(plan: WatchPlan, sink: WatchSink): { close(): void } {
+    const session = new WatchSession(this, plan, sink);
+    if (session.isEnded) return { close: () => {} };
+    const key = kindKey(plan.kind);
+    let set = this.byKind.get(key);
+    if (set === undefined) {
+      set = new Set();
+      this.byKind.set(key, set);
+    }
+    set.add(session);
+    this.schedule(session);
+    return { close: () => this.remove(session) };
+  }
+
+  stats(): WatchStats {
+    let sessions = 0;
+    let parked = 0;
+    let maxBuffered = 0;
+    for (const set of this.byKind.values()) {
+      for (const s of set) {
+        sessions++;
+        if (s.parked) parked++;
+        maxBuffered = Math.max(maxBuffered, s.buffered());
+      }
+    }
+    return { sessions, parked, maxBuffered };
+  }
+
+  /** Ends every watch with the given status (graceful shutdown). */
+  endAll(error?: CosiError): void {
+    for (const set of [...this.byKind.values()]) for (const s of [...set]) s.finish(error);
+    this.unsubscribe();
+    clearInterval(this.sweeper);
+  }
+
+  remove(session: WatchSession): void {
+    this.byKind.get(kindKey(session.plan.kind))?.delete(session);
+    this.dirty.delete(session);
+  }
+
+  schedule(session: WatchSession): void {
+    this.dirty.add(session);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    const sessions = [...this.dirty];
+    this.dirty.clear();
+    for (const s of sessions) s.pump();
+  }
+
+  /** The encoded event for a change as delivered with the given type; shared by all watchers. */
+  encodedChange(change: Change, type: EventType): Buffer {
+    let byType = this.eventCache.get(change);
+    if (byType === undefined) {
+      byType = new Map();
+      this.eventCache.set(change, byType);
+    }
+    let bytes = byType.get(type);
+    if (bytes === undefined) {
+      const bookmark = encodeBookmark(this.store.instance, { revision: change.revision });
+      bytes = this.frames.event(type, change.resource, change.type === 'updated' ? change.old : undefined, bookmark);
+      byType.set(type, bytes);
+    }
+    return bytes;
+  }
+}
+
+class WatchSession {
+  /** The tail position: every change up to this revision has been delivered or skipped. */
+  private cursor = 0;
+  private readySent = false;
+  private readonly initial: Buffer[] = [];
+  private bootstrapItems: Resource[] | undefined;
+  private bootstrapIndex = 0;
+  private bootstrapRevision = 0;
+  private ended = false;
+  parked = false;
+
+  constructor(
+    private readonly hub: WatchHub,
+    readonly plan: WatchPlan,
+    private readonly sink: WatchSink,
+  ) {
+    try {
+      this.start();
+    } catch (err) {
+      // A set-up error is the call's status, before the "ready" marker.
+      this.finish(isCosiError(err) ? err : asCosiError(err));
+    }
+  }
+
+  buffered(): number {
+    return this.sink.buffered();
+  }
+
+  get isEnded(): boolean {
+    return this.ended;
+  }
+
+  get position(): number {
+    return this.cursor;
+  }
+
+  /** True when the tail cursor has left the history. */
+  behind(oldest: number): boolean {
+    return this.bootstrapItems === undefined && this.readySent && this.cursor < oldest;
+  }
+
+  private get events(): { all: boolean } {
+    return { all: this.plan.apiVersion >= 1 };
+  }
+
+  private start(): void {
+    const { store, frames } = this.hub;
+    const plan = this.plan;
+    const now = store.revision;
+    if (plan.resumeFrom !== undefined) {
+      this.resume(plan.resumeFrom);
+      return;
+    }
+    if (plan.id !== undefined) {
+      // Single resource: its state now, then its changes.
+      this.cursor = now;
+      const bookmark = encodeBookmark(store.instance, { revision: now });
+      const current = store.list(plan.kind).find((r) => r.metadata.id === plan.id);
+      if (plan.bootstrapBookmark && this.events.all) this.initial.push(frames.event(EventType.NOOP, undefined, undefined, bookmark));
+      if (plan.tailEvents > 0) {
+        this.cursor = this.tailStart(now);
+        return;
+      }
+      this.initial.push(
+        current !== undefined
+          ? frames.event(EventType.CREATED, current, undefined, bookmark)
+          : frames.event(EventType.DESTROYED, tombstone(plan.kind.namespace, plan.kind.type, plan.id), undefined, bookmark),
+      );
+      return;
+    }
+    if (plan.bootstrapContents) {
+      this.beginBootstrap(now, undefined, store.list(plan.kind));
+      return;
+    }
+    this.cursor = plan.tailEvents > 0 ? this.tailStart(now) : now;
+    if (plan.bootstrapBookmark && this.events.all) {
+      this.initial.push(frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(store.instance, { revision: this.cursor })));
+    }
+  }
+
+  private resume(pos: Position): void {
+    const { store } = this.hub;
+    if (pos.bootstrapAfterId !== undefined) {
+      // Continue an interrupted bootstrap from the same snapshot, rebuilt from history.
+      this.beginBootstrap(pos.revision, pos.bootstrapAfterId, store.listAt(this.plan.kind, pos.revision));
+      return;
+    }
+    // Checks the position is still in history (too-old otherwise).
+    store.readChanges(pos.revision, 0, this.plan.kind);
+    this.cursor = pos.revision;
+    if (this.plan.bootstrapBookmark && this.events.all) {
+      this.initial.push(this.hub.frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(store.instance, { revision: this.cursor })));
+    }
+  }
+
+  private beginBootstrap(revision: number, afterId: string | undefined, items: Resource[]): void {
+    this.bootstrapRevision = revision;
+    this.cursor = revision;
+    this.bootstrapItems = items.filter((r) => (afterId === undefined || r.metadata.id > afterId) && this.plan.selector.matches(r.metadata));
+  }
+
+  /** The revision to start from so that the last `tailEvents` deliverable changes are replayed. */
+  private tailStart(now: number): number {
+    const { store } = this.hub;
+    const from = store.oldestRevision;
+    const revisions: number[] = [];
+    let after = from;
+    for (;;) {
+      const batch = store.readChanges(after, 4096, this.plan.kind);
+      for (const c of batch.changes) if (this.deliverAs(c) !== undefined) revisions.push(c.revision);
+      if (batch.through >= now || batch.changes.length === 0) break;
+      after = batch.through;
+    }
+    const firstKept = revisions[Math.max(0, revisions.length - this.plan.tailEvents)];
+    return firstKept === undefined ? now : firstKept - 1;
+  }
+
+  /** How a change reaches this watcher, if at all (label queries turn updates into creates/destroys). */
+  private deliverAs(c: Change): EventType | undefined {
+    const plan = this.plan;
+    if (plan.id !== undefined && c.resource.metadata.id !== plan.id) return undefined;
+    const sel = plan.selector;
+    if (c.type === 'created') return sel.matches(c.resource.metadata) ? EventType.CREATED : undefined;
+    if (c.type === 'destroyed') return sel.matches(c.resource.metadata) ? EventType.DESTROYED : undefined;
+    if (sel.everything) return EventType.UPDATED;
+    const before = c.old !== undefined && sel.matches(c.old.metadata);
+    const after = sel.matches(c.resource.metadata);
+    if (before && after) return EventType.UPDATED;
+    if (before) return EventType.DESTROYED;
+    if (after) return EventType.CREATED;
+    return undefined;
+  }
+
+  pump(): void {
+    if (this.ended || this.parked) return;
+    try {
+      for (let turn = 0; turn < this.hub.limits.messagesPerTurn; turn++) {
+        const message = this.nextMessage();
+        if (message === undefined) return;
+        const ok = this.sink.write(message);
+        if (!ok) {
+          this.parked = true;
+          this.sink.onDrain(() => {
+            this.parked = false;
+            this.hub.schedule(this);
+          });
+          return;
+        }
+      }
+      // More to send: yield to the other sessions and come back.
+      this.hub.schedule(this);
+    } catch (err) {
+      this.finish(asCosiError(err));
+    }
+  }
+
+  /** The next WatchResponse: first the empty "ready" marker, then events; undefined when caught up. */
+  private nextMessage(): Buffer | undefined {
+    if (!this.readySent) {
+      this.readySent = true;
+      return Frames.watchResponse([]);
+    }
+    const batch = this.nextBatch();
+    return batch.length === 0 ? undefined : Frames.watchResponse(batch);
+  }
+
+  /** The events of the next WatchResponse (one unless aggregated); empty when caught up. */
+  private nextBatch(): Buffer[] {
+    const max = this.plan.aggregated ? this.hub.limits.maxBatchEvents : 1;
+    const out: Buffer[] = [];
+    let bytes = 0;
+    const add = (b: Buffer): boolean => {
+      out.push(b);
+      bytes += b.length;
+      return out.length < max && bytes < this.hub.limits.maxBatchBytes;
+    };
+    while (this.initial.length > 0) {
+      const b = this.initial.shift();
+      if (b !== undefined && !add(b)) return out;
+    }
+    const { store, frames } = this.hub;
+    if (this.bootstrapItems !== undefined) {
+      while (this.bootstrapIndex < this.bootstrapItems.length) {
+        const r = this.bootstrapItems[this.bootstrapIndex++];
+        if (r === undefined) continue;
+        const bookmark = encodeBookmark(store.instance, { revision: this.bootstrapRevision, bootstrapAfterId: r.metadata.id });
+        if (!add(frames.event(EventType.CREATED, r, undefined, bookmark))) return out;
+      }
+      this.bootstrapItems = undefined;
+      const done = encodeBookmark(store.instance, { revision: this.bootstrapRevision });
+      if (this.events.all) {
+        if (!add(frames.event(EventType.BOOTSTRAPPED, undefined, undefined, done))) return out;
+        if (this.plan.bootstrapBookmark && !add(frames.event(EventType.NOOP, undefined, undefined, done))) return out;
+      }
+    }
+    for (;;) {
+      if (out.length >= max || bytes >= this.hub.limits.maxBatchBytes) return out;
+      const batch = store.readChanges(this.cursor, max - out.length, this.plan.kind);
+      for (const c of batch.changes) {
+        this.cursor = c.revision;
+        const type = this.deliverAs(c);
+        if (type !== undefined && !add(this.hub.encodedChange(c, type))) return out;
+      }
+      // Changes this watcher filters out still move its cursor.
+      this.cursor = Math.max(this.cursor, batch.through);
+      if (batch.changes.length === 0) return out;
+    }
+  }
+
+  /** Ends the watch; a too-old cursor ends with an ERRORED event first (api_version >= 1). */
+  finish(error?: CosiError): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.hub.remove(this);
+    if (error !== undefined && this.readySent && this.events.all && error.kind === 'too-old') {
+      // The one message written regardless of backpressure: the watch ends right after it.
+      this.sink.write(Frames.watchResponse([this.hub.frames.event(EventType.ERRORED, undefined, undefined, undefined, error.message)]));
+    }
+    this.sink.end(error);
+  }
+}
+
+function tombstone(namespace: string, type: string, id: string): Resource {
+  const epoch = new Date(0);
+  return {
+    metadata: { namespace, type, id, version: 0, owner: '', phase: 'running', created: epoch, updated: epoch, labels: {}, annotations: {}, finalizers: [] },
+    spec: null,
+  };
+}
+
+function asCosiError(err: unknown): CosiError {
+  if (isCosiError(err)) {
+    if (err.kind === 'too-old') {
+      return new CosiError('too-old', `watch fell behind: ${err.message}`);
+    }
+    return err;
+  }
+  return new CosiError('internal', err instanceof Error ? err.message : String(err));
+}

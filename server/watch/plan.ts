@@ -1,0 +1,56 @@
+// Turns a WatchRequest into a validated plan; every set-up error becomes the call's status.
+import { CosiError } from '../../shared/errors.js';
+import type { Kind } from '../../shared/resource.js';
+import type { WireWatchRequest } from '../../shared/wire.js';
+import { compileSelector, type Selector } from '../store/query.js';
+import { decodeBookmark, type Position } from './bookmark.js';
+
+export interface WatchPlan {
+  readonly kind: Kind;
+  /** Set: watch this one resource. */
+  readonly id: string | undefined;
+  readonly selector: Selector;
+  readonly bootstrapContents: boolean;
+  readonly tailEvents: number;
+  readonly aggregated: boolean;
+  readonly bootstrapBookmark: boolean;
+  readonly resumeFrom: Position | undefined;
+  /** 0: no BOOTSTRAPPED, ERRORED or NOOP events. */
+  readonly apiVersion: number;
+}
+
+export const MAX_TAIL_EVENTS = 100_000;
+
+export function planWatch(req: WireWatchRequest, instance: string): WatchPlan {
+  const o = req.options;
+  const bootstrapContents = o?.bootstrapContents ?? false;
+  const tailEvents = o?.tailEvents ?? 0;
+  const bookmark = o?.startFromBookmark;
+  const hasBookmark = bookmark != null;
+  const labelQueries = o?.labelQuery ?? [];
+  const idQuery = o?.idQuery;
+  if (tailEvents < 0) throw new CosiError('invalid-argument', `tail_events must not be negative (got ${tailEvents})`);
+  if (tailEvents > MAX_TAIL_EVENTS) throw new CosiError('invalid-argument', `tail_events ${tailEvents} exceeds the limit of ${MAX_TAIL_EVENTS}`);
+  if (req.apiVersion < 0) throw new CosiError('invalid-argument', `api_version must not be negative (got ${req.apiVersion})`);
+  if (tailEvents > 0 && hasBookmark) throw new CosiError('invalid-argument', 'tail_events and start_from_bookmark are mutually exclusive');
+  if (bootstrapContents && (tailEvents > 0 || hasBookmark)) {
+    throw new CosiError('invalid-argument', 'bootstrap_contents cannot be combined with tail_events or start_from_bookmark');
+  }
+  if (req.id !== undefined) {
+    if (bootstrapContents) throw new CosiError('unimplemented', 'bootstrap_contents is not supported when watching a single resource (the first event is its current state)');
+    if (labelQueries.length > 0 || (idQuery?.regexp ?? '') !== '') {
+      throw new CosiError('unimplemented', 'label and ID queries are not supported when watching a single resource');
+    }
+  }
+  return {
+    kind: { namespace: req.namespace, type: req.type },
+    id: req.id,
+    selector: compileSelector(labelQueries, idQuery),
+    bootstrapContents,
+    tailEvents,
+    aggregated: o?.aggregated ?? false,
+    bootstrapBookmark: o?.bootstrapBookmark ?? false,
+    resumeFrom: hasBookmark ? decodeBookmark(instance, bookmark) : undefined,
+    apiVersion: req.apiVersion,
+  };
+}

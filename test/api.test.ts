@@ -1,0 +1,154 @@
+// The State API end to end: real cosid, real mTLS on loopback, the client library.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as grpc from '@grpc/grpc-js';
+import { isCosiError } from '../client/index.js';
+import { reconcileStaticPods } from '../server/controllers/static-pods.js';
+import { silentLogger } from '../shared/log.js';
+import { codecFor, wire } from '../shared/wire.js';
+import { pod, podStatus, startServer, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
+
+let srv: TestServer;
+
+beforeAll(async () => {
+  srv = await startServer();
+  reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx') }, { id: 'kube-system-etcd', pod: pod('etcd', 'etcd', 'kube-system') }], silentLogger);
+  srv.cosid.store.create({ ...STATUSES, id: 'default/nginx-test-node', spec: podStatus(true) }, TEST_OWNER);
+});
+afterAll(() => srv.close());
+
+describe('Get and List', () => {
+  it('lists static pods sorted by ID with metadata set by the store', async () => {
+    const items = await srv.client().list('staticpods');
+    expect(items.map((r) => r.metadata.id)).toEqual(['default-nginx', 'kube-system-etcd']);
+    const [first] = items;
+    expect(first?.metadata).toMatchObject({ namespace: 'k8s', type: 'StaticPods.kubernetes.talos.dev', version: 1, owner: 'k8s.StaticPodController', phase: 'running' });
+    expect(first?.metadata.created.getTime()).toBeGreaterThan(Date.now() - 60_000);
+  });
+
+  it('fills both spec forms: the raw Pod as YAML (no wrapper) and the StaticPodSpec protobuf', async () => {
+    const r = await srv.client().get('StaticPod', 'default-nginx');
+    expect(r.yamlSpec.startsWith('apiVersion: v1\n')).toBe(true);
+    expect(r.spec).toEqual(pod('nginx'));
+    const decoded = wire.staticPodSpec.decode(r.protoSpec);
+    expect(decoded.pod?.fields['kind']?.stringValue).toBe('Pod');
+  });
+
+  it('streams a list through the async iterator', async () => {
+    const ids: string[] = [];
+    for await (const r of srv.client().listIter('sp')) ids.push(r.metadata.id);
+    expect(ids).toEqual(['default-nginx', 'kube-system-etcd']);
+  });
+
+  it('filters lists by ID regexp with RE2 semantics and by labels', async () => {
+    const c = srv.client();
+    expect((await c.list('staticpods', { idRegexp: 'etcd$' })).map((r) => r.metadata.id)).toEqual(['kube-system-etcd']);
+    await expect(c.list('staticpods', { idRegexp: '(?=lookahead)' })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+    srv.cosid.store.create({ ...STATUSES, id: 'kube-system/labelled', spec: podStatus(false), labels: { tier: 'control-plane', size: '2Ki' } }, TEST_OWNER);
+    const byLabel = await c.list('podstatus', { labelQuery: [{ terms: [{ key: 'tier', op: 'equal', values: ['control-plane'] }] }] });
+    expect(byLabel.map((r) => r.metadata.id)).toEqual(['kube-system/labelled']);
+    const numeric = await c.list('podstatus', { labelQuery: [{ terms: [{ key: 'size', op: 'ltNumeric', values: ['3000'] }] }] });
+    expect(numeric.map((r) => r.metadata.id)).toEqual(['kube-system/labelled']);
+    const orQuery = await c.list('podstatus', {
+      labelQuery: [{ terms: [{ key: 'tier', op: 'exists', invert: true }] }, { terms: [{ key: 'size', op: 'in', values: ['2Ki'] }] }],
+    });
+    expect(orQuery.map((r) => r.metadata.id)).toEqual(['default/nginx-test-node', 'kube-system/labelled']);
+    srv.cosid.store.destroy({ ...STATUSES, id: 'kube-system/labelled' }, TEST_OWNER);
+  });
+
+  it('answers NOT_FOUND for a missing resource, an unregistered type and a missing namespace', async () => {
+    const c = srv.client();
+    await expect(c.get('staticpods', 'nope')).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+    await expect(c.list('StaticPods.kubernetes.talos.dev', { namespace: 'nowhere' })).rejects.toMatchObject({ code: grpc.status.NOT_FOUND, message: expect.stringContaining('nowhere') });
+  });
+});
+
+describe('type resolution', () => {
+  it('resolves any alias case-insensitively and fills in the default namespace', async () => {
+    const c = srv.client();
+    for (const name of ['staticpods', 'StaticPod', 'STATICPOD', 'staticpods.kubernetes', 'StaticPods.kubernetes.talos.dev', 'sp']) {
+      expect((await c.resolveType(name)).type).toBe('StaticPods.kubernetes.talos.dev');
+    }
+    expect((await c.resolveType('podstatus')).type).toBe('StaticPodStatuses.kubernetes.talos.dev');
+    expect((await c.resolveType('rd')).type).toBe('ResourceDefinitions.meta.cosi.dev');
+    expect((await c.resolveType('api-resources')).defaultNamespace).toBe('meta');
+  });
+
+  it('says "not registered" and "ambiguous" with the candidates', async () => {
+    const c = srv.client();
+    const missing = await c.resolveType('frobnicators').catch((e: unknown) => e);
+    expect(isCosiError(missing, 'not-registered')).toBe(true);
+    expect(String(missing)).toContain('"frobnicators" is not registered');
+    const ambiguous = await c.resolveType('sps').catch((e: unknown) => e);
+    expect(isCosiError(ambiguous, 'ambiguous')).toBe(true);
+    expect(String(ambiguous)).toMatch(/StaticPods\.kubernetes\.talos\.dev.*StaticPodStatuses\.kubernetes\.talos\.dev|StaticPodStatuses.*StaticPods\./);
+  });
+
+  it('serves resource definitions with aliases and print columns', async () => {
+    const rd = await srv.client().get('rd', 'staticpodstatuses.kubernetes.talos.dev');
+    expect(rd.spec).toMatchObject({
+      type: 'StaticPodStatuses.kubernetes.talos.dev',
+      displayType: 'StaticPodStatus',
+      defaultNamespace: 'k8s',
+      printColumns: [{ name: 'Ready', jsonPath: '{.conditions[?(@.type=="Ready")].status}' }],
+    });
+    expect((rd.spec as { aliases: string[] }).aliases).toContain('podstatus');
+    const ns = await srv.client().list('namespaces');
+    expect(ns.map((r) => r.metadata.id)).toEqual(['k8s', 'meta']);
+  });
+});
+
+describe('access control', () => {
+  it('lets a reader read', async () => {
+    const items = await srv.client(srv.pki.reader).list('staticpods');
+    expect(items.length).toBe(2);
+  });
+
+  it('lets an operator read', async () => {
+    const op = await srv.certWithRoles(['os:operator']);
+    expect((await srv.client(op).get('staticpods', 'default-nginx')).metadata.id).toBe('default-nginx');
+  });
+
+  it('denies a certificate without a known role', async () => {
+    const none = await srv.certWithRoles(['system:masters', 'os:impostor']);
+    const err = await srv.client(none).list('staticpods').catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: grpc.status.PERMISSION_DENIED });
+    expect(String(err)).toContain('none of the roles');
+  });
+
+  it('refuses a certificate from another CA at the handshake', async () => {
+    const foreign = await srv.foreignCert();
+    const err = await srv.client(foreign).list('staticpods').catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: grpc.status.UNAVAILABLE });
+  });
+
+  it('refuses a client without a certificate at the handshake', async () => {
+    const raw = new grpc.Client(srv.endpoint, grpc.credentials.createSsl(Buffer.from(srv.pki.ca.certPem)));
+    const code = await new Promise<number>((resolve) => {
+      const call = raw.makeServerStreamRequest('/cosi.resource.State/List', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(wire.listRequest.encode({ namespace: 'k8s', type: 'StaticPods.kubernetes.talos.dev' })));
+      call.on('data', () => resolve(-1));
+      call.on('error', (e: grpc.ServiceError) => resolve(e.code));
+    });
+    raw.close();
+    expect(code).toBe(grpc.status.UNAVAILABLE);
+  });
+
+  it('refuses every write method with PERMISSION_DENIED, even for an admin', async () => {
+    const raw = new grpc.Client(srv.endpoint, grpc.credentials.createSsl(Buffer.from(srv.pki.ca.certPem), Buffer.from(srv.pki.admin.keyPem), Buffer.from(srv.pki.admin.certPem)));
+    for (const [method, type] of [
+      ['Create', 'CreateRequest'],
+      ['Update', 'UpdateRequest'],
+      ['Destroy', 'DestroyRequest'],
+      ['Teardown', 'TeardownRequest'],
+      ['TeardownAndDestroy', 'TeardownAndDestroyRequest'],
+    ] as const) {
+      const req = codecFor(`cosi.resource.${type}`).encode({ namespace: 'k8s', type: 'StaticPods.kubernetes.talos.dev', id: 'default-nginx' });
+      const err = await new Promise<grpc.ServiceError | null>((resolve) =>
+        raw.makeUnaryRequest(`/cosi.resource.State/${method}`, (b: Buffer) => b, (b: Buffer) => b, Buffer.from(req), (e) => resolve(e)),
+      );
+      expect(err?.code, method).toBe(grpc.status.PERMISSION_DENIED);
+      expect(err?.details, method).toBe('write access is not allowed');
+    }
+    raw.close();
+    expect((await srv.client().get('staticpods', 'default-nginx')).metadata.version).toBe(1);
+  });
+});

@@ -1,0 +1,172 @@
+// cosictl as a user runs it: the compiled binary, a real cosid, real mTLS.
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import YAML from 'yaml';
+import { reconcileStaticPods } from '../server/controllers/static-pods.js';
+import { silentLogger } from '../shared/log.js';
+import { pod, podStatus, startServer, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
+
+const CLI = join(process.cwd(), 'dist', 'client', 'cli', 'main.js');
+let srv: TestServer;
+
+beforeAll(async () => {
+  srv = await startServer({ nodeName: 'node-1' });
+  reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx') }, { id: 'kube-system-etcd', pod: pod('etcd', 'etcd', 'kube-system') }], silentLogger);
+  srv.cosid.store.create({ ...STATUSES, id: 'default/nginx-node-1', spec: podStatus(true) }, TEST_OWNER);
+});
+afterAll(() => srv.close());
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cosictl(args: string[], opts: { env?: Record<string, string>; until?: (out: string) => boolean; withEndpoint?: boolean } = {}): Promise<Run> {
+  const base = opts.withEndpoint === false ? [] : ['--cosiconfig', srv.pki.cosiconfig, '-e', srv.endpoint];
+  const child = spawn(process.execPath, [CLI, ...base, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+    if (opts.until?.(stdout)) child.kill('SIGINT');
+  });
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+  return new Promise((resolve) =>
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    }),
+  );
+}
+
+describe('cosictl get', () => {
+  it('prints an aligned table with the node the server reports', async () => {
+    const r = await cosictl(['get', 'staticpods']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(
+      [
+        'NODE     NAMESPACE   TYPE        ID                 VERSION',
+        'node-1   k8s         StaticPod   default-nginx      1',
+        'node-1   k8s         StaticPod   kube-system-etcd   1',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('adds print columns (READY for statuses)', async () => {
+    const r = await cosictl(['get', 'staticpodstatus']);
+    expect(r.stdout.split('\n')[0]).toMatch(/^NODE\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\s+READY$/);
+    expect(r.stdout.split('\n')[1]).toMatch(/^node-1\s+k8s\s+StaticPodStatus\s+default\/nginx-node-1\s+1\s+True$/);
+  });
+
+  it('gets one resource as YAML with node, metadata and the raw Pod spec', async () => {
+    const r = await cosictl(['get', 'sp', 'default-nginx', '-o', 'yaml']);
+    expect(r.code).toBe(0);
+    const doc = YAML.parse(r.stdout) as Record<string, Record<string, unknown>>;
+    expect(doc['node']).toBe('node-1');
+    expect(doc['metadata']).toMatchObject({ namespace: 'k8s', type: 'StaticPods.kubernetes.talos.dev', id: 'default-nginx', version: 1, owner: 'k8s.StaticPodController', phase: 'running' });
+    expect(doc['spec']).toEqual(pod('nginx'));
+    expect(r.stdout).toContain('\n    namespace: k8s\n');
+  });
+
+  it('separates YAML documents with ---', async () => {
+    const r = await cosictl(['get', 'staticpods', '-o', 'yaml']);
+    const docs = YAML.parseAllDocuments(r.stdout).map((d) => d.toJS() as { metadata: { id: string } });
+    expect(docs.map((d) => d.metadata.id)).toEqual(['default-nginx', 'kube-system-etcd']);
+    expect(r.stdout.match(/^---$/gm)?.length).toBe(1);
+  });
+
+  it('prints JSON objects in sequence, or one array with --json-array', async () => {
+    const seq = await cosictl(['get', 'staticpods', '-o', 'json']);
+    const objects = seq.stdout.split(/\n(?=\{)/).map((s) => JSON.parse(s) as { metadata: { id: string } });
+    expect(objects.map((o) => o.metadata.id)).toEqual(['default-nginx', 'kube-system-etcd']);
+    expect(seq.stdout).toContain('\n    "node": "node-1"');
+    const arr = await cosictl(['get', 'staticpods', '-o', 'json', '--json-array']);
+    expect((JSON.parse(arr.stdout) as { spec: { metadata: { name: string } } }[]).map((o) => o.spec.metadata.name)).toEqual(['nginx', 'etcd']);
+    const empty = await cosictl(['get', 'staticpods', '-o', 'json', '--json-array', '--namespace', 'meta']);
+    expect(JSON.parse(empty.stdout)).toEqual([]);
+  });
+
+  it('evaluates jsonpath templates', async () => {
+    const r = await cosictl(['get', 'staticpods', '-o', 'jsonpath={.metadata.id}={.spec.spec.containers[0].image}']);
+    expect(r.stdout).toBe('default-nginx=nginx\nkube-system-etcd=etcd\n');
+    const ready = await cosictl(['get', 'podstatus', '-o', 'jsonpath={.spec.conditions[?(@.type=="Ready")].status}']);
+    expect(ready.stdout).toBe('True\n');
+  });
+
+  it('lists resource definitions with their aliases (get rd)', async () => {
+    const r = await cosictl(['get', 'rd']);
+    expect(r.code).toBe(0);
+    expect(r.stdout.split('\n')[0]).toMatch(/^NODE\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\s+ALIASES$/);
+    expect(r.stdout).toMatch(/meta\s+ResourceDefinition\s+staticpodstatuses\.kubernetes\.talos\.dev\s+1\s+podstatus staticpodstatus sps spss/);
+  });
+
+  it('reads the config named by COSICONFIG', async () => {
+    const r = await cosictl(['-e', srv.endpoint, 'get', 'sp', '-o', 'jsonpath={.metadata.id}'], { withEndpoint: false, env: { COSICONFIG: srv.pki.cosiconfig } });
+    expect(r.stdout).toBe('default-nginx\nkube-system-etcd\n');
+  });
+
+  it('uses the reader context', async () => {
+    const r = await cosictl(['--context', 'reader', 'get', 'sp', 'default-nginx', '-o', 'jsonpath={.metadata.id}']);
+    expect(r.stdout).toBe('default-nginx\n');
+  });
+});
+
+describe('cosictl errors', () => {
+  it.each([
+    [['get', 'frobs'], /resource "frobs" is not registered/, 1],
+    [['get', 'sps'], /ambiguous: .*StaticPods\.kubernetes\.talos\.dev/, 1],
+    [['get', 'sp', 'missing'], /doesn't exist/, 1],
+    [['get', 'sp', '-o', 'xml'], /unknown output format "xml"/, 1],
+    [['get'], /needs a resource type/, 1],
+    [['get', 'sp', '--bogus'], /Unknown option '--bogus'[\s\S]*cosictl --help/, 2],
+    [['--context', 'nobody', 'get', 'sp'], /context "nobody"/, 1],
+  ] as const)('%j', async (args, message, code) => {
+    const r = await cosictl([...args]);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(message);
+    expect(r.code).toBe(code);
+  });
+
+  it('says how to create a config when there is none', async () => {
+    const r = await cosictl(['--cosiconfig', join(srv.pki.dir, 'absent'), 'get', 'sp'], { withEndpoint: false });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/cosictl gen pki/);
+  });
+});
+
+describe('cosictl get -w', () => {
+  it('holds rows until bootstrapped, marks + and -, and exits 0 on Ctrl-C', async () => {
+    const store = srv.cosid.store;
+    let changed = false;
+    const r = await cosictl(['get', 'podstatus', '-w'], {
+      until: (out) => {
+        if (!changed && out.includes('nginx-node-1')) {
+          changed = true;
+          store.create({ ...STATUSES, id: 'kube-system/etcd-node-1', spec: podStatus(false) }, TEST_OWNER);
+          store.update({ ...STATUSES, id: 'kube-system/etcd-node-1', spec: podStatus(true) }, TEST_OWNER);
+          store.destroy({ ...STATUSES, id: 'kube-system/etcd-node-1' }, TEST_OWNER);
+        }
+        return out.split('\n').length >= 6;
+      },
+    });
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trimEnd().split('\n');
+    expect(lines[0]).toMatch(/^NODE\s+\*\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\s+READY$/);
+    expect(lines[1]).toMatch(/^node-1\s+\+\s+k8s\s+StaticPodStatus\s+default\/nginx-node-1\s+1\s+True$/);
+    expect(lines[2]).toMatch(/^node-1\s+\+\s+k8s\s+StaticPodStatus\s+kube-system\/etcd-node-1\s+1\s+False$/);
+    expect(lines[3]).toMatch(/^node-1\s{4,}k8s\s+StaticPodStatus\s+kube-system\/etcd-node-1\s+2\s+True$/);
+    expect(lines[4]).toMatch(/^node-1\s+-\s+k8s\s+StaticPodStatus\s+kube-system\/etcd-node-1\s+2\s+True$/);
+  });
+
+  it('watches in YAML with the event field', async () => {
+    const r = await cosictl(['get', 'sp', 'default-nginx', '-w', '-o', 'yaml'], { until: (out) => out.includes('spec:') });
+    expect(r.code).toBe(0);
+    expect(YAML.parse(r.stdout)).toMatchObject({ node: 'node-1', event: 'created', metadata: { id: 'default-nginx' } });
+  });
+
+});

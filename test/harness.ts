@@ -1,0 +1,119 @@
+// Test harness: a real cosid on a loopback port with real mTLS, and clients with real certificates.
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect, type CosiClient } from '../client/index.js';
+import { Cosid } from '../server/cosid.js';
+import { generatePki } from '../client/gen-pki.js';
+import { generateCa, issueClientCert, type KeyPairPem } from '../shared/pki.js';
+import { K8S_NAMESPACE, STATIC_POD_STATUS_TYPE, STATIC_POD_TYPE } from '../server/resources/k8s.js';
+import type { Json } from '../shared/wire.js';
+
+export interface TestPki {
+  dir: string;
+  ca: KeyPairPem;
+  server: KeyPairPem;
+  admin: KeyPairPem;
+  reader: KeyPairPem;
+  cosiconfig: string;
+}
+
+export async function makePki(): Promise<TestPki> {
+  const dir = await mkdtemp(join(tmpdir(), 'cosi-pki-'));
+  await generatePki(dir, { endpoint: '127.0.0.1:0' });
+  const pair = async (name: string): Promise<KeyPairPem> => ({
+    certPem: await readFile(join(dir, `${name}.crt`), 'utf8'),
+    keyPem: await readFile(join(dir, `${name}.key`), 'utf8'),
+  });
+  return {
+    dir,
+    ca: await pair('ca'),
+    server: await pair('server'),
+    admin: await pair('admin'),
+    reader: await pair('reader'),
+    cosiconfig: join(dir, 'cosiconfig'),
+  };
+}
+
+export interface TestServer {
+  cosid: Cosid;
+  pki: TestPki;
+  endpoint: string;
+  client(cert?: KeyPairPem): CosiClient;
+  /** A client certificate signed by the cluster CA with the given roles. */
+  certWithRoles(roles: string[]): Promise<KeyPairPem>;
+  /** A client certificate from a CA the server does not trust. */
+  foreignCert(): Promise<KeyPairPem>;
+  close(): Promise<void>;
+}
+
+export const STATIC_PODS = { namespace: K8S_NAMESPACE, type: STATIC_POD_TYPE };
+export const STATUSES = { namespace: K8S_NAMESPACE, type: STATIC_POD_STATUS_TYPE };
+export const TEST_OWNER = 'test.Producer';
+
+export async function startServer(opts: { pki?: TestPki; historySize?: number; nodeName?: string } = {}): Promise<TestServer> {
+  const pki = opts.pki ?? (await makePki());
+  const cosid = await Cosid.start({
+    listen: '127.0.0.1:0',
+    tls: { caPem: pki.ca.certPem, certPem: pki.server.certPem, keyPem: pki.server.keyPem },
+    nodeName: opts.nodeName ?? 'test-node',
+    historySize: opts.historySize,
+    shutdownGraceMs: 1000,
+  });
+  const endpoint = `127.0.0.1:${cosid.port}`;
+  const clients: CosiClient[] = [];
+  return {
+    cosid,
+    pki,
+    endpoint,
+    client(cert = pki.admin) {
+      const c = connect({ endpoint, caPem: pki.ca.certPem, certPem: cert.certPem, keyPem: cert.keyPem });
+      clients.push(c);
+      return c;
+    },
+    certWithRoles: (roles) => issueClientCert(pki.ca, { commonName: 'tester', organizations: roles }),
+    async foreignCert() {
+      const other = await generateCa({ commonName: 'someone else' });
+      return issueClientCert(other, { commonName: 'intruder', organizations: ['os:admin'] });
+    },
+    async close() {
+      for (const c of clients) c.close();
+      await cosid.stop();
+      if (opts.pki === undefined) await rm(pki.dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A pod status spec as the kubelet reports it. */
+export function podStatus(ready: boolean, extra: Record<string, Json> = {}): Json {
+  return {
+    phase: ready ? 'Running' : 'Pending',
+    conditions: [
+      { type: 'Initialized', status: 'True' },
+      { type: 'Ready', status: ready ? 'True' : 'False' },
+    ],
+    ...extra,
+  };
+}
+
+export function pod(name: string, image = 'nginx', namespace?: string): { [key: string]: Json } {
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name, ...(namespace !== undefined ? { namespace } : {}) },
+    spec: { containers: [{ name, image }] },
+  };
+}
+
+/** Waits until `check` passes, polling; fails with the last error after `ms`. */
+export async function eventually<T>(check: () => T | Promise<T>, ms = 10_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      return await check();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}

@@ -1,0 +1,227 @@
+// Watch semantics end to end: bootstrap, events, queries, bookmarks, tail, api_version, slow watchers.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as grpc from '@grpc/grpc-js';
+import type { Subscription } from 'rxjs';
+import type { WatchEvent, WatchOptions } from '../client/index.js';
+import { EventType, wire } from '../shared/wire.js';
+import { eventually, podStatus, startServer, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
+
+let srv: TestServer;
+const subs: Subscription[] = [];
+
+beforeAll(async () => {
+  srv = await startServer({ historySize: 300 });
+});
+afterAll(async () => {
+  for (const s of subs) s.unsubscribe();
+  await srv.close();
+});
+
+let seq = 0;
+/** A fresh namespace-free ID prefix per test keeps tests independent on one server. */
+function prefix(): string {
+  return `t${++seq}`;
+}
+
+function collect(opts: WatchOptions): { events: WatchEvent[]; errors: unknown[]; done: () => boolean } {
+  const events: WatchEvent[] = [];
+  const errors: unknown[] = [];
+  let completed = false;
+  subs.push(
+    srv.client().watch('podstatus', opts).subscribe({
+      next: (e) => events.push(e),
+      error: (e: unknown) => errors.push(e),
+      complete: () => (completed = true),
+    }),
+  );
+  return { events, errors, done: () => completed || errors.length > 0 };
+}
+
+const store = () => srv.cosid.store;
+const put = (id: string, ready: boolean, labels?: Record<string, string>) => {
+  try {
+    store().get({ ...STATUSES, id });
+    store().update({ ...STATUSES, id, spec: podStatus(ready), ...(labels ? { labels } : {}) }, TEST_OWNER);
+  } catch {
+    store().create({ ...STATUSES, id, spec: podStatus(ready), ...(labels ? { labels } : {}) }, TEST_OWNER);
+  }
+};
+const del = (id: string) => store().destroy({ ...STATUSES, id }, TEST_OWNER);
+const summary = (events: WatchEvent[]) => events.map((e) => `${e.type}${e.resource ? ` ${e.resource.metadata.id}@${e.resource.metadata.version}` : ''}`);
+
+describe('watch a kind', () => {
+  it('bootstraps the current contents, then streams changes, every event with a bookmark', async () => {
+    const p = prefix();
+    put(`${p}/a`, false);
+    put(`${p}/b`, true);
+    const w = collect({ bootstrap: true, idRegexp: `^${p}/` });
+    await eventually(() => expect(summary(w.events)).toEqual([`created ${p}/a@1`, `created ${p}/b@1`, 'bootstrapped']));
+    put(`${p}/a`, true);
+    del(`${p}/b`);
+    put(`${p}/c`, false);
+    await eventually(() => expect(summary(w.events).slice(3)).toEqual([`updated ${p}/a@2`, `destroyed ${p}/b@1`, `created ${p}/c@1`]));
+    expect(w.events.every((e) => e.bookmark !== undefined && e.bookmark.length > 0)).toBe(true);
+    const updated = w.events[3];
+    expect(updated?.old?.metadata.version).toBe(1);
+    expect(updated?.resource?.spec).toEqual(podStatus(true));
+  });
+
+  it('turns updates into created/destroyed as resources start or stop matching a label query', async () => {
+    const p = prefix();
+    const w = collect({ labelQuery: [{ terms: [{ key: 'app', op: 'equal', values: [p] }] }] });
+    await new Promise((r) => setTimeout(r, 100));
+    put(`${p}/x`, false, { app: 'other' }); // never matched: not delivered
+    put(`${p}/x`, false, { app: p }); // starts matching
+    put(`${p}/x`, true, { app: p }); // still matching
+    put(`${p}/x`, true, { app: 'other' }); // stops matching
+    put(`${p}/y`, true, { app: p });
+    await eventually(() => expect(summary(w.events)).toEqual([`created ${p}/x@2`, `updated ${p}/x@3`, `destroyed ${p}/x@4`, `created ${p}/y@1`]));
+  });
+
+  it('resumes exactly after a bookmark, including one taken in the middle of a bootstrap', async () => {
+    const p = prefix();
+    for (const id of ['a', 'b', 'c', 'd']) put(`${p}/${id}`, false);
+    const w = collect({ bootstrap: true, idRegexp: `^${p}/` });
+    await eventually(() => expect(w.events.length).toBe(5));
+    // Changes while "disconnected" after the second bootstrap item.
+    put(`${p}/a`, true);
+    del(`${p}/c`);
+    put(`${p}/e`, true);
+    const midBootstrap = w.events[1]?.bookmark;
+    expect(midBootstrap).toBeDefined();
+    const resumed = collect({ fromBookmark: midBootstrap, idRegexp: `^${p}/` });
+    // The rest of the same snapshot (c and d as they were), BOOTSTRAPPED, then every change since.
+    await eventually(() =>
+      expect(summary(resumed.events)).toEqual([`created ${p}/c@1`, `created ${p}/d@1`, 'bootstrapped', `updated ${p}/a@2`, `destroyed ${p}/c@1`, `created ${p}/e@1`]),
+    );
+    const afterUpdate = resumed.events[3]?.bookmark;
+    const tail = collect({ fromBookmark: afterUpdate, idRegexp: `^${p}/` });
+    await eventually(() => expect(summary(tail.events)).toEqual([`destroyed ${p}/c@1`, `created ${p}/e@1`]));
+  });
+
+  it('replays the last N events with tail_events', async () => {
+    const p = prefix();
+    for (let i = 0; i < 5; i++) put(`${p}/n`, i % 2 === 0);
+    const w = collect({ tailEvents: 2, idRegexp: `^${p}/` });
+    await eventually(() => expect(summary(w.events)).toEqual([`updated ${p}/n@4`, `updated ${p}/n@5`]));
+  });
+
+  it('sends a NOOP bookmark on request and batches events in aggregated mode', async () => {
+    const p = prefix();
+    const w = collect({ bootstrapBookmark: true, aggregated: true, idRegexp: `^${p}/` });
+    await eventually(() => expect(summary(w.events)).toEqual(['noop']));
+    for (let i = 0; i < 20; i++) put(`${p}/${i}`, true);
+    await eventually(() => expect(w.events.length).toBe(21));
+    const resumed = collect({ fromBookmark: w.events[0]?.bookmark, idRegexp: `^${p}/` });
+    await eventually(() => expect(resumed.events.length).toBe(20));
+  });
+});
+
+describe('watch one resource', () => {
+  it('starts with its current state and follows it', async () => {
+    const p = prefix();
+    put(`${p}/one`, false);
+    put(`${p}/other`, false);
+    const w = collect({ id: `${p}/one` });
+    await eventually(() => expect(summary(w.events)).toEqual([`created ${p}/one@1`]));
+    put(`${p}/other`, true);
+    put(`${p}/one`, true);
+    del(`${p}/one`);
+    await eventually(() => expect(summary(w.events)).toEqual([`created ${p}/one@1`, `updated ${p}/one@2`, `destroyed ${p}/one@2`]));
+  });
+
+  it('refuses bootstrap_contents and label queries with UNIMPLEMENTED', async () => {
+    const a = collect({ id: 'x', bootstrap: true });
+    const b = collect({ id: 'x', labelQuery: [{ terms: [{ key: 'a', op: 'exists' }] }] });
+    await eventually(() => expect(a.errors.length + b.errors.length).toBe(2));
+    expect(a.errors[0]).toMatchObject({ code: grpc.status.UNIMPLEMENTED });
+    expect(b.errors[0]).toMatchObject({ code: grpc.status.UNIMPLEMENTED });
+  });
+});
+
+describe('watch set-up errors are the call status', () => {
+  it.each([
+    ['bootstrap with tail events', { bootstrap: true, tailEvents: 1 }, grpc.status.INVALID_ARGUMENT],
+    ['tail events with a bookmark', { tailEvents: 1, fromBookmark: new Uint8Array(26) }, grpc.status.INVALID_ARGUMENT],
+    ['a bad regexp', { idRegexp: '([' }, grpc.status.INVALID_ARGUMENT],
+    ['a garbage bookmark', { fromBookmark: new Uint8Array([1, 2, 3]) }, grpc.status.FAILED_PRECONDITION],
+    ['a bookmark of another server instance', { fromBookmark: new Uint8Array([1, 0, 9, 9, 9, 9, 9, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0, 1]) }, grpc.status.OUT_OF_RANGE],
+  ] as const)('%s', async (_name, opts, code) => {
+    const w = collect(opts as WatchOptions);
+    await eventually(() => expect(w.errors.length).toBe(1));
+    expect(w.errors[0]).toMatchObject({ code });
+    expect(w.events).toEqual([]);
+  });
+});
+
+/** A raw gRPC watch, as an old or generic client would make it. */
+function rawWatch(apiVersion: number, bootstrap: boolean): { messages: Buffer[]; call: grpc.ClientReadableStream<Buffer>; client: grpc.Client; errors: grpc.ServiceError[] } {
+  const client = new grpc.Client(srv.endpoint, grpc.credentials.createSsl(Buffer.from(srv.pki.ca.certPem), Buffer.from(srv.pki.admin.keyPem), Buffer.from(srv.pki.admin.certPem)));
+  const req = wire.watchRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', apiVersion, options: { bootstrapContents: bootstrap, tailEvents: 0, labelQuery: [], aggregated: false, bootstrapBookmark: false } });
+  const call = client.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(req));
+  const messages: Buffer[] = [];
+  const errors: grpc.ServiceError[] = [];
+  call.on('data', (b: Buffer) => messages.push(b));
+  call.on('error', (e: grpc.ServiceError) => errors.push(e));
+  return { messages, call, client, errors };
+}
+
+describe('wire details', () => {
+  it('sends the empty "ready" response first, and BOOTSTRAPPED only to api_version 1', async () => {
+    const v1 = rawWatch(1, true);
+    const v0 = rawWatch(0, true);
+    const count = store().list(STATUSES).length;
+    await eventually(() => expect(v1.messages.length).toBe(count + 2));
+    await eventually(() => expect(v0.messages.length).toBe(count + 1));
+    expect(v1.messages[0]?.length).toBe(0);
+    expect(v0.messages[0]?.length).toBe(0);
+    const types = (ms: Buffer[]) => ms.slice(1).map((m) => wire.watchResponse.decode(m).event[0]?.eventType);
+    expect(types(v1.messages).at(-1)).toBe(EventType.BOOTSTRAPPED);
+    expect(types(v0.messages).every((t) => t === EventType.CREATED)).toBe(true);
+    for (const w of [v1, v0]) {
+      w.call.cancel();
+      w.client.close();
+    }
+  });
+});
+
+describe('a watcher that cannot keep up', () => {
+  it('neither slows the others nor makes the server buffer, and ends with an explicit "too old" when history has moved on', async () => {
+    const p = prefix();
+    const stalled = rawWatch(1, false);
+    await eventually(() => expect(stalled.messages.length).toBe(1));
+    stalled.call.pause(); // stop reading: flow control fills up and the server must stop writing
+    const healthy = collect({ idRegexp: `^${p}/` });
+    await new Promise((r) => setTimeout(r, 100));
+    const big = 'x'.repeat(4096);
+    const total = 1500; // five times the history size of this server
+    let sawParked = false;
+    let maxBuffered = 0;
+    for (let i = 0; i < total; i++) {
+      store().create({ ...STATUSES, id: `${p}/${String(i).padStart(5, '0')}`, spec: { ...(podStatus(true) as object), padding: big } }, TEST_OWNER);
+      if (i % 50 === 49) {
+        // Pace the writer by the healthy watcher (history holds 300): the point is the stalled one.
+        await eventually(() => expect(healthy.events.length).toBeGreaterThan(i - 150), 20_000);
+        const stats = srv.cosid.hub.stats();
+        sawParked ||= stats.parked > 0;
+        maxBuffered = Math.max(maxBuffered, stats.maxBuffered);
+      }
+    }
+    await eventually(() => expect(healthy.events.length).toBe(total), 30_000);
+    expect(healthy.errors).toEqual([]);
+    // In order, no gaps, no duplicates.
+    expect(healthy.events.map((e) => e.resource?.metadata.id)).toEqual(Array.from({ length: total }, (_, i) => `${p}/${String(i).padStart(5, '0')}`));
+    // The stalled watch was parked, and no stream ever held more than grpc-js's high-water mark (16 messages).
+    expect(sawParked).toBe(true);
+    expect(maxBuffered).toBeLessThanOrEqual(16);
+    // The stalled watcher is ended (it is only a cursor, and history moved past it) with an explicit status.
+    stalled.call.resume();
+    await eventually(() => expect(stalled.errors.length).toBe(1), 20_000);
+    expect(stalled.errors[0]?.code).toBe(grpc.status.OUT_OF_RANGE);
+    expect(stalled.errors[0]?.details).toMatch(/fell behind.*list again/);
+    const last = stalled.messages.at(-1);
+    expect(last && wire.watchResponse.decode(last).event[0]?.eventType).toBe(EventType.ERRORED);
+    stalled.client.close();
+    for (let i = 0; i < total; i++) del(`${p}/${String(i).padStart(5, '0')}`);
+  });
+});
