@@ -115,6 +115,17 @@ describe('access control', () => {
     expect(String(err)).toContain('none of the roles');
   });
 
+  it('lets only os:admin read a sensitive type, and refuses (not filters) others', async () => {
+    srv.cosid.registry.register({ type: 'Secrets.test.cosi.dev', displayType: 'Secret', defaultNamespace: 'k8s', sensitive: true });
+    srv.cosid.store.create({ namespace: 'k8s', type: 'Secrets.test.cosi.dev', id: 'token', spec: { value: 's3cret' } }, TEST_OWNER);
+    expect((await srv.client().get('secrets', 'token')).spec).toEqual({ value: 's3cret' });
+    const operator = await srv.certWithRoles(['os:operator']);
+    for (const cert of [srv.pki.reader, operator]) {
+      const err = await srv.client(cert).list('secrets').catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: grpc.status.PERMISSION_DENIED, message: expect.stringContaining('sensitive') });
+    }
+  });
+
   it('refuses a certificate from another CA at the handshake', async () => {
     const foreign = await srv.foreignCert();
     const err = await srv.client(foreign).list('staticpods').catch((e: unknown) => e);

@@ -163,6 +163,15 @@ describe('cosictl get -w', () => {
     expect(lines[4]).toMatch(/^node-1\s+-\s+k8s\s+StaticPodStatus\s+kube-system\/etcd-node-1\s+2\s+True$/);
   });
 
+  it('watches in JSON and jsonpath', async () => {
+    const json = await cosictl(['get', 'sp', '-w', '-o', 'json'], { until: (out) => out.includes('kube-system-etcd') && out.trimEnd().endsWith('}') });
+    expect(json.code).toBe(0);
+    const objects = json.stdout.trimEnd().split(/\n(?=\{)/).map((s) => JSON.parse(s) as { event: string; metadata: { id: string } });
+    expect(objects.map((o) => `${o.event} ${o.metadata.id}`)).toEqual(['created default-nginx', 'created kube-system-etcd']);
+    const jp = await cosictl(['get', 'sp', '-w', '-o', 'jsonpath={.event} {.metadata.id}'], { until: (out) => out.includes('etcd\n') });
+    expect(jp.stdout).toBe('created default-nginx\ncreated kube-system-etcd\n');
+  });
+
   it('watches in YAML with the event field', async () => {
     const r = await cosictl(['get', 'sp', 'default-nginx', '-w', '-o', 'yaml'], { until: (out) => out.includes('spec:') });
     expect(r.code).toBe(0);
