@@ -5,18 +5,30 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createLogger, parseLevel } from '../shared/log.js';
-import { MachineConfigError, parseMachineConfig } from './config/machine-config.js';
-import { reconcileStaticPods } from './controllers/static-pods.js';
-import { Cosid } from './cosid.js';
+import { CosiNode } from './node.js';
 
-const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [--listen 127.0.0.1:50000] [--node NAME] [--log-level info]
+const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [flags]
 
-  --pki DIR          folder with ca.crt (trusted client CA), server.crt and server.key
-                     (create one with: cosictl gen pki --out DIR)
-  --config FILE      Talos machine config (multi-document YAML); machine.pods become StaticPods
-  --listen ADDR      host:port to serve on (default 127.0.0.1:50000)
-  --node NAME        node name reported to clients (default: the host name)
-  --log-level LEVEL  debug, info, warn or error (default info)`;
+  --pki DIR                 folder with ca.crt (trusted client CA), server.crt and server.key
+                            (create one with: cosictl gen pki --out DIR)
+  --config FILE             Talos machine config (multi-document YAML), watched for changes (and reloaded on SIGHUP)
+  --listen ADDR             host:port of the COSI API (default 127.0.0.1:50000)
+  --node NAME               node name (default: the host name)
+  --manifest-listen ADDR    loopback host:port of the static pod manifest server for the kubelet (default 127.0.0.1:0)
+  --kubelet-url URL         the kubelet's pod list (default https://127.0.0.1:10250/pods/)
+  --kubelet-ca FILE         CA that signed the kubelet's serving certificate
+  --kubelet-cert FILE       client certificate for the kubelet (Talos: CN apiserver-kubelet-client, O system:masters)
+  --kubelet-key FILE        its key; without --kubelet-cert/--kubelet-key status polling is off
+  --kubelet-server-name N   name the kubelet's certificate must carry (default: the node name)
+  --kubelet-interval DUR    poll interval, e.g. 15s or 500ms (default 15s)
+  --log-level LEVEL         debug, info, warn or error (default info)`;
+
+function duration(s: string): number {
+  const m = /^(\d+)(ms|s|m)?$/.exec(s.trim());
+  if (m === null) throw new Error(`invalid duration ${JSON.stringify(s)}: use for example 15s or 500ms`);
+  const n = Number(m[1]);
+  return m[2] === 'ms' ? n : m[2] === 'm' ? n * 60_000 : n * 1000;
+}
 
 async function main(): Promise<number> {
   let args;
@@ -27,6 +39,13 @@ async function main(): Promise<number> {
         config: { type: 'string' },
         listen: { type: 'string', default: '127.0.0.1:50000' },
         node: { type: 'string', default: hostname() },
+        'manifest-listen': { type: 'string', default: '127.0.0.1:0' },
+        'kubelet-url': { type: 'string', default: 'https://127.0.0.1:10250/pods/' },
+        'kubelet-ca': { type: 'string' },
+        'kubelet-cert': { type: 'string' },
+        'kubelet-key': { type: 'string' },
+        'kubelet-server-name': { type: 'string' },
+        'kubelet-interval': { type: 'string', default: '15s' },
         'log-level': { type: 'string', default: 'info' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -46,25 +65,48 @@ async function main(): Promise<number> {
     process.stderr.write(`cosid: ${level === undefined ? 'unknown --log-level' : '--pki and --config are required'}\n${USAGE}\n`);
     return 2;
   }
+  const pki = args.pki;
   const log = createLogger({ level });
-  const read = async (file: string) => {
+  const read = async (file: string, hint: string) => {
     try {
       return await readFile(file, 'utf8');
     } catch (err) {
-      throw new Error(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}${file.startsWith(args.pki ?? '') ? ' (create the PKI with: cosictl gen pki --out ' + (args.pki ?? 'DIR') + ')' : ''}`);
+      throw new Error(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}${hint}`);
     }
   };
+  const pkiHint = ` (create the PKI with: cosictl gen pki --out ${pki})`;
   const tls = {
-    caPem: await read(join(args.pki, 'ca.crt')),
-    certPem: await read(join(args.pki, 'server.crt')),
-    keyPem: await read(join(args.pki, 'server.key')),
+    caPem: await read(join(pki, 'ca.crt'), pkiHint),
+    certPem: await read(join(pki, 'server.crt'), pkiHint),
+    keyPem: await read(join(pki, 'server.key'), pkiHint),
   };
-  const config = parseMachineConfig(await read(args.config), args.config);
-  for (const w of config.warnings) log.warn(w);
+  const nodeName = args.node ?? hostname();
+  const kc = args['kubelet-cert'];
+  const kk = args['kubelet-key'];
+  if ((kc === undefined) !== (kk === undefined)) throw new Error('--kubelet-cert and --kubelet-key go together');
+  const kubelet =
+    kc !== undefined && kk !== undefined
+      ? {
+          url: args['kubelet-url'] ?? 'https://127.0.0.1:10250/pods/',
+          caPem: args['kubelet-ca'] !== undefined ? await read(args['kubelet-ca'], '') : tls.caPem,
+          certPem: await read(kc, ''),
+          keyPem: await read(kk, ''),
+          serverName: args['kubelet-server-name'] ?? nodeName,
+          intervalMs: duration(args['kubelet-interval'] ?? '15s'),
+        }
+      : undefined;
 
-  const cosid = await Cosid.start({ listen: args.listen, tls, nodeName: args.node ?? hostname(), log });
-  reconcileStaticPods(cosid.store, config.pods, log);
+  const node = await CosiNode.start({
+    listen: args.listen ?? '127.0.0.1:50000',
+    tls,
+    nodeName,
+    log,
+    configPath: args.config,
+    manifestListen: args['manifest-listen'] ?? '127.0.0.1:0',
+    kubelet,
+  });
 
+  process.on('SIGHUP', () => void node.config.reload('SIGHUP'));
   let signalled = false;
   const stop = (signal: string) => {
     if (signalled) {
@@ -73,7 +115,7 @@ async function main(): Promise<number> {
     }
     signalled = true;
     log.info('stopping: ending open streams', { signal });
-    void cosid.stop().then(() => {
+    void node.stop().then(() => {
       log.info('stopped');
       process.exit(0);
     });
@@ -88,8 +130,7 @@ main().then(
     if (code >= 0) process.exit(code);
   },
   (err: unknown) => {
-    const msg = err instanceof MachineConfigError || err instanceof Error ? err.message : String(err);
-    process.stderr.write(`cosid: ${msg}\n`);
+    process.stderr.write(`cosid: ${err instanceof Error ? err.message : String(err)}\n`);
     process.exit(1);
   },
 );

@@ -11,7 +11,7 @@ let srv: TestServer;
 
 beforeAll(async () => {
   srv = await startServer();
-  reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx') }, { id: 'kube-system-etcd', pod: pod('etcd', 'etcd', 'kube-system') }], silentLogger);
+  reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }, { id: 'kube-system-etcd', pod: pod('etcd', 'etcd', 'kube-system'), origin: 'test' }], silentLogger);
   srv.cosid.store.create({ ...STATUSES, id: 'default/nginx-test-node', spec: podStatus(true) }, TEST_OWNER);
 });
 afterAll(() => srv.close());
@@ -89,11 +89,14 @@ describe('type resolution', () => {
       type: 'StaticPodStatuses.kubernetes.talos.dev',
       displayType: 'StaticPodStatus',
       defaultNamespace: 'k8s',
-      printColumns: [{ name: 'Ready', jsonPath: '{.conditions[?(@.type=="Ready")].status}' }],
+      printColumns: [
+        { name: 'Ready', jsonPath: '{.conditions[?(@.type=="Ready")].status}' },
+        { name: 'Stale', jsonPath: '{.conditions[?(@.type=="Stale")].reason}' },
+      ],
     });
     expect((rd.spec as { aliases: string[] }).aliases).toContain('podstatus');
     const ns = await srv.client().list('namespaces');
-    expect(ns.map((r) => r.metadata.id)).toEqual(['k8s', 'meta']);
+    expect(ns.map((r) => r.metadata.id)).toEqual(['config', 'k8s', 'meta']);
   });
 });
 

@@ -12,7 +12,7 @@ let srv: TestServer;
 
 beforeAll(async () => {
   srv = await startServer({ nodeName: 'node-1' });
-  reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx') }, { id: 'kube-system-etcd', pod: pod('etcd', 'etcd', 'kube-system') }], silentLogger);
+  reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }, { id: 'kube-system-etcd', pod: pod('etcd', 'etcd', 'kube-system'), origin: 'test' }], silentLogger);
   srv.cosid.store.create({ ...STATUSES, id: 'default/nginx-node-1', spec: podStatus(true) }, TEST_OWNER);
 });
 afterAll(() => srv.close());
@@ -49,7 +49,7 @@ describe('cosictl get', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toBe(
       [
-        'NODE     NAMESPACE   TYPE        ID                 VERSION',
+        'NODE     NAMESPACE   TYPE        ID                 VERSION   ERROR',
         'node-1   k8s         StaticPod   default-nginx      1',
         'node-1   k8s         StaticPod   kube-system-etcd   1',
         '',
@@ -59,7 +59,7 @@ describe('cosictl get', () => {
 
   it('adds print columns (READY for statuses)', async () => {
     const r = await cosictl(['get', 'staticpodstatus']);
-    expect(r.stdout.split('\n')[0]).toMatch(/^NODE\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\s+READY$/);
+    expect(r.stdout.split('\n')[0]).toMatch(/^NODE\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\s+READY\s+STALE$/);
     expect(r.stdout.split('\n')[1]).toMatch(/^node-1\s+k8s\s+StaticPodStatus\s+default\/nginx-node-1\s+1\s+True$/);
   });
 
@@ -156,7 +156,7 @@ describe('cosictl get -w', () => {
     });
     expect(r.code).toBe(0);
     const lines = r.stdout.trimEnd().split('\n');
-    expect(lines[0]).toMatch(/^NODE\s+\*\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\s+READY$/);
+    expect(lines[0]).toMatch(/^NODE\s+\*\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\s+READY\s+STALE$/);
     expect(lines[1]).toMatch(/^node-1\s+\+\s+k8s\s+StaticPodStatus\s+default\/nginx-node-1\s+1\s+True$/);
     expect(lines[2]).toMatch(/^node-1\s+\+\s+k8s\s+StaticPodStatus\s+kube-system\/etcd-node-1\s+1\s+False$/);
     expect(lines[3]).toMatch(/^node-1\s{4,}k8s\s+StaticPodStatus\s+kube-system\/etcd-node-1\s+2\s+True$/);

@@ -40,11 +40,21 @@ function run(cmd: string, args: string[], env: Record<string, string> = {}): Pro
 }
 
 describe('npm start', () => {
-  it('generates a PKI, serves the example config and prints a cosictl command that shows default-nginx; SIGTERM drains', async () => {
+  it('runs the whole loop: prints cosictl commands that show default-nginx and its status going Ready; SIGTERM drains', async () => {
     const state = await mkdtemp(join(tmpdir(), 'cosi-state-'));
     dirs.push(state);
-    const port = await freePort();
-    const child = spawn(process.execPath, ['scripts/start.mjs'], { cwd: ROOT, env: { ...process.env, COSI_STATE_DIR: state, COSID_LISTEN: `127.0.0.1:${port}` } });
+    const [port, manifestPort, kubeletPort] = [await freePort(), await freePort(), await freePort()];
+    const child = spawn(process.execPath, ['scripts/start.mjs'], {
+      cwd: ROOT,
+      env: {
+        ...process.env,
+        COSI_STATE_DIR: state,
+        COSI_NODE: 'demo-node',
+        COSID_LISTEN: `127.0.0.1:${port}`,
+        COSID_MANIFEST_LISTEN: `127.0.0.1:${manifestPort}`,
+        KUBELET_SIM_LISTEN: `127.0.0.1:${kubeletPort}`,
+      },
+    });
     children.push(child);
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -54,7 +64,17 @@ describe('npm start', () => {
     expect(printed).toBeDefined();
     const out = await run(process.execPath, (printed ?? '').split(' '));
     expect(out.stderr).toBe('');
-    expect(out.stdout).toMatch(/^NODE\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\n\S+\s+k8s\s+StaticPod\s+default-nginx\s+1\n$/);
+    expect(out.stdout).toMatch(/^NODE\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\s+ERROR\ndemo-node\s+k8s\s+StaticPod\s+default-nginx\s+1\n$/);
+
+    // The second printed command watches the status go Ready through the kubelet simulator.
+    const watchCmd = /^\s+node (dist\/client\/cli\/main\.js .*get staticpodstatus -w)$/m.exec(stderr)?.[1];
+    expect(watchCmd).toBeDefined();
+    const watcher = spawn(process.execPath, (watchCmd ?? '').split(' '), { cwd: ROOT });
+    children.push(watcher);
+    let watched = '';
+    watcher.stdout.on('data', (d: Buffer) => (watched += d.toString()));
+    await eventually(() => expect(watched, `watch printed:\n${watched}`).toMatch(/^demo-node\s+(\+\s+)?k8s\s+StaticPodStatus\s+default\/nginx-demo-node\s+\d+\s+True\s*$/m), 30_000);
+    watcher.kill('SIGINT');
 
     // A watch open during SIGTERM ends with UNAVAILABLE (a status, not a connection reset).
     const ctx = selectContext(await loadCosiConfig(join(state, 'pki', 'cosiconfig')));

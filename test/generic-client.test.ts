@@ -13,7 +13,7 @@ let srv: TestServer;
 
 beforeAll(async () => {
   srv = await startServer();
-  reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx') }], silentLogger);
+  reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }], silentLogger);
 });
 afterAll(() => srv.close());
 
@@ -52,7 +52,7 @@ describe('buf curl with only the .proto files', () => {
 
   it('calls List', async () => {
     const res = await curl('cosi.resource.State/List', { namespace: 'meta', type: 'Namespaces.meta.cosi.dev' });
-    expect(res.map((r) => (r as { resource: { metadata: { id: string } } }).resource.metadata.id)).toEqual(['k8s', 'meta']);
+    expect(res.map((r) => (r as { resource: { metadata: { id: string } } }).resource.metadata.id)).toEqual(['config', 'k8s', 'meta']);
   });
 
   it('calls Watch: the ready marker, the bootstrap, BOOTSTRAPPED', async () => {

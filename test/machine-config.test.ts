@@ -34,7 +34,7 @@ describe('parseMachineConfig', () => {
     const cfg = parseMachineConfig(CONFIG, 'machine.yaml');
     expect(cfg.pods.map((p) => p.id)).toEqual(['default-nginx', 'monitoring-agent']);
     expect(cfg.pods[0]?.pod).toMatchObject({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'nginx' } });
-    expect(cfg.warnings).toEqual(['machine.yaml: ignoring document "SomethingNew"']);
+    expect(cfg.warnings).toEqual(['machine.yaml:23: ignoring document "SomethingNew"']);
   });
 
   it('reports YAML errors with file, line and column', () => {
@@ -44,7 +44,7 @@ describe('parseMachineConfig', () => {
   it.each([
     ['no v1alpha1 document', 'kind: Other\n', /no v1alpha1 machine config document/],
     ['pods not a list', 'version: v1alpha1\nmachine:\n  pods: {}\n', /machine\.pods must be a list/],
-    ['pod without a name', 'version: v1alpha1\nmachine:\n  pods:\n    - kind: Pod\n', /machine\.pods\[0\]: metadata\.name is required/],
+    ['pod without a name', 'version: v1alpha1\nmachine:\n  pods:\n    - kind: Pod\n', /^m\.yaml:4 \(machine\.pods\[0\]\): metadata\.name is required$/],
     ['duplicate pods', 'version: v1alpha1\nmachine:\n  pods:\n    - metadata: {name: a}\n    - metadata: {name: a, namespace: default}\n', /duplicate static pod default-a/],
     ['a YAML alias bomb', `version: v1alpha1\nmachine:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n  b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n  c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n  d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n  e: [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n`, /alias/i],
   ])('rejects %s', (_name, text, message) => {

@@ -1,9 +1,11 @@
 // Machine config -> StaticPod resources: creates, updates (only when changed) and destroys to match.
+// Each pod is validated as a kubelet would; an invalid one is kept visible with its reason, never served.
 import { isCosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import type { StaticPodEntry } from '../config/machine-config.js';
-import { K8S_NAMESPACE, STATIC_POD_TYPE } from '../resources/k8s.js';
-import type { ResourceStore } from '../store/store.js';
+import { validateStaticPod } from '../config/pod-rules.js';
+import { INVALID_LABEL, K8S_NAMESPACE, STATIC_POD_TYPE } from '../resources/k8s.js';
+import type { ResourceInput, ResourceStore } from '../store/store.js';
 
 export const STATIC_POD_OWNER = 'k8s.StaticPodController';
 
@@ -11,11 +13,12 @@ export interface ReconcileResult {
   created: string[];
   updated: string[];
   destroyed: string[];
+  invalid: { id: string; origin: string; message: string }[];
 }
 
 export function reconcileStaticPods(store: ResourceStore, pods: readonly StaticPodEntry[], log: Logger): ReconcileResult {
   const kind = { namespace: K8S_NAMESPACE, type: STATIC_POD_TYPE };
-  const result: ReconcileResult = { created: [], updated: [], destroyed: [] };
+  const result: ReconcileResult = { created: [], updated: [], destroyed: [], invalid: [] };
   const wanted = new Set(pods.map((p) => p.id));
   for (const existing of store.list(kind)) {
     if (existing.metadata.owner === STATIC_POD_OWNER && !wanted.has(existing.metadata.id)) {
@@ -24,16 +27,32 @@ export function reconcileStaticPods(store: ResourceStore, pods: readonly StaticP
     }
   }
   for (const p of pods) {
-    const input = { ...kind, id: p.id, spec: p.pod };
+    const problem = validateStaticPod(p.pod);
+    if (problem !== undefined) result.invalid.push({ id: p.id, origin: p.origin, message: problem.message });
+    const labels: Record<string, string> = problem === undefined ? {} : { [INVALID_LABEL]: 'true' };
+    const input: ResourceInput = {
+      ...kind,
+      id: p.id,
+      spec: problem === undefined ? p.pod : { ...p.pod, status: { phase: 'Failed', reason: 'InvalidPod', message: problem.message } },
+      labels,
+    };
+    let changed: 'created' | 'updated' | undefined;
     try {
       const before = store.get(input).metadata.version;
-      if (store.update(input, STATIC_POD_OWNER).metadata.version !== before) result.updated.push(p.id);
+      if (store.update(input, STATIC_POD_OWNER).metadata.version !== before) changed = 'updated';
     } catch (err) {
       if (!isCosiError(err, 'not-found')) throw err;
       store.create(input, STATIC_POD_OWNER);
-      result.created.push(p.id);
+      changed = 'created';
+    }
+    if (changed !== undefined) {
+      result[changed].push(p.id);
+      // Logged when it changes, not on every reload: the resource keeps saying it.
+      if (problem !== undefined) log.warn('invalid static pod: not served to the kubelet', { id: p.id, origin: p.origin, error: problem.message });
     }
   }
-  if (result.created.length + result.updated.length + result.destroyed.length > 0) log.info('static pods reconciled', { ...result });
+  if (result.created.length + result.updated.length + result.destroyed.length > 0) {
+    log.info('static pods reconciled', { created: result.created, updated: result.updated, destroyed: result.destroyed });
+  }
   return result;
 }

@@ -7,17 +7,38 @@ export const STATIC_POD_TYPE = 'StaticPods.kubernetes.talos.dev';
 export const STATIC_POD_STATUS_TYPE = 'StaticPodStatuses.kubernetes.talos.dev';
 export const STATIC_POD_SERVER_STATUS_TYPE = 'StaticPodServerStatuses.kubernetes.talos.dev';
 export const STATIC_POD_SERVER_STATUS_ID = 'static-pod-server-status';
+export const CONFIG_NAMESPACE = 'config';
+export const MACHINE_CONFIG_STATUS_TYPE = 'MachineConfigStatuses.config.cosi-pods.dev';
+export const MACHINE_CONFIG_STATUS_ID = 'machine-config';
+
+/** Set on a StaticPod that failed validation (it is not served to the kubelet). */
+export const INVALID_LABEL = 'cosi-pods.dev/invalid';
+/** Set on a StaticPodStatus that was not confirmed by the last kubelet poll. */
+export const STALE_LABEL = 'cosi-pods.dev/stale';
 
 function asObject(spec: Json): { [key: string]: Json } {
   return spec !== null && typeof spec === 'object' && !Array.isArray(spec) ? spec : {};
 }
 
 export function registerK8sTypes(registry: Registry): void {
+  registry.registerNamespace(CONFIG_NAMESPACE, 'Machine configuration state.');
+  registry.register({
+    type: MACHINE_CONFIG_STATUS_TYPE,
+    displayType: 'MachineConfigStatus',
+    defaultNamespace: CONFIG_NAMESPACE,
+    printColumns: [
+      { name: 'Pods', jsonPath: '{.pods}' },
+      { name: 'Invalid', jsonPath: '{.invalidPods}' },
+      { name: 'Error', jsonPath: '{.error}' },
+    ],
+  });
   registry.registerNamespace(K8S_NAMESPACE, 'Kubernetes resources of the node.');
   registry.register({
     type: STATIC_POD_TYPE,
     displayType: 'StaticPod',
     defaultNamespace: K8S_NAMESPACE,
+    // An invalid pod carries the kubelet-style reason in its status (it is never sent to the kubelet).
+    printColumns: [{ name: 'Error', jsonPath: '{.status.message}' }],
     encodeProto: (spec) => wire.staticPodSpec.encode({ pod: toStruct(asObject(spec)) }),
   });
   registry.register({
@@ -25,7 +46,11 @@ export function registerK8sTypes(registry: Registry): void {
     displayType: 'StaticPodStatus',
     defaultNamespace: K8S_NAMESPACE,
     aliases: ['podstatus'],
-    printColumns: [{ name: 'Ready', jsonPath: '{.conditions[?(@.type=="Ready")].status}' }],
+    printColumns: [
+      { name: 'Ready', jsonPath: '{.conditions[?(@.type=="Ready")].status}' },
+      // Set while the kubelet cannot be reached: the last known status is kept and marked.
+      { name: 'Stale', jsonPath: '{.conditions[?(@.type=="Stale")].reason}' },
+    ],
     encodeProto: (spec) => wire.staticPodStatusSpec.encode({ podStatus: toStruct(asObject(spec)) }),
   });
   registry.register({

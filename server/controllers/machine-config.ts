@@ -1,0 +1,96 @@
+// Watches the machine config file and applies it: a good config reconciles the StaticPods, a bad one changes
+// nothing (the last good state stays served) and is logged and published as the MachineConfigStatus.
+import { watch, type FSWatcher } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
+import type { Logger } from '../../shared/log.js';
+import { MAX_CONFIG_BYTES, MachineConfigError, parseMachineConfig } from '../config/machine-config.js';
+import { CONFIG_NAMESPACE, MACHINE_CONFIG_STATUS_ID, MACHINE_CONFIG_STATUS_TYPE } from '../resources/k8s.js';
+import type { ResourceStore } from '../store/store.js';
+import { reconcileStaticPods } from './static-pods.js';
+
+export const MACHINE_CONFIG_OWNER = 'config.MachineConfigController';
+const DEBOUNCE_MS = 50;
+
+export class MachineConfigController {
+  private watcher: FSWatcher | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private loading: Promise<boolean> = Promise.resolve(true);
+  private lastGood: { at: string; pods: number; invalid: { id: string; error: string }[] } | undefined;
+
+  constructor(
+    private readonly store: ResourceStore,
+    readonly path: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Loads the file now (loads never overlap). Resolves false when the config was rejected. */
+  reload(reason: string): Promise<boolean> {
+    this.loading = this.loading.then(() => this.loadOnce(reason));
+    return this.loading;
+  }
+
+  /** Reloads whenever the file changes (editors often replace it, so the folder is watched). */
+  watch(): void {
+    const name = basename(this.path);
+    this.watcher = watch(dirname(this.path), { persistent: false }, (_event, file) => {
+      if (file !== null && file !== name) return;
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => void this.reload('file changed'), DEBOUNCE_MS);
+    });
+    this.watcher.on('error', (err) => this.log.error('cannot watch the machine config; reload with SIGHUP', { path: this.path, error: err }));
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.watcher?.close();
+  }
+
+  private async loadOnce(reason: string): Promise<boolean> {
+    try {
+      const config = parseMachineConfig(await readLimited(this.path), this.path);
+      for (const w of config.warnings) this.log.warn(w);
+      const result = reconcileStaticPods(this.store, config.pods, this.log);
+      this.lastGood = { at: new Date().toISOString(), pods: config.pods.length, invalid: result.invalid.map((i) => ({ id: i.id, error: i.message })) };
+      this.publish('');
+      this.log.debug('machine config applied', { path: this.path, reason });
+      return true;
+    } catch (err) {
+      const message = err instanceof MachineConfigError ? err.message : `${this.path}: ${err instanceof Error ? err.message : String(err)}`;
+      this.log.error('machine config rejected; keeping the last good state', { path: this.path, reason, error: message });
+      this.publish(message);
+      return false;
+    }
+  }
+
+  private publish(error: string): void {
+    const spec = {
+      path: this.path,
+      lastGoodAt: this.lastGood?.at ?? null,
+      pods: this.lastGood?.pods ?? 0,
+      invalidPods: this.lastGood?.invalid.length ?? 0,
+      invalid: this.lastGood?.invalid ?? [],
+      error,
+    };
+    const input = { namespace: CONFIG_NAMESPACE, type: MACHINE_CONFIG_STATUS_TYPE, id: MACHINE_CONFIG_STATUS_ID, spec };
+    try {
+      this.store.update(input, MACHINE_CONFIG_OWNER);
+    } catch {
+      this.store.create(input, MACHINE_CONFIG_OWNER);
+    }
+  }
+}
+
+async function readLimited(path: string): Promise<string> {
+  const fh = await open(path, 'r');
+  try {
+    const { size } = await fh.stat();
+    if (size > MAX_CONFIG_BYTES) throw new MachineConfigError(`${path}: machine config is larger than ${MAX_CONFIG_BYTES} bytes`);
+    const buf = Buffer.alloc(Math.min(size, MAX_CONFIG_BYTES) + 1);
+    const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+    if (bytesRead > MAX_CONFIG_BYTES) throw new MachineConfigError(`${path}: machine config is larger than ${MAX_CONFIG_BYTES} bytes`);
+    return buf.subarray(0, bytesRead).toString('utf8');
+  } finally {
+    await fh.close();
+  }
+}

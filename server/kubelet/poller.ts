@@ -1,0 +1,224 @@
+// Polls the kubelet's /pods/ over mTLS and mirrors its static pods' statuses as StaticPodStatus resources.
+// When the kubelet cannot be read, the last statuses stay and are marked stale; nothing is silently emptied.
+import { request } from 'node:https';
+import type { Logger } from '../../shared/log.js';
+import type { Json } from '../../shared/wire.js';
+import { K8S_NAMESPACE, STALE_LABEL, STATIC_POD_STATUS_TYPE } from '../resources/k8s.js';
+import type { ResourceStore } from '../store/store.js';
+
+export const STATUS_OWNER = 'k8s.StaticPodStatusController';
+const STATIC_SOURCES = new Set(['file', 'http']);
+
+export interface KubeletPollerOptions {
+  /** Default https://127.0.0.1:10250/pods/ */
+  url: string;
+  caPem: string;
+  certPem: string;
+  keyPem: string;
+  /** The name the kubelet's serving certificate must carry (Talos: the node name). */
+  serverName: string;
+  /** Between successful polls (default 15 s, as Talos). */
+  intervalMs?: number;
+  /** First retry after a failure, doubling up to intervalMs (default 1 s). */
+  minBackoffMs?: number;
+  timeoutMs?: number;
+  maxBodyBytes?: number;
+  store: ResourceStore;
+  log: Logger;
+}
+
+type JsonObject = { [key: string]: Json };
+
+class PollError extends Error {
+  constructor(
+    readonly reason: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export class KubeletPoller {
+  private timer: NodeJS.Timeout | undefined;
+  private inFlight: Promise<void> | undefined;
+  private again = false;
+  private stopped = false;
+  private backoffMs: number;
+  private lastSuccess: string | undefined;
+  private lastProblem: string | undefined = undefined;
+  /** The statuses as the kubelet last reported them (without our Stale condition). */
+  private readonly fresh = new Map<string, JsonObject>();
+  private readonly intervalMs: number;
+  private readonly minBackoffMs: number;
+
+  constructor(private readonly opts: KubeletPollerOptions) {
+    this.intervalMs = opts.intervalMs ?? 15_000;
+    this.minBackoffMs = Math.min(opts.minBackoffMs ?? 1000, this.intervalMs);
+    this.backoffMs = this.minBackoffMs;
+  }
+
+  start(): void {
+    this.pollSoon();
+  }
+
+  /** Polls now (or right after the poll in flight), then resumes the schedule. */
+  pollSoon(): void {
+    if (this.stopped) return;
+    if (this.inFlight !== undefined) {
+      this.again = true;
+      return;
+    }
+    clearTimeout(this.timer);
+    this.inFlight = this.pollOnce().finally(() => {
+      this.inFlight = undefined;
+      if (this.again) {
+        this.again = false;
+        this.pollSoon();
+      }
+    });
+  }
+
+  /** Resolves when the poll in flight (if any) has been applied. */
+  async settled(): Promise<void> {
+    while (this.inFlight !== undefined) await this.inFlight;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+
+  private schedule(ms: number): void {
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.pollSoon(), ms);
+    this.timer.unref();
+  }
+
+  private async pollOnce(): Promise<void> {
+    try {
+      const pods = await this.fetchPods();
+      this.apply(pods);
+      this.backoffMs = this.minBackoffMs;
+      this.schedule(this.intervalMs);
+    } catch (err) {
+      const e = err instanceof PollError ? err : new PollError('KubeletError', err instanceof Error ? err.message : String(err));
+      this.markStale(e);
+      this.schedule(this.backoffMs);
+      this.backoffMs = Math.min(this.backoffMs * 2, this.intervalMs);
+    }
+  }
+
+  private apply(pods: JsonObject[]): void {
+    const { store, log } = this.opts;
+    const seen = new Set<string>();
+    for (const pod of pods) {
+      const md = asObject(pod['metadata']);
+      const annotations = asObject(md['annotations']);
+      const source = annotations['kubernetes.io/config.source'];
+      if (typeof source !== 'string' || !STATIC_SOURCES.has(source)) continue;
+      const name = md['name'];
+      if (typeof name !== 'string' || name === '') continue;
+      const ns = typeof md['namespace'] === 'string' && md['namespace'] !== '' ? md['namespace'] : 'default';
+      const id = `${ns}/${name}`;
+      const status = asObject(pod['status']);
+      seen.add(id);
+      this.fresh.set(id, status);
+      this.write(id, status, {});
+    }
+    for (const r of store.list({ namespace: K8S_NAMESPACE, type: STATIC_POD_STATUS_TYPE })) {
+      if (r.metadata.owner === STATUS_OWNER && !seen.has(r.metadata.id)) {
+        store.destroy(r.metadata, STATUS_OWNER);
+        this.fresh.delete(r.metadata.id);
+      }
+    }
+    this.lastSuccess = new Date().toISOString();
+    if (this.lastProblem !== undefined) log.info('kubelet status is fresh again', { url: this.opts.url, statuses: seen.size });
+    this.lastProblem = undefined;
+  }
+
+  private markStale(e: PollError): void {
+    const problem = `${e.reason}: ${e.message}`;
+    if (problem !== this.lastProblem) {
+      // Once per change of state, not once per retry.
+      this.opts.log.warn('cannot read the kubelet; keeping the last statuses, marked stale', { url: this.opts.url, reason: e.reason, error: e.message });
+      this.lastProblem = problem;
+    }
+    for (const [id, status] of this.fresh) {
+      const conditions = Array.isArray(status['conditions']) ? status['conditions'].filter((c) => asObject(c)['type'] !== 'Stale') : [];
+      const stale = { type: 'Stale', status: 'True', reason: e.reason, message: e.message, lastProbeTime: this.lastSuccess ?? null };
+      this.write(id, { ...status, conditions: [...conditions, stale] }, { [STALE_LABEL]: 'true' });
+    }
+  }
+
+  private write(id: string, spec: JsonObject, labels: Record<string, string>): void {
+    const input = { namespace: K8S_NAMESPACE, type: STATIC_POD_STATUS_TYPE, id, spec, labels };
+    try {
+      // An unchanged status keeps its version (the store does not commit no-op updates).
+      this.opts.store.update(input, STATUS_OWNER);
+    } catch {
+      this.opts.store.create(input, STATUS_OWNER);
+    }
+  }
+
+  private fetchPods(): Promise<JsonObject[]> {
+    const { url, caPem, certPem, keyPem, serverName } = this.opts;
+    const timeoutMs = this.opts.timeoutMs ?? 10_000;
+    const maxBody = this.opts.maxBodyBytes ?? 16 << 20;
+    return new Promise((resolve, reject) => {
+      const req = request(url, { method: 'GET', ca: caPem, cert: certPem, key: keyPem, servername: serverName, headers: { Accept: 'application/json' }, timeout: timeoutMs }, (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (chunk: Buffer) => {
+          size += chunk.length;
+          if (size > maxBody) {
+            req.destroy(new PollError('KubeletBadResponse', `response is larger than ${maxBody} bytes`));
+            return;
+          }
+          chunks.push(chunk);
+        });
+        res.on('end', () => {
+          if (res.statusCode !== 200) return reject(new PollError('KubeletHTTPError', `kubelet answered HTTP ${res.statusCode ?? '?'}`));
+          try {
+            resolve(parsePodList(Buffer.concat(chunks).toString('utf8')));
+          } catch (err) {
+            reject(err);
+          }
+        });
+        res.on('error', reject);
+      });
+      // The whole exchange is bounded, not just the idle time between bytes.
+      const deadline = setTimeout(() => req.destroy(new PollError('KubeletTimeout', `no complete answer within ${timeoutMs} ms`)), timeoutMs);
+      req.on('close', () => clearTimeout(deadline));
+      req.on('timeout', () => req.destroy(new PollError('KubeletTimeout', `no answer within ${timeoutMs} ms`)));
+      req.on('error', (err: Error & { code?: string }) => reject(err instanceof PollError ? err : classify(err)));
+      req.end();
+    });
+  }
+}
+
+function classify(err: Error & { code?: string }): PollError {
+  const code = err.code ?? '';
+  if (/CERT|SSL|TLS|ERR_TLS|UNABLE_TO|SELF_SIGNED|HOSTNAME|ALTNAME/i.test(code) || /certificate|handshake|alert/i.test(err.message)) {
+    return new PollError('KubeletTLSError', `${code !== '' ? code + ': ' : ''}${err.message}`);
+  }
+  return new PollError('KubeletUnreachable', `${code !== '' ? code + ': ' : ''}${err.message}`);
+}
+
+function parsePodList(text: string): JsonObject[] {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    throw new PollError('KubeletBadResponse', 'response is not JSON');
+  }
+  const o = asObject(doc as Json);
+  if (o['kind'] !== 'PodList' || !Array.isArray(o['items'])) {
+    throw new PollError('KubeletBadResponse', `response is not a PodList (kind ${JSON.stringify(o['kind'] ?? null)})`);
+  }
+  return o['items'].map((p) => asObject(p));
+}
+
+function asObject(v: Json | undefined): JsonObject {
+  return v !== null && v !== undefined && typeof v === 'object' && !Array.isArray(v) ? v : {};
+}

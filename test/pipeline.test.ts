@@ -1,0 +1,139 @@
+// The static pod pipeline live: machine config -> StaticPod -> manifest server -> kubelet (simulator) -> StaticPodStatus.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Subscription } from 'rxjs';
+import type { CosiResource, WatchEvent } from '../client/index.js';
+import { eventually, pod } from './harness.js';
+import { machineConfig, NODE, startNode, type TestNode } from './pipeline-harness.js';
+
+let t: TestNode;
+const subs: Subscription[] = [];
+
+beforeAll(async () => {
+  t = await startNode(machineConfig([pod('nginx')]));
+});
+afterAll(async () => {
+  for (const s of subs) s.unsubscribe();
+  await t.close();
+});
+
+const ids = (rs: CosiResource[]) => rs.map((r) => `${r.metadata.id}@${r.metadata.version}`);
+const ready = (r: CosiResource | undefined) => {
+  const conditions = (r?.spec as { conditions?: { type: string; status: string }[] } | null)?.conditions ?? [];
+  return conditions.find((c) => c.type === 'Ready')?.status;
+};
+
+describe('the whole loop', () => {
+  it('takes nginx from the machine config to a Ready StaticPodStatus default/nginx-<node>', async () => {
+    const events: WatchEvent[] = [];
+    subs.push(t.client.watch('staticpodstatus', { bootstrap: true }).subscribe((e) => events.push(e)));
+    expect(ids(await t.client.list('staticpods'))).toEqual(['default-nginx@1']);
+    await eventually(async () => expect(ready(await t.client.get('podstatus', `default/nginx-${NODE}`))).toBe('True'), 20_000);
+    // The watch saw it progress (Pending -> Ready), and saw only static pods (not the kubelet's API pods).
+    const seen = events.filter((e) => e.resource !== undefined).map((e) => `${e.type} ${e.resource?.metadata.id} ${ready(e.resource)}`);
+    expect(seen[0]).toBe(`created default/nginx-${NODE} False`);
+    expect(seen.at(-1)).toBe(`updated default/nginx-${NODE} True`);
+    expect(events.some((e) => e.resource?.metadata.id.includes('kube-proxy'))).toBe(false);
+  });
+
+  it('publishes the manifest server URL as StaticPodServerStatus', async () => {
+    const r = await t.client.get('staticpodserverstatus', 'static-pod-server-status');
+    expect(r.spec).toEqual({ url: t.node.manifests.url });
+  });
+
+  it('does not rewrite an unchanged status (no version churn)', async () => {
+    const before = await t.client.get('podstatus', `default/nginx-${NODE}`);
+    const polls = t.sim.requests;
+    await eventually(() => expect(t.sim.requests).toBeGreaterThan(polls + 3), 10_000);
+    expect((await t.client.get('podstatus', `default/nginx-${NODE}`)).metadata.version).toBe(before.metadata.version);
+  });
+});
+
+describe('config edits apply without a restart', () => {
+  it('adds, changes (version+1), keeps unchanged versions, moves (destroy+create) and removes pods', async () => {
+    const events: WatchEvent[] = [];
+    subs.push(t.client.watch('staticpods', { bootstrap: true }).subscribe((e) => events.push(e)));
+    await eventually(() => expect(events.some((e) => e.type === 'bootstrapped')).toBe(true));
+    const started = Date.now();
+    await t.writeConfig(machineConfig([pod('nginx'), pod('web', 'httpd')]));
+    await eventually(() => expect(events.map((e) => `${e.type} ${e.resource?.metadata.id ?? ''}`)).toContain('created default-web'));
+    expect(Date.now() - started).toBeLessThan(5000);
+    await t.writeConfig(machineConfig([pod('nginx'), pod('web', 'httpd:2')]));
+    await eventually(async () => expect(ids(await t.client.list('staticpods'))).toEqual(['default-nginx@1', 'default-web@2']));
+    await t.writeConfig(machineConfig([pod('nginx'), pod('web', 'httpd:2', 'prod')]));
+    await eventually(async () => expect(ids(await t.client.list('staticpods'))).toEqual(['default-nginx@1', 'prod-web@1']));
+    await t.writeConfig(machineConfig([pod('nginx')]));
+    await eventually(async () => expect(ids(await t.client.list('staticpods'))).toEqual(['default-nginx@1']));
+    const tail = events.filter((e) => e.resource?.metadata.id.endsWith('-web')).map((e) => `${e.type} ${e.resource?.metadata.id}@${e.resource?.metadata.version}`);
+    expect(tail).toEqual(['created default-web@1', 'updated default-web@2', 'destroyed default-web@2', 'created prod-web@1', 'destroyed prod-web@1']);
+    // The kubelet followed: the status of the removed pod is gone too.
+    await eventually(async () => expect((await t.client.list('podstatus')).map((r) => r.metadata.id)).toEqual([`default/nginx-${NODE}`]), 20_000);
+  });
+
+  it('keeps the last good state on a broken config, says why (file and line) through the API, and recovers', async () => {
+    const before = ids(await t.client.list('staticpods'));
+    await t.writeConfig('version: v1alpha1\nmachine:\n  pods:\n    - metadata: {name: a\n');
+    await eventually(async () => expect((await t.client.get('machineconfigstatus', 'machine-config')).spec).toMatchObject({ error: expect.stringMatching(/machine\.yaml:\d+:\d+: /) }));
+    expect(ids(await t.client.list('staticpods'))).toEqual(before);
+    await t.writeConfig('version: v1alpha1\nmachine:\n  pods: {}\n');
+    await eventually(async () => expect((await t.client.get('machineconfigstatus', 'machine-config')).spec).toMatchObject({ error: expect.stringMatching(/machine\.yaml:3: machine\.pods must be a list/) }));
+    expect(ids(await t.client.list('staticpods'))).toEqual(before);
+    await t.writeConfig(machineConfig([pod('nginx')]));
+    await eventually(async () => expect((await t.client.get('machineconfigstatus', 'machine-config')).spec).toMatchObject({ error: '', pods: 1 }));
+    expect(ids(await t.client.list('staticpods'))).toEqual(before);
+  });
+
+  it('reports an invalid pod with the kubelet message and a column, never serves it, and keeps the valid ones', async () => {
+    const broken = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'broken' }, spec: {} };
+    await t.writeConfig(machineConfig([pod('nginx'), broken, pod('extra', 'redis')]));
+    await eventually(async () => expect((await t.client.list('staticpods')).length).toBe(3));
+    const bad = await t.client.get('staticpods', 'default-broken');
+    expect(bad.spec).toMatchObject({ status: { phase: 'Failed', reason: 'InvalidPod', message: 'invalid pod: [spec.containers: Required value]' } });
+    expect(bad.metadata.labels).toEqual({ 'cosi-pods.dev/invalid': 'true' });
+    expect((await t.client.get('machineconfigstatus', 'machine-config')).spec).toMatchObject({ error: '', invalidPods: 1 });
+    const res = await fetch(t.node.manifests.url);
+    const served = (await res.json()) as { items: { metadata: { name: string } }[] };
+    expect(served.items.map((p) => p.metadata.name).sort()).toEqual(['extra', 'nginx']);
+    await eventually(async () => expect((await t.client.list('podstatus')).map((r) => r.metadata.id)).toEqual([`default/extra-${NODE}`, `default/nginx-${NODE}`]), 20_000);
+    await t.writeConfig(machineConfig([pod('nginx')]));
+    await eventually(async () => expect((await t.client.list('staticpods')).length).toBe(1));
+  });
+
+  it('reads KubeStaticPodConfig documents (ID = name) and makes control-plane pods on controlplane nodes', async () => {
+    const doc = { apiVersion: 'v1alpha1', kind: 'KubeStaticPodConfig', name: 'agent', pod: pod('agent', 'agent:1', 'monitoring') };
+    await t.writeConfig(machineConfig([pod('nginx')], { type: 'controlplane', docs: [doc] }));
+    await eventually(async () =>
+      expect((await t.client.list('staticpods')).map((r) => r.metadata.id)).toEqual(['agent', 'default-nginx', 'kube-apiserver', 'kube-controller-manager', 'kube-scheduler']),
+    );
+    const api = await t.client.get('staticpods', 'kube-apiserver');
+    expect(api.spec).toMatchObject({
+      metadata: { namespace: 'kube-system', labels: { tier: 'control-plane', 'k8s-app': 'kube-apiserver', 'app.kubernetes.io/managed-by': 'Talos', 'app.kubernetes.io/version': 'v1.34.1' } },
+    });
+    await eventually(async () => expect((await t.client.list('podstatus')).map((r) => r.metadata.id)).toContain(`kube-system/kube-apiserver-${NODE}`), 20_000);
+    await t.writeConfig(machineConfig([pod('nginx')]));
+    await eventually(async () => expect((await t.client.list('staticpods')).length).toBe(1));
+  });
+});
+
+describe('the kubelet fails and recovers', () => {
+  it.each(['stop', 'hang', 'garbage', 'error', 'wrong-kind', 'oversized'] as const)('%s: keeps the last statuses, marks them stale, then fresh again', async (mode) => {
+    await eventually(async () => expect(ready(await t.client.get('podstatus', `default/nginx-${NODE}`))).toBe('True'), 20_000);
+    const good = await t.client.get('podstatus', `default/nginx-${NODE}`);
+    t.sim.fail(mode);
+    const stale = await eventually(async () => {
+      const r = await t.client.get('podstatus', `default/nginx-${NODE}`);
+      expect(r.metadata.labels['cosi-pods.dev/stale']).toBe('true');
+      return r;
+    }, 20_000);
+    const conditions = (stale.spec as { conditions: { type: string; reason?: string; lastProbeTime?: string }[] }).conditions;
+    expect(conditions.find((c) => c.type === 'Ready')).toEqual((good.spec as { conditions: unknown[] }).conditions.find((c) => (c as { type: string }).type === 'Ready'));
+    const marker = conditions.find((c) => c.type === 'Stale');
+    expect(marker?.reason).toMatch(/^Kubelet/);
+    expect(marker?.lastProbeTime).toEqual(expect.any(String));
+    t.sim.recover();
+    await eventually(async () => {
+      const r = await t.client.get('podstatus', `default/nginx-${NODE}`);
+      expect(r.metadata.labels).toEqual({});
+      expect(r.spec).toEqual(good.spec);
+    }, 20_000);
+  });
+});
