@@ -1,9 +1,10 @@
 // The client library: a connection to one cosid (or any COSI State server) over mTLS.
 import * as grpc from '@grpc/grpc-js';
-import { Observable } from 'rxjs';
+import type { Observable } from 'rxjs';
 import { CosiError, kindOfGrpcCode } from '../shared/errors.js';
-import { EventType, LabelOp, wire, type Codec, type WireEvent, type WireLabelQuery } from '../shared/wire.js';
+import { EventType, LabelOp, wire, type Codec, type WireEvent, type WireLabelQuery, type WireWatchRequest } from '../shared/wire.js';
 import type { CosiContext } from './cosiconfig.js';
+import { resilientWatch, type ReconnectOptions } from './watch.js';
 import { fromWireResource, toDefinition, type CosiResource, type ResourceDefinition, type WatchEvent, type WatchEventType } from './resource.js';
 
 export const DEFINITION_TYPE = 'ResourceDefinitions.meta.cosi.dev';
@@ -58,6 +59,8 @@ export interface WatchOptions extends ListOptions {
   bootstrapBookmark?: boolean;
   /** Let the server batch events (fewer messages, same events). */
   aggregated?: boolean;
+  /** Reconnect, resume and resync after failures (default true); see CosiClient.watch. */
+  reconnect?: boolean | ReconnectOptions;
 }
 
 const OPS: Record<LabelOperator, LabelOp> = {
@@ -79,7 +82,7 @@ const EVENT_TYPES: Record<EventType, WatchEventType> = {
   [EventType.NOOP]: 'noop',
 };
 
-function toWireQueries(q: LabelQuery[] | undefined): WireLabelQuery[] {
+export function toWireQueries(q: LabelQuery[] | undefined): WireLabelQuery[] {
   return (q ?? []).map((query) => ({
     terms: query.terms.map((t) => ({ key: t.key, op: OPS[t.op], value: t.values ?? [], invert: t.invert ?? false })),
   }));
@@ -169,53 +172,45 @@ export class CosiClient {
 
   /**
    * Watches a kind (or one resource). Events arrive as an Observable; unsubscribing cancels the stream.
-   * The server's "ready" marker is consumed here; set-up errors arrive as the Observable's error.
+   * By default the watch survives failures: it reconnects with backoff and resumes from the last bookmark,
+   * and when the server no longer has that point ("too old", or a restarted server) it lists again and
+   * emits only the difference (events marked `resync`), so the subscriber's view converges with no gap
+   * and no duplicate. Set-up errors (bad request, no permission) end the Observable with a CosiError.
    */
   watch(type: string, opts: WatchOptions = {}): Observable<WatchEvent> {
-    return new Observable<WatchEvent>((subscriber) => {
-      let call: grpc.ClientReadableStream<Buffer> | undefined;
-      let closed = false;
-      this.resolveType(type).then(
-        (def) => {
-          if (closed) return;
-          const req = {
-            namespace: opts.namespace ?? def.defaultNamespace,
-            type: def.type,
-            ...(opts.id !== undefined ? { id: opts.id } : {}),
-            apiVersion: 1,
-            options: {
-              bootstrapContents: opts.bootstrap ?? false,
-              tailEvents: opts.tailEvents ?? 0,
-              labelQuery: toWireQueries(opts.labelQuery),
-              idQuery: opts.idRegexp !== undefined ? { regexp: opts.idRegexp } : null,
-              aggregated: opts.aggregated ?? false,
-              bootstrapBookmark: opts.bootstrapBookmark ?? false,
-              ...(opts.fromBookmark !== undefined ? { startFromBookmark: opts.fromBookmark } : {}),
-            },
-          };
-          const c = this.client.makeServerStreamRequest(
-            '/cosi.resource.State/Watch',
-            (v: typeof req) => Buffer.from(wire.watchRequest.encode(v)),
-            (b: Buffer) => b,
-            req,
-          );
-          call = c;
-          c.on('metadata', (md) => this.noteNode(md));
-          c.on('data', (b: Buffer) => {
-            for (const e of wire.watchResponse.decode(b).event) subscriber.next(toWatchEvent(e));
-          });
-          c.on('error', (err) => {
-            if (!closed) subscriber.error(toCosiError(err, this.endpoint));
-          });
-          c.on('end', () => subscriber.complete());
-        },
-        (err: unknown) => subscriber.error(err),
-      );
-      return () => {
-        closed = true;
-        call?.cancel();
-      };
+    return resilientWatch(this, type, opts);
+  }
+
+  /** One raw Watch call: the first (empty) "ready" response is dropped; no reconnects. */
+  openWatch(
+    req: WireWatchRequest,
+    on: { ready(): void; events(events: WatchEvent[]): void; error(err: CosiError): void; end(): void },
+  ): { cancel(): void } {
+    const c = this.client.makeServerStreamRequest(
+      '/cosi.resource.State/Watch',
+      (v: WireWatchRequest) => Buffer.from(wire.watchRequest.encode(v)),
+      (b: Buffer) => b,
+      req,
+    );
+    let cancelled = false;
+    c.on('metadata', (md) => this.noteNode(md));
+    c.on('data', (b: Buffer) => {
+      const events = wire.watchResponse.decode(b).event.map(toWatchEvent);
+      if (events.length > 0) on.events(events);
+      else on.ready();
     });
+    c.on('error', (err) => {
+      if (!cancelled) on.error(toCosiError(err, this.endpoint));
+    });
+    c.on('end', () => {
+      if (!cancelled) on.end();
+    });
+    return {
+      cancel: () => {
+        cancelled = true;
+        c.cancel();
+      },
+    };
   }
 
   private noteNode(md: grpc.Metadata): void {

@@ -23,6 +23,11 @@ export interface WatchEvent {
   /** Pass as `fromBookmark` to resume right after this event. */
   readonly bookmark?: Uint8Array;
   readonly error?: string;
+  /**
+   * Set on events the client made up after the server lost its place (a restart, or a resume point older
+   * than its history): the difference between what the subscriber saw and a fresh list.
+   */
+  readonly resync?: boolean;
 }
 
 export function fromWireResource(w: WireResource): CosiResource {

@@ -15,7 +15,7 @@ import { registerK8sTypes } from './resources/k8s.js';
 import { Registry } from './resources/registry.js';
 import { MemoryStore } from './store/memory.js';
 import type { ResourceStore } from './store/store.js';
-import { WatchHub } from './watch/hub.js';
+import { DEFAULT_WATCH_LIMITS, WatchHub, type WatchLimits } from './watch/hub.js';
 
 export interface TlsMaterial {
   caPem: string;
@@ -30,6 +30,13 @@ export interface CosidOptions {
   nodeName: string;
   log?: Logger;
   historySize?: number;
+  historyAgeMs?: number;
+  /** Overrides of the watch limits (batch sizes, idle bookmark interval). */
+  watchLimits?: Partial<WatchLimits>;
+  /** Open watches per connection (default 256). */
+  maxWatchesPerConnection?: number;
+  /** Connections are asked to reconnect after this long (default 1 h), so new certificates and limits apply. */
+  maxConnectionAgeMs?: number;
   /** How long a graceful stop waits for calls to finish before cutting them (default 5 s). */
   shutdownGraceMs?: number;
 }
@@ -58,11 +65,11 @@ export class Cosid {
 
   static async start(opts: CosidOptions): Promise<Cosid> {
     const log = opts.log ?? silentLogger;
-    const store = new MemoryStore({ historySize: opts.historySize });
+    const store = new MemoryStore({ historySize: opts.historySize, historyAgeMs: opts.historyAgeMs });
     const registry = new Registry(store, (msg, fields) => log.debug(msg, fields));
     registerK8sTypes(registry);
     const frames = new Frames(registry);
-    const hub = new WatchHub(store, frames);
+    const hub = new WatchHub(store, frames, { ...DEFAULT_WATCH_LIMITS, ...opts.watchLimits });
 
     const server = new grpc.Server({
       // Watches are long-lived; keep connections honest without killing idle watchers.
@@ -70,8 +77,13 @@ export class Cosid {
       'grpc.keepalive_timeout_ms': 20_000,
       'grpc.http2.min_ping_interval_without_data_ms': 10_000,
       'grpc.max_receive_message_length': 1 << 20,
+      'grpc.max_send_message_length': 16 << 20,
+      'grpc.max_concurrent_streams': 1024,
+      'grpc.max_connection_age_ms': opts.maxConnectionAgeMs ?? 3_600_000,
+      // Open streams get this long to finish after the GOAWAY; watches then resume from their bookmark.
+      'grpc.max_connection_age_grace_ms': 30_000,
     });
-    server.addService(stateServiceDefinition(), stateServiceHandlers({ store, registry, frames, hub, log, nodeName: opts.nodeName }));
+    server.addService(stateServiceDefinition(), stateServiceHandlers({ store, registry, frames, hub, log, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection }));
     const health = new HealthImplementation({ '': 'SERVING', [STATE_SERVICE]: 'SERVING' });
     health.addToServer(server);
     new ReflectionService(reflectionPackage()).addToServer(server);

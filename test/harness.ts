@@ -51,13 +51,17 @@ export const STATIC_PODS = { namespace: K8S_NAMESPACE, type: STATIC_POD_TYPE };
 export const STATUSES = { namespace: K8S_NAMESPACE, type: STATIC_POD_STATUS_TYPE };
 export const TEST_OWNER = 'test.Producer';
 
-export async function startServer(opts: { pki?: TestPki; historySize?: number; nodeName?: string } = {}): Promise<TestServer> {
+export async function startServer(
+  opts: { pki?: TestPki; historySize?: number; historyAgeMs?: number; nodeName?: string; listen?: string; bookmarkIntervalMs?: number } = {},
+): Promise<TestServer> {
   const pki = opts.pki ?? (await makePki());
   const cosid = await Cosid.start({
-    listen: '127.0.0.1:0',
+    listen: opts.listen ?? '127.0.0.1:0',
     tls: { caPem: pki.ca.certPem, certPem: pki.server.certPem, keyPem: pki.server.keyPem },
     nodeName: opts.nodeName ?? 'test-node',
     historySize: opts.historySize,
+    historyAgeMs: opts.historyAgeMs,
+    ...(opts.bookmarkIntervalMs !== undefined ? { watchLimits: { bookmarkIntervalMs: opts.bookmarkIntervalMs } } : {}),
     shutdownGraceMs: 1000,
   });
   const endpoint = `127.0.0.1:${cosid.port}`;

@@ -5,7 +5,7 @@ import { MemoryStore } from '../server/store/memory.js';
 import type { ResourceStore } from '../server/store/store.js';
 
 const K = { namespace: 'ns', type: 'Things.test.dev' };
-const backends: [string, (historySize: number) => ResourceStore][] = [['memory', (historySize) => new MemoryStore({ historySize })]];
+const backends: [string, (historySize: number) => ResourceStore][] = [['memory', (historySize) => new MemoryStore({ historySize, historyAgeMs: 0 })]];
 
 describe.each(backends)('%s store', (_name, make) => {
   it('creates at version 1, bumps the version per change and keeps created', () => {
@@ -84,6 +84,14 @@ describe.each(backends)('%s store', (_name, make) => {
     expect(kind).toBe('too-old');
   });
 
+  it('tells trim listeners about each change history forgets, oldest first', () => {
+    const s = make(2);
+    const trimmed: number[] = [];
+    s.onTrim((c) => trimmed.push(c.revision));
+    for (let i = 0; i < 5; i++) s.create({ ...K, id: `r${i}`, spec: i }, 'me');
+    expect(trimmed).toEqual([1, 2, 3]);
+  });
+
   it('tells listeners about each commit synchronously', () => {
     const s = make(100);
     const seen: string[] = [];
@@ -94,5 +102,19 @@ describe.each(backends)('%s store', (_name, make) => {
     off();
     s.create({ ...K, id: 'b', spec: 1 }, 'me');
     expect(seen).toEqual(['created:a@1', 'updated:a@2', 'destroyed:a@3']);
+  });
+});
+
+describe('memory store history retention', () => {
+  it('keeps at least the size and at least the age, but never more than the maximum', () => {
+    let now = 0;
+    const s = new MemoryStore({ historySize: 2, historyAgeMs: 1000, historyMaxSize: 5, now: () => now });
+    for (let i = 0; i < 4; i++) s.create({ ...K, id: `young${i}`, spec: i }, 'me');
+    expect(s.oldestRevision).toBe(0); // all younger than 1 s: kept beyond the size
+    for (let i = 0; i < 4; i++) s.create({ ...K, id: `more${i}`, spec: i }, 'me');
+    expect(s.revision - s.oldestRevision).toBe(5); // the hard maximum
+    now = 5000;
+    s.create({ ...K, id: 'late', spec: 1 }, 'me');
+    expect(s.revision - s.oldestRevision).toBe(2); // old ones beyond the size are gone
   });
 });

@@ -1,10 +1,9 @@
 // cosictl get: one resource, a list, or a watch, from one or more nodes.
-import { merge, type Subscription } from 'rxjs';
-import { map } from 'rxjs/operators';
-import { CosiError } from '../../shared/errors.js';
-import { connectContext, type CosiClient } from '../client.js';
+import type { Subscription } from 'rxjs';
+import { connectContext } from '../client.js';
 import { defaultCosiConfigPath, loadCosiConfig, selectContext } from '../cosiconfig.js';
-import type { WatchEvent } from '../resource.js';
+import { getNodes, listNodes, watchNodes, type NodeResult, type NodeTarget } from '../nodes.js';
+import type { CosiResource } from '../resource.js';
 import { createPrinter, parseOutputFormat, type Printer } from './output.js';
 
 export interface GetOptions {
@@ -19,12 +18,6 @@ export interface GetOptions {
   watch: boolean;
 }
 
-interface Target {
-  client: CosiClient;
-  /** The NODE column: the name the user gave, else what the server reports, else the endpoint host. */
-  label: () => string;
-}
-
 export async function runGet(o: GetOptions): Promise<number> {
   const [typeName, id, ...extra] = o.args;
   if (typeName === undefined) throw new Error('get needs a resource type, for example: cosictl get staticpods (list the types with: cosictl get rd)');
@@ -36,32 +29,37 @@ export async function runGet(o: GetOptions): Promise<number> {
   const ctx = selectContext(await loadCosiConfig(configPath), o.context);
   const endpoints = o.endpoints.length > 0 ? o.endpoints : ctx.endpoints;
   const nodes = o.nodes.length > 0 ? o.nodes : ctx.nodes;
-  // cosid has no proxy: a named node is dialled at its own address.
-  const targets: Target[] =
-    nodes.length > 0
-      ? nodes.map((n) => ({ client: connectContext(ctx, n), label: () => n }))
-      : endpoints.slice(0, 1).map((e) => {
-          const client = connectContext(ctx, e);
-          return { client, label: () => client.node ?? hostOf(e) };
-        });
+  // cosid has no proxy: a named node is dialled at its own address. Without nodes, the first endpoint is
+  // asked, and the NODE column shows the name that server reports.
+  const named = nodes.length > 0;
+  const targets: NodeTarget[] = named ? nodes.map((n) => ({ node: n, client: connectContext(ctx, n) })) : endpoints.slice(0, 1).map((e) => ({ node: e, client: connectContext(ctx, e) }));
   const first = targets[0];
   if (first === undefined) throw new Error(`context ${JSON.stringify(ctx.name)} in ${configPath} has no endpoints; pass -e HOST:PORT`);
+  const label = (t: NodeTarget) => (named ? t.node : (t.client.node ?? hostOf(t.node)));
+  const byNode = new Map(targets.map((t) => [t.node, t]));
+  const labelOf = (node: string) => {
+    const t = byNode.get(node);
+    return t === undefined ? node : label(t);
+  };
 
   try {
-    const def = await first.client.resolveType(typeName);
+    const def = await resolveOnAny(targets, typeName);
     const namespace = o.namespace ?? def.defaultNamespace;
     const printer = createPrinter(format, def, o.watch, (s) => process.stdout.write(s));
-    if (o.watch) return await watch(targets, def.type, namespace, id, printer);
+    if (o.watch) return await watch(targets, def.type, namespace, id, printer, labelOf);
+    const results: NodeResult<CosiResource[]>[] =
+      id !== undefined
+        ? (await getNodes(targets, def.type, id, { namespace })).map((r) => (r.error === undefined ? { node: r.node, value: [r.value] } : r))
+        : await listNodes(targets, def.type, { namespace });
     let failed = 0;
-    for (const t of targets) {
-      try {
-        const items = id !== undefined ? [await t.client.get(def.type, id, { namespace })] : await t.client.list(def.type, { namespace });
-        for (const resource of items) printer.add({ node: t.label(), resource });
-      } catch (err) {
-        if (targets.length === 1) throw err;
+    for (const r of results) {
+      if (r.error !== undefined) {
+        if (targets.length === 1) throw r.error;
         failed++;
-        process.stderr.write(`error: ${t.label()}: ${err instanceof Error ? err.message : String(err)}\n`);
+        process.stderr.write(`error: node ${r.node}: ${r.error.message}\n`);
+        continue;
       }
+      for (const resource of r.value) printer.add({ node: labelOf(r.node), resource });
     }
     printer.flush();
     printer.close();
@@ -71,10 +69,32 @@ export async function runGet(o: GetOptions): Promise<number> {
   }
 }
 
-function watch(targets: Target[], type: string, namespace: string, id: string | undefined, printer: Printer): Promise<number> {
+/** Resolves the type through the first node that answers. */
+async function resolveOnAny(targets: NodeTarget[], typeName: string) {
+  let last: unknown;
+  for (const t of targets) {
+    try {
+      return await t.client.resolveType(typeName);
+    } catch (err) {
+      last = err;
+      // "not registered" and "ambiguous" are answers, not outages.
+      if (err instanceof Error && 'kind' in err && (err.kind === 'not-registered' || err.kind === 'ambiguous')) throw err;
+      if (targets.length > 1) process.stderr.write(`error: node ${t.node}: ${err instanceof Error ? err.message : String(err)}\n`);
+    }
+  }
+  throw last;
+}
+
+function watch(targets: NodeTarget[], type: string, namespace: string, id: string | undefined, printer: Printer, labelOf: (node: string) => string): Promise<number> {
   return new Promise((resolve) => {
-    let pendingBootstrap = id === undefined ? targets.length : 0;
-    if (pendingBootstrap === 0) printer.flush();
+    // Rows are held until every node has bootstrapped, or has been reported as not answering.
+    const pending = new Set(id === undefined ? targets.map((t) => t.node) : []);
+    if (pending.size === 0) printer.flush();
+    const settle = (node: string) => {
+      if (pending.delete(node) && pending.size === 0) printer.flush();
+    };
+    const everStreamed = new Set<string>();
+    let failures = 0;
     let sub: Subscription | undefined;
     const finish = (code: number) => {
       process.off('SIGINT', onSignal);
@@ -88,31 +108,34 @@ function watch(targets: Target[], type: string, namespace: string, id: string | 
     const onSignal = () => finish(0);
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
-    const streams = targets.map((t) =>
-      t.client.watch(type, { namespace, ...(id !== undefined ? { id } : { bootstrap: true }) }).pipe(map((event: WatchEvent) => ({ t, event }))),
-    );
-    sub = merge(...streams).subscribe({
-      next: ({ t, event }) => {
-        switch (event.type) {
-          case 'bootstrapped':
-            if (--pendingBootstrap === 0) printer.flush();
-            return;
-          case 'errored':
-            process.stderr.write(`error: ${t.label()}: ${event.error ?? 'watch failed'}\n`);
-            return;
-          case 'noop':
-            return;
-          default:
-            // A single-resource watch of a missing resource starts with a placeholder "destroyed" event.
-            if (event.resource === undefined || event.resource.metadata.version === 0) return;
-            printer.add({ node: t.label(), event: event.type, resource: event.resource });
+    sub = watchNodes(targets, type, { namespace, ...(id !== undefined ? { id } : { bootstrap: true }) }).subscribe({
+      next: (m) => {
+        if (m.kind === 'failed') {
+          failures++;
+          process.stderr.write(`error: node ${m.node}: ${m.error.message}\n`);
+          settle(m.node);
+          return;
         }
+        if (m.kind === 'state') {
+          if (m.state === 'reconnecting') {
+            process.stderr.write(`node ${m.node}: connection lost (${m.detail ?? 'unknown reason'}); retrying\n`);
+            settle(m.node);
+          } else if (m.state === 'resyncing') {
+            process.stderr.write(`node ${m.node}: the server cannot resume this watch (${m.detail ?? ''}); listing again\n`);
+          } else if (m.state === 'streaming') {
+            if (everStreamed.has(m.node)) process.stderr.write(`node ${m.node}: watching again\n`);
+            everStreamed.add(m.node);
+          }
+          return;
+        }
+        const event = m.event;
+        if (event.type === 'bootstrapped') return settle(m.node);
+        if (event.type === 'noop' || event.type === 'errored') return;
+        // A single-resource watch of a missing resource starts with a placeholder "destroyed" event.
+        if (event.resource === undefined || event.resource.metadata.version === 0) return;
+        printer.add({ node: labelOf(m.node), event: event.type, resource: event.resource as CosiResource });
       },
-      error: (err: unknown) => {
-        process.stderr.write(`error: ${err instanceof CosiError || err instanceof Error ? err.message : String(err)}\n`);
-        finish(1);
-      },
-      complete: () => finish(0),
+      complete: () => finish(failures > 0 ? 1 : 0),
     });
   });
 }

@@ -20,6 +20,8 @@ export interface StateServiceDeps {
   log: Logger;
   /** Sent as response header `cosi-node` so clients can fill the NODE column. */
   nodeName: string;
+  /** Open watches one connection may hold (default 256). */
+  maxWatchesPerConnection?: number;
 }
 
 const WRITE_METHODS = ['Create', 'Update', 'Destroy', 'Teardown', 'TeardownAndDestroy'] as const;
@@ -51,6 +53,9 @@ export function stateServiceDefinition(): grpc.ServiceDefinition {
 
 export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServiceImplementation {
   const { store, registry, frames, hub, log } = deps;
+  const maxWatches = deps.maxWatchesPerConnection ?? 256;
+  // Open watches by connection (grpc-js names a connection by its peer address).
+  const watchesByPeer = new Map<string, number>();
   const header = new grpc.Metadata();
   header.set('cosi-node', deps.nodeName);
 
@@ -106,6 +111,20 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
         checkRead(call, req);
         if (req.id !== undefined) checkName('id', req.id);
         const plan = planWatch(req, store.instance);
+        const peer = call.getPeer();
+        const open = watchesByPeer.get(peer) ?? 0;
+        if (open >= maxWatches) {
+          throw new CosiError('resource-exhausted', `too many watches on this connection (limit ${maxWatches}); close some or open another connection`);
+        }
+        watchesByPeer.set(peer, open + 1);
+        let counted = true;
+        const release = () => {
+          if (!counted) return;
+          counted = false;
+          const n = (watchesByPeer.get(peer) ?? 1) - 1;
+          if (n <= 0) watchesByPeer.delete(peer);
+          else watchesByPeer.set(peer, n);
+        };
         call.sendMetadata(header);
         const watch = hub.open(plan, {
           write: (m) => call.write(m),
@@ -113,8 +132,14 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           buffered: () => call.writableLength,
           end: (error) => (error === undefined ? call.end() : call.emit('error', toStatus(error))),
         });
-        call.on('cancelled', () => watch.close());
-        call.on('close', () => watch.close());
+        call.on('cancelled', () => {
+          watch.close();
+          release();
+        });
+        call.on('close', () => {
+          watch.close();
+          release();
+        });
       } catch (err) {
         log.debug('Watch refused', { error: err });
         call.emit('error', toStatus(err));

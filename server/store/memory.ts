@@ -6,8 +6,12 @@ import { describePointer, kindKey, type Kind, type Pointer, type Resource } from
 import type { Change, ChangeBatch, ResourceInput, ResourceStore } from './store.js';
 
 export interface MemoryStoreOptions {
-  /** History keeps at least this many changes (default 16384). */
+  /** History keeps at least this many changes (default 16384)... */
   historySize?: number;
+  /** ...and at least the changes of this long ago (default 75 s, as the Kubernetes watch cache)... */
+  historyAgeMs?: number;
+  /** ...but never more than this many (default 8 x historySize), so memory stays bounded under any write rate. */
+  historyMaxSize?: number;
   /** Injectable clock for times and history age. */
   now?: () => number;
 }
@@ -19,11 +23,16 @@ export class MemoryStore implements ResourceStore {
   private historyStart = 0;
   private rev = 0;
   private readonly listeners = new Set<(change: Change) => void>();
+  private readonly trimListeners = new Set<(change: Change) => void>();
   private readonly historySize: number;
+  private readonly historyAgeMs: number;
+  private readonly historyMaxSize: number;
   private readonly now: () => number;
 
   constructor(opts: MemoryStoreOptions = {}) {
     this.historySize = Math.max(1, opts.historySize ?? 16384);
+    this.historyAgeMs = opts.historyAgeMs ?? 75_000;
+    this.historyMaxSize = Math.max(this.historySize, opts.historyMaxSize ?? this.historySize * 8);
     this.now = opts.now ?? Date.now;
   }
 
@@ -143,6 +152,11 @@ export class MemoryStore implements ResourceStore {
     return () => this.listeners.delete(listener);
   }
 
+  onTrim(listener: (change: Change) => void): () => void {
+    this.trimListeners.add(listener);
+    return () => this.trimListeners.delete(listener);
+  }
+
   private checkReplayable(revision: number): void {
     if (revision > this.rev) throw new CosiError('invalid-bookmark', `revision ${revision} is in the future (current ${this.rev})`);
     if (revision < this.oldestRevision) {
@@ -160,13 +174,24 @@ export class MemoryStore implements ResourceStore {
     return items;
   }
 
+  private trim(now: number): void {
+    for (;;) {
+      const kept = this.history.length - this.historyStart;
+      const oldest = this.history[this.historyStart];
+      if (oldest === undefined || kept <= this.historySize) return;
+      if (kept <= this.historyMaxSize && now - oldest.committedAt < this.historyAgeMs) return;
+      for (const l of this.trimListeners) l(oldest);
+      this.historyStart++;
+    }
+  }
+
   private commit(type: Change['type'], resource: Resource, old: Resource | undefined): void {
     this.rev++;
     const change: Change = Object.freeze({ revision: this.rev, type, resource, old, committedAt: this.now() });
     this.history.push(change);
-    if (this.history.length - this.historyStart > this.historySize) this.historyStart++;
+    this.trim(change.committedAt);
     // Compact the array now and then rather than shifting on every commit.
-    if (this.historyStart > this.historySize) {
+    if (this.historyStart > this.historyMaxSize) {
       this.history.splice(0, this.historyStart);
       this.historyStart = 0;
     }

@@ -56,4 +56,6 @@ export interface ResourceStore {
 
   /** Called after every commit, synchronously; keep it cheap. Returns the unsubscribe function. */
   onCommit(listener: (change: Change) => void): () => void;
+  /** Called for each change just before history forgets it (oldest first). Returns the unsubscribe function. */
+  onTrim(listener: (change: Change) => void): () => void;
 }

@@ -20,6 +20,8 @@ export interface WatchSink {
 }
 
 export interface WatchLimits {
+  /** An idle watch gets a NOOP event with a fresh bookmark this often (0: never). */
+  bookmarkIntervalMs: number;
   /** Events per aggregated WatchResponse. */
   maxBatchEvents: number;
   /** Bytes per aggregated WatchResponse (a single larger event still goes alone). */
@@ -28,7 +30,7 @@ export interface WatchLimits {
   messagesPerTurn: number;
 }
 
-export const DEFAULT_WATCH_LIMITS: WatchLimits = { maxBatchEvents: 512, maxBatchBytes: 1 << 20, messagesPerTurn: 64 };
+export const DEFAULT_WATCH_LIMITS: WatchLimits = { bookmarkIntervalMs: 60_000, maxBatchEvents: 512, maxBatchBytes: 1 << 20, messagesPerTurn: 64 };
 
 export interface WatchStats {
   sessions: number;
@@ -44,7 +46,8 @@ export class WatchHub {
   private flushScheduled = false;
   private readonly eventCache = new WeakMap<Change, Map<EventType, Buffer>>();
   private readonly unsubscribe: () => void;
-  private readonly sweeper: NodeJS.Timeout;
+  private readonly unsubscribeTrim: () => void;
+  private readonly bookmarkTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly store: ResourceStore,
@@ -55,16 +58,20 @@ export class WatchHub {
       const sessions = this.byKind.get(kindKey(c.resource.metadata));
       if (sessions !== undefined) for (const s of sessions) this.schedule(s);
     });
-    // A parked watcher is only a cursor; once history has moved past it, end it rather than keep it forever.
-    this.sweeper = setInterval(() => this.sweepParked(), 1000);
-    this.sweeper.unref();
+    // Lag counts only in events a watcher would receive: when history forgets a change, a watcher still
+    // before it skips it if it would not deliver it, and only loses its place if it would.
+    this.unsubscribeTrim = store.onTrim((c) => {
+      for (const set of this.byKind.values()) for (const s of [...set]) s.forgotten(c);
+    });
+    if (limits.bookmarkIntervalMs > 0) {
+      this.bookmarkTimer = setInterval(() => this.bookmarkIdle(), limits.bookmarkIntervalMs);
+      this.bookmarkTimer.unref();
+    }
   }
 
-  private sweepParked(): void {
-    const oldest = this.store.oldestRevision;
-    for (const set of this.byKind.values()) {
-      for (const s of [...set]) if (s.parked && s.behind(oldest)) s.finish(new CosiError('too-old', `watch fell behind: revision ${s.position} is no longer in history (it starts after ${oldest}); list again`));
-    }
+  private bookmarkIdle(): void {
+    const idleSince = Date.now() - this.limits.bookmarkIntervalMs;
+    for (const set of this.byKind.values()) for (const s of set) s.bookmarkIfIdle(idleSince);
   }
 
   /** Starts a watch: sends the "ready" marker, then the plan's initial events, then changes as they come. */
@@ -98,9 +105,16 @@ export class WatchHub {
 
   /** Ends every watch with the given status (graceful shutdown). */
   endAll(error?: CosiError): void {
-    for (const set of [...this.byKind.values()]) for (const s of [...set]) s.finish(error);
+    for (const set of [...this.byKind.values()]) {
+      for (const s of [...set]) {
+        // A last bookmark, so the client can resume from exactly here.
+        s.bookmarkIfIdle(Number.POSITIVE_INFINITY);
+        s.finish(error);
+      }
+    }
     this.unsubscribe();
-    clearInterval(this.sweeper);
+    this.unsubscribeTrim();
+    clearInterval(this.bookmarkTimer);
   }
 
   remove(session: WatchSession): void {
@@ -149,6 +163,7 @@ class WatchSession {
   private bootstrapIndex = 0;
   private bootstrapRevision = 0;
   private ended = false;
+  private lastSentAt = Date.now();
   parked = false;
 
   constructor(
@@ -172,13 +187,53 @@ class WatchSession {
     return this.ended;
   }
 
-  get position(): number {
-    return this.cursor;
+  /** History is forgetting `c`: skip it if this watcher would not deliver it, else this watch has lost its place. */
+  forgotten(c: Change): void {
+    if (this.ended || c.revision <= this.cursor) return;
+    const md = c.resource.metadata;
+    const ofKind = md.namespace === this.plan.kind.namespace && md.type === this.plan.kind.type;
+    if (!ofKind || this.deliverAs(c) === undefined) {
+      // Every older change has been forgotten already, so `c` is the next one after the cursor.
+      this.cursor = c.revision;
+      return;
+    }
+    this.finish(new CosiError('too-old', `watch fell behind: the events after revision ${this.cursor} are no longer kept (history holds ${this.hub.store.revision - c.revision} newer changes); list again and watch from there`));
   }
 
-  /** True when the tail cursor has left the history. */
-  behind(oldest: number): boolean {
-    return this.bootstrapItems === undefined && this.readySent && this.cursor < oldest;
+  /** Sends a NOOP with a fresh bookmark when nothing was sent since `idleSince` and the watch is caught up. */
+  bookmarkIfIdle(idleSince: number): void {
+    if (this.ended || this.parked || !this.readySent || !this.events.all || this.bootstrapItems !== undefined || this.lastSentAt > idleSince) return;
+    try {
+      // Move the cursor over changes this watcher would not deliver; stop at the first it would.
+      for (;;) {
+        const batch = this.hub.store.readChanges(this.cursor, 256, this.plan.kind);
+        const next = batch.changes.find((c) => this.deliverAs(c) !== undefined);
+        if (next !== undefined) {
+          this.hub.schedule(this);
+          return;
+        }
+        if (batch.through <= this.cursor) break;
+        this.cursor = batch.through;
+      }
+    } catch (err) {
+      this.finish(asCosiError(err));
+      return;
+    }
+    const noop = this.hub.frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(this.hub.store.instance, { revision: this.cursor }));
+    this.write(Frames.watchResponse([noop]));
+  }
+
+  private write(message: Buffer): boolean {
+    this.lastSentAt = Date.now();
+    const ok = this.sink.write(message);
+    if (!ok) {
+      this.parked = true;
+      this.sink.onDrain(() => {
+        this.parked = false;
+        this.hub.schedule(this);
+      });
+    }
+    return ok;
   }
 
   private get events(): { all: boolean } {
@@ -279,15 +334,7 @@ class WatchSession {
       for (let turn = 0; turn < this.hub.limits.messagesPerTurn; turn++) {
         const message = this.nextMessage();
         if (message === undefined) return;
-        const ok = this.sink.write(message);
-        if (!ok) {
-          this.parked = true;
-          this.sink.onDrain(() => {
-            this.parked = false;
-            this.hub.schedule(this);
-          });
-          return;
-        }
+        if (!this.write(message)) return;
       }
       // More to send: yield to the other sessions and come back.
       this.hub.schedule(this);
