@@ -199,11 +199,12 @@ export class CosiClient {
       if (events.length > 0) on.events(events);
       else on.ready();
     });
-    c.on('error', (err) => {
-      if (!cancelled) on.error(toCosiError(err, this.endpoint));
-    });
-    c.on('end', () => {
-      if (!cancelled) on.end();
+    // The final status says how the stream ended ('error' and 'end' both fire around it, in no fixed order).
+    c.on('error', () => {});
+    c.on('status', (st: grpc.StatusObject) => {
+      if (cancelled) return;
+      if (st.code === grpc.status.OK) on.end();
+      else on.error(toCosiError(st, this.endpoint));
     });
     return {
       cancel: () => {

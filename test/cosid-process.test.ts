@@ -80,7 +80,7 @@ describe('npm start', () => {
     const ctx = selectContext(await loadCosiConfig(join(state, 'pki', 'cosiconfig')));
     const client = connect({ endpoint: `127.0.0.1:${port}`, caPem: ctx.caPem, certPem: ctx.certPem, keyPem: ctx.keyPem });
     const events: WatchEvent[] = [];
-    const ended = new Promise<unknown>((resolve) => client.watch('staticpods', { bootstrap: true }).subscribe({ next: (e) => events.push(e), error: resolve, complete: () => resolve('completed') }));
+    const ended = new Promise<unknown>((resolve) => client.watch('staticpods', { bootstrap: true, reconnect: false }).subscribe({ next: (e) => events.push(e), error: resolve, complete: () => resolve('completed') }));
     await eventually(() => expect(events.map((e) => e.type)).toEqual(['created', 'bootstrapped']));
     child.kill('SIGTERM');
     const err = await ended;
