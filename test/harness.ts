@@ -52,7 +52,16 @@ export const STATUSES = { namespace: K8S_NAMESPACE, type: STATIC_POD_STATUS_TYPE
 export const TEST_OWNER = 'test.Producer';
 
 export async function startServer(
-  opts: { pki?: TestPki; historySize?: number; historyAgeMs?: number; nodeName?: string; listen?: string; bookmarkIntervalMs?: number } = {},
+  opts: {
+    pki?: TestPki;
+    historySize?: number;
+    historyAgeMs?: number;
+    nodeName?: string;
+    listen?: string;
+    bookmarkIntervalMs?: number;
+    maxWatchesPerConnection?: number;
+    maxBacklog?: number;
+  } = {},
 ): Promise<TestServer> {
   const pki = opts.pki ?? (await makePki());
   const cosid = await Cosid.start({
@@ -61,7 +70,11 @@ export async function startServer(
     nodeName: opts.nodeName ?? 'test-node',
     historySize: opts.historySize,
     historyAgeMs: opts.historyAgeMs,
-    ...(opts.bookmarkIntervalMs !== undefined ? { watchLimits: { bookmarkIntervalMs: opts.bookmarkIntervalMs } } : {}),
+    watchLimits: {
+      ...(opts.bookmarkIntervalMs !== undefined ? { bookmarkIntervalMs: opts.bookmarkIntervalMs } : {}),
+      ...(opts.maxBacklog !== undefined ? { maxBacklog: opts.maxBacklog } : {}),
+    },
+    ...(opts.maxWatchesPerConnection !== undefined ? { maxWatchesPerConnection: opts.maxWatchesPerConnection } : {}),
     shutdownGraceMs: 1000,
   });
   const endpoint = `127.0.0.1:${cosid.port}`;

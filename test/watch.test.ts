@@ -10,7 +10,7 @@ let srv: TestServer;
 const subs: Subscription[] = [];
 
 beforeAll(async () => {
-  srv = await startServer({ historySize: 300, historyAgeMs: 0 });
+  srv = await startServer({ historySize: 300, historyAgeMs: 0, maxBacklog: 200 });
 });
 afterAll(async () => {
   for (const s of subs) s.unsubscribe();

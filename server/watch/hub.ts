@@ -20,6 +20,11 @@ export interface WatchSink {
 }
 
 export interface WatchLimits {
+  /**
+   * Changes a parked watcher would receive that history has already forgotten, kept for it alone (references,
+   * not copies). Beyond this the watch ends with "too old"; lag never counts changes it would not receive.
+   */
+  maxBacklog: number;
   /** An idle watch gets a NOOP event with a fresh bookmark this often (0: never). */
   bookmarkIntervalMs: number;
   /** Events per aggregated WatchResponse. */
@@ -30,7 +35,7 @@ export interface WatchLimits {
   messagesPerTurn: number;
 }
 
-export const DEFAULT_WATCH_LIMITS: WatchLimits = { bookmarkIntervalMs: 60_000, maxBatchEvents: 512, maxBatchBytes: 1 << 20, messagesPerTurn: 64 };
+export const DEFAULT_WATCH_LIMITS: WatchLimits = { maxBacklog: 4096, bookmarkIntervalMs: 60_000, maxBatchEvents: 512, maxBatchBytes: 1 << 20, messagesPerTurn: 64 };
 
 export interface WatchStats {
   sessions: number;
@@ -159,6 +164,8 @@ class WatchSession {
   private cursor = 0;
   private readySent = false;
   private readonly initial: Buffer[] = [];
+  /** Changes this watcher will deliver that history has forgotten (oldest first, all at or before the cursor). */
+  private backlog: Change[] = [];
   private bootstrapItems: Resource[] | undefined;
   private bootstrapIndex = 0;
   private bootstrapRevision = 0;
@@ -192,17 +199,23 @@ class WatchSession {
     if (this.ended || c.revision <= this.cursor) return;
     const md = c.resource.metadata;
     const ofKind = md.namespace === this.plan.kind.namespace && md.type === this.plan.kind.type;
+    // Every older change has been forgotten already, so `c` is the next one after the cursor.
     if (!ofKind || this.deliverAs(c) === undefined) {
-      // Every older change has been forgotten already, so `c` is the next one after the cursor.
       this.cursor = c.revision;
       return;
     }
-    this.finish(new CosiError('too-old', `watch fell behind: the events after revision ${this.cursor} are no longer kept (history holds ${this.hub.store.revision - c.revision} newer changes); list again and watch from there`));
+    if (this.backlog.length < this.hub.limits.maxBacklog) {
+      this.backlog.push(c);
+      this.cursor = c.revision;
+      return;
+    }
+    this.backlog = [];
+    this.finish(new CosiError('too-old', `watch fell behind by more than ${this.hub.limits.maxBacklog} events beyond the kept history; list again and watch from there`));
   }
 
   /** Sends a NOOP with a fresh bookmark when nothing was sent since `idleSince` and the watch is caught up. */
   bookmarkIfIdle(idleSince: number): void {
-    if (this.ended || this.parked || !this.readySent || !this.events.all || this.bootstrapItems !== undefined || this.lastSentAt > idleSince) return;
+    if (this.ended || this.parked || !this.readySent || !this.events.all || this.bootstrapItems !== undefined || this.backlog.length > 0 || this.lastSentAt > idleSince) return;
     try {
       // Move the cursor over changes this watcher would not deliver; stop at the first it would.
       for (;;) {
@@ -381,6 +394,11 @@ class WatchSession {
         if (!add(frames.event(EventType.BOOTSTRAPPED, undefined, undefined, done))) return out;
         if (this.plan.bootstrapBookmark && !add(frames.event(EventType.NOOP, undefined, undefined, done))) return out;
       }
+    }
+    while (this.backlog.length > 0) {
+      const c = this.backlog.shift();
+      const type = c === undefined ? undefined : this.deliverAs(c);
+      if (c !== undefined && type !== undefined && !add(this.hub.encodedChange(c, type))) return out;
     }
     for (;;) {
       if (out.length >= max || bytes >= this.hub.limits.maxBatchBytes) return out;
