@@ -107,7 +107,11 @@ export class Cosid {
       this.health.setStatus('', 'NOT_SERVING');
       this.health.setStatus(STATE_SERVICE, 'NOT_SERVING');
       this.hub.endAll(new CosiError('unavailable', 'cosid is shutting down; reconnect and resume from your last bookmark'));
-      const timer = setTimeout(() => this.server.forceShutdown(), this.opts.shutdownGraceMs ?? 5000);
+      // Streams to clients that stopped reading cannot finish: after the grace period they are cut.
+      const timer = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, this.opts.shutdownGraceMs ?? 5000);
       this.server.tryShutdown(() => {
         clearTimeout(timer);
         resolve();

@@ -4,7 +4,7 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import type { AddressInfo } from 'node:net';
 
 export class StallableProxy {
-  private readonly pairs = new Set<[Socket, Socket]>();
+  private readonly pairs = new Map<[Socket, Socket], { flowing: boolean }>();
   private stalled = false;
 
   private constructor(
@@ -23,10 +23,11 @@ export class StallableProxy {
   private accept(client: Socket, target: { host: string; port: number }): void {
     const upstream = createConnection(target);
     const pair: [Socket, Socket] = [client, upstream];
-    this.pairs.add(pair);
+    const state = { flowing: !this.stalled };
+    this.pairs.set(pair, state);
     client.pipe(upstream);
-    upstream.pipe(client);
-    if (this.stalled) upstream.pause();
+    if (state.flowing) upstream.pipe(client);
+    else upstream.pause();
     const drop = () => {
       this.pairs.delete(pair);
       client.destroy();
@@ -41,7 +42,9 @@ export class StallableProxy {
   /** Stops reading from the server: its writes back up. */
   stall(): void {
     this.stalled = true;
-    for (const [, upstream] of this.pairs) {
+    for (const [[, upstream], state] of this.pairs) {
+      if (!state.flowing) continue;
+      state.flowing = false;
       upstream.unpipe();
       upstream.pause();
     }
@@ -49,7 +52,9 @@ export class StallableProxy {
 
   resume(): void {
     this.stalled = false;
-    for (const [client, upstream] of this.pairs) {
+    for (const [[client, upstream], state] of this.pairs) {
+      if (state.flowing) continue;
+      state.flowing = true;
       upstream.pipe(client);
       upstream.resume();
     }
@@ -57,7 +62,7 @@ export class StallableProxy {
 
   /** Drops every connection (as a network failure would). */
   cut(): void {
-    for (const [client, upstream] of [...this.pairs]) {
+    for (const [client, upstream] of [...this.pairs.keys()]) {
       client.destroy();
       upstream.destroy();
     }
