@@ -27,6 +27,16 @@ export interface StateServiceDeps {
 const WRITE_METHODS = ['Create', 'Update', 'Destroy', 'Teardown', 'TeardownAndDestroy'] as const;
 const MAX_NAME_BYTES = 1024;
 
+/** A request body that did not decode. */
+class MalformedRequest {
+  constructor(readonly reason: string) {}
+}
+
+function requestOf<T>(call: { request: T | MalformedRequest }): T {
+  if (call.request instanceof MalformedRequest) throw new CosiError('invalid-argument', `malformed request: ${call.request.reason}`);
+  return call.request;
+}
+
 /** The one mapping from any thrown value to a gRPC status. */
 export function toStatus(err: unknown): Partial<grpc.StatusObject> {
   if (isCosiError(err)) return { code: err.code, details: err.message };
@@ -43,7 +53,14 @@ export function stateServiceDefinition(): grpc.ServiceDefinition {
       requestStream: false,
       responseStream: method.responseStream === true,
       requestSerialize: (v) => Buffer.from(req.encode(v as Record<string, unknown>)),
-      requestDeserialize: (b) => req.decode(b),
+      // A request that is not valid protobuf becomes INVALID_ARGUMENT in the handler, not grpc-js's INTERNAL.
+      requestDeserialize: (b) => {
+        try {
+          return req.decode(b);
+        } catch (err) {
+          return new MalformedRequest(err instanceof Error ? err.message : String(err));
+        }
+      },
       responseSerialize: (b) => b,
       responseDeserialize: (b) => b,
     };
@@ -74,7 +91,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   const handlers: grpc.UntypedServiceImplementation = {
     Get(call: grpc.ServerUnaryCall<WireGetRequest, Buffer>, callback: grpc.sendUnaryData<Buffer>) {
       try {
-        const req = call.request;
+        const req = requestOf(call);
         checkRead(call, req);
         checkName('id', req.id);
         call.sendMetadata(header);
@@ -88,7 +105,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
     List(call: grpc.ServerWritableStream<WireListRequest, Buffer>) {
       void (async () => {
         try {
-          const req = call.request;
+          const req = requestOf(call);
           checkRead(call, req);
           const selector = compileSelector(req.options?.labelQuery ?? [], req.options?.idQuery);
           const items = store.list(req).filter((r) => selector.matches(r.metadata));
@@ -107,7 +124,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
 
     Watch(call: grpc.ServerWritableStream<WireWatchRequest, Buffer>) {
       try {
-        const req = call.request;
+        const req = requestOf(call);
         checkRead(call, req);
         if (req.id !== undefined) checkName('id', req.id);
         const plan = planWatch(req, store.instance);
