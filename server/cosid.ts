@@ -15,9 +15,10 @@ import { registerK8sTypes } from './resources/k8s.js';
 import { Registry } from './resources/registry.js';
 import { MemoryStore } from './store/memory.js';
 import type { ResourceStore } from './store/store.js';
+import { TlsMaterial } from './tls/material.js';
 import { DEFAULT_WATCH_LIMITS, WatchHub, type WatchLimits } from './watch/hub.js';
 
-export interface TlsMaterial {
+export interface TlsPem {
   caPem: string;
   certPem: string;
   keyPem: string;
@@ -26,13 +27,18 @@ export interface TlsMaterial {
 export interface CosidOptions {
   /** host:port; port 0 picks a free one. */
   listen: string;
-  tls: TlsMaterial;
+  /** PEM text, or reloadable material (TlsMaterial.load + watch). */
+  tls: TlsPem | TlsMaterial;
+  /** A TLS handshake must complete within this (default 10 s). */
+  handshakeTimeoutMs?: number;
   nodeName: string;
   log?: Logger;
   historySize?: number;
   historyAgeMs?: number;
   /** Overrides of the watch limits (batch sizes, idle bookmark interval). */
   watchLimits?: Partial<WatchLimits>;
+  /** One log line per call (off by default). */
+  audit?: boolean;
   /** Open watches per connection (default 256). */
   maxWatchesPerConnection?: number;
   /** Connections are asked to reconnect after this long (default 1 h), so new certificates and limits apply. */
@@ -82,18 +88,17 @@ export class Cosid {
       'grpc.max_connection_age_ms': opts.maxConnectionAgeMs ?? 3_600_000,
       // Open streams get this long to finish after the GOAWAY; watches then resume from their bookmark.
       'grpc.max_connection_age_grace_ms': 30_000,
+      // A connection with no call for this long is closed.
+      'grpc.max_connection_idle_ms': 300_000,
     });
-    server.addService(stateServiceDefinition(), stateServiceHandlers({ store, registry, frames, hub, log, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection }));
+    server.addService(stateServiceDefinition(), stateServiceHandlers({ store, registry, frames, hub, log, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, audit: opts.audit }));
     const health = new HealthImplementation({ '': 'SERVING', [STATE_SERVICE]: 'SERVING' });
     health.addToServer(server);
     new ReflectionService(reflectionPackage()).addToServer(server);
 
-    // mTLS only: the handshake refuses clients without a certificate signed by the CA.
-    const creds = grpc.ServerCredentials.createSsl(
-      Buffer.from(opts.tls.caPem),
-      [{ cert_chain: Buffer.from(opts.tls.certPem), private_key: Buffer.from(opts.tls.keyPem) }],
-      true,
-    );
+    // mTLS only: the handshake refuses clients without a certificate signed by a trusted CA.
+    const material = opts.tls instanceof TlsMaterial ? opts.tls : TlsMaterial.fromPem(opts.tls, log);
+    const creds = material.serverCredentials({ handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 10_000 });
     const port = await new Promise<number>((resolve, reject) => {
       server.bindAsync(opts.listen, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${opts.listen}: ${err.message}`)) : resolve(p)));
     });

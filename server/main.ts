@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createLogger, parseLevel } from '../shared/log.js';
 import { CosiNode } from './node.js';
+import { TlsMaterial } from './tls/material.js';
 
 const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [flags]
 
@@ -21,6 +22,7 @@ const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [flags]
   --kubelet-key FILE        its key; without --kubelet-cert/--kubelet-key status polling is off
   --kubelet-server-name N   name the kubelet's certificate must carry (default: the node name)
   --kubelet-interval DUR    poll interval, e.g. 15s or 500ms (default 15s)
+  --audit                   one log line per call (peer subject, roles, method, kind, outcome, duration)
   --log-level LEVEL         debug, info, warn or error (default info)`;
 
 function duration(s: string): number {
@@ -47,6 +49,7 @@ async function main(): Promise<number> {
         'kubelet-server-name': { type: 'string' },
         'kubelet-interval': { type: 'string', default: '15s' },
         'log-level': { type: 'string', default: 'info' },
+        audit: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -75,11 +78,14 @@ async function main(): Promise<number> {
     }
   };
   const pkiHint = ` (create the PKI with: cosictl gen pki --out ${pki})`;
-  const tls = {
-    caPem: await read(join(pki, 'ca.crt'), pkiHint),
-    certPem: await read(join(pki, 'server.crt'), pkiHint),
-    keyPem: await read(join(pki, 'server.key'), pkiHint),
-  };
+  const tlsPaths = { caFile: join(pki, 'ca.crt'), certFile: join(pki, 'server.crt'), keyFile: join(pki, 'server.key') };
+  for (const f of Object.values(tlsPaths)) await read(f, pkiHint);
+  // Reloaded when the files change: rotate server.crt/server.key, or add a new CA to ca.crt, without a restart.
+  const tls = await TlsMaterial.load(tlsPaths, log).catch((err: unknown) => {
+    throw new Error(`${pki}: ${err instanceof Error ? err.message : String(err)}`);
+  });
+  tls.watch();
+  const clusterCaPem = await read(tlsPaths.caFile, pkiHint);
   const nodeName = args.node ?? hostname();
   const kc = args['kubelet-cert'];
   const kk = args['kubelet-key'];
@@ -88,7 +94,7 @@ async function main(): Promise<number> {
     kc !== undefined && kk !== undefined
       ? {
           url: args['kubelet-url'] ?? 'https://127.0.0.1:10250/pods/',
-          caPem: args['kubelet-ca'] !== undefined ? await read(args['kubelet-ca'], '') : tls.caPem,
+          caPem: args['kubelet-ca'] !== undefined ? await read(args['kubelet-ca'], '') : clusterCaPem,
           certPem: await read(kc, ''),
           keyPem: await read(kk, ''),
           serverName: args['kubelet-server-name'] ?? nodeName,
@@ -104,6 +110,7 @@ async function main(): Promise<number> {
     configPath: args.config,
     manifestListen: args['manifest-listen'] ?? '127.0.0.1:0',
     kubelet,
+    audit: args.audit === true,
   });
 
   process.on('SIGHUP', () => void node.config.reload('SIGHUP'));

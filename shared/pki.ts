@@ -33,7 +33,7 @@ function newKeys(): Promise<webcrypto.CryptoKeyPair> {
 
 async function keyPem(key: webcrypto.CryptoKey): Promise<string> {
   const der = await webcrypto.subtle.exportKey('pkcs8', key);
-  return x509.PemConverter.encode(der, 'PRIVATE KEY');
+  return withNewline(x509.PemConverter.encode(der, 'PRIVATE KEY'));
 }
 
 /** A random positive 128-bit serial (the top bit cleared keeps the DER integer positive). */
@@ -41,6 +41,11 @@ function serial(): string {
   const b = randomBytes(16);
   b[0] = (b[0] ?? 0) & 0x7f;
   return b.toString('hex');
+}
+
+/** PEM files end with a newline, so that concatenating them makes a valid bundle. */
+function withNewline(pem: string): string {
+  return pem.endsWith('\n') ? pem : `${pem}\n`;
 }
 
 /** Escapes a value for an RFC 4514 distinguished name. */
@@ -69,7 +74,7 @@ export async function generateCa(opts: { commonName?: string; validDays?: number
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
     ],
   });
-  return { certPem: cert.toString('pem'), keyPem: await keyPem(keys.privateKey) };
+  return { certPem: withNewline(cert.toString('pem')), keyPem: await keyPem(keys.privateKey) };
 }
 
 async function issue(ca: KeyPairPem, subject: string, extensions: x509.Extension[], dates: { notBefore: Date; notAfter: Date }): Promise<KeyPairPem> {
@@ -90,7 +95,7 @@ async function issue(ca: KeyPairPem, subject: string, extensions: x509.Extension
       ...extensions,
     ],
   });
-  return { certPem: cert.toString('pem'), keyPem: await keyPem(keys.privateKey) };
+  return { certPem: withNewline(cert.toString('pem')), keyPem: await keyPem(keys.privateKey) };
 }
 
 export async function issueServerCert(ca: KeyPairPem, opts: { commonName?: string; sans: string[]; validDays?: number }): Promise<KeyPairPem> {

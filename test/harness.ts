@@ -7,6 +7,7 @@ import { Cosid } from '../server/cosid.js';
 import { generatePki } from '../client/gen-pki.js';
 import { generateCa, issueClientCert, type KeyPairPem } from '../shared/pki.js';
 import { K8S_NAMESPACE, STATIC_POD_STATUS_TYPE, STATIC_POD_TYPE } from '../server/resources/k8s.js';
+import type { Logger } from '../shared/log.js';
 import type { Json } from '../shared/wire.js';
 
 export interface TestPki {
@@ -61,6 +62,8 @@ export async function startServer(
     bookmarkIntervalMs?: number;
     maxWatchesPerConnection?: number;
     maxBacklog?: number;
+    audit?: boolean;
+    log?: Logger;
   } = {},
 ): Promise<TestServer> {
   const pki = opts.pki ?? (await makePki());
@@ -75,6 +78,8 @@ export async function startServer(
       ...(opts.maxBacklog !== undefined ? { maxBacklog: opts.maxBacklog } : {}),
     },
     ...(opts.maxWatchesPerConnection !== undefined ? { maxWatchesPerConnection: opts.maxWatchesPerConnection } : {}),
+    ...(opts.audit !== undefined ? { audit: opts.audit } : {}),
+    ...(opts.log !== undefined ? { log: opts.log } : {}),
     shutdownGraceMs: 1000,
   });
   const endpoint = `127.0.0.1:${cosid.port}`;

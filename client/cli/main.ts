@@ -2,7 +2,7 @@
 // cosictl: a talosctl-like command line for COSI resources.
 import { parseArgs } from 'node:util';
 import { isCosiError } from '../../shared/errors.js';
-import { runGenPki } from './gen.js';
+import { runGen } from './gen.js';
 import { runGet } from './get.js';
 
 // grpc-js passes the endpoint as TLS SNI even when it is an IP address, and Node warns (DEP0123) on every dial:
@@ -15,6 +15,8 @@ process.on('warning', (w: Error & { code?: string }) => {
 export const USAGE = `Usage:
   cosictl [global flags] get <type> [<id>] [--namespace NS] [-o table|yaml|json|jsonpath=EXPR] [--json-array] [-w]
   cosictl gen pki --out DIR [--san HOST]... [--endpoint HOST:PORT] [--force]
+  cosictl gen cert --ca-dir DIR --name NAME [--roles os:reader,...] [--ttl 365d] [--out DIR] [--endpoint HOST:PORT]
+        issues a client certificate from an existing CA and adds it as context NAME to the client config
 
 Global flags:
   --cosiconfig FILE   client config (default: $COSICONFIG, else ~/.cosi/config)
@@ -46,6 +48,10 @@ async function main(argv: string[]): Promise<number> {
       san: { type: 'string', multiple: true },
       endpoint: { type: 'string' },
       force: { type: 'boolean', default: false },
+      'ca-dir': { type: 'string' },
+      name: { type: 'string' },
+      roles: { type: 'string', multiple: true },
+      ttl: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     allowPositionals: true,
@@ -71,7 +77,18 @@ async function main(argv: string[]): Promise<number> {
         watch: values.watch,
       });
     case 'gen':
-      return runGenPki({ args: rest, out: values.out, sans: list(values.san), endpoint: values.endpoint, force: values.force });
+      return runGen({
+        args: rest,
+        out: values.out,
+        sans: list(values.san),
+        endpoint: values.endpoint,
+        force: values.force,
+        caDir: values['ca-dir'],
+        name: values.name,
+        roles: list(values.roles),
+        ttl: values.ttl,
+        cosiconfig: values.cosiconfig,
+      });
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command)}`);
   }

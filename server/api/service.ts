@@ -22,6 +22,8 @@ export interface StateServiceDeps {
   nodeName: string;
   /** Open watches one connection may hold (default 256). */
   maxWatchesPerConnection?: number;
+  /** One log line per call: peer subject, roles, method, kind, outcome, duration (off by default). */
+  audit?: boolean;
 }
 
 const WRITE_METHODS = ['Create', 'Update', 'Destroy', 'Teardown', 'TeardownAndDestroy'] as const;
@@ -75,6 +77,35 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   const watchesByPeer = new Map<string, number>();
   const header = new grpc.Metadata();
   header.set('cosi-node', deps.nodeName);
+  // Refusals are logged once per peer subject and reason (a bounded memory of what was already said).
+  const refusalsSeen = new Set<string>();
+
+  /** Audit line and refusal log for one finished call. */
+  function record(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, method: string, type: string, started: number, err?: unknown): void {
+    let peer: { subject: string; roles: readonly string[] } = { subject: '(no certificate)', roles: [] };
+    try {
+      peer = peerOf(call);
+    } catch {
+      // Without a certificate there is nothing more to say about the peer.
+    }
+    const code = err === undefined ? grpc.status.OK : (toStatus(err).code ?? grpc.status.UNKNOWN);
+    if (code === grpc.status.PERMISSION_DENIED || code === grpc.status.UNAUTHENTICATED) {
+      const reason = err instanceof Error ? err.message : String(err);
+      const key = `${peer.subject}\u0000${reason}`;
+      if (!refusalsSeen.has(key)) {
+        if (refusalsSeen.size >= 10_000) refusalsSeen.clear();
+        refusalsSeen.add(key);
+        log.warn('request refused', { peer: peer.subject, roles: peer.roles, method, reason });
+      }
+    }
+    if (deps.audit === true) {
+      log.info('audit', { peer: peer.subject, roles: peer.roles, method, type: type.slice(0, 256), outcome: grpc.status[code] ?? String(code), durationMs: Date.now() - started });
+    }
+  }
+  const typeOf = (request: unknown): string => {
+    const t = request !== null && typeof request === 'object' && 'type' in request ? (request as { type: unknown }).type : undefined;
+    return typeof t === 'string' ? t : '';
+  };
 
   /** Validates the kind and the caller's right to read it. */
   function checkRead(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, kind: Kind): void {
@@ -90,19 +121,22 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
 
   const handlers: grpc.UntypedServiceImplementation = {
     Get(call: grpc.ServerUnaryCall<WireGetRequest, Buffer>, callback: grpc.sendUnaryData<Buffer>) {
+      const started = Date.now();
       try {
         const req = requestOf(call);
         checkRead(call, req);
         checkName('id', req.id);
         call.sendMetadata(header);
         callback(null, frames.single(store.get(req)));
+        record(call, 'Get', req.type, started);
       } catch (err) {
-        log.debug('Get failed', { error: err });
+        record(call, 'Get', typeOf(call.request), started, err);
         callback(toStatus(err));
       }
     },
 
     List(call: grpc.ServerWritableStream<WireListRequest, Buffer>) {
+      const started = Date.now();
       void (async () => {
         try {
           const req = requestOf(call);
@@ -115,14 +149,16 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
             if (!call.write(frames.single(r))) await drainOrCancel(call);
           }
           call.end();
+          record(call, 'List', req.type, started);
         } catch (err) {
-          log.debug('List failed', { error: err });
+          record(call, 'List', typeOf(call.request), started, err);
           call.emit('error', toStatus(err));
         }
       })();
     },
 
     Watch(call: grpc.ServerWritableStream<WireWatchRequest, Buffer>) {
+      const started = Date.now();
       try {
         const req = requestOf(call);
         checkRead(call, req);
@@ -147,9 +183,14 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           write: (m) => call.write(m),
           onDrain: (cb) => call.once('drain', cb),
           buffered: () => call.writableLength,
-          end: (error) => (error === undefined ? call.end() : call.emit('error', toStatus(error))),
+          end: (error) => {
+            record(call, 'Watch', req.type, started, error);
+            if (error === undefined) call.end();
+            else call.emit('error', toStatus(error));
+          },
         });
         call.on('cancelled', () => {
+          if (counted) record(call, 'Watch', req.type, started, new CosiError('cancelled', 'cancelled by the client'));
           watch.close();
           release();
         });
@@ -158,7 +199,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           release();
         });
       } catch (err) {
-        log.debug('Watch refused', { error: err });
+        record(call, 'Watch', typeOf(call.request), started, err);
         call.emit('error', toStatus(err));
       }
     },
@@ -166,8 +207,10 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
 
   for (const name of WRITE_METHODS) {
     // Resources are produced by the node itself: nobody writes through the API.
-    handlers[name] = (_call: grpc.ServerUnaryCall<unknown, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
-      callback(toStatus(new CosiError('permission-denied', 'write access is not allowed')));
+    handlers[name] = (call: grpc.ServerUnaryCall<unknown, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+      const err = new CosiError('permission-denied', 'write access is not allowed');
+      record(call, name, typeOf(call.request), Date.now(), err);
+      callback(toStatus(err));
     };
   }
   return handlers;
