@@ -39,6 +39,8 @@ export interface CosidOptions {
   watchLimits?: Partial<WatchLimits>;
   /** One log line per call (off by default). */
   audit?: boolean;
+  /** Connections with calls in flight per remote address (default 64). */
+  maxConnectionsPerAddress?: number;
   /** Open watches per connection (default 256). */
   maxWatchesPerConnection?: number;
   /** Connections are asked to reconnect after this long (default 1 h), so new certificates and limits apply. */
@@ -82,6 +84,8 @@ export class Cosid {
       'grpc.keepalive_time_ms': 60_000,
       'grpc.keepalive_timeout_ms': 20_000,
       'grpc.http2.min_ping_interval_without_data_ms': 10_000,
+      // A client pinging more often than that twice gets GOAWAY (ENHANCE_YOUR_CALM).
+      'grpc.http2.max_ping_strikes': 2,
       'grpc.max_receive_message_length': 1 << 20,
       'grpc.max_send_message_length': 16 << 20,
       'grpc.max_concurrent_streams': 1024,
@@ -91,7 +95,7 @@ export class Cosid {
       // A connection with no call for this long is closed.
       'grpc.max_connection_idle_ms': 300_000,
     });
-    server.addService(stateServiceDefinition(), stateServiceHandlers({ store, registry, frames, hub, log, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, audit: opts.audit }));
+    server.addService(stateServiceDefinition(), stateServiceHandlers({ store, registry, frames, hub, log, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
     const health = new HealthImplementation({ '': 'SERVING', [STATE_SERVICE]: 'SERVING' });
     health.addToServer(server);
     new ReflectionService(reflectionPackage()).addToServer(server);

@@ -64,6 +64,7 @@ export async function startServer(
     maxBacklog?: number;
     audit?: boolean;
     log?: Logger;
+    maxConnectionsPerAddress?: number;
   } = {},
 ): Promise<TestServer> {
   const pki = opts.pki ?? (await makePki());
@@ -79,6 +80,7 @@ export async function startServer(
     },
     ...(opts.maxWatchesPerConnection !== undefined ? { maxWatchesPerConnection: opts.maxWatchesPerConnection } : {}),
     ...(opts.audit !== undefined ? { audit: opts.audit } : {}),
+    ...(opts.maxConnectionsPerAddress !== undefined ? { maxConnectionsPerAddress: opts.maxConnectionsPerAddress } : {}),
     ...(opts.log !== undefined ? { log: opts.log } : {}),
     shutdownGraceMs: 1000,
   });

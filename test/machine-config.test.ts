@@ -51,6 +51,24 @@ describe('parseMachineConfig', () => {
     expect(() => parseMachineConfig(text, 'm.yaml')).toThrow(message);
   });
 
+  it.each([
+    ['a file over 4 MiB', `version: v1alpha1\nmachine:\n  pods: []\n# ${'x'.repeat(4 << 20)}\n`, /larger than 4194304 bytes/],
+    ['nesting deeper than 64 levels', `version: v1alpha1\nmachine:\n  pods:\n    - metadata: {name: deep}\n      spec: ${'['.repeat(200)}${']'.repeat(200)}\n`, /nested deeper than 64 levels/],
+    ['a list for machine', 'version: v1alpha1\nmachine: [1, 2]\n', /machine must be a mapping/],
+    ['a number for machine.type', 'version: v1alpha1\nmachine:\n  type: 7\n', /machine\.type must be one of worker, controlplane, init/],
+    ['a string for a pod', 'version: v1alpha1\nmachine:\n  pods: [nginx]\n', /machine\.pods\[0\]\): must be a Pod object/],
+    ['a non-string namespace', 'version: v1alpha1\nmachine:\n  pods:\n    - metadata: {name: a, namespace: [x]}\n', /metadata\.namespace must be a string/],
+    ['duplicate keys', 'version: v1alpha1\nmachine:\n  type: worker\n  type: controlplane\n', /m\.yaml:4:\d+: Map keys must be unique/],
+    ['a KubeStaticPodConfig with a bad name', 'version: v1alpha1\nmachine: {}\n---\napiVersion: v1alpha1\nkind: KubeStaticPodConfig\nname: Bad_Name\npod: {}\n', /must be a DNS-1123 name/],
+  ])('rejects %s with a clear error', (_name, text, message) => {
+    expect(() => parseMachineConfig(text, 'm.yaml')).toThrow(message);
+  });
+
+  it('warns about unknown fields with their line', () => {
+    const cfg = parseMachineConfig('version: v1alpha1\nmachine:\n  type: worker\n  flavour: spicy\nextra: 1\n', 'm.yaml');
+    expect(cfg.warnings).toEqual(['m.yaml:5: ignoring unknown field "extra"', 'm.yaml:4: ignoring unknown field "machine.flavour"']);
+  });
+
   it('accepts a config without pods', () => {
     expect(parseMachineConfig('version: v1alpha1\nmachine:\n  type: worker\n', 'm.yaml').pods).toEqual([]);
   });

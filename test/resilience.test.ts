@@ -203,6 +203,36 @@ describe('limits', () => {
   });
 });
 
+describe('connections per address', () => {
+  it('refuses calls on more connections from one address than the limit, and admits again when one closes', async () => {
+    const srv = await startServer({ pki, maxConnectionsPerAddress: 2 });
+    cleanups.push(() => srv.close());
+    const creds = grpc.credentials.createSsl(Buffer.from(pki.ca.certPem), Buffer.from(pki.admin.keyPem), Buffer.from(pki.admin.certPem));
+    // A local subchannel pool gives each client its own connection.
+    const clients = [0, 1, 2].map(() => new grpc.Client(srv.endpoint, creds, { 'grpc.use_local_subchannel_pool': 1 }));
+    for (const c of clients) cleanups.push(() => c.close());
+    const req = Buffer.from(wire.watchRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', apiVersion: 1, options: { bootstrapContents: false, tailEvents: 0, labelQuery: [], aggregated: false, bootstrapBookmark: false } }));
+    const open = (c: grpc.Client) => {
+      const call = c.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, req);
+      const result = { ready: false, code: undefined as number | undefined, call };
+      call.on('data', () => (result.ready = true));
+      call.on('error', () => {});
+      call.on('status', (st: grpc.StatusObject) => (result.code = st.code));
+      return result;
+    };
+    const [a, b] = [open(clients[0] as grpc.Client), open(clients[1] as grpc.Client)];
+    await eventually(() => expect(a.ready && b.ready).toBe(true));
+    const third = open(clients[2] as grpc.Client);
+    await eventually(() => expect(third.code).toBe(grpc.status.RESOURCE_EXHAUSTED));
+    a.call.cancel();
+    await new Promise((r) => setTimeout(r, 100));
+    const again = open(clients[2] as grpc.Client);
+    await eventually(() => expect(again.ready).toBe(true));
+    b.call.cancel();
+    again.call.cancel();
+  });
+});
+
 describe('many nodes', () => {
   it('merges the nodes, reports the one that is down with per-node errors, and keeps streaming from the others', async () => {
     const a = await startServer({ pki, nodeName: 'a' });

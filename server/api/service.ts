@@ -24,6 +24,8 @@ export interface StateServiceDeps {
   maxWatchesPerConnection?: number;
   /** One log line per call: peer subject, roles, method, kind, outcome, duration (off by default). */
   audit?: boolean;
+  /** Connections (with calls in flight) one remote address may hold (default 64). */
+  maxConnectionsPerAddress?: number;
 }
 
 const WRITE_METHODS = ['Create', 'Update', 'Destroy', 'Teardown', 'TeardownAndDestroy'] as const;
@@ -73,6 +75,33 @@ export function stateServiceDefinition(): grpc.ServiceDefinition {
 export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServiceImplementation {
   const { store, registry, frames, hub, log } = deps;
   const maxWatches = deps.maxWatchesPerConnection ?? 256;
+  const maxConnections = deps.maxConnectionsPerAddress ?? 64;
+  // Calls in flight per connection, and connections per remote address (grpc-js names a connection "ip:port").
+  const callsByPeer = new Map<string, number>();
+  const peersByAddress = new Map<string, Set<string>>();
+  const addressOf = (peer: string) => peer.replace(/:\d+$/, '');
+  /** Counts a call against its connection and address; throws when the address holds too many connections. */
+  function admit(call: { getPeer(): string }): () => void {
+    const peer = call.getPeer();
+    const address = addressOf(peer);
+    const peers = peersByAddress.get(address) ?? new Set<string>();
+    if (!peers.has(peer) && peers.size >= maxConnections) {
+      throw new CosiError('resource-exhausted', `too many connections from ${address} (limit ${maxConnections}); reuse a connection`);
+    }
+    peers.add(peer);
+    peersByAddress.set(address, peers);
+    callsByPeer.set(peer, (callsByPeer.get(peer) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (callsByPeer.get(peer) ?? 1) - 1;
+      if (n > 0) return void callsByPeer.set(peer, n);
+      callsByPeer.delete(peer);
+      peers.delete(peer);
+      if (peers.size === 0) peersByAddress.delete(address);
+    };
+  }
   // Open watches by connection (grpc-js names a connection by its peer address).
   const watchesByPeer = new Map<string, number>();
   const header = new grpc.Metadata();
@@ -122,7 +151,9 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   const handlers: grpc.UntypedServiceImplementation = {
     Get(call: grpc.ServerUnaryCall<WireGetRequest, Buffer>, callback: grpc.sendUnaryData<Buffer>) {
       const started = Date.now();
+      let release = () => {};
       try {
+        release = admit(call);
         const req = requestOf(call);
         checkRead(call, req);
         checkName('id', req.id);
@@ -132,13 +163,17 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
       } catch (err) {
         record(call, 'Get', typeOf(call.request), started, err);
         callback(toStatus(err));
+      } finally {
+        release();
       }
     },
 
     List(call: grpc.ServerWritableStream<WireListRequest, Buffer>) {
       const started = Date.now();
       void (async () => {
+        let release = () => {};
         try {
+          release = admit(call);
           const req = requestOf(call);
           checkRead(call, req);
           const selector = compileSelector(req.options?.labelQuery ?? [], req.options?.idQuery);
@@ -153,13 +188,17 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
         } catch (err) {
           record(call, 'List', typeOf(call.request), started, err);
           call.emit('error', toStatus(err));
+        } finally {
+          release();
         }
       })();
     },
 
     Watch(call: grpc.ServerWritableStream<WireWatchRequest, Buffer>) {
       const started = Date.now();
+      let releaseConnection = () => {};
       try {
+        releaseConnection = admit(call);
         const req = requestOf(call);
         checkRead(call, req);
         if (req.id !== undefined) checkName('id', req.id);
@@ -172,6 +211,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
         watchesByPeer.set(peer, open + 1);
         let counted = true;
         const release = () => {
+          releaseConnection();
           if (!counted) return;
           counted = false;
           const n = (watchesByPeer.get(peer) ?? 1) - 1;
@@ -199,6 +239,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           release();
         });
       } catch (err) {
+        releaseConnection();
         record(call, 'Watch', typeOf(call.request), started, err);
         call.emit('error', toStatus(err));
       }
