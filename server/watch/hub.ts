@@ -50,6 +50,7 @@ export class WatchHub {
   private readonly dirty = new Set<WatchSession>();
   private flushScheduled = false;
   private readonly eventCache = new WeakMap<Change, Map<EventType, Buffer>>();
+  private readonly responseCache = new WeakMap<Buffer, Buffer>();
   private readonly unsubscribe: () => void;
   private readonly unsubscribeTrim: () => void;
   private readonly bookmarkTimer: NodeJS.Timeout | undefined;
@@ -140,6 +141,16 @@ export class WatchHub {
     const sessions = [...this.dirty];
     this.dirty.clear();
     for (const s of sessions) s.pump();
+  }
+
+  /** A WatchResponse holding just this encoded event; built once and shared by every watcher that sends it alone. */
+  singleResponse(event: Buffer): Buffer {
+    let r = this.responseCache.get(event);
+    if (r === undefined) {
+      r = Frames.watchResponse([event]);
+      this.responseCache.set(event, r);
+    }
+    return r;
   }
 
   /** The encoded event for a change as delivered with the given type; shared by all watchers. */
@@ -363,7 +374,10 @@ class WatchSession {
       return Frames.watchResponse([]);
     }
     const batch = this.nextBatch();
-    return batch.length === 0 ? undefined : Frames.watchResponse(batch);
+    if (batch.length === 0) return undefined;
+    const [only] = batch;
+    // The common case (one event, not aggregated) writes the same shared bytes to every watcher: no copy.
+    return batch.length === 1 && only !== undefined ? this.hub.singleResponse(only) : Frames.watchResponse(batch);
   }
 
   /** The events of the next WatchResponse (one unless aggregated); empty when caught up. */

@@ -1,0 +1,114 @@
+// Shared bits of the benchmark: PKI, payloads of realistic size, process CPU/RSS, percentiles.
+import { readFileSync } from 'node:fs';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { generateCa, issueClientCert, issueServerCert } from '../dist/shared/pki.js';
+
+export const STATUS_KIND = { namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev' };
+
+/** A CA, a server certificate for 127.0.0.1 and an admin client certificate, as files. */
+export async function makeBenchPki() {
+  const dir = await mkdtemp(join(tmpdir(), 'cosi-bench-'));
+  const ca = await generateCa({ commonName: 'bench CA' });
+  const server = await issueServerCert(ca, { sans: ['127.0.0.1', 'localhost'] });
+  const client = await issueClientCert(ca, { commonName: 'bench', organizations: ['os:admin'] });
+  const files = {};
+  for (const [name, pair] of Object.entries({ ca, server, client })) {
+    files[`${name}Cert`] = join(dir, `${name}.crt`);
+    files[`${name}Key`] = join(dir, `${name}.key`);
+    await writeFile(files[`${name}Cert`], pair.certPem);
+    await writeFile(files[`${name}Key`], pair.keyPem);
+  }
+  return { dir, ...files };
+}
+
+export function readPem(pki) {
+  return {
+    caPem: readFileSync(pki.caCert, 'utf8'),
+    serverCertPem: readFileSync(pki.serverCert, 'utf8'),
+    serverKeyPem: readFileSync(pki.serverKey, 'utf8'),
+    clientCertPem: readFileSync(pki.clientCert, 'utf8'),
+    clientKeyPem: readFileSync(pki.clientKey, 'utf8'),
+  };
+}
+
+/** A PodStatus as the kubelet reports it, padded with container statuses to about `bytes` of JSON. */
+export function podStatusPayload(i, bytes, seq = 0) {
+  const status = {
+    phase: 'Running',
+    conditions: ['PodScheduled', 'Initialized', 'ContainersReady', 'Ready'].map((type) => ({ type, status: 'True', lastProbeTime: null, lastTransitionTime: '2026-11-25T04:00:00Z' })),
+    hostIP: '10.5.0.2',
+    hostIPs: [{ ip: '10.5.0.2' }],
+    podIP: '10.5.0.2',
+    podIPs: [{ ip: '10.5.0.2' }],
+    startTime: '2026-11-25T04:00:00Z',
+    qosClass: 'Burstable',
+    containerStatuses: [],
+    seq,
+  };
+  let n = 0;
+  while (JSON.stringify(status).length < bytes) {
+    status.containerStatuses.push({
+      name: `container-${i}-${n}`,
+      image: `registry.k8s.io/component-${n}:v1.34.1`,
+      imageID: `registry.k8s.io/component-${n}@sha256:${'0123456789abcdef'.repeat(4)}`,
+      containerID: `containerd://${'fedcba9876543210'.repeat(4)}`,
+      ready: true,
+      started: true,
+      restartCount: 0,
+      state: { running: { startedAt: '2026-11-25T04:00:01Z' } },
+    });
+    n++;
+  }
+  return status;
+}
+
+/** CPU seconds (user + system) and RSS bytes of a process by pid, from /proc. */
+export function procStats(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  const rssPages = Number(fields[21]);
+  return { cpuSeconds: ticks / 100, rss: rssPages * 4096 };
+}
+
+export function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+export function summarize(samples) {
+  const s = Float64Array.from(samples).sort();
+  return { n: s.length, p50: percentile(s, 50), p99: percentile(s, 99), max: s.length ? s[s.length - 1] : NaN };
+}
+
+/** Sends a request to a forked child and waits for the reply with the same id. */
+export function rpc(child, msg) {
+  const id = Math.random().toString(36).slice(2);
+  return new Promise((resolve, reject) => {
+    const onMessage = (m) => {
+      if (m?.id !== id) return;
+      child.off('message', onMessage);
+      if (m.error) reject(new Error(m.error));
+      else resolve(m.result);
+    };
+    child.on('message', onMessage);
+    child.send({ ...msg, id });
+  });
+}
+
+/** Serves rpc() requests in a child: handlers by op name. */
+export function serveRpc(handlers) {
+  process.on('message', async (m) => {
+    try {
+      const h = handlers[m.op];
+      if (!h) throw new Error(`unknown op ${m.op}`);
+      process.send({ id: m.id, result: await h(m) });
+    } catch (err) {
+      process.send({ id: m.id, error: err instanceof Error ? err.message : String(err) });
+    }
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));

@@ -1,0 +1,387 @@
+// npm run bench [-- --quick]: cosid next to etcd (Debian's etcd-server) and the grpc-js ceiling, same machine, same
+// mTLS, same data, same client harness; prints a table with ratios and writes bench/out/results.json.
+import { execFileSync, fork, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { Etcd3 } from 'etcd3';
+import { connect } from '../dist/client/index.js';
+import { serializeCosiConfig } from '../dist/client/cosiconfig.js';
+import { wire } from '../dist/shared/wire.js';
+import { makeBenchPki, podStatusPayload, procStats, readPem, rpc, sleep, summarize } from './common.mjs';
+
+const QUICK = process.argv.includes('--quick');
+const cfg = QUICK
+  ? { gets: 500, concurrentGets: 3000, list: 10_000, fanout: [1, 100], churnSeconds: 4, rate: 200, stalledSeconds: 4, pipelineRuns: 10, cliRuns: 5 }
+  : { gets: 2000, concurrentGets: 20_000, list: 10_000, fanout: [1, 100, 1000], churnSeconds: 10, rate: 200, stalledSeconds: 10, pipelineRuns: 30, cliRuns: 15 };
+const started = Date.now();
+const progress = (msg) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s] ${msg}\n`);
+const results = { machine: {}, scenarios: {} };
+const children = [];
+const cleanup = [];
+process.on('exit', () => children.forEach((c) => c.kill('SIGKILL')));
+
+function freePort() {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const p = s.address().port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+function ensureEtcd() {
+  try {
+    return execFileSync('etcd', ['--version']).toString().split('\n')[0];
+  } catch {
+    progress('etcd is missing: installing Debian etcd-server (apt-get)');
+    execFileSync('apt-get', ['install', '-y', 'etcd-server'], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+    return execFileSync('etcd', ['--version']).toString().split('\n')[0];
+  }
+}
+
+function forkServer(file, env) {
+  const child = fork(file, [], { env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  children.push(child);
+  return new Promise((resolve, reject) => {
+    child.once('message', (m) => (m.ready ? resolve(child) : reject(new Error('not ready'))));
+    child.once('exit', (code) => reject(new Error(`${file} exited with ${code}`)));
+  });
+}
+
+// ---- start everything -------------------------------------------------------------------------------------
+const etcdVersion = ensureEtcd();
+const pki = await makeBenchPki();
+const pem = readPem(pki);
+results.machine = { cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version, etcd: etcdVersion, quick: QUICK, date: new Date().toISOString() };
+progress(`machine: ${results.machine.cpus} cores, node ${process.version}, ${etcdVersion}`);
+
+// On tmpfs when there is one, so etcd's fsyncs do not make it look slower than it is.
+const etcdDir = await mkdtemp(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'cosi-bench-etcd-'));
+cleanup.push(() => rm(etcdDir, { recursive: true, force: true }));
+const etcdPort = await freePort();
+const peerPort = await freePort();
+const etcdProc = spawn('etcd', [
+  '--name', 'bench', '--data-dir', etcdDir,
+  '--listen-client-urls', `https://127.0.0.1:${etcdPort}`, '--advertise-client-urls', `https://127.0.0.1:${etcdPort}`,
+  '--listen-peer-urls', `http://127.0.0.1:${peerPort}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peerPort}`,
+  '--initial-cluster', `bench=http://127.0.0.1:${peerPort}`,
+  '--cert-file', pki.serverCert, '--key-file', pki.serverKey, '--client-cert-auth', '--trusted-ca-file', pki.caCert,
+  '--quota-backend-bytes', String(4 * 2 ** 30), '--log-level', 'error', '--logger', 'zap',
+], { stdio: 'ignore' });
+children.push(etcdProc);
+const etcd = new Etcd3({ hosts: `https://127.0.0.1:${etcdPort}`, credentials: { rootCertificate: Buffer.from(pem.caPem), privateKey: Buffer.from(pem.clientKeyPem), certChain: Buffer.from(pem.clientCertPem) }, grpcOptions: { 'grpc.max_receive_message_length': 256 << 20 } });
+for (let i = 0; ; i++) {
+  try {
+    await etcd.get('ping');
+    break;
+  } catch (err) {
+    if (i > 100) throw err;
+    await sleep(100);
+  }
+}
+progress(`etcd up on 127.0.0.1:${etcdPort} (mTLS)`);
+const env = { BENCH_PKI: JSON.stringify(pki) };
+const cosidServer = await forkServer(new URL('./servers/cosid.mjs', import.meta.url).pathname, env);
+const cosidPort = await rpc(cosidServer, { op: 'port' });
+const ceilingServer = await forkServer(new URL('./servers/ceiling.mjs', import.meta.url).pathname, env);
+const ceilingPort = await rpc(ceilingServer, { op: 'port' });
+progress(`cosid on 127.0.0.1:${cosidPort}, ceiling on 127.0.0.1:${ceilingPort}`);
+const pids = { cosid: cosidServer.pid, etcd: etcdProc.pid, ceiling: ceilingServer.pid };
+const grpcClient = (port) => new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(pem.caPem), Buffer.from(pem.clientKeyPem), Buffer.from(pem.clientCertPem)), { 'grpc.max_receive_message_length': 256 << 20 });
+const cosidRaw = grpcClient(cosidPort);
+const ceilingRaw = grpcClient(ceilingPort);
+const unary = (client, path, body) => new Promise((res, rej) => client.makeUnaryRequest(path, (b) => b, (b) => b, body, (e, r) => (e ? rej(e) : res(r))));
+// As on the cosid side, payloads are built once; only the time stamp is new per write.
+const etcdPayloads = new Map();
+const etcdValue = (i, bytes) => {
+  const key = `${i}/${bytes}`;
+  if (!etcdPayloads.has(key)) etcdPayloads.set(key, JSON.stringify(podStatusPayload(i, bytes)));
+  return Buffer.from(`${String(Date.now()).padStart(13, '0')}|${etcdPayloads.get(key)}`);
+};
+
+// ---- 1. Get -----------------------------------------------------------------------------------------------
+async function timeGets(fn, n, inFlight) {
+  const lat = [];
+  let next = 0;
+  const t0 = Date.now();
+  await Promise.all(Array.from({ length: inFlight }, async () => {
+    while (next < n) {
+      next++;
+      const t = process.hrtime.bigint();
+      await fn();
+      lat.push(Number(process.hrtime.bigint() - t) / 1e6);
+    }
+  }));
+  return { ...summarize(lat), perSecond: n / ((Date.now() - t0) / 1000) };
+}
+progress('scenario 1: Get (2 KB PodStatus), sequential and 64 in flight');
+await rpc(cosidServer, { op: 'load', count: 1, bytes: 2048 });
+await etcd.put('status/default/pod-0').value(etcdValue(0, 2048));
+await rpc(ceilingServer, { op: 'size', bytes: 2048 });
+const getReq = Buffer.from(wire.getRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', id: 'default/pod-0' }));
+const gets = {
+  cosid: () => unary(cosidRaw, '/cosi.resource.State/Get', getReq),
+  etcd: () => etcd.get('status/default/pod-0').buffer(),
+  ceiling: () => unary(ceilingRaw, '/bench.Ceiling/Get', Buffer.alloc(0)),
+};
+results.scenarios.get = {};
+for (const [name, fn] of Object.entries(gets)) {
+  await timeGets(fn, 200, 8); // warm up
+  results.scenarios.get[name] = { sequential: await timeGets(fn, cfg.gets, 1), inFlight64: await timeGets(fn, cfg.concurrentGets, 64) };
+  progress(`  ${name}: p99 ${results.scenarios.get[name].sequential.p99.toFixed(2)} ms sequential, ${results.scenarios.get[name].inFlight64.p99.toFixed(2)} ms at 64 in flight`);
+}
+
+// ---- 2. List 10,000 and 5. memory per 10,000 ------------------------------------------------------------
+progress(`scenario 2: List ${cfg.list} resources of 2 KB; memory per ${cfg.list} stored`);
+const rssBefore = { cosid: procStats(pids.cosid).rss, etcd: procStats(pids.etcd).rss };
+await rpc(cosidServer, { op: 'clear' });
+await rpc(cosidServer, { op: 'load', count: cfg.list, bytes: 2048 });
+for (let i = 0; i < cfg.list; i += 500) {
+  await Promise.all(Array.from({ length: Math.min(500, cfg.list - i) }, (_, j) => etcd.put(`status/default/pod-${i + j}`).value(etcdValue(i + j, 2048))));
+}
+await sleep(500);
+const yamlBytes = JSON.stringify(podStatusPayload(0, 2048)).length; // JSON ~ YAML size for this shape
+results.scenarios.memory = {
+  perStored: {
+    cosid: (procStats(pids.cosid).rss - rssBefore.cosid) / cfg.list,
+    etcd: (procStats(pids.etcd).rss - rssBefore.etcd) / cfg.list,
+    specBytes: yamlBytes,
+  },
+};
+const listReq = Buffer.from(wire.listRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev' }));
+async function timeStream(client, path, body) {
+  const t0 = process.hrtime.bigint();
+  let bytes = 0;
+  let messages = 0;
+  const call = client.makeServerStreamRequest(path, (b) => b, (b) => b, body);
+  for await (const m of call) {
+    bytes += m.length;
+    messages++;
+  }
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  return { ms, messages, mbPerSecond: bytes / 2 ** 20 / (ms / 1000) };
+}
+const lists = {
+  cosid: () => timeStream(cosidRaw, '/cosi.resource.State/List', listReq),
+  etcd: async () => {
+    const t0 = process.hrtime.bigint();
+    const all = await etcd.getAll().prefix('status/').buffers();
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    const bytes = Object.values(all).reduce((n, b) => n + b.length, 0);
+    return { ms, messages: 1, items: Object.keys(all).length, mbPerSecond: bytes / 2 ** 20 / (ms / 1000) };
+  },
+  ceiling: () => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(cfg.list, 0);
+    return timeStream(ceilingRaw, '/bench.Ceiling/List', b);
+  },
+};
+results.scenarios.list = {};
+for (const [name, fn] of Object.entries(lists)) {
+  await fn();
+  const runs = [await fn(), await fn(), await fn()].sort((a, b) => a.ms - b.ms);
+  results.scenarios.list[name] = runs[1];
+  progress(`  ${name}: ${runs[1].ms.toFixed(0)} ms (median of 3), ${runs[1].mbPerSecond.toFixed(1)} MB/s`);
+}
+
+// ---- 3. Watch fan-out (and 5. memory per 1,000 idle watchers) -------------------------------------------
+async function startWorkers(mode, total, { stall = false, processes } = {}) {
+  const endpoint = mode === 'cosid' ? `127.0.0.1:${cosidPort}` : mode === 'ceiling' ? `127.0.0.1:${ceilingPort}` : `https://127.0.0.1:${etcdPort}`;
+  const n = processes ?? (total >= 100 ? 4 : 1);
+  const workers = [];
+  for (let i = 0; i < n; i++) {
+    const count = Math.floor(total / n) + (i < total % n ? 1 : 0);
+    if (count === 0) continue;
+    workers.push(await forkServer(new URL('./clients/watch-worker.mjs', import.meta.url).pathname, { BENCH_WORKER: JSON.stringify({ mode, endpoint, count, pki, stall }) }));
+    workers.at(-1).count = count;
+  }
+  for (let i = 0; ; i++) {
+    const ready = await Promise.all(workers.map((w) => rpc(w, { op: 'ready' })));
+    if (ready.every((r, j) => r >= workers[j].count)) break;
+    if (i > 600) throw new Error(`${mode}: watchers not ready`);
+    await sleep(100);
+  }
+  return workers;
+}
+async function churn(mode, rate, seconds, ids, bytes) {
+  if (mode === 'cosid') return rpc(cosidServer, { op: 'churn', rate, seconds, ids });
+  if (mode === 'ceiling') return rpc(ceilingServer, { op: 'churn', rate, seconds });
+  const total = Math.round(rate * seconds);
+  const t0 = Date.now();
+  let behind = 0;
+  const pending = [];
+  for (let n = 0; n < total; n++) {
+    const wait = t0 + (n * 1000) / rate - Date.now();
+    if (wait > 0) await sleep(wait);
+    else behind = Math.max(behind, -wait);
+    // etcd3 builders are lazy: exec() sends the put now, not when awaited.
+    pending.push(etcd.put(`status/default/pod-${n % ids}`).value(etcdValue(n % ids, bytes)).exec());
+  }
+  await Promise.all(pending);
+  return { written: total, writerBehindMaxMs: behind, seconds: (Date.now() - t0) / 1000 };
+}
+async function fanout(mode, watchers, { rate = cfg.rate, seconds = cfg.churnSeconds, bytes = 2048, stall = false, sampleRss = false } = {}) {
+  const serverPid = pids[mode];
+  const rssIdle0 = procStats(serverPid).rss;
+  const workers = await startWorkers(mode, watchers);
+  const stalled = stall ? await startWorkers(mode, 1, { stall: true, processes: 1 }) : [];
+  await sleep(300);
+  const rssIdle = procStats(serverPid).rss - rssIdle0;
+  await Promise.all(workers.map((w) => rpc(w, { op: 'reset' })));
+  const cpu0 = procStats(serverPid).cpuSeconds;
+  const clientCpu0 = await Promise.all(workers.map((w) => rpc(w, { op: 'report' }).then((r) => r.cpu)));
+  const rss = [];
+  const sampler = sampleRss ? setInterval(() => rss.push(Math.round(procStats(serverPid).rss / 2 ** 20)), 1000) : undefined;
+  const written = await churn(mode, rate, seconds, 100, bytes);
+  // Give stragglers until 3 s after the last write.
+  const expected = written.written * watchers;
+  for (let i = 0; i < 30; i++) {
+    const got = (await Promise.all(workers.map((w) => rpc(w, { op: 'report' })))).reduce((n, r) => n + r.received, 0);
+    if (got >= expected) break;
+    await sleep(100);
+  }
+  clearInterval(sampler);
+  const cpu = procStats(serverPid).cpuSeconds - cpu0;
+  const reports = await Promise.all(workers.map((w) => rpc(w, { op: 'report' })));
+  const received = reports.reduce((n, r) => n + r.received, 0);
+  const within3s = reports.reduce((n, r) => n + r.within3s, 0);
+  const lat = summarize(reports.flatMap((r) => r.samples));
+  const clientCpu = reports.reduce((n, r, i) => n + (r.cpu.user + r.cpu.system - clientCpu0[i].user - clientCpu0[i].system) / 1e6, 0);
+  await Promise.all([...workers, ...stalled].map((w) => rpc(w, { op: 'stop' }).catch(() => undefined)));
+  await sleep(300);
+  return {
+    watchers,
+    written: written.written,
+    writerBehindMaxMs: Math.round(written.writerBehindMaxMs ?? 0),
+    expected,
+    delivered: received,
+    deliveredPct: (100 * received) / expected,
+    within3sPct: (100 * within3s) / expected,
+    eventsPerSecond: received / written.seconds,
+    p50: lat.p50,
+    p99: lat.p99,
+    serverCpuSeconds: cpu,
+    cpuSecondsPerMillion: (cpu / Math.max(1, received)) * 1e6,
+    clientCpuSeconds: clientCpu,
+    idleWatcherRssBytes: rssIdle,
+    ...(sampleRss ? { rssMiBOverTime: rss } : {}),
+  };
+}
+results.scenarios.fanout = {};
+for (const n of cfg.fanout) {
+  for (const mode of ['cosid', 'etcd', 'ceiling']) {
+    progress(`scenario 3: ${mode}, ${n} watchers, ${cfg.rate} updates/s for ${cfg.churnSeconds} s`);
+    const r = await fanout(mode, n);
+    (results.scenarios.fanout[n] ??= {})[mode] = r;
+    progress(`  ${mode}: ${r.deliveredPct.toFixed(1)}% delivered (${r.within3sPct.toFixed(1)}% within 3 s), p50 ${r.p50} ms, p99 ${r.p99} ms, ${r.cpuSecondsPerMillion.toFixed(1)} server CPU s per million, client CPU ${r.clientCpuSeconds.toFixed(1)} s`);
+  }
+}
+
+// ---- 4. One stalled watcher among 100 ------------------------------------------------------------------
+progress(`scenario 4: cosid, 100 healthy watchers, 4 KB updates, without and with one stalled watcher`);
+const without = await fanout('cosid', 100, { seconds: cfg.stalledSeconds, bytes: 4096, sampleRss: true });
+const withStalled = await fanout('cosid', 100, { seconds: cfg.stalledSeconds, bytes: 4096, stall: true, sampleRss: true });
+results.scenarios.stalled = { without, with: withStalled, p99Increase: withStalled.p99 / Math.max(1, without.p99) - 1 };
+progress(`  healthy p99 ${without.p99} ms without, ${withStalled.p99} ms with a stalled watcher; RSS MiB ${withStalled.rssMiBOverTime?.join(' ')}`);
+
+// ---- 6. The pipeline: config change to event; cosictl as a process ---------------------------------------
+progress('scenario 6: machine config change -> StaticPod event; cosictl get staticpods as a whole process');
+const nodeDir = await mkdtemp(join(tmpdir(), 'cosi-bench-node-'));
+cleanup.push(() => rm(nodeDir, { recursive: true, force: true }));
+const configPath = join(nodeDir, 'machine.yaml');
+const podConfig = (tag) => `version: v1alpha1\nmachine:\n  type: worker\n  pods:\n    - apiVersion: v1\n      kind: Pod\n      metadata: {name: nginx}\n      spec: {containers: [{name: nginx, image: "nginx:${tag}"}]}\n`;
+await writeFile(configPath, podConfig(0));
+const nodePort = await freePort();
+const nodeProc = spawn(process.execPath, ['dist/server/main.js', '--pki', pki.dir, '--config', configPath, '--listen', `127.0.0.1:${nodePort}`, '--log-level', 'warn'], { stdio: 'inherit' });
+children.push(nodeProc);
+const nodeClient = connect({ endpoint: `127.0.0.1:${nodePort}`, caPem: pem.caPem, certPem: pem.clientCertPem, keyPem: pem.clientKeyPem });
+for (let i = 0; ; i++) {
+  try {
+    await nodeClient.get('staticpods', 'default-nginx');
+    break;
+  } catch (err) {
+    if (i > 100) throw err;
+    await sleep(100);
+  }
+}
+const pipeline = [];
+let waiting;
+const sub = nodeClient.watch('staticpods', { bootstrap: true }).subscribe((e) => {
+  if (e.type === 'updated' && waiting && JSON.stringify(e.resource?.spec).includes(`nginx:${waiting.tag}`)) {
+    pipeline.push(Date.now() - waiting.t0);
+    waiting.done();
+  }
+});
+await sleep(300);
+for (let i = 1; i <= cfg.pipelineRuns; i++) {
+  await new Promise((done) => {
+    waiting = { tag: i, t0: Date.now(), done };
+    writeFile(configPath, podConfig(i));
+  });
+  await sleep(150);
+}
+sub.unsubscribe();
+nodeClient.close();
+const cosiconfig = join(nodeDir, 'cosiconfig');
+writeFileSync(cosiconfig, serializeCosiConfig({ currentContext: 'bench', contexts: new Map([['bench', { name: 'bench', endpoints: [`127.0.0.1:${nodePort}`], nodes: [], caPem: pem.caPem, certPem: pem.clientCertPem, keyPem: pem.clientKeyPem }]]) }));
+const timeProcess = (args) => {
+  const t0 = process.hrtime.bigint();
+  execFileSync(process.execPath, args, { stdio: 'ignore' });
+  return Number(process.hrtime.bigint() - t0) / 1e6;
+};
+const cli = [];
+const bare = [];
+for (let i = 0; i < cfg.cliRuns; i++) {
+  cli.push(timeProcess(['dist/client/cli/main.js', '--cosiconfig', cosiconfig, 'get', 'staticpods']));
+  bare.push(timeProcess(['-e', '']));
+}
+nodeProc.kill('SIGTERM');
+results.scenarios.pipeline = { configToEvent: summarize(pipeline), cosictlMedianMs: summarize(cli).p50, nodeStartupMedianMs: summarize(bare).p50 };
+progress(`  config -> event p50 ${results.scenarios.pipeline.configToEvent.p50} ms p99 ${results.scenarios.pipeline.configToEvent.p99} ms; cosictl median ${cli.length ? results.scenarios.pipeline.cosictlMedianMs.toFixed(0) : '-'} ms (node itself ${results.scenarios.pipeline.nodeStartupMedianMs.toFixed(0)} ms)`);
+
+// ---- report ----------------------------------------------------------------------------------------------
+const s = results.scenarios;
+const fmt = (v, d = 1) => (v === undefined || Number.isNaN(v) ? '-' : typeof v === 'number' ? v.toFixed(d) : String(v));
+const ratio = (a, b) => (a === undefined || b === undefined || !b ? '-' : (a / b).toFixed(2));
+const rows = [
+  ['Get p99 sequential (ms)', s.get.cosid.sequential.p99, s.get.etcd.sequential.p99, s.get.ceiling.sequential.p99, '<= etcd'],
+  ['Get p99, 64 in flight (ms)', s.get.cosid.inFlight64.p99, s.get.etcd.inFlight64.p99, s.get.ceiling.inFlight64.p99, '<= etcd'],
+  [`List ${cfg.list} (ms)`, s.list.cosid.ms, s.list.etcd.ms, s.list.ceiling.ms, '<= etcd'],
+  [`List ${cfg.list} (MB/s)`, s.list.cosid.mbPerSecond, s.list.etcd.mbPerSecond, s.list.ceiling.mbPerSecond, ''],
+  ['RSS per stored resource (bytes)', s.memory.perStored.cosid, s.memory.perStored.etcd, undefined, `<= 2 x ${s.memory.perStored.specBytes}`],
+];
+for (const n of cfg.fanout) {
+  const f = s.fanout[n];
+  rows.push([`${n} watchers: delivered within 3 s (%)`, f.cosid.within3sPct, f.etcd.within3sPct, f.ceiling.within3sPct, '100']);
+  rows.push([`${n} watchers: delivery p99 (ms)`, f.cosid.p99, f.etcd.p99, f.ceiling.p99, '<= 500']);
+  rows.push([`${n} watchers: events/s`, f.cosid.eventsPerSecond, f.etcd.eventsPerSecond, f.ceiling.eventsPerSecond, '']);
+  rows.push([`${n} watchers: server CPU s / million events`, f.cosid.cpuSecondsPerMillion, f.etcd.cpuSecondsPerMillion, f.ceiling.cpuSecondsPerMillion, '<= etcd']);
+  rows.push([`${n} watchers: client CPU s (all workers)`, f.cosid.clientCpuSeconds, f.etcd.clientCpuSeconds, f.ceiling.clientCpuSeconds, '']);
+  rows.push([`${n} idle watchers: server RSS (MiB)`, f.cosid.idleWatcherRssBytes / 2 ** 20, f.etcd.idleWatcherRssBytes / 2 ** 20, f.ceiling.idleWatcherRssBytes / 2 ** 20, n >= 1000 ? '<= 20' : '']);
+}
+rows.push(['stalled watcher: healthy p99 without / with (ms)', s.stalled.without.p99, s.stalled.with.p99, undefined, '+ < 10%']);
+rows.push(['config change -> event p50 / p99 (ms)', s.pipeline.configToEvent.p50, s.pipeline.configToEvent.p99, undefined, 'p99 <= 50']);
+rows.push(['cosictl get staticpods, median (ms)', s.pipeline.cosictlMedianMs, s.pipeline.nodeStartupMedianMs, undefined, '<= 300 (etcd column: bare node startup)']);
+const header = ['figure', 'cosid', 'etcd', 'ceiling', 'cosid/etcd', 'cosid/ceiling', 'target'];
+const table = [header, ...rows.map(([name, c, e, x, target]) => [name, fmt(c), fmt(e), fmt(x), ratio(c, e), ratio(c, x), target])];
+const widths = header.map((_, i) => Math.max(...table.map((r) => String(r[i]).length)));
+process.stdout.write('\n' + table.map((r) => r.map((c, i) => String(c).padEnd(widths[i] + 2)).join('').trimEnd()).join('\n') + '\n\n');
+mkdirSync('bench/out', { recursive: true });
+const out = `bench/out/results${QUICK ? '-quick' : ''}.json`;
+writeFileSync(out, JSON.stringify({ ...results, table }, null, 2));
+progress(`wrote ${out} (${((Date.now() - started) / 1000).toFixed(0)} s)`);
+
+await rpc(cosidServer, { op: 'stop' }).catch(() => undefined);
+await rpc(ceilingServer, { op: 'stop' }).catch(() => undefined);
+etcd.close();
+cosidRaw.close();
+ceilingRaw.close();
+etcdProc.kill('SIGTERM');
+for (const c of cleanup) await c();
+await rm(pki.dir, { recursive: true, force: true });
+process.exit(0);
