@@ -28,10 +28,12 @@ describe('the whole loop', () => {
     subs.push(t.client.watch('staticpodstatus', { bootstrap: true }).subscribe((e) => events.push(e)));
     expect(ids(await t.client.list('staticpods'))).toEqual(['default-nginx@1']);
     await eventually(async () => expect(ready(await t.client.get('podstatus', `default/nginx-${NODE}`))).toBe('True'), 20_000);
-    // The watch saw it progress (Pending -> Ready), and saw only static pods (not the kubelet's API pods).
+    // The watch saw it appear once and end Ready (how many steps it saw in between depends on the machine's load),
+    // and saw only static pods (not the kubelet's API pods).
     const seen = events.filter((e) => e.resource !== undefined).map((e) => `${e.type} ${e.resource?.metadata.id} ${ready(e.resource)}`);
-    expect(seen[0]).toBe(`created default/nginx-${NODE} False`);
-    expect(seen.at(-1)).toBe(`updated default/nginx-${NODE} True`);
+    expect(seen[0]).toMatch(new RegExp(`^created default/nginx-${NODE} (True|False)$`));
+    expect(seen.filter((x) => x.startsWith('created')).length).toBe(1);
+    await eventually(() => expect(events.filter((e) => e.resource !== undefined).map((e) => ready(e.resource)).at(-1)).toBe('True'));
     expect(events.some((e) => e.resource?.metadata.id.includes('kube-proxy'))).toBe(false);
   });
 
