@@ -44,8 +44,8 @@ function ensureEtcd() {
   }
 }
 
-function forkServer(file, env) {
-  const child = fork(file, [], { env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+function forkServer(file, env, execArgv = []) {
+  const child = fork(file, [], { env: { ...process.env, ...env }, execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   children.push(child);
   return new Promise((resolve, reject) => {
     child.once('message', (m) => (m.ready ? resolve(child) : reject(new Error('not ready'))));
@@ -86,7 +86,8 @@ for (let i = 0; ; i++) {
 }
 progress(`etcd up on 127.0.0.1:${etcdPort} (mTLS)`);
 const env = { BENCH_PKI: JSON.stringify(pki) };
-const cosidServer = await forkServer(new URL('./servers/cosid.mjs', import.meta.url).pathname, env);
+// BENCH_CPU_PROF=1 profiles the cosid process (node --cpu-prof) into bench/out.
+const cosidServer = await forkServer(new URL('./servers/cosid.mjs', import.meta.url).pathname, env, process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', 'bench/out'] : []);
 const cosidPort = await rpc(cosidServer, { op: 'port' });
 const ceilingServer = await forkServer(new URL('./servers/ceiling.mjs', import.meta.url).pathname, env);
 const ceilingPort = await rpc(ceilingServer, { op: 'port' });
@@ -376,8 +377,11 @@ const out = `bench/out/results${QUICK ? '-quick' : ''}.json`;
 writeFileSync(out, JSON.stringify({ ...results, table }, null, 2));
 progress(`wrote ${out} (${((Date.now() - started) / 1000).toFixed(0)} s)`);
 
+// Let the servers exit by themselves (a CPU profile is written on exit).
+const exited = (c) => new Promise((r) => (c.exitCode !== null ? r() : c.once('exit', r)));
 await rpc(cosidServer, { op: 'stop' }).catch(() => undefined);
 await rpc(ceilingServer, { op: 'stop' }).catch(() => undefined);
+await Promise.race([Promise.all([exited(cosidServer), exited(ceilingServer)]), sleep(10_000)]);
 etcd.close();
 cosidRaw.close();
 ceilingRaw.close();

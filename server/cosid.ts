@@ -4,6 +4,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import { readFileSync } from 'node:fs';
+import { Server as TlsServer, type TLSSocket } from 'node:tls';
 import { join } from 'node:path';
 import descriptor from 'protobufjs/ext/descriptor/index.js';
 import { CosiError } from '../shared/errors.js';
@@ -106,6 +107,7 @@ export class Cosid {
     const port = await new Promise<number>((resolve, reject) => {
       server.bindAsync(opts.listen, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${opts.listen}: ${err.message}`)) : resolve(p)));
     });
+    logHandshakeRefusals(server, log);
     log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName });
     return new Cosid(opts, port, { store, registry, hub, server, health });
   }
@@ -148,4 +150,34 @@ function reflectionPackage(): protoLoader.PackageDefinition {
     merged = { ...merged, ...pkg };
   }
   return merged;
+}
+
+/**
+ * grpc-js does not surface failed TLS handshakes, but its TLS servers do ('tlsClientError'): log each refusal once
+ * per peer address and reason, with the subject of the certificate the peer offered (never key material).
+ */
+function logHandshakeRefusals(server: grpc.Server, log: Logger): void {
+  const seen = new Set<string>();
+  const internal = server as unknown as { http2Servers?: Map<unknown, unknown> };
+  for (const s of internal.http2Servers?.keys() ?? []) {
+    if (!(s instanceof TlsServer)) continue;
+    s.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
+      const reason = err.code ?? err.message;
+      const address = socket.remoteAddress ?? 'unknown';
+      const key = `${address}\u0000${reason}`;
+      if (seen.has(key)) return;
+      if (seen.size >= 10_000) seen.clear();
+      seen.add(key);
+      let subject = '(no certificate)';
+      try {
+        const cert = socket.getPeerCertificate();
+        if (cert !== null && typeof cert === 'object' && 'subject' in cert && cert.subject !== undefined) {
+          subject = Object.entries(cert.subject).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`).join(', ');
+        }
+      } catch {
+        // The socket may already be gone.
+      }
+      log.warn('TLS handshake refused', { peer: address, subject, reason: err.message });
+    });
+  }
 }

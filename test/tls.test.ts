@@ -92,8 +92,9 @@ describe('certificate rotation without a restart', () => {
 });
 
 describe('refused at the handshake', () => {
-  it('refuses expired, not yet valid, and server-only (no clientAuth) certificates', async () => {
-    const srv = await startServer();
+  it('refuses expired, not yet valid, and server-only (no clientAuth) certificates, and logs why', async () => {
+    const lines: string[] = [];
+    const srv = await startServer({ log: createLogger({ write: (l) => lines.push(l) }) });
     cleanups.push(() => srv.close());
     const ca = srv.pki.ca;
     const day = 86_400_000;
@@ -102,6 +103,12 @@ describe('refused at the handshake', () => {
     const serverOnly = await issueServerCert(ca, { commonName: 'not-a-client', sans: ['127.0.0.1'] });
     for (const cert of [expired, future, serverOnly]) expect(await canList(srv.endpoint, ca.certPem, cert)).toBe(grpc.status.UNAVAILABLE);
     expect(await canList(srv.endpoint, ca.certPem, srv.pki.admin)).toBe(grpc.status.OK);
+    // Node reports little about a refused client certificate under TLS 1.3 (often "socket hang up"), but the
+    // refusal is logged, once per reason.
+    const refused = lines.filter((l) => l.includes('TLS handshake refused'));
+    expect(refused.length).toBeGreaterThanOrEqual(1);
+    expect(new Set(refused.map((l) => (JSON.parse(l) as { reason: string }).reason)).size).toBe(refused.length);
+    expect(lines.join('\n')).not.toMatch(/PRIVATE KEY/);
   });
 
   it('closes a connection that never finishes its handshake', async () => {

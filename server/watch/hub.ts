@@ -143,14 +143,9 @@ export class WatchHub {
     for (const s of sessions) s.pump();
   }
 
-  /** A WatchResponse holding just this encoded event; built once and shared by every watcher that sends it alone. */
+  /** A WatchResponse holding just this encoded event; shared by every watcher that sends it alone. */
   singleResponse(event: Buffer): Buffer {
-    let r = this.responseCache.get(event);
-    if (r === undefined) {
-      r = Frames.watchResponse([event]);
-      this.responseCache.set(event, r);
-    }
-    return r;
+    return this.responseCache.get(event) ?? Frames.watchResponse([event]);
   }
 
   /** The encoded event for a change as delivered with the given type; shared by all watchers. */
@@ -163,7 +158,11 @@ export class WatchHub {
     let bytes = byType.get(type);
     if (bytes === undefined) {
       const bookmark = encodeBookmark(this.store.instance, { revision: change.revision });
-      bytes = this.frames.event(type, change.resource, change.type === 'updated' ? change.old : undefined, bookmark);
+      const event = this.frames.event(type, change.resource, change.type === 'updated' ? change.old : undefined, bookmark);
+      // One buffer: the single-event WatchResponse; the event bytes (for aggregated batches) are a view into it.
+      const response = Frames.watchResponse([event]);
+      bytes = response.subarray(response.length - event.length);
+      this.responseCache.set(bytes, response);
       byType.set(type, bytes);
     }
     return bytes;
