@@ -190,6 +190,26 @@ for (const [name, fn] of Object.entries(lists)) {
   progress(`  ${name}: ${runs[1].ms.toFixed(0)} ms (median of 3), ${runs[1].mbPerSecond.toFixed(1)} MB/s`);
 }
 
+// ---- 7. A flood from one client does not starve another (SECURITY.md) -------------------------------------
+progress('scenario 7: cosid, Get p99 of one client, alone and while another client floods List (8 at once)');
+const flooder = new grpc.Client(`127.0.0.1:${cosidPort}`, grpc.credentials.createSsl(Buffer.from(pem.caPem), Buffer.from(pem.clientKeyPem), Buffer.from(pem.clientCertPem)), { 'grpc.use_local_subchannel_pool': 1, 'grpc.max_receive_message_length': 256 << 20 });
+const alone = await timeGets(gets.cosid, cfg.gets, 1);
+let flooding = true;
+let floodLists = 0;
+const floods = Array.from({ length: 8 }, async () => {
+  while (flooding) {
+    await timeStream(flooder, '/cosi.resource.State/List', listReq);
+    floodLists++;
+  }
+});
+await sleep(200);
+const underFlood = await timeGets(gets.cosid, cfg.gets, 1);
+flooding = false;
+await Promise.all(floods);
+flooder.close();
+results.scenarios.flood = { alone, underFlood, floodListsCompleted: floodLists };
+progress(`  Get p99 ${alone.p99.toFixed(1)} ms alone, ${underFlood.p99.toFixed(1)} ms while ${floodLists} lists of ${cfg.list} streamed to the flooder`);
+
 // ---- 3. Watch fan-out (and 5. memory per 1,000 idle watchers) -------------------------------------------
 async function startWorkers(mode, total, { stall = false, processes } = {}) {
   const endpoint = mode === 'cosid' ? `127.0.0.1:${cosidPort}` : mode === 'ceiling' ? `127.0.0.1:${ceilingPort}` : `https://127.0.0.1:${etcdPort}`;
@@ -274,6 +294,14 @@ async function fanout(mode, watchers, { rate = cfg.rate, seconds = cfg.churnSeco
   };
 }
 results.scenarios.fanout = {};
+if (process.env.BENCH_FANOUT) {
+  // Profiling aid (with BENCH_CPU_PROF=1): only cosid's fan-out at the given size.
+  const r = await fanout('cosid', Number(process.env.BENCH_FANOUT));
+  progress(`  cosid: ${r.deliveredPct.toFixed(1)}% delivered, p50 ${r.p50} ms, p99 ${r.p99} ms, ${r.cpuSecondsPerMillion.toFixed(1)} CPU s per million`);
+  await rpc(cosidServer, { op: 'stop' }).catch(() => undefined);
+  await new Promise((res) => cosidServer.once('exit', res));
+  process.exit(0);
+}
 for (const n of cfg.fanout) {
   for (const mode of ['cosid', 'etcd', 'ceiling']) {
     progress(`scenario 3: ${mode}, ${n} watchers, ${cfg.rate} updates/s for ${cfg.churnSeconds} s`);
@@ -348,7 +376,7 @@ progress(`  config -> event p50 ${results.scenarios.pipeline.configToEvent.p50} 
 // ---- report ----------------------------------------------------------------------------------------------
 const s = results.scenarios;
 const fmt = (v, d = 1) => (v === undefined || Number.isNaN(v) ? '-' : typeof v === 'number' ? v.toFixed(d) : String(v));
-const ratio = (a, b) => (a === undefined || b === undefined || !b ? '-' : (a / b).toFixed(2));
+const ratio = (a, b) => (typeof a !== 'number' || typeof b !== 'number' || !b ? '-' : (a / b).toFixed(2));
 const rows = [
   ['Get p99 sequential (ms)', s.get.cosid.sequential.p99, s.get.etcd.sequential.p99, s.get.ceiling.sequential.p99, '<= etcd'],
   ['Get p99, 64 in flight (ms)', s.get.cosid.inFlight64.p99, s.get.etcd.inFlight64.p99, s.get.ceiling.inFlight64.p99, '<= etcd'],
@@ -365,9 +393,12 @@ for (const n of cfg.fanout) {
   rows.push([`${n} watchers: client CPU s (all workers)`, f.cosid.clientCpuSeconds, f.etcd.clientCpuSeconds, f.ceiling.clientCpuSeconds, '']);
   rows.push([`${n} idle watchers: server RSS (MiB)`, f.cosid.idleWatcherRssBytes / 2 ** 20, f.etcd.idleWatcherRssBytes / 2 ** 20, f.ceiling.idleWatcherRssBytes / 2 ** 20, n >= 1000 ? '<= 20' : '']);
 }
-rows.push(['stalled watcher: healthy p99 without / with (ms)', s.stalled.without.p99, s.stalled.with.p99, undefined, '+ < 10%']);
-rows.push(['config change -> event p50 / p99 (ms)', s.pipeline.configToEvent.p50, s.pipeline.configToEvent.p99, undefined, 'p99 <= 50']);
-rows.push(['cosictl get staticpods, median (ms)', s.pipeline.cosictlMedianMs, s.pipeline.nodeStartupMedianMs, undefined, '<= 300 (etcd column: bare node startup)']);
+// cosid-only figures: "a / b" in the cosid column, no peer.
+const pair = (a, b) => `${fmt(a)} / ${fmt(b)}`;
+rows.push(['flood: Get p99 alone / under a List flood (ms)', pair(s.flood.alone.p99, s.flood.underFlood.p99), undefined, undefined, 'served throughout']);
+rows.push(['stalled watcher: healthy p99 without / with (ms)', pair(s.stalled.without.p99, s.stalled.with.p99), undefined, undefined, '+ < 10%']);
+rows.push(['config change -> event p50 / p99 (ms)', pair(s.pipeline.configToEvent.p50, s.pipeline.configToEvent.p99), undefined, undefined, 'p99 <= 50']);
+rows.push(['cosictl get staticpods / bare node, median (ms)', pair(s.pipeline.cosictlMedianMs, s.pipeline.nodeStartupMedianMs), undefined, undefined, '<= 300']);
 const header = ['figure', 'cosid', 'etcd', 'ceiling', 'cosid/etcd', 'cosid/ceiling', 'target'];
 const table = [header, ...rows.map(([name, c, e, x, target]) => [name, fmt(c), fmt(e), fmt(x), ratio(c, e), ratio(c, x), target])];
 const widths = header.map((_, i) => Math.max(...table.map((r) => String(r[i]).length)));
