@@ -1,46 +1,64 @@
-// X.509 for mTLS: a CA, server and client certificates (ECDSA P-256, SHA-256) through @peculiar/x509.
-// @peculiar/x509 resolves its ASN.1 services through tsyringe, which needs the reflect-metadata polyfill.
+// X.509 for mTLS: a CA, server and client certificates (ECDSA P-256, SHA-256) through @peculiar/x509,
+// and `generatePki`, the files of `cosictl gen pki`.
+// @peculiar/x509 resolves its services through tsyringe, which throws at import time unless a Reflect
+// metadata polyfill is loaded first; reflect-metadata is a direct dependency for that reason.
 import 'reflect-metadata';
-import { randomBytes, webcrypto } from 'node:crypto';
+import { createPrivateKey, randomBytes, webcrypto, X509Certificate as NodeX509, type KeyObject } from 'node:crypto';
+import { mkdir, open, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
+import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
+import { serializeCosiConfig, type CosiContext } from '../client/cosiconfig.js';
 
 x509.cryptoProvider.set(webcrypto);
 
 const ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 const DAY_MS = 86_400_000;
+// Backdating notBefore keeps a fresh certificate valid on a peer whose clock is a little behind.
+const CLOCK_SKEW_MS = 5 * 60_000;
 
 export interface KeyPairPem {
   certPem: string;
+  /** PKCS#8 PEM ("PRIVATE KEY"). */
   keyPem: string;
 }
 
-interface Issuer {
-  cert: x509.X509Certificate;
-  key: webcrypto.CryptoKey;
+/** The files written by `generatePki`. */
+export interface PkiFiles {
+  ca: string;
+  caKey: string;
+  server: string;
+  serverKey: string;
+  admin: string;
+  adminKey: string;
+  reader: string;
+  readerKey: string;
+  cosiconfig: string;
 }
 
-async function loadIssuer(ca: KeyPairPem): Promise<Issuer> {
-  const cert = new x509.X509Certificate(ca.certPem);
-  const der = x509.PemConverter.decodeFirst(ca.keyPem);
-  const key = await webcrypto.subtle.importKey('pkcs8', der, ALG, false, ['sign']);
-  return { cert, key };
+interface Validity {
+  validDays?: number;
+  notBefore?: Date;
+  notAfter?: Date;
 }
 
-function newKeys(): Promise<webcrypto.CryptoKeyPair> {
-  return webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify']);
+function validity(opts: Validity, defaultDays: number): { notBefore: Date; notAfter: Date } {
+  const days = opts.validDays ?? defaultDays;
+  if (!Number.isFinite(days) || days <= 0) throw new Error(`validDays must be a positive number (got ${days})`);
+  const now = Date.now();
+  const notBefore = opts.notBefore ?? new Date(now - CLOCK_SKEW_MS);
+  // Without an explicit start, the lifetime counts from now, so that a tiny validDays is not eaten by the backdating.
+  const notAfter = opts.notAfter ?? new Date((opts.notBefore === undefined ? now : notBefore.getTime()) + days * DAY_MS);
+  if (Number.isNaN(notBefore.getTime()) || Number.isNaN(notAfter.getTime())) throw new Error('notBefore and notAfter must be valid dates');
+  if (notAfter.getTime() <= notBefore.getTime()) {
+    throw new Error(`notAfter (${notAfter.toISOString()}) must be after notBefore (${notBefore.toISOString()})`);
+  }
+  return { notBefore, notAfter };
 }
 
-async function keyPem(key: webcrypto.CryptoKey): Promise<string> {
-  const der = await webcrypto.subtle.exportKey('pkcs8', key);
-  return withNewline(x509.PemConverter.encode(der, 'PRIVATE KEY'));
-}
-
-/** A random positive 128-bit serial (the top bit cleared keeps the DER integer positive). */
+/** 16 random bytes: @peculiar/x509 strips leading zero octets and adds one when the top bit is set, so the DER integer is positive and minimal. */
 function serial(): string {
-  const b = randomBytes(16);
-  b[0] = (b[0] ?? 0) & 0x7f;
-  return b.toString('hex');
+  return randomBytes(16).toString('hex');
 }
 
 /** PEM files end with a newline, so that concatenating them makes a valid bundle. */
@@ -48,23 +66,51 @@ function withNewline(pem: string): string {
   return pem.endsWith('\n') ? pem : `${pem}\n`;
 }
 
-/** Escapes a value for an RFC 4514 distinguished name. */
-function rdn(value: string): string {
-  return value.replace(/([,+"\\<>;=#])/g, '\\$1');
+function newKeys(): Promise<webcrypto.CryptoKeyPair> {
+  return webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify']);
 }
 
-function validity(opts: { validDays?: number; notBefore?: Date; notAfter?: Date }, defaultDays: number): { notBefore: Date; notAfter: Date } {
-  // Backdate a little so a freshly issued certificate is valid on a peer whose clock is slightly behind.
-  const notBefore = opts.notBefore ?? new Date(Date.now() - 5 * 60_000);
-  const notAfter = opts.notAfter ?? new Date(notBefore.getTime() + (opts.validDays ?? defaultDays) * DAY_MS);
-  return { notBefore, notAfter };
+async function exportKeyPem(key: webcrypto.CryptoKey): Promise<string> {
+  const der = await webcrypto.subtle.exportKey('pkcs8', key);
+  return withNewline(x509.PemConverter.encode(der, 'PRIVATE KEY'));
+}
+
+interface Issuer {
+  cert: x509.X509Certificate;
+  key: webcrypto.CryptoKey;
+}
+
+/** Loads a CA pair, with errors that say which part is wrong (the CA may come from `--ca-dir`, made by someone else). */
+async function loadIssuer(ca: KeyPairPem): Promise<Issuer> {
+  let nodeCert: NodeX509;
+  try {
+    nodeCert = new NodeX509(ca.certPem);
+  } catch (err) {
+    throw new Error(`the CA certificate is not a valid PEM certificate: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  if (!nodeCert.ca) throw new Error(`the CA certificate (${nodeCert.subject.replace(/\n/g, ', ')}) is not a CA: it lacks basicConstraints CA:true`);
+  let keyObject: KeyObject;
+  try {
+    keyObject = createPrivateKey(ca.keyPem);
+  } catch (err) {
+    throw new Error(`the CA key is not a valid PEM private key: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  if (keyObject.asymmetricKeyType !== 'ec' || keyObject.asymmetricKeyDetails?.namedCurve !== 'prime256v1') {
+    throw new Error(`the CA key must be an ECDSA P-256 key (got ${keyObject.asymmetricKeyType ?? 'unknown'} ${keyObject.asymmetricKeyDetails?.namedCurve ?? ''})`.trimEnd());
+  }
+  if (!nodeCert.checkPrivateKey(keyObject)) throw new Error('the CA key does not belong to the CA certificate');
+  // Re-exported as PKCS#8 so that a SEC1 ("EC PRIVATE KEY") CA key works too.
+  const der = keyObject.export({ type: 'pkcs8', format: 'der' });
+  const key = await webcrypto.subtle.importKey('pkcs8', der, ALG, false, ['sign']);
+  return { cert: new x509.X509Certificate(nodeCert.raw), key };
 }
 
 export async function generateCa(opts: { commonName?: string; validDays?: number } = {}): Promise<KeyPairPem> {
   const keys = await newKeys();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serial(),
-    name: `CN=${rdn(opts.commonName ?? 'cosi-pods CA')}`,
+    // A JSON name, not an RFC 4514 string, so that no value needs escaping.
+    name: [{ CN: [opts.commonName ?? 'cosi-pods CA'] }],
     ...validity(opts, 3650),
     keys,
     signingAlgorithm: ALG,
@@ -74,16 +120,20 @@ export async function generateCa(opts: { commonName?: string; validDays?: number
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
     ],
   });
-  return { certPem: withNewline(cert.toString('pem')), keyPem: await keyPem(keys.privateKey) };
+  return { certPem: withNewline(cert.toString('pem')), keyPem: await exportKeyPem(keys.privateKey) };
 }
 
-async function issue(ca: KeyPairPem, subject: string, extensions: x509.Extension[], dates: { notBefore: Date; notAfter: Date }): Promise<KeyPairPem> {
+async function issue(ca: KeyPairPem, subject: x509.JsonName, extensions: x509.Extension[], dates: { notBefore: Date; notAfter: Date }): Promise<KeyPairPem> {
   const issuer = await loadIssuer(ca);
   const keys = await newKeys();
+  // The authority key identifier must equal the CA's subject key identifier, whatever method made that one.
+  const caSki = issuer.cert.getExtension(x509.SubjectKeyIdentifierExtension);
+  const aki = caSki !== null ? new x509.AuthorityKeyIdentifierExtension(caSki.keyId) : await x509.AuthorityKeyIdentifierExtension.create(issuer.cert.publicKey);
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: serial(),
     subject,
-    issuer: issuer.cert.subject,
+    // The CA's own encoded name, so that chain building matches it byte for byte.
+    issuer: issuer.cert.subjectName,
     ...dates,
     publicKey: keys.publicKey,
     signingKey: issuer.key,
@@ -91,37 +141,114 @@ async function issue(ca: KeyPairPem, subject: string, extensions: x509.Extension
     extensions: [
       new x509.BasicConstraintsExtension(false, undefined, true),
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-      await x509.AuthorityKeyIdentifierExtension.create(issuer.cert),
+      aki,
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
       ...extensions,
     ],
   });
-  return { certPem: withNewline(cert.toString('pem')), keyPem: await keyPem(keys.privateKey) };
+  return { certPem: withNewline(cert.toString('pem')), keyPem: await exportKeyPem(keys.privateKey) };
+}
+
+function generalName(san: string): x509.JsonGeneralName {
+  const s = san.trim();
+  if (s === '' || /\s/.test(s)) throw new Error(`invalid subject alternative name ${JSON.stringify(san)}: use a DNS name or an IP address`);
+  // "[::1]" is how IPv6 is written next to a port; the SAN is the bare address.
+  const bare = s.startsWith('[') && s.endsWith(']') ? s.slice(1, -1) : s;
+  return isIP(bare) !== 0 ? { type: 'ip', value: bare } : { type: 'dns', value: s };
 }
 
 export async function issueServerCert(ca: KeyPairPem, opts: { commonName?: string; sans: string[]; validDays?: number }): Promise<KeyPairPem> {
-  const names = opts.sans.map((s) => (isIP(s) !== 0 ? { type: 'ip' as const, value: s } : { type: 'dns' as const, value: s }));
+  if (opts.sans.length === 0) throw new Error('a server certificate needs at least one subject alternative name');
   return issue(
     ca,
-    `CN=${rdn(opts.commonName ?? 'cosid')}`,
-    [
-      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
-      new x509.SubjectAlternativeNameExtension(names),
-    ],
+    [{ CN: [opts.commonName ?? 'cosid'] }],
+    [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]), new x509.SubjectAlternativeNameExtension(opts.sans.map(generalName))],
     validity(opts, 365),
   );
 }
 
+/** A client certificate: CN is the identity, and each organization (one O attribute each) a role such as os:admin. */
 export async function issueClientCert(
   ca: KeyPairPem,
   opts: { commonName: string; organizations: string[]; validDays?: number; notBefore?: Date; notAfter?: Date },
 ): Promise<KeyPairPem> {
-  // One O attribute per role, as talosctl's certificates carry them.
-  const subject = [`CN=${rdn(opts.commonName)}`, ...opts.organizations.map((o) => `O=${rdn(o)}`)].join(', ');
+  if (opts.commonName === '') throw new Error('a client certificate needs a common name');
   return issue(
     ca,
-    subject,
-    [new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true), new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])],
+    [{ CN: [opts.commonName] }, ...opts.organizations.map((o) => ({ O: [o] }))],
+    [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])],
     validity(opts, 365),
   );
+}
+
+/**
+ * Writes one file. Secrets are created 0600, and an existing file is narrowed to 0600 before the secret is
+ * written into it (mode on open applies only to new files). `exclusive` refuses to replace an existing file.
+ */
+async function writeOut(path: string, text: string, secret: boolean, exclusive: boolean): Promise<void> {
+  const mode = secret ? 0o600 : 0o644;
+  let fh;
+  try {
+    fh = await open(path, exclusive ? 'wx' : 'w', mode);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new Error(`${path} already exists: refusing to replace a CA (use --force, or another --out folder)`);
+    throw err;
+  }
+  try {
+    if (secret) await fh.chmod(mode);
+    await fh.writeFile(text, 'utf8');
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Writes a new PKI into dir: ca.crt/key, server.crt/key (SANs 127.0.0.1, localhost and opts.sans),
+ * admin.crt/key (O=os:admin), reader.crt/key (O=os:reader) and a cosiconfig with the contexts admin
+ * (current) and reader. Refuses when dir already holds a ca.key, unless opts.force.
+ */
+export async function generatePki(dir: string, opts: { sans?: string[]; endpoint?: string; force?: boolean } = {}): Promise<PkiFiles> {
+  const files: PkiFiles = {
+    ca: join(dir, 'ca.crt'),
+    caKey: join(dir, 'ca.key'),
+    server: join(dir, 'server.crt'),
+    serverKey: join(dir, 'server.key'),
+    admin: join(dir, 'admin.crt'),
+    adminKey: join(dir, 'admin.key'),
+    reader: join(dir, 'reader.crt'),
+    readerKey: join(dir, 'reader.key'),
+    cosiconfig: join(dir, 'cosiconfig'),
+  };
+  const force = opts.force === true;
+  // Checked up front to fail before any work; the exclusive open of ca.key below closes the race.
+  if (!force && (await stat(files.caKey).then(() => true, () => false))) {
+    throw new Error(`${files.caKey} already exists: refusing to replace a CA (use --force, or another --out folder)`);
+  }
+  const endpoint = opts.endpoint ?? '127.0.0.1:50000';
+  if (endpoint.trim() === '') throw new Error('the endpoint must be HOST:PORT');
+
+  const ca = await generateCa();
+  const server = await issueServerCert(ca, { sans: [...new Set(['127.0.0.1', 'localhost', ...(opts.sans ?? [])])] });
+  const admin = await issueClientCert(ca, { commonName: 'admin', organizations: ['os:admin'] });
+  const reader = await issueClientCert(ca, { commonName: 'reader', organizations: ['os:reader'] });
+  const context = (name: string, pair: KeyPairPem): CosiContext => ({ name, endpoints: [endpoint], nodes: [], caPem: ca.certPem, certPem: pair.certPem, keyPem: pair.keyPem });
+  const config = serializeCosiConfig({
+    currentContext: 'admin',
+    contexts: new Map([
+      ['admin', context('admin', admin)],
+      ['reader', context('reader', reader)],
+    ]),
+  });
+
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeOut(files.caKey, ca.keyPem, true, !force);
+  await writeOut(files.ca, ca.certPem, false, false);
+  await writeOut(files.server, server.certPem, false, false);
+  await writeOut(files.serverKey, server.keyPem, true, false);
+  await writeOut(files.admin, admin.certPem, false, false);
+  await writeOut(files.adminKey, admin.keyPem, true, false);
+  await writeOut(files.reader, reader.certPem, false, false);
+  await writeOut(files.readerKey, reader.keyPem, true, false);
+  await writeOut(files.cosiconfig, config, true, false);
+  return files;
 }

@@ -55,10 +55,9 @@ describe('config edits apply without a restart', () => {
     const events: WatchEvent[] = [];
     subs.push(t.client.watch('staticpods', { bootstrap: true }).subscribe((e) => events.push(e)));
     await eventually(() => expect(events.some((e) => e.type === 'bootstrapped')).toBe(true));
-    const started = Date.now();
+    // How fast is measured by the benchmark (config change -> event), not here.
     await t.writeConfig(machineConfig([pod('nginx'), pod('web', 'httpd')]));
     await eventually(() => expect(events.map((e) => `${e.type} ${e.resource?.metadata.id ?? ''}`)).toContain('created default-web'));
-    expect(Date.now() - started).toBeLessThan(5000);
     await t.writeConfig(machineConfig([pod('nginx'), pod('web', 'httpd:2')]));
     await eventually(async () => expect(ids(await t.client.list('staticpods'))).toEqual(['default-nginx@1', 'default-web@2']));
     await t.writeConfig(machineConfig([pod('nginx'), pod('web', 'httpd:2', 'prod')]));
