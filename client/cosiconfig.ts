@@ -1,5 +1,7 @@
-// The client config file (cosiconfig), shaped like a talosconfig: contexts with endpoints and base64 PEM credentials.
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+// The client config file (cosiconfig), shaped like a talosconfig: named contexts, each with endpoints,
+// optional nodes and base64-encoded PEM credentials (ca, crt, key).
+import { createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
+import { chmod, mkdir, open, readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import YAML from 'yaml';
@@ -16,61 +18,121 @@ export interface CosiContext {
 export interface CosiConfig {
   readonly currentContext: string;
   readonly contexts: ReadonlyMap<string, CosiContext>;
+  /** Where the config was read from, for error messages. */
+  readonly source?: string;
 }
 
 export class CosiConfigError extends Error {
   override readonly name = 'CosiConfigError';
 }
 
+const CREATE_HINT = 'create one with "cosictl gen pki --out DIR" and pass --cosiconfig DIR/cosiconfig (or set COSICONFIG)';
+
+/** `$COSICONFIG` when set, else ~/.cosi/config. */
 export function defaultCosiConfigPath(): string {
   const env = process.env['COSICONFIG'];
   return env !== undefined && env !== '' ? env : join(homedir(), '.cosi', 'config');
 }
 
-function pemField(source: string, ctx: string, field: string, value: unknown, marker: string): string {
-  if (typeof value !== 'string' || value === '') throw new CosiConfigError(`${source}: context "${ctx}" has no ${field}`);
-  const pem = Buffer.from(value, 'base64').toString('utf8');
-  if (!pem.includes(`-----BEGIN ${marker}`)) throw new CosiConfigError(`${source}: context "${ctx}": ${field} is not a base64-encoded PEM ${marker.toLowerCase()}`);
-  return pem;
-}
+const errText = (err: unknown): string => (err instanceof Error ? (err.message.split('\n')[0] ?? err.message) : String(err));
 
-function stringList(source: string, ctx: string, field: string, value: unknown): string[] {
+function stringList(where: string, field: string, value: unknown): string[] {
   if (value === undefined || value === null) return [];
-  if (!Array.isArray(value) || !value.every((v): v is string => typeof v === 'string')) {
-    throw new CosiConfigError(`${source}: context "${ctx}": ${field} must be a list of strings`);
-  }
-  return value;
+  if (!Array.isArray(value)) throw new CosiConfigError(`${where}: ${field} must be a list of HOST or HOST:PORT strings`);
+  return value.map((v, i) => {
+    if (typeof v !== 'string' || v.trim() === '') throw new CosiConfigError(`${where}: ${field}[${i}] must be a HOST or HOST:PORT string (got ${JSON.stringify(v)})`);
+    return v.trim();
+  });
 }
 
+const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----[\s\S]*?-----END \1-----/g;
+
+/** Decodes a base64 field strictly: Buffer.from(…, 'base64') silently skips bad characters, which would hide a damaged file. */
+function base64Field(where: string, field: string, value: unknown, what: string): string {
+  if (typeof value !== 'string' || value.trim() === '') throw new CosiConfigError(`${where} has no ${field} (the base64 of ${what})`);
+  if (value.trimStart().startsWith('-----BEGIN')) {
+    throw new CosiConfigError(`${where}: ${field} is a raw PEM; it must be base64-encoded (for example: base64 -w0 FILE)`);
+  }
+  const compact = value.replace(/\s+/g, '');
+  if (compact.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(compact)) throw new CosiConfigError(`${where}: ${field} is not valid base64`);
+  return Buffer.from(compact, 'base64').toString('utf8');
+}
+
+function certificates(where: string, field: string, pem: string): X509Certificate[] {
+  const blocks = [...pem.matchAll(PEM_BLOCK)].filter((m) => m[1] === 'CERTIFICATE');
+  if (blocks.length === 0) throw new CosiConfigError(`${where}: ${field} does not hold a PEM certificate (-----BEGIN CERTIFICATE-----)`);
+  return blocks.map((m, i) => {
+    try {
+      return new X509Certificate(m[0]);
+    } catch (err) {
+      throw new CosiConfigError(`${where}: ${field} certificate ${i + 1} is damaged: ${errText(err)}`);
+    }
+  });
+}
+
+function privateKey(where: string, field: string, pem: string): KeyObject {
+  if (![...pem.matchAll(PEM_BLOCK)].some((m) => m[1]?.endsWith('PRIVATE KEY'))) {
+    throw new CosiConfigError(`${where}: ${field} does not hold a PEM private key (-----BEGIN PRIVATE KEY-----)`);
+  }
+  try {
+    return createPrivateKey(pem);
+  } catch (err) {
+    throw new CosiConfigError(`${where}: ${field} is not a usable private key: ${errText(err)}`);
+  }
+}
+
+/** Checks a context as it will be used: endpoints to dial, a CA bundle, and a client certificate that matches its key. */
+function checkContext(source: string, ctx: CosiContext): void {
+  const where = `${source}: context ${JSON.stringify(ctx.name)}`;
+  if (ctx.name === '') throw new CosiConfigError(`${source}: a context has an empty name`);
+  if (ctx.endpoints.length === 0) throw new CosiConfigError(`${where} has no endpoints; add "endpoints: [HOST:PORT]" to it`);
+  certificates(where, 'ca', ctx.caPem);
+  const [leaf] = certificates(where, 'crt', ctx.certPem);
+  const key = privateKey(where, 'key', ctx.keyPem);
+  if (leaf !== undefined && !leaf.checkPrivateKey(key)) throw new CosiConfigError(`${where}: crt and key do not belong together (the key is for another certificate)`);
+}
+
+function parseContext(source: string, name: string, value: unknown): CosiContext {
+  const where = `${source}: context ${JSON.stringify(name)}`;
+  if (!(value instanceof Map)) throw new CosiConfigError(`${where} must be a mapping with endpoints, ca, crt and key`);
+  const field = (k: string): unknown => value.get(k);
+  const ctx: CosiContext = {
+    name,
+    endpoints: stringList(where, 'endpoints', field('endpoints')),
+    nodes: stringList(where, 'nodes', field('nodes')),
+    caPem: base64Field(where, 'ca', field('ca'), 'the CA certificate PEM'),
+    certPem: base64Field(where, 'crt', field('crt'), 'the client certificate PEM'),
+    keyPem: base64Field(where, 'key', field('key'), 'the client private key PEM'),
+  };
+  checkContext(source, ctx);
+  return ctx;
+}
+
+/** Parses and checks a cosiconfig; `source` (usually the file name) starts every error message. */
 export function parseCosiConfig(text: string, source: string): CosiConfig {
   let doc: unknown;
   try {
-    doc = YAML.parse(text, { maxAliasCount: 10 });
+    // Maps as Map: context names come from the file, and must not land on an object prototype.
+    doc = YAML.parse(text, { mapAsMap: true, maxAliasCount: 10 });
   } catch (err) {
-    throw new CosiConfigError(`${source}: not valid YAML: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`);
+    throw new CosiConfigError(`${source}: not valid YAML: ${errText(err)}`);
   }
-  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new CosiConfigError(`${source}: expected a mapping with "context" and "contexts"`);
-  const raw = doc as Record<string, unknown>;
-  const contextsRaw = raw['contexts'];
-  if (contextsRaw === null || typeof contextsRaw !== 'object' || Array.isArray(contextsRaw)) {
-    throw new CosiConfigError(`${source}: no "contexts"; create a config with: cosictl gen pki --out DIR`);
+  if (doc === null || doc === undefined) throw new CosiConfigError(`${source}: the file is empty; ${CREATE_HINT}`);
+  if (!(doc instanceof Map)) throw new CosiConfigError(`${source}: expected a mapping with "context" and "contexts", not a ${Array.isArray(doc) ? 'list' : typeof doc}`);
+  const contextsRaw: unknown = doc.get('contexts');
+  if (!(contextsRaw instanceof Map)) {
+    throw new CosiConfigError(`${source}: no "contexts" mapping (name -> endpoints, ca, crt, key); ${CREATE_HINT}`);
   }
   const contexts = new Map<string, CosiContext>();
-  for (const [name, value] of Object.entries(contextsRaw as Record<string, unknown>)) {
-    if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new CosiConfigError(`${source}: context "${name}" must be a mapping`);
-    const c = value as Record<string, unknown>;
-    contexts.set(name, {
-      name,
-      endpoints: stringList(source, name, 'endpoints', c['endpoints']),
-      nodes: stringList(source, name, 'nodes', c['nodes']),
-      caPem: pemField(source, name, 'ca', c['ca'], 'CERTIFICATE'),
-      certPem: pemField(source, name, 'crt', c['crt'], 'CERTIFICATE'),
-      keyPem: pemField(source, name, 'key', c['key'], 'PRIVATE KEY'),
-    });
+  for (const [name, value] of contextsRaw) {
+    if (typeof name !== 'string' || name === '') throw new CosiConfigError(`${source}: context names must be non-empty strings (got ${JSON.stringify(name)})`);
+    contexts.set(name, parseContext(source, name, value));
   }
-  const current = raw['context'];
-  const currentContext = typeof current === 'string' ? current : (contexts.keys().next().value ?? '');
-  return { currentContext, contexts };
+  const current: unknown = doc.get('context');
+  if (current !== undefined && current !== null && typeof current !== 'string') throw new CosiConfigError(`${source}: "context" must be the name of a context`);
+  // Like talosctl, a missing current context falls back to the only (here: first) one; an unknown one fails in selectContext.
+  const currentContext = typeof current === 'string' && current !== '' ? current : (contexts.keys().next().value ?? '');
+  return { currentContext, contexts, source };
 }
 
 export async function loadCosiConfig(path: string): Promise<CosiConfig> {
@@ -79,44 +141,70 @@ export async function loadCosiConfig(path: string): Promise<CosiConfig> {
     text = await readFile(path, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') {
-      throw new CosiConfigError(`no client config at ${path}: create one with "cosictl gen pki --out DIR" and pass --cosiconfig DIR/cosiconfig (or set COSICONFIG)`);
-    }
-    throw new CosiConfigError(`cannot read ${path}: ${code ?? String(err)}`);
+    if (code === 'ENOENT') throw new CosiConfigError(`no client config at ${path}: ${CREATE_HINT}`);
+    if (code === 'EISDIR') throw new CosiConfigError(`${path} is a folder: pass the config file, for example ${join(path, 'cosiconfig')}`);
+    throw new CosiConfigError(`cannot read ${path}: ${code ?? errText(err)}`);
   }
   return parseCosiConfig(text, path);
 }
 
+/** The named context, else the current one. */
 export function selectContext(cfg: CosiConfig, name?: string): CosiContext {
   const wanted = name ?? cfg.currentContext;
   const ctx = cfg.contexts.get(wanted);
   if (ctx === undefined) {
-    throw new CosiConfigError(`context "${wanted}" is not in the client config; known contexts: ${[...cfg.contexts.keys()].join(', ') || 'none'}`);
+    const known = [...cfg.contexts.keys()];
+    const file = cfg.source !== undefined ? ` in ${cfg.source}` : '';
+    throw new CosiConfigError(
+      known.length === 0
+        ? `no contexts${file}; ${CREATE_HINT}`
+        : `context ${JSON.stringify(wanted)} is not${file}; known contexts: ${known.join(', ')} (choose one with --context NAME)`,
+    );
   }
   return ctx;
 }
 
-const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
+const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
 
 export function serializeCosiConfig(cfg: CosiConfig): string {
-  const contexts: Record<string, unknown> = {};
+  const contexts = new Map<string, Map<string, unknown>>();
   for (const [name, c] of cfg.contexts) {
-    contexts[name] = { endpoints: [...c.endpoints], nodes: [...c.nodes], ca: b64(c.caPem), crt: b64(c.certPem), key: b64(c.keyPem) };
+    const entry = new Map<string, unknown>([['endpoints', [...c.endpoints]]]);
+    if (c.nodes.length > 0) entry.set('nodes', [...c.nodes]);
+    entry.set('ca', b64(c.caPem));
+    entry.set('crt', b64(c.certPem));
+    entry.set('key', b64(c.keyPem));
+    contexts.set(name, entry);
   }
-  return YAML.stringify({ context: cfg.currentContext, contexts });
+  // lineWidth 0: never fold, so each base64 value stays one line as in a talosconfig.
+  return YAML.stringify(new Map<string, unknown>([['context', cfg.currentContext], ['contexts', contexts]]), { lineWidth: 0 });
 }
 
-/** Adds or replaces a context in a config file (created when missing, mode 0600). */
+/** Adds or replaces a context in a config file, which is created when missing; the file ends up mode 0600. */
 export async function upsertContext(path: string, ctx: CosiContext, opts: { makeCurrent: boolean }): Promise<void> {
-  let cfg: CosiConfig = { currentContext: ctx.name, contexts: new Map() };
+  let existing: CosiConfig | undefined;
   try {
-    cfg = await loadCosiConfig(path);
+    existing = parseCosiConfig(await readFile(path, 'utf8'), path);
   } catch (err) {
-    if (!(err instanceof CosiConfigError && err.message.startsWith('no client config'))) throw err;
+    if (err instanceof CosiConfigError) throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT') throw new CosiConfigError(`cannot read ${path}: ${code ?? errText(err)}`);
   }
-  const contexts = new Map(cfg.contexts);
-  contexts.set(ctx.name, ctx);
-  await mkdir(dirname(path), { recursive: true });
-  await writeFile(path, serializeCosiConfig({ currentContext: opts.makeCurrent ? ctx.name : cfg.currentContext, contexts }), { mode: 0o600 });
-  await chmod(path, 0o600);
+  const contexts = new Map(existing?.contexts ?? []);
+  contexts.set(ctx.name, { name: ctx.name, endpoints: [...ctx.endpoints], nodes: [...ctx.nodes], caPem: ctx.caPem, certPem: ctx.certPem, keyPem: ctx.keyPem });
+  const currentContext = !opts.makeCurrent && existing !== undefined && existing.currentContext !== '' ? existing.currentContext : ctx.name;
+  const text = serializeCosiConfig({ currentContext, contexts });
+  // Never write a file that would not load back.
+  parseCosiConfig(text, path);
+  await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+  // The file holds private keys: narrow an existing file before writing into it (open's mode applies only on create).
+  await chmod(path, 0o600).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw err;
+  });
+  const fh = await open(path, 'w', 0o600);
+  try {
+    await fh.writeFile(text, 'utf8');
+  } finally {
+    await fh.close();
+  }
 }

@@ -4,7 +4,7 @@
 // metadata polyfill is loaded first; reflect-metadata is a direct dependency for that reason.
 import 'reflect-metadata';
 import { createPrivateKey, randomBytes, webcrypto, X509Certificate as NodeX509, type KeyObject } from 'node:crypto';
-import { mkdir, open, stat } from 'node:fs/promises';
+import { mkdir, open, stat, type FileHandle } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
@@ -66,6 +66,16 @@ function withNewline(pem: string): string {
   return pem.endsWith('\n') ? pem : `${pem}\n`;
 }
 
+/**
+ * A distinguished name from literal values. @peculiar/x509 treats plain strings (even in its JSON form) as
+ * RFC 4514 text, so quotes, backslashes and a leading '#' would change the value; typed values are taken as is.
+ * PrintableString when the value allows it (as Go and OpenSSL do), else UTF8String.
+ */
+function distinguishedName(rdns: [type: 'CN' | 'O', value: string][]): x509.Name {
+  for (const [type, value] of rdns) if (value === '') throw new Error(`a certificate name cannot have an empty ${type}`);
+  return new x509.Name(rdns.map(([type, value]) => ({ [type]: [/^[A-Za-z0-9 '()+,\-./:=?]*$/.test(value) ? { printableString: value } : { utf8String: value }] })));
+}
+
 function newKeys(): Promise<webcrypto.CryptoKeyPair> {
   return webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify']);
 }
@@ -109,8 +119,7 @@ export async function generateCa(opts: { commonName?: string; validDays?: number
   const keys = await newKeys();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: serial(),
-    // A JSON name, not an RFC 4514 string, so that no value needs escaping.
-    name: [{ CN: [opts.commonName ?? 'cosi-pods CA'] }],
+    name: distinguishedName([['CN', opts.commonName ?? 'cosi-pods CA']]),
     ...validity(opts, 3650),
     keys,
     signingAlgorithm: ALG,
@@ -123,7 +132,7 @@ export async function generateCa(opts: { commonName?: string; validDays?: number
   return { certPem: withNewline(cert.toString('pem')), keyPem: await exportKeyPem(keys.privateKey) };
 }
 
-async function issue(ca: KeyPairPem, subject: x509.JsonName, extensions: x509.Extension[], dates: { notBefore: Date; notAfter: Date }): Promise<KeyPairPem> {
+async function issue(ca: KeyPairPem, subject: x509.Name, extensions: x509.Extension[], dates: { notBefore: Date; notAfter: Date }): Promise<KeyPairPem> {
   const issuer = await loadIssuer(ca);
   const keys = await newKeys();
   // The authority key identifier must equal the CA's subject key identifier, whatever method made that one.
@@ -161,7 +170,7 @@ export async function issueServerCert(ca: KeyPairPem, opts: { commonName?: strin
   if (opts.sans.length === 0) throw new Error('a server certificate needs at least one subject alternative name');
   return issue(
     ca,
-    [{ CN: [opts.commonName ?? 'cosid'] }],
+    distinguishedName([['CN', opts.commonName ?? 'cosid']]),
     [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]), new x509.SubjectAlternativeNameExtension(opts.sans.map(generalName))],
     validity(opts, 365),
   );
@@ -172,10 +181,9 @@ export async function issueClientCert(
   ca: KeyPairPem,
   opts: { commonName: string; organizations: string[]; validDays?: number; notBefore?: Date; notAfter?: Date },
 ): Promise<KeyPairPem> {
-  if (opts.commonName === '') throw new Error('a client certificate needs a common name');
   return issue(
     ca,
-    [{ CN: [opts.commonName] }, ...opts.organizations.map((o) => ({ O: [o] }))],
+    distinguishedName([['CN', opts.commonName], ...opts.organizations.map((o): ['O', string] => ['O', o])]),
     [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth])],
     validity(opts, 365),
   );
@@ -187,7 +195,7 @@ export async function issueClientCert(
  */
 async function writeOut(path: string, text: string, secret: boolean, exclusive: boolean): Promise<void> {
   const mode = secret ? 0o600 : 0o644;
-  let fh;
+  let fh: FileHandle;
   try {
     fh = await open(path, exclusive ? 'wx' : 'w', mode);
   } catch (err) {

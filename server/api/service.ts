@@ -111,14 +111,17 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
 
   /** Audit line and refusal log for one finished call. */
   function record(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, method: string, type: string, started: number, err?: unknown): void {
+    const code = err === undefined ? grpc.status.OK : (toStatus(err).code ?? grpc.status.UNKNOWN);
+    const refused = code === grpc.status.PERMISSION_DENIED || code === grpc.status.UNAUTHENTICATED;
+    // Reading the peer certificate costs real time per call: only when there is something to log.
+    if (!refused && deps.audit !== true) return;
     let peer: { subject: string; roles: readonly string[] } = { subject: '(no certificate)', roles: [] };
     try {
       peer = peerOf(call);
     } catch {
       // Without a certificate there is nothing more to say about the peer.
     }
-    const code = err === undefined ? grpc.status.OK : (toStatus(err).code ?? grpc.status.UNKNOWN);
-    if (code === grpc.status.PERMISSION_DENIED || code === grpc.status.UNAUTHENTICATED) {
+    if (refused) {
       const reason = err instanceof Error ? err.message : String(err);
       const key = `${peer.subject}\u0000${reason}`;
       if (!refusalsSeen.has(key)) {
