@@ -106,7 +106,8 @@ async function loadIssuer(ca: KeyPairPem): Promise<Issuer> {
     throw new Error(`the CA key is not a valid PEM private key: ${err instanceof Error ? err.message : String(err)}`);
   }
   if (keyObject.asymmetricKeyType !== 'ec' || keyObject.asymmetricKeyDetails?.namedCurve !== 'prime256v1') {
-    throw new Error(`the CA key must be an ECDSA P-256 key (got ${keyObject.asymmetricKeyType ?? 'unknown'} ${keyObject.asymmetricKeyDetails?.namedCurve ?? ''})`.trimEnd());
+    const got = [keyObject.asymmetricKeyType ?? 'unknown', keyObject.asymmetricKeyDetails?.namedCurve].filter((s) => s !== undefined).join(' ');
+    throw new Error(`the CA key must be an ECDSA P-256 key (got ${got})`);
   }
   if (!nodeCert.checkPrivateKey(keyObject)) throw new Error('the CA key does not belong to the CA certificate');
   // Re-exported as PKCS#8 so that a SEC1 ("EC PRIVATE KEY") CA key works too.
