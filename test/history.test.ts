@@ -7,6 +7,7 @@ import { connect, type CosiClient, type LabelQuery, type WatchEvent } from '../c
 import type { Json } from '../shared/wire.js';
 import { eventually, makePki, startServer, STATUSES, TEST_OWNER, type TestPki, type TestServer } from './harness.js';
 import { freePort } from './pipeline-harness.js';
+import { prng } from './fuzz/fuzzer.js';
 import { StallableProxy } from './proxy.js';
 
 const SEED = Number(process.env['HISTORY_SEED'] ?? 20261125);
@@ -14,17 +15,6 @@ const STEPS = 900;
 const IDS = 24;
 const WATCHERS = 6;
 
-/** mulberry32: a small, good-enough seeded PRNG. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Watcher {
   proxy: StallableProxy;

@@ -2,7 +2,7 @@
 // certificates read back by node:crypto, handshakes against a real node:tls server with client certificates.
 // @peculiar/x509 (used here to read extensions back) needs the Reflect polyfill loaded before it.
 import 'reflect-metadata';
-import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
@@ -22,7 +22,8 @@ import {
   type CosiConfig,
   type CosiContext,
 } from '../client/cosiconfig.js';
-import { generateCa, generatePki, issueClientCert, issueServerCert, type KeyPairPem, type PkiFiles } from '../shared/pki.js';
+import { generatePki, type PkiFiles } from '../client/gen-pki.js';
+import { generateCa, issueClientCert, issueServerCert, type KeyPairPem } from '../shared/pki.js';
 
 const DAY_MS = 86_400_000;
 const SERVER_AUTH = '1.3.6.1.5.5.7.3.1';
@@ -188,6 +189,8 @@ describe('issuing certificates', () => {
     await expect(issueClientCert(admin, { commonName: 'x', organizations: [] })).rejects.toThrow(/is not a CA/);
     await expect(issueClientCert({ certPem: 'junk', keyPem: ca.keyPem }, { commonName: 'x', organizations: [] })).rejects.toThrow(/not a valid PEM certificate/);
     await expect(issueServerCert(ca, { sans: ['has space'] })).rejects.toThrow(/invalid subject alternative name/);
+    const p384 = generateKeyPairSync('ec', { namedCurve: 'secp384r1' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    await expect(issueClientCert({ certPem: ca.certPem, keyPem: p384 }, { commonName: 'x', organizations: [] })).rejects.toThrow('the CA key must be an ECDSA P-256 key (got ec secp384r1)');
   });
 
   it('accepts a CA key in SEC1 ("EC PRIVATE KEY") form', async () => {

@@ -43,8 +43,8 @@ const DOCUMENTED = new Set<number>([
   grpc.status.CANCELLED,
 ]);
 
-/** mulberry32 */
-function prng(seed: number): () => number {
+/** mulberry32: a small, good-enough seeded PRNG (shared with the history test). */
+export function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
