@@ -3,7 +3,7 @@
 import { isCosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import type { StaticPodEntry } from '../config/machine-config.js';
-import { validateStaticPod } from '../config/pod-rules.js';
+import { validateStaticPod } from '../config/pod-validation.js';
 import { INVALID_LABEL, K8S_NAMESPACE, STATIC_POD_TYPE } from '../resources/k8s.js';
 import type { ResourceInput, ResourceStore } from '../store/store.js';
 
