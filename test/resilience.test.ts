@@ -3,7 +3,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import type { Subscription } from 'rxjs';
 import { connect, listNodes, watchNodes, type CosiClient, type NodeWatchEvent, type WatchEvent } from '../client/index.js';
-import { EventType, wire } from '../shared/wire.js';
+import { upsert } from '../server/store/upsert.js';
+import { EventType, wire, type Json } from '../shared/wire.js';
 import { eventually, makePki, podStatus, startServer, STATUSES, TEST_OWNER, type TestPki, type TestServer } from './harness.js';
 import { freePort } from './pipeline-harness.js';
 import { StallableProxy } from './proxy.js';
@@ -27,14 +28,7 @@ function clientFor(endpoint: string): CosiClient {
 }
 
 const FAST = { initialDelayMs: 20, maxDelayMs: 200 };
-const put = (srv: TestServer, id: string, spec: unknown) => {
-  const input = { ...STATUSES, id, spec: spec as ReturnType<typeof podStatus> };
-  try {
-    srv.cosid.store.update(input, TEST_OWNER);
-  } catch {
-    srv.cosid.store.create(input, TEST_OWNER);
-  }
-};
+const put = (srv: TestServer, id: string, spec: Json) => upsert(srv.cosid.store, { ...STATUSES, id, spec }, TEST_OWNER);
 
 /** The subscriber's view, built only from the events it got: what a user of the library sees. */
 function follow(events: WatchEvent[]): Map<string, string> {

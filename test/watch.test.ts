@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import type { Subscription } from 'rxjs';
 import type { WatchEvent, WatchOptions } from '../client/index.js';
+import { upsert } from '../server/store/upsert.js';
 import { EventType, wire } from '../shared/wire.js';
 import { eventually, podStatus, startServer, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
 
@@ -38,14 +39,8 @@ function collect(opts: WatchOptions): { events: WatchEvent[]; errors: unknown[];
 }
 
 const store = () => srv.cosid.store;
-const put = (id: string, ready: boolean, labels?: Record<string, string>) => {
-  try {
-    store().get({ ...STATUSES, id });
-    store().update({ ...STATUSES, id, spec: podStatus(ready), ...(labels ? { labels } : {}) }, TEST_OWNER);
-  } catch {
-    store().create({ ...STATUSES, id, spec: podStatus(ready), ...(labels ? { labels } : {}) }, TEST_OWNER);
-  }
-};
+const put = (id: string, ready: boolean, labels?: Record<string, string>) =>
+  upsert(store(), { ...STATUSES, id, spec: podStatus(ready), ...(labels ? { labels } : {}) }, TEST_OWNER);
 const del = (id: string) => store().destroy({ ...STATUSES, id }, TEST_OWNER);
 const summary = (events: WatchEvent[]) => events.map((e) => `${e.type}${e.resource ? ` ${e.resource.metadata.id}@${e.resource.metadata.version}` : ''}`);
 

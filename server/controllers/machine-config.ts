@@ -7,6 +7,7 @@ import type { Logger } from '../../shared/log.js';
 import { MAX_CONFIG_BYTES, MachineConfigError, parseMachineConfig } from '../config/machine-config.js';
 import { CONFIG_NAMESPACE, MACHINE_CONFIG_STATUS_ID, MACHINE_CONFIG_STATUS_TYPE } from '../resources/k8s.js';
 import type { ResourceStore } from '../store/store.js';
+import { upsert } from '../store/upsert.js';
 import { reconcileStaticPods } from './static-pods.js';
 
 export const MACHINE_CONFIG_OWNER = 'config.MachineConfigController';
@@ -74,11 +75,7 @@ export class MachineConfigController {
       error,
     };
     const input = { namespace: CONFIG_NAMESPACE, type: MACHINE_CONFIG_STATUS_TYPE, id: MACHINE_CONFIG_STATUS_ID, spec };
-    try {
-      this.store.update(input, MACHINE_CONFIG_OWNER);
-    } catch {
-      this.store.create(input, MACHINE_CONFIG_OWNER);
-    }
+    upsert(this.store, input, MACHINE_CONFIG_OWNER);
   }
 }
 

@@ -1,11 +1,11 @@
 // Machine config -> StaticPod resources: creates, updates (only when changed) and destroys to match.
 // Each pod is validated as a kubelet would; an invalid one is kept visible with its reason, never served.
-import { isCosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import type { StaticPodEntry } from '../config/machine-config.js';
 import { validateStaticPod } from '../config/pod-validation.js';
 import { INVALID_LABEL, K8S_NAMESPACE, STATIC_POD_TYPE } from '../resources/k8s.js';
 import type { ResourceInput, ResourceStore } from '../store/store.js';
+import { upsert } from '../store/upsert.js';
 
 export const STATIC_POD_OWNER = 'k8s.StaticPodController';
 
@@ -36,16 +36,8 @@ export function reconcileStaticPods(store: ResourceStore, pods: readonly StaticP
       spec: problem === undefined ? p.pod : { ...p.pod, status: { phase: 'Failed', reason: 'InvalidPod', message: problem.message } },
       labels,
     };
-    let changed: 'created' | 'updated' | undefined;
-    try {
-      const before = store.get(input).metadata.version;
-      if (store.update(input, STATIC_POD_OWNER).metadata.version !== before) changed = 'updated';
-    } catch (err) {
-      if (!isCosiError(err, 'not-found')) throw err;
-      store.create(input, STATIC_POD_OWNER);
-      changed = 'created';
-    }
-    if (changed !== undefined) {
+    const changed = upsert(store, input, STATIC_POD_OWNER);
+    if (changed !== 'unchanged') {
       result[changed].push(p.id);
       // Logged when it changes, not on every reload: the resource keeps saying it.
       if (problem !== undefined) log.warn('invalid static pod: not served to the kubelet', { id: p.id, origin: p.origin, error: problem.message });

@@ -5,6 +5,7 @@ import type { Logger } from '../../shared/log.js';
 import type { Json } from '../../shared/wire.js';
 import { K8S_NAMESPACE, STALE_LABEL, STATIC_POD_STATUS_TYPE } from '../resources/k8s.js';
 import type { ResourceStore } from '../store/store.js';
+import { upsert } from '../store/upsert.js';
 
 export const STATUS_OWNER = 'k8s.StaticPodStatusController';
 const STATIC_SOURCES = new Set(['file', 'http']);
@@ -153,12 +154,8 @@ export class KubeletPoller {
 
   private write(id: string, spec: JsonObject, labels: Record<string, string>): void {
     const input = { namespace: K8S_NAMESPACE, type: STATIC_POD_STATUS_TYPE, id, spec, labels };
-    try {
-      // An unchanged status keeps its version (the store does not commit no-op updates).
-      this.opts.store.update(input, STATUS_OWNER);
-    } catch {
-      this.opts.store.create(input, STATUS_OWNER);
-    }
+    // An unchanged status keeps its version (the store does not commit no-op updates).
+    upsert(this.opts.store, input, STATUS_OWNER);
   }
 
   private fetchPods(): Promise<JsonObject[]> {

@@ -12,6 +12,7 @@ import {
   STATIC_POD_TYPE,
 } from '../resources/k8s.js';
 import type { ResourceStore } from '../store/store.js';
+import { upsert } from '../store/upsert.js';
 
 export const MANIFEST_SERVER_OWNER = 'k8s.StaticPodServerController';
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
@@ -58,11 +59,7 @@ export class ManifestServer {
     const url = `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
     self = new ManifestServer(server, opts.store, opts.log, url);
     const input = { namespace: K8S_NAMESPACE, type: STATIC_POD_SERVER_STATUS_TYPE, id: STATIC_POD_SERVER_STATUS_ID, spec: { url } };
-    try {
-      opts.store.update(input, MANIFEST_SERVER_OWNER);
-    } catch {
-      opts.store.create(input, MANIFEST_SERVER_OWNER);
-    }
+    upsert(opts.store, input, MANIFEST_SERVER_OWNER);
     opts.log.info('manifest server listening', { url });
     return self;
   }
