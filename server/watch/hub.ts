@@ -1,7 +1,7 @@
 // Watches over the store's shared history. Each watcher is only a cursor: it pulls from history when its
 // stream can take more (grpc-js backpressure), so a slow watcher costs no memory and slows nobody.
 import { CosiError, isCosiError } from '../../shared/errors.js';
-import { kindKey, type Resource } from '../../shared/resource.js';
+import { kindKey, type Pointer, type Resource } from '../../shared/resource.js';
 import { EventType } from '../../shared/wire.js';
 import { Frames } from '../api/frames.js';
 import type { Change, ResourceStore } from '../store/store.js';
@@ -143,6 +143,11 @@ export class WatchHub {
     for (const s of sessions) s.pump();
   }
 
+  /** A NOOP event carrying the bookmark of `revision`. */
+  bookmarkEvent(revision: number): Buffer {
+    return this.frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(this.store.instance, { revision }));
+  }
+
   /** A WatchResponse holding just this encoded event; shared by every watcher that sends it alone. */
   singleResponse(event: Buffer): Buffer {
     return this.responseCache.get(event) ?? Frames.watchResponse([event]);
@@ -225,7 +230,7 @@ class WatchSession {
 
   /** Sends a NOOP with a fresh bookmark when nothing was sent since `idleSince` and the watch is caught up. */
   bookmarkIfIdle(idleSince: number): void {
-    if (this.ended || this.parked || !this.readySent || !this.events.all || this.bootstrapItems !== undefined || this.backlog.length > 0 || this.lastSentAt > idleSince) return;
+    if (this.ended || this.parked || !this.readySent || !this.sendsAll || this.bootstrapItems !== undefined || this.backlog.length > 0 || this.lastSentAt > idleSince) return;
     try {
       // Move the cursor over changes this watcher would not deliver; stop at the first it would.
       for (;;) {
@@ -242,8 +247,7 @@ class WatchSession {
       this.finish(asCosiError(err));
       return;
     }
-    const noop = this.hub.frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(this.hub.store.instance, { revision: this.cursor }));
-    this.write(Frames.watchResponse([noop]));
+    this.write(Frames.watchResponse([this.hub.bookmarkEvent(this.cursor)]));
   }
 
   private write(message: Buffer): boolean {
@@ -259,8 +263,9 @@ class WatchSession {
     return ok;
   }
 
-  private get events(): { all: boolean } {
-    return { all: this.plan.apiVersion >= 1 };
+  /** api_version 0 clients get no BOOTSTRAPPED, ERRORED or NOOP events. */
+  private get sendsAll(): boolean {
+    return this.plan.apiVersion >= 1;
   }
 
   private start(): void {
@@ -275,12 +280,12 @@ class WatchSession {
       // Single resource: its state now, then its changes.
       this.cursor = now;
       const bookmark = encodeBookmark(store.instance, { revision: now });
-      const current = store.list(plan.kind).find((r) => r.metadata.id === plan.id);
-      if (plan.bootstrapBookmark && this.events.all) this.initial.push(frames.event(EventType.NOOP, undefined, undefined, bookmark));
+      if (plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.bookmarkEvent(now));
       if (plan.tailEvents > 0) {
         this.cursor = this.tailStart(now);
         return;
       }
+      const current = currentOrUndefined(store, { ...plan.kind, id: plan.id });
       this.initial.push(
         current !== undefined
           ? frames.event(EventType.CREATED, current, undefined, bookmark)
@@ -293,9 +298,7 @@ class WatchSession {
       return;
     }
     this.cursor = plan.tailEvents > 0 ? this.tailStart(now) : now;
-    if (plan.bootstrapBookmark && this.events.all) {
-      this.initial.push(frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(store.instance, { revision: this.cursor })));
-    }
+    if (plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.bookmarkEvent(this.cursor));
   }
 
   private resume(pos: Position): void {
@@ -308,9 +311,7 @@ class WatchSession {
     // Checks the position is still in history (too-old otherwise).
     store.readChanges(pos.revision, 0, this.plan.kind);
     this.cursor = pos.revision;
-    if (this.plan.bootstrapBookmark && this.events.all) {
-      this.initial.push(this.hub.frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(store.instance, { revision: this.cursor })));
-    }
+    if (this.plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.bookmarkEvent(this.cursor));
   }
 
   private beginBootstrap(revision: number, afterId: string | undefined, items: Resource[]): void {
@@ -403,9 +404,9 @@ class WatchSession {
       }
       this.bootstrapItems = undefined;
       const done = encodeBookmark(store.instance, { revision: this.bootstrapRevision });
-      if (this.events.all) {
+      if (this.sendsAll) {
         if (!add(frames.event(EventType.BOOTSTRAPPED, undefined, undefined, done))) return out;
-        if (this.plan.bootstrapBookmark && !add(frames.event(EventType.NOOP, undefined, undefined, done))) return out;
+        if (this.plan.bootstrapBookmark && !add(this.hub.bookmarkEvent(this.bootstrapRevision))) return out;
       }
     }
     while (this.backlog.length > 0) {
@@ -432,11 +433,21 @@ class WatchSession {
     if (this.ended) return;
     this.ended = true;
     this.hub.remove(this);
-    if (error !== undefined && this.readySent && this.events.all && error.kind === 'too-old') {
+    if (error !== undefined && this.readySent && this.sendsAll && error.kind === 'too-old') {
       // The one message written regardless of backpressure: the watch ends right after it.
       this.sink.write(Frames.watchResponse([this.hub.frames.event(EventType.ERRORED, undefined, undefined, undefined, error.message)]));
     }
     this.sink.end(error);
+  }
+}
+
+/** One resource by pointer, without listing (and sorting) its whole kind. */
+function currentOrUndefined(store: ResourceStore, p: Pointer): Resource | undefined {
+  try {
+    return store.get(p);
+  } catch (err) {
+    if (isCosiError(err, 'not-found')) return undefined;
+    throw err;
   }
 }
 
