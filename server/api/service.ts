@@ -77,7 +77,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   const maxWatches = deps.maxWatchesPerConnection ?? 256;
   const maxConnections = deps.maxConnectionsPerAddress ?? 64;
   // Calls in flight per connection, and connections per remote address (grpc-js names a connection "ip:port").
-  const callsByPeer = new Map<string, number>();
+  const callsByPeer = new Counter();
   const peersByAddress = new Map<string, Set<string>>();
   const addressOf = (peer: string) => peer.replace(/:\d+$/, '');
   /** Counts a call against its connection and address; throws when the address holds too many connections. */
@@ -90,20 +90,18 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
     }
     peers.add(peer);
     peersByAddress.set(address, peers);
-    callsByPeer.set(peer, (callsByPeer.get(peer) ?? 0) + 1);
+    callsByPeer.up(peer);
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      const n = (callsByPeer.get(peer) ?? 1) - 1;
-      if (n > 0) return void callsByPeer.set(peer, n);
-      callsByPeer.delete(peer);
+      if (callsByPeer.down(peer) > 0) return;
       peers.delete(peer);
       if (peers.size === 0) peersByAddress.delete(address);
     };
   }
-  // Open watches by connection (grpc-js names a connection by its peer address).
-  const watchesByPeer = new Map<string, number>();
+  // Open watches by connection.
+  const watchesByPeer = new Counter();
   const header = new grpc.Metadata();
   header.set('cosi-node', deps.nodeName);
   // Refusals are logged once per peer subject and reason (a bounded memory of what was already said).
@@ -207,19 +205,16 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
         if (req.id !== undefined) checkName('id', req.id);
         const plan = planWatch(req, store.instance);
         const peer = call.getPeer();
-        const open = watchesByPeer.get(peer) ?? 0;
-        if (open >= maxWatches) {
+        if (watchesByPeer.get(peer) >= maxWatches) {
           throw new CosiError('resource-exhausted', `too many watches on this connection (limit ${maxWatches}); close some or open another connection`);
         }
-        watchesByPeer.set(peer, open + 1);
+        watchesByPeer.up(peer);
         let counted = true;
         const release = () => {
           releaseConnection();
           if (!counted) return;
           counted = false;
-          const n = (watchesByPeer.get(peer) ?? 1) - 1;
-          if (n <= 0) watchesByPeer.delete(peer);
-          else watchesByPeer.set(peer, n);
+          watchesByPeer.down(peer);
         };
         call.sendMetadata(header);
         const watch = hub.open(plan, {
@@ -258,6 +253,24 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
     };
   }
   return handlers;
+}
+
+/** Counts per key; a key whose count drops to zero is forgotten. */
+class Counter {
+  private readonly counts = new Map<string, number>();
+  get(key: string): number {
+    return this.counts.get(key) ?? 0;
+  }
+  up(key: string): void {
+    this.counts.set(key, this.get(key) + 1);
+  }
+  /** Returns the new count. */
+  down(key: string): number {
+    const n = this.get(key) - 1;
+    if (n > 0) this.counts.set(key, n);
+    else this.counts.delete(key);
+    return Math.max(0, n);
+  }
 }
 
 function checkName(field: string, value: string): void {
