@@ -3,9 +3,16 @@ import { readFileSync } from 'node:fs';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { FLOW_CONTROL_WINDOW } from '../dist/client/client.js';
 import { generateCa, issueClientCert, issueServerCert } from '../dist/shared/pki.js';
 
 export const STATUS_KIND = { namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev' };
+
+/**
+ * Every gRPC client of the benchmark (cosid, ceiling, and the etcd3 client's channel) uses the same options: cosid's
+ * client library's flow-control window, so no peer is held back by grpc-js's 64 KiB default.
+ */
+export const CHANNEL_OPTIONS = { 'grpc.max_receive_message_length': 256 << 20, 'grpc-node.flow_control_window': FLOW_CONTROL_WINDOW };
 
 /** A CA, a server certificate for 127.0.0.1 and an admin client certificate, as files. */
 export async function makeBenchPki() {

@@ -11,9 +11,11 @@ import { Etcd3 } from 'etcd3';
 import { connect } from '../dist/client/index.js';
 import { serializeCosiConfig } from '../dist/client/cosiconfig.js';
 import { wire } from '../dist/shared/wire.js';
-import { makeBenchPki, podStatusPayload, procStats, readPem, rpc, sleep, summarize } from './common.mjs';
+import { CHANNEL_OPTIONS, makeBenchPki, podStatusPayload, procStats, readPem, rpc, sleep, summarize } from './common.mjs';
 
 const QUICK = process.argv.includes('--quick');
+// cosid's watchers use one event per message, as its client library does by default; BENCH_AGGREGATED=1 batches.
+const AGGREGATED = process.env.BENCH_AGGREGATED === '1';
 const cfg = QUICK
   ? { gets: 500, concurrentGets: 3000, list: 10_000, fanout: [1, 100], churnSeconds: 4, rate: 200, stalledSeconds: 4, pipelineRuns: 10, cliRuns: 5 }
   : { gets: 2000, concurrentGets: 20_000, list: 10_000, fanout: [1, 100, 1000], churnSeconds: 10, rate: 200, stalledSeconds: 10, pipelineRuns: 30, cliRuns: 15 };
@@ -57,7 +59,7 @@ function forkServer(file, env, execArgv = []) {
 const etcdVersion = ensureEtcd();
 const pki = await makeBenchPki();
 const pem = readPem(pki);
-results.machine = { cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version, etcd: etcdVersion, quick: QUICK, date: new Date().toISOString() };
+results.machine = { aggregated: AGGREGATED, cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version, etcd: etcdVersion, quick: QUICK, date: new Date().toISOString() };
 progress(`machine: ${results.machine.cpus} cores, node ${process.version}, ${etcdVersion}`);
 
 // On tmpfs when there is one, so etcd's fsyncs do not make it look slower than it is.
@@ -74,7 +76,7 @@ const etcdProc = spawn('etcd', [
   '--quota-backend-bytes', String(4 * 2 ** 30), '--log-level', 'error', '--logger', 'zap',
 ], { stdio: 'ignore' });
 children.push(etcdProc);
-const etcd = new Etcd3({ hosts: `https://127.0.0.1:${etcdPort}`, credentials: { rootCertificate: Buffer.from(pem.caPem), privateKey: Buffer.from(pem.clientKeyPem), certChain: Buffer.from(pem.clientCertPem) }, grpcOptions: { 'grpc.max_receive_message_length': 256 << 20 } });
+const etcd = new Etcd3({ hosts: `https://127.0.0.1:${etcdPort}`, credentials: { rootCertificate: Buffer.from(pem.caPem), privateKey: Buffer.from(pem.clientKeyPem), certChain: Buffer.from(pem.clientCertPem) }, grpcOptions: CHANNEL_OPTIONS });
 for (let i = 0; ; i++) {
   try {
     await etcd.get('ping');
@@ -93,7 +95,7 @@ const ceilingServer = await forkServer(new URL('./servers/ceiling.mjs', import.m
 const ceilingPort = await rpc(ceilingServer, { op: 'port' });
 progress(`cosid on 127.0.0.1:${cosidPort}, ceiling on 127.0.0.1:${ceilingPort}`);
 const pids = { cosid: cosidServer.pid, etcd: etcdProc.pid, ceiling: ceilingServer.pid };
-const grpcClient = (port) => new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(pem.caPem), Buffer.from(pem.clientKeyPem), Buffer.from(pem.clientCertPem)), { 'grpc.max_receive_message_length': 256 << 20 });
+const grpcClient = (port, extra = {}) => new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(pem.caPem), Buffer.from(pem.clientKeyPem), Buffer.from(pem.clientCertPem)), { ...CHANNEL_OPTIONS, ...extra });
 const cosidRaw = grpcClient(cosidPort);
 const ceilingRaw = grpcClient(ceilingPort);
 const unary = (client, path, body) => new Promise((res, rej) => client.makeUnaryRequest(path, (b) => b, (b) => b, body, (e, r) => (e ? rej(e) : res(r))));
@@ -123,7 +125,12 @@ async function timeGets(fn, n, inFlight) {
 progress('scenario 1: Get (2 KB PodStatus), sequential and 64 in flight');
 await rpc(cosidServer, { op: 'load', count: 1, bytes: 2048 });
 await etcd.put('status/default/pod-0').value(etcdValue(0, 2048));
-await rpc(ceilingServer, { op: 'size', bytes: 2048 });
+// The ceiling streams messages of the size cosid sends for the same resource (a COSI resource carries its spec as
+// both YAML and protobuf; an UPDATED event carries the old resource too), so the two move the same bytes.
+const cosidSizes = await rpc(cosidServer, { op: 'sizes', bytes: 2048 });
+results.messageBytes = { etcdValue: etcdValue(0, 2048).length, cosidResource: cosidSizes.resource, cosidUpdatedEvent: cosidSizes.updatedEvent };
+progress(`  message sizes: etcd value ${results.messageBytes.etcdValue} B, cosid resource ${cosidSizes.resource} B, cosid UPDATED event ${cosidSizes.updatedEvent} B`);
+await rpc(ceilingServer, { op: 'size', bytes: cosidSizes.resource });
 const getReq = Buffer.from(wire.getRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', id: 'default/pod-0' }));
 const gets = {
   cosid: () => unary(cosidRaw, '/cosi.resource.State/Get', getReq),
@@ -192,7 +199,7 @@ for (const [name, fn] of Object.entries(lists)) {
 
 // ---- 7. A flood from one client does not starve another (SECURITY.md) -------------------------------------
 progress('scenario 7: cosid, Get p99 of one client, alone and while another client floods List (8 at once)');
-const flooder = new grpc.Client(`127.0.0.1:${cosidPort}`, grpc.credentials.createSsl(Buffer.from(pem.caPem), Buffer.from(pem.clientKeyPem), Buffer.from(pem.clientCertPem)), { 'grpc.use_local_subchannel_pool': 1, 'grpc.max_receive_message_length': 256 << 20 });
+const flooder = grpcClient(cosidPort, { 'grpc.use_local_subchannel_pool': 1 });
 const alone = await timeGets(gets.cosid, cfg.gets, 1);
 let flooding = true;
 let floodLists = 0;
@@ -218,7 +225,7 @@ async function startWorkers(mode, total, { stall = false, processes } = {}) {
   for (let i = 0; i < n; i++) {
     const count = Math.floor(total / n) + (i < total % n ? 1 : 0);
     if (count === 0) continue;
-    workers.push(await forkServer(new URL('./clients/watch-worker.mjs', import.meta.url).pathname, { BENCH_WORKER: JSON.stringify({ mode, endpoint, count, pki, stall }) }));
+    workers.push(await forkServer(new URL('./clients/watch-worker.mjs', import.meta.url).pathname, { BENCH_WORKER: JSON.stringify({ mode, endpoint, count, pki, stall, aggregated: AGGREGATED }) }, process.env.BENCH_CPU_PROF_CLIENTS && i === 0 ? ['--cpu-prof', '--cpu-prof-dir', 'bench/out'] : []));
     workers.at(-1).count = count;
   }
   for (let i = 0; ; i++) {
@@ -248,6 +255,7 @@ async function churn(mode, rate, seconds, ids, bytes) {
 }
 async function fanout(mode, watchers, { rate = cfg.rate, seconds = cfg.churnSeconds, bytes = 2048, stall = false, sampleRss = false } = {}) {
   const serverPid = pids[mode];
+  if (mode === 'ceiling') await rpc(ceilingServer, { op: 'size', bytes: (await rpc(cosidServer, { op: 'sizes', bytes })).updatedEvent });
   const rssIdle0 = procStats(serverPid).rss;
   const workers = await startWorkers(mode, watchers);
   const stalled = stall ? await startWorkers(mode, 1, { stall: true, processes: 1 }) : [];
@@ -270,6 +278,9 @@ async function fanout(mode, watchers, { rate = cfg.rate, seconds = cfg.churnSeco
   const cpu = procStats(serverPid).cpuSeconds - cpu0;
   const reports = await Promise.all(workers.map((w) => rpc(w, { op: 'report' })));
   const received = reports.reduce((n, r) => n + r.received, 0);
+  const errors = {};
+  for (const r of reports) for (const [k, v] of Object.entries(r.errors)) errors[k] = (errors[k] ?? 0) + v;
+  if (Object.keys(errors).length > 0) progress(`  ${mode}: watches ended early: ${JSON.stringify(errors)}`);
   const within3s = reports.reduce((n, r) => n + r.within3s, 0);
   const lat = summarize(reports.flatMap((r) => r.samples));
   const clientCpu = reports.reduce((n, r, i) => n + (r.cpu.user + r.cpu.system - clientCpu0[i].user - clientCpu0[i].system) / 1e6, 0);
@@ -291,6 +302,7 @@ async function fanout(mode, watchers, { rate = cfg.rate, seconds = cfg.churnSeco
     clientCpuSeconds: clientCpu,
     idleWatcherRssBytes: rssIdle,
     ...(sampleRss ? { rssMiBOverTime: rss } : {}),
+    watchErrors: errors,
   };
 }
 results.scenarios.fanout = {};

@@ -57,7 +57,7 @@ export interface WatchOptions extends ListOptions {
   fromBookmark?: Uint8Array;
   /** Ask for a noop event carrying a bookmark for the starting point. */
   bootstrapBookmark?: boolean;
-  /** Let the server batch events (fewer messages, same events). */
+  /** Let the server pack events that piled up into one message: the same events one by one here, fewer messages. */
   aggregated?: boolean;
   /** Reconnect, resume and resync after failures (default true); see CosiClient.watch. */
   reconnect?: boolean | ReconnectOptions;
@@ -106,6 +106,13 @@ function withPort(endpoint: string): string {
   return `${endpoint}:${DEFAULT_PORT}`;
 }
 
+/**
+ * HTTP/2 receive window of a connection and of each stream. grpc-js keeps Node's 64 KiB default, so a List of
+ * 10,000 resources or a few hundred busy watches on one connection wait on WINDOW_UPDATE round trips; 8 MiB lets
+ * the server keep sending (bench/RESULTS.md has the figures). It is also what one connection can hold unread.
+ */
+export const FLOW_CONTROL_WINDOW = 8 << 20;
+
 export class CosiClient {
   private readonly client: grpc.Client;
   private definitionsCache: Promise<ResourceDefinition[]> | undefined;
@@ -114,7 +121,7 @@ export class CosiClient {
 
   constructor(readonly endpoint: string, opts: Omit<ConnectOptions, 'endpoint'>) {
     const creds = grpc.credentials.createSsl(Buffer.from(opts.caPem), Buffer.from(opts.keyPem), Buffer.from(opts.certPem));
-    const channelOptions: grpc.ChannelOptions = { 'grpc.max_receive_message_length': 64 << 20 };
+    const channelOptions: grpc.ChannelOptions = { 'grpc.max_receive_message_length': 64 << 20, 'grpc-node.flow_control_window': FLOW_CONTROL_WINDOW };
     if (opts.serverName !== undefined) channelOptions['grpc.ssl_target_name_override'] = opts.serverName;
     this.client = new grpc.Client(withPort(endpoint), creds, channelOptions);
   }

@@ -150,9 +150,9 @@ describe('watch set-up errors are the call status', () => {
 });
 
 /** A raw gRPC watch, as an old or generic client would make it. */
-function rawWatch(apiVersion: number, bootstrap: boolean): { messages: Buffer[]; call: grpc.ClientReadableStream<Buffer>; client: grpc.Client; errors: grpc.ServiceError[] } {
+function rawWatch(apiVersion: number, bootstrap: boolean, aggregated = false): { messages: Buffer[]; call: grpc.ClientReadableStream<Buffer>; client: grpc.Client; errors: grpc.ServiceError[] } {
   const client = new grpc.Client(srv.endpoint, grpc.credentials.createSsl(Buffer.from(srv.pki.ca.certPem), Buffer.from(srv.pki.admin.keyPem), Buffer.from(srv.pki.admin.certPem)));
-  const req = wire.watchRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', apiVersion, options: { bootstrapContents: bootstrap, tailEvents: 0, labelQuery: [], aggregated: false, bootstrapBookmark: false } });
+  const req = wire.watchRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', apiVersion, options: { bootstrapContents: bootstrap, tailEvents: 0, labelQuery: [], aggregated, bootstrapBookmark: false } });
   const call = client.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(req));
   const messages: Buffer[] = [];
   const errors: grpc.ServiceError[] = [];
@@ -184,14 +184,18 @@ describe('a watcher that cannot keep up', () => {
   it('neither slows the others nor makes the server buffer, and ends with an explicit "too old" when history has moved on', async () => {
     const p = prefix();
     const stalled = rawWatch(1, false);
-    await eventually(() => expect(stalled.messages.length).toBe(1));
+    // Aggregated batches are large messages: grpc-js's 16-message mark alone would let it queue 16 batches.
+    const stalledAggregated = rawWatch(1, false, true);
+    await eventually(() => expect(stalled.messages.length + stalledAggregated.messages.length).toBe(2));
     stalled.call.pause(); // stop reading: flow control fills up and the server must stop writing
+    stalledAggregated.call.pause();
     const healthy = collect({ idRegexp: `^${p}/` });
     await new Promise((r) => setTimeout(r, 100));
     const big = 'x'.repeat(4096);
     const total = 1500; // five times the history size of this server
     let sawParked = false;
     let maxBuffered = 0;
+    let maxBufferedBytes = 0;
     for (let i = 0; i < total; i++) {
       store().create({ ...STATUSES, id: `${p}/${String(i).padStart(5, '0')}`, spec: { ...(podStatus(true) as object), padding: big } }, TEST_OWNER);
       if (i % 50 === 49) {
@@ -200,6 +204,7 @@ describe('a watcher that cannot keep up', () => {
         const stats = srv.cosid.hub.stats();
         sawParked ||= stats.parked > 0;
         maxBuffered = Math.max(maxBuffered, stats.maxBuffered);
+        maxBufferedBytes = Math.max(maxBufferedBytes, stats.maxBufferedBytes);
       }
     }
     await eventually(() => expect(healthy.events.length).toBe(total), 30_000);
@@ -209,6 +214,10 @@ describe('a watcher that cannot keep up', () => {
     // The stalled watch was parked, and no stream ever held more than grpc-js's high-water mark (16 messages).
     expect(sawParked).toBe(true);
     expect(maxBuffered).toBeLessThanOrEqual(16);
+    // ...and none held more bytes than its budget plus the one batch that crossed it.
+    const { maxBufferedBytes: budget, maxBatchBytes } = srv.cosid.hub.limits;
+    expect(maxBufferedBytes).toBeGreaterThan(0);
+    expect(maxBufferedBytes).toBeLessThanOrEqual(budget + maxBatchBytes + 16 * 1024);
     // The stalled watcher is ended (it is only a cursor, and history moved past it) with an explicit status.
     stalled.call.resume();
     await eventually(() => expect(stalled.errors.length).toBe(1), 20_000);
@@ -217,6 +226,10 @@ describe('a watcher that cannot keep up', () => {
     const last = stalled.messages.at(-1);
     expect(last && wire.watchResponse.decode(last).event[0]?.eventType).toBe(EventType.ERRORED);
     stalled.client.close();
+    stalledAggregated.call.resume();
+    await eventually(() => expect(stalledAggregated.errors.length).toBe(1), 20_000);
+    expect(stalledAggregated.errors[0]?.code).toBe(grpc.status.OUT_OF_RANGE);
+    stalledAggregated.client.close();
     for (let i = 0; i < total; i++) del(`${p}/${String(i).padStart(5, '0')}`);
   });
 });

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import protobuf from 'protobufjs';
 import { Etcd3 } from 'etcd3';
 import { wire } from '../../dist/shared/wire.js';
-import { serveRpc } from '../common.mjs';
+import { CHANNEL_OPTIONS, serveRpc } from '../common.mjs';
 
 const cfg = JSON.parse(process.env.BENCH_WORKER);
 const pki = cfg.pki;
@@ -66,15 +66,17 @@ function updatedTimes(buf) {
 }
 
 let ready = 0;
+/** Why streams ended, by message: a watcher that ends early is reported, not hidden. */
+const errors = new Map();
 const calls = [];
 let etcd;
 const creds = () => grpc.credentials.createSsl(readFileSync(pki.caCert), readFileSync(pki.clientKey), readFileSync(pki.clientCert));
 
 if (cfg.mode === 'cosid' || cfg.mode === 'ceiling') {
-  const client = new grpc.Client(cfg.endpoint, creds(), { 'grpc.max_receive_message_length': 64 << 20 });
+  const client = new grpc.Client(cfg.endpoint, creds(), CHANNEL_OPTIONS);
   const req =
     cfg.mode === 'cosid'
-      ? Buffer.from(wire.watchRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', apiVersion: 1, options: { bootstrapContents: false, tailEvents: 0, labelQuery: [], aggregated: false, bootstrapBookmark: false } }))
+      ? Buffer.from(wire.watchRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', apiVersion: 1, options: { bootstrapContents: false, tailEvents: 0, labelQuery: [], aggregated: cfg.aggregated, bootstrapBookmark: false } }))
       : Buffer.alloc(0);
   const path = cfg.mode === 'cosid' ? '/cosi.resource.State/Watch' : '/bench.Ceiling/Watch';
   for (let i = 0; i < cfg.count; i++) {
@@ -90,13 +92,16 @@ if (cfg.mode === 'cosid' || cfg.mode === 'ceiling') {
       if (cfg.mode === 'cosid') for (const t of updatedTimes(b)) record(t);
       else record(b.readDoubleBE(0));
     });
-    call.on('error', () => {});
+    call.on('error', (e) => {
+      errors.set(e.details, (errors.get(e.details) ?? 0) + 1);
+    });
     calls.push(call);
   }
 } else {
   etcd = new Etcd3({
     hosts: cfg.endpoint,
     credentials: { rootCertificate: readFileSync(pki.caCert), privateKey: readFileSync(pki.clientKey), certChain: readFileSync(pki.clientCert) },
+    grpcOptions: CHANNEL_OPTIONS,
   });
   for (let i = 0; i < cfg.count; i++) {
     const w = await etcd.watch().prefix('status/').create();
@@ -114,7 +119,7 @@ serveRpc({
     samples.length = 0;
     return true;
   },
-  report: () => ({ received, within3s, samples, cpu: process.cpuUsage(), rss: process.memoryUsage().rss }),
+  report: () => ({ errors: Object.fromEntries(errors), received, within3s, samples, cpu: process.cpuUsage(), rss: process.memoryUsage().rss }),
   stop: () => {
     for (const c of calls) c.cancel();
     etcd?.close();

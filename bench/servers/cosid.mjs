@@ -31,6 +31,16 @@ serveRpc({
     for (let i = 0; i < count; i++) store.create({ ...STATUS_KIND, id: `default/pod-${i}`, spec: podStatusPayload(i, bytes) }, 'bench');
     return count;
   },
+  // The bytes cosid sends for one resource of `bytes` of JSON: as a Get/List message, and as an UPDATED event.
+  sizes: ({ bytes }) => {
+    const probe = { ...STATUS_KIND, id: 'size-probe' };
+    store.create({ ...probe, spec: podStatusPayload(0, bytes) }, 'bench');
+    store.update({ ...probe, spec: podStatusPayload(0, bytes, 1) }, 'bench');
+    const [change] = store.readChanges(store.revision - 1, 1, STATUS_KIND).changes;
+    const sizes = { resource: cosid.hub.frames.single(store.get(probe)).length, updatedEvent: cosid.hub.singleResponse(cosid.hub.encodedChange(change, 1)).length };
+    store.destroy(probe, 'bench');
+    return sizes;
+  },
   clear: () => {
     for (const r of store.list(STATUS_KIND)) store.destroy(r.metadata, 'bench');
     return true;

@@ -11,6 +11,7 @@ import type { WatchHub } from '../watch/hub.js';
 import { planWatch } from '../watch/plan.js';
 import { authorizeRead, peerOf } from './access.js';
 import type { Frames } from './frames.js';
+import { grpcWatchSink } from './watch-sink.js';
 
 export interface StateServiceDeps {
   store: ResourceStore;
@@ -217,16 +218,14 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           watchesByPeer.down(peer);
         };
         call.sendMetadata(header);
-        const watch = hub.open(plan, {
-          write: (m) => call.write(m),
-          onDrain: (cb) => call.once('drain', cb),
-          buffered: () => call.writableLength,
-          end: (error) => {
+        const watch = hub.open(
+          plan,
+          grpcWatchSink(call, hub.limits.maxBufferedBytes, (error) => {
             record(call, 'Watch', req.type, started, error);
             if (error === undefined) call.end();
             else call.emit('error', toStatus(error));
-          },
-        });
+          }),
+        );
         call.on('cancelled', () => {
           if (counted) record(call, 'Watch', req.type, started, new CosiError('cancelled', 'cancelled by the client'));
           watch.close();

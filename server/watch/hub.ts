@@ -17,6 +17,8 @@ export interface WatchSink {
   end(error?: CosiError): void;
   /** Messages accepted but not yet sent (grpc-js writableLength). */
   buffered(): number;
+  /** Bytes of those messages. */
+  bufferedBytes(): number;
 }
 
 export interface WatchLimits {
@@ -33,9 +35,18 @@ export interface WatchLimits {
   maxBatchBytes: number;
   /** Messages one session may write per turn before yielding to the others. */
   messagesPerTurn: number;
+  /** Bytes a watch's stream may have queued before the session waits for it (grpc-js alone counts messages). */
+  maxBufferedBytes: number;
 }
 
-export const DEFAULT_WATCH_LIMITS: WatchLimits = { maxBacklog: 4096, bookmarkIntervalMs: 60_000, maxBatchEvents: 512, maxBatchBytes: 1 << 20, messagesPerTurn: 64 };
+export const DEFAULT_WATCH_LIMITS: WatchLimits = {
+  maxBacklog: 4096,
+  bookmarkIntervalMs: 60_000,
+  maxBatchEvents: 512,
+  maxBatchBytes: 64 << 10,
+  messagesPerTurn: 64,
+  maxBufferedBytes: 256 << 10,
+};
 
 export interface WatchStats {
   sessions: number;
@@ -43,6 +54,8 @@ export interface WatchStats {
   parked: number;
   /** The most messages any one watch has waiting in its stream: bounded by the stream's high-water mark. */
   maxBuffered: number;
+  /** The most bytes any one watch has waiting in its stream: about maxBufferedBytes at most. */
+  maxBufferedBytes: number;
 }
 
 export class WatchHub {
@@ -99,14 +112,16 @@ export class WatchHub {
     let sessions = 0;
     let parked = 0;
     let maxBuffered = 0;
+    let maxBufferedBytes = 0;
     for (const set of this.byKind.values()) {
       for (const s of set) {
         sessions++;
         if (s.parked) parked++;
-        maxBuffered = Math.max(maxBuffered, s.buffered());
+        maxBuffered = Math.max(maxBuffered, s.sink.buffered());
+        maxBufferedBytes = Math.max(maxBufferedBytes, s.sink.bufferedBytes());
       }
     }
-    return { sessions, parked, maxBuffered };
+    return { sessions, parked, maxBuffered, maxBufferedBytes };
   }
 
   /** Ends every watch with the given status (graceful shutdown). */
@@ -191,7 +206,7 @@ class WatchSession {
   constructor(
     private readonly hub: WatchHub,
     readonly plan: WatchPlan,
-    private readonly sink: WatchSink,
+    readonly sink: WatchSink,
   ) {
     try {
       this.start();
@@ -199,10 +214,6 @@ class WatchSession {
       // A set-up error is the call's status, before the "ready" marker.
       this.finish(isCosiError(err) ? err : asCosiError(err));
     }
-  }
-
-  buffered(): number {
-    return this.sink.buffered();
   }
 
   get isEnded(): boolean {
