@@ -150,9 +150,9 @@ describe('watch set-up errors are the call status', () => {
 });
 
 /** A raw gRPC watch, as an old or generic client would make it. */
-function rawWatch(apiVersion: number, bootstrap: boolean, aggregated = false): { messages: Buffer[]; call: grpc.ClientReadableStream<Buffer>; client: grpc.Client; errors: grpc.ServiceError[] } {
+function rawWatch(apiVersion: number, bootstrap: boolean, aggregated = false, tailEvents = 0): { messages: Buffer[]; call: grpc.ClientReadableStream<Buffer>; client: grpc.Client; errors: grpc.ServiceError[] } {
   const client = new grpc.Client(srv.endpoint, grpc.credentials.createSsl(Buffer.from(srv.pki.ca.certPem), Buffer.from(srv.pki.admin.keyPem), Buffer.from(srv.pki.admin.certPem)));
-  const req = wire.watchRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', apiVersion, options: { bootstrapContents: bootstrap, tailEvents: 0, labelQuery: [], aggregated, bootstrapBookmark: false } });
+  const req = wire.watchRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', apiVersion, options: { bootstrapContents: bootstrap, tailEvents, labelQuery: [], aggregated, bootstrapBookmark: false } });
   const call = client.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(req));
   const messages: Buffer[] = [];
   const errors: grpc.ServiceError[] = [];
@@ -231,5 +231,33 @@ describe('a watcher that cannot keep up', () => {
     expect(stalledAggregated.errors[0]?.code).toBe(grpc.status.OUT_OF_RANGE);
     stalledAggregated.client.close();
     for (let i = 0; i < total; i++) del(`${p}/${String(i).padStart(5, '0')}`);
+  });
+});
+
+describe('aggregated watchers that fell behind at different points', () => {
+  it('get every event once and in order, and soon send the very same batches', async () => {
+    const p = prefix();
+    const padding = 'x'.repeat(4096);
+    const total = 100;
+    const ids = Array.from({ length: total }, (_, i) => `${p}/${String(i).padStart(3, '0')}`);
+    for (const id of ids) store().create({ ...STATUSES, id, spec: { ...(podStatus(true) as object), padding } }, TEST_OWNER);
+    // Both replay the tail of history: one from the first of these creates, one from the 48th.
+    const early = rawWatch(1, false, true, total);
+    const late = rawWatch(1, false, true, total - 47);
+    const events = (w: ReturnType<typeof rawWatch>) => w.messages.slice(1).flatMap((m) => wire.watchResponse.decode(m).event);
+    await eventually(() => expect(events(early).length).toBe(total));
+    await eventually(() => expect(events(late).length).toBe(total - 47));
+    expect(events(early).map((e) => e.resource?.metadata?.id)).toEqual(ids);
+    expect(events(late).map((e) => e.resource?.metadata?.id)).toEqual(ids.slice(47));
+    // Batched: fewer messages than events; after its first batch, every batch the late one sent is byte for byte
+    // one the early one sent (their cuts merged), whichever was pumped first.
+    expect(late.messages.length - 1).toBeLessThan(total - 47);
+    const sentByEarly = new Set(early.messages.map((m) => m.toString('base64')));
+    expect(late.messages.slice(2).every((m) => sentByEarly.has(m.toString('base64')))).toBe(true);
+    for (const w of [early, late]) {
+      w.call.cancel();
+      w.client.close();
+    }
+    for (const id of ids) del(id);
   });
 });

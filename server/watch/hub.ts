@@ -1,7 +1,7 @@
 // Watches over the store's shared history. Each watcher is only a cursor: it pulls from history when its
 // stream can take more (grpc-js backpressure), so a slow watcher costs no memory and slows nobody.
 import { CosiError, isCosiError } from '../../shared/errors.js';
-import { kindKey, type Pointer, type Resource } from '../../shared/resource.js';
+import { kindKey, type Kind, type Pointer, type Resource } from '../../shared/resource.js';
 import { EventType } from '../../shared/wire.js';
 import { Frames } from '../api/frames.js';
 import type { Change, ResourceStore } from '../store/store.js';
@@ -37,6 +37,8 @@ export interface WatchLimits {
   messagesPerTurn: number;
   /** Bytes a watch's stream may have queued before the session waits for it (grpc-js alone counts messages). */
   maxBufferedBytes: number;
+  /** Bytes of catch-up batches kept for other watchers to send as they are (oldest dropped first). */
+  sharedBatchBytes: number;
 }
 
 export const DEFAULT_WATCH_LIMITS: WatchLimits = {
@@ -46,6 +48,7 @@ export const DEFAULT_WATCH_LIMITS: WatchLimits = {
   maxBatchBytes: 64 << 10,
   messagesPerTurn: 64,
   maxBufferedBytes: 256 << 10,
+  sharedBatchBytes: 8 << 20,
 };
 
 export interface WatchStats {
@@ -64,6 +67,8 @@ export class WatchHub {
   private flushScheduled = false;
   private readonly eventCache = new WeakMap<Change, Map<EventType, Buffer>>();
   private readonly responseCache = new WeakMap<Buffer, Buffer>();
+  private readonly sharedBatches = new Map<string, CatchUpBatch>();
+  private sharedBytes = 0;
   private readonly unsubscribe: () => void;
   private readonly unsubscribeTrim: () => void;
   private readonly bookmarkTimer: NodeJS.Timeout | undefined;
@@ -105,7 +110,7 @@ export class WatchHub {
     }
     set.add(session);
     this.schedule(session);
-    return { close: () => this.remove(session) };
+    return { close: () => session.close() };
   }
 
   stats(): WatchStats {
@@ -168,6 +173,49 @@ export class WatchHub {
     return this.responseCache.get(event) ?? Frames.watchResponse([event]);
   }
 
+  /**
+   * The next WatchResponse from `from` for an aggregated watch that filters nothing: the same bytes for every such
+   * watcher of the kind at that cursor. Building one stops at a cursor another batch starts from, so watchers that
+   * fell behind at different points follow the same cuts after one short batch and share every batch after it.
+   * Without a response the watch is caught up (through: the last revision examined).
+   */
+  catchUpBatch(kind: Kind, from: number): CatchUpBatch {
+    const prefix = `${kindKey(kind)}\n`;
+    const cached = this.sharedBatches.get(prefix + from);
+    if (cached !== undefined) return cached;
+    const { maxBatchEvents, maxBatchBytes } = this.limits;
+    const events: Buffer[] = [];
+    let bytes = 0;
+    let through = from;
+    fill: for (;;) {
+      const batch = this.store.readChanges(through, maxBatchEvents - events.length, kind);
+      if (batch.changes.length === 0) {
+        // Past the last change of the kind only when there is nothing to send: a batch ends at its last change,
+        // so every watcher that sent it stands at the same cursor.
+        if (events.length === 0) through = batch.through;
+        break;
+      }
+      for (const c of batch.changes) {
+        const event = this.encodedChange(c, UNFILTERED[c.type]);
+        events.push(event);
+        bytes += event.length;
+        through = c.revision;
+        if (events.length >= maxBatchEvents || bytes >= maxBatchBytes || this.sharedBatches.has(prefix + through)) break fill;
+      }
+    }
+    const [only] = events;
+    if (only === undefined) return { through };
+    const result = { through, response: events.length === 1 ? this.singleResponse(only) : Frames.watchResponse(events) };
+    this.sharedBatches.set(prefix + from, result);
+    this.sharedBytes += result.response.length;
+    for (const [key, old] of this.sharedBatches) {
+      if (this.sharedBytes <= this.limits.sharedBatchBytes) break;
+      this.sharedBatches.delete(key);
+      this.sharedBytes -= old.response?.length ?? 0;
+    }
+    return result;
+  }
+
   /** The encoded event for a change as delivered with the given type; shared by all watchers. */
   encodedChange(change: Change, type: EventType): Buffer {
     let byType = this.eventCache.get(change);
@@ -188,6 +236,15 @@ export class WatchHub {
     return bytes;
   }
 }
+
+interface CatchUpBatch {
+  /** The watcher's cursor after sending it. */
+  readonly through: number;
+  readonly response?: Buffer;
+}
+
+/** How a change reaches a watcher that filters nothing. */
+const UNFILTERED: Record<Change['type'], EventType> = { created: EventType.CREATED, updated: EventType.UPDATED, destroyed: EventType.DESTROYED };
 
 class WatchSession {
   /** The tail position: every change up to this revision has been delivered or skipped. */
@@ -272,6 +329,11 @@ class WatchSession {
       });
     }
     return ok;
+  }
+
+  /** Aggregated and unfiltered: its change events are the same as every other such watcher's of the kind. */
+  private get sharesBatches(): boolean {
+    return this.plan.aggregated && this.plan.id === undefined && this.plan.selector.everything;
   }
 
   /** api_version 0 clients get no BOOTSTRAPPED, ERRORED or NOOP events. */
@@ -384,6 +446,11 @@ class WatchSession {
       this.readySent = true;
       return Frames.watchResponse([]);
     }
+    if (this.sharesBatches && this.initial.length === 0 && this.bootstrapItems === undefined && this.backlog.length === 0) {
+      const { through, response } = this.hub.catchUpBatch(this.plan.kind, this.cursor);
+      this.cursor = through;
+      return response;
+    }
     const batch = this.nextBatch();
     if (batch.length === 0) return undefined;
     const [only] = batch;
@@ -437,6 +504,12 @@ class WatchSession {
       this.cursor = Math.max(this.cursor, batch.through);
       if (batch.changes.length === 0) return out;
     }
+  }
+
+  /** The client went away: stop at once, even if a drain or a flush still has this session scheduled. */
+  close(): void {
+    this.ended = true;
+    this.hub.remove(this);
   }
 
   /** Ends the watch; a too-old cursor ends with an ERRORED event first (api_version >= 1). */
