@@ -1,5 +1,6 @@
 // Many nodes: one connection and one stream per node, merged; a node that fails is reported, not fatal.
-import { Observable } from 'rxjs';
+import type { Observable } from 'rxjs';
+import { rxjs } from './rx.js';
 import { CosiError } from '../shared/errors.js';
 import type { CosiClient, ListOptions, ReadOptions, WatchOptions } from './client.js';
 import type { CosiResource, WatchEvent } from './resource.js';
@@ -48,7 +49,7 @@ export function getNodes(targets: readonly NodeTarget[], type: string, id: strin
  * for good ('failed') ends only its own stream; the merged Observable completes when every node is done.
  */
 export function watchNodes(targets: readonly NodeTarget[], type: string, opts: WatchOptions = {}): Observable<NodeWatchEvent> {
-  return new Observable<NodeWatchEvent>((subscriber) => {
+  return new (rxjs().Observable)<NodeWatchEvent>((subscriber) => {
     let open = targets.length;
     const done = () => {
       if (--open === 0) subscriber.complete();

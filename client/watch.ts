@@ -1,7 +1,8 @@
 // A watch that survives failures: reconnect with backoff, resume from the last bookmark, and when the server
 // cannot resume ("too old", a restart), list again and emit only the difference. The subscriber's view
 // converges with no gap and no duplicate.
-import { Observable } from 'rxjs';
+import type { Observable } from 'rxjs';
+import { rxjs } from './rx.js';
 import { CosiError } from '../shared/errors.js';
 import type { CosiClient, WatchOptions } from './client.js';
 import { toWireQueries } from './client.js';
@@ -29,7 +30,7 @@ export function resilientWatch(client: CosiClient, type: string, opts: WatchOpti
   // Only a watch that starts from a full picture (bootstrap, or one resource) can be re-listed and diffed.
   const tracksView = opts.bootstrap === true || opts.id !== undefined;
 
-  return new Observable<WatchEvent>((subscriber) => {
+  return new (rxjs().Observable)<WatchEvent>((subscriber) => {
     let closed = false;
     let current: { cancel(): void } | undefined;
     let timer: NodeJS.Timeout | undefined;
