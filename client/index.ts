@@ -1,5 +1,5 @@
 // The public surface of the cosi-pods client library.
-export { connect, connectContext, CosiClient } from './client.js';
+export { connect, connectContext, CosiClient, FLOW_CONTROL_WINDOW } from './client.js';
 export type { ConnectOptions, LabelOperator, LabelQuery, LabelTerm, ListOptions, ReadOptions, WatchOptions } from './client.js';
 export { defaultCosiConfigPath, loadCosiConfig, selectContext } from './cosiconfig.js';
 export type { CosiConfig, CosiContext } from './cosiconfig.js';

@@ -46,13 +46,15 @@ serveRpc({
   churn: async ({ rate, seconds }) => {
     const total = Math.round(rate * seconds);
     const start = Date.now();
+    let behindMax = 0;
     for (let n = 0; n < total; n++) {
       const wait = start + (n * 1000) / rate - Date.now();
       if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      else behindMax = Math.max(behindMax, -wait);
       const m = message();
       for (const s of streams) s.write(m);
     }
-    return { written: total };
+    return { written: total, writerBehindMaxMs: behindMax, seconds: (Date.now() - start) / 1000 };
   },
   stats: () => ({ sessions: streams.size, pid: process.pid }),
   stop: () => {

@@ -61,6 +61,9 @@ export interface WatchStats {
   maxBufferedBytes: number;
 }
 
+/** The longest one flush of the watch hub keeps the event loop (see WatchHub.flush). */
+const FLUSH_SLICE_MS = 5;
+
 export class WatchHub {
   private readonly byKind = new Map<string, Set<WatchSession>>();
   private readonly dirty = new Set<WatchSession>();
@@ -156,11 +159,31 @@ export class WatchHub {
     }
   }
 
+  /**
+   * Pumps the sessions that have something to send, for at most FLUSH_SLICE_MS per event-loop turn: with a thousand
+   * busy watchers one pass can take far longer, and writers (controllers, the kubelet poller) and other calls share
+   * this loop. Sessions left over go first next turn; timers and I/O run in between.
+   */
   private flush(): void {
     this.flushScheduled = false;
     const sessions = [...this.dirty];
     this.dirty.clear();
-    for (const s of sessions) s.pump();
+    const deadline = performance.now() + FLUSH_SLICE_MS;
+    let next = 0;
+    while (next < sessions.length) {
+      sessions[next++]?.pump();
+      if (performance.now() >= deadline) break;
+    }
+    if (next < sessions.length) {
+      const rescheduled = [...this.dirty];
+      this.dirty.clear();
+      for (let i = next; i < sessions.length; i++) this.dirty.add(sessions[i] as WatchSession);
+      for (const s of rescheduled) this.dirty.add(s);
+    }
+    if (this.dirty.size > 0 && !this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
   }
 
   /** A NOOP event carrying the bookmark of `revision`. */
