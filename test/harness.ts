@@ -9,6 +9,7 @@ import { generateCa, issueClientCert, type KeyPairPem } from '../shared/pki.js';
 import { K8S_NAMESPACE, STATIC_POD_STATUS_TYPE, STATIC_POD_TYPE } from '../server/resources/k8s.js';
 import type { Logger } from '../shared/log.js';
 import type { Json } from '../shared/wire.js';
+import type { WatchLimits } from '../server/watch/hub.js';
 
 export interface TestPki {
   dir: string;
@@ -65,6 +66,7 @@ export async function startServer(
     audit?: boolean;
     log?: Logger;
     maxConnectionsPerAddress?: number;
+    watchLimits?: Partial<WatchLimits>;
   } = {},
 ): Promise<TestServer> {
   const pki = opts.pki ?? (await makePki());
@@ -77,6 +79,7 @@ export async function startServer(
     watchLimits: {
       ...(opts.bookmarkIntervalMs !== undefined ? { bookmarkIntervalMs: opts.bookmarkIntervalMs } : {}),
       ...(opts.maxBacklog !== undefined ? { maxBacklog: opts.maxBacklog } : {}),
+      ...opts.watchLimits,
     },
     ...(opts.maxWatchesPerConnection !== undefined ? { maxWatchesPerConnection: opts.maxWatchesPerConnection } : {}),
     ...(opts.audit !== undefined ? { audit: opts.audit } : {}),

@@ -11,7 +11,8 @@ let srv: TestServer;
 const subs: Subscription[] = [];
 
 beforeAll(async () => {
-  srv = await startServer({ historySize: 300, historyAgeMs: 0, maxBacklog: 200 });
+  // A small encoded-event cache, so events older than a few dozen are encoded again when a watcher needs them.
+  srv = await startServer({ historySize: 300, historyAgeMs: 0, maxBacklog: 200, watchLimits: { eventCacheBytes: 64 << 10 } });
 });
 afterAll(async () => {
   for (const s of subs) s.unsubscribe();
@@ -259,5 +260,31 @@ describe('aggregated watchers that fell behind at different points', () => {
       w.client.close();
     }
     for (const id of ids) del(id);
+  });
+});
+
+describe('encoded events kept in memory', () => {
+  it('stay within their budget, and a watcher resuming from further back still gets each update with its old version', async () => {
+    const p = prefix();
+    const id = `${p}/pod`;
+    const padding = 'y'.repeat(1024);
+    const live = collect({ idRegexp: `^${p}/` });
+    await new Promise((r) => setTimeout(r, 100));
+    const total = 60; // about 4 KB per event: several times the 64 KiB budget
+    for (let i = 0; i < total; i++) upsert(store(), { ...STATUSES, id, spec: { ...(podStatus(i % 2 === 0) as object), padding, seq: i } }, TEST_OWNER);
+    await eventually(() => expect(live.events.length).toBe(total));
+    const { cachedEventBytes } = srv.cosid.hub.stats();
+    expect(cachedEventBytes).toBeGreaterThan(0);
+    expect(cachedEventBytes).toBeLessThanOrEqual((64 << 10) + 16 * 1024);
+    // Resume right after the first event: every update again, long evicted from the cache, each with its old version.
+    const from = live.events[0]?.bookmark;
+    expect(from).toBeDefined();
+    const resumed = collect({ idRegexp: `^${p}/`, fromBookmark: from, reconnect: false });
+    await eventually(() => expect(resumed.events.length).toBe(total - 1));
+    expect(resumed.events.map((e) => [e.type, e.resource?.metadata.version, e.old?.metadata.version, (e.resource?.spec as { seq?: number }).seq])).toEqual(
+      Array.from({ length: total - 1 }, (_, i) => ['updated', i + 2, i + 1, i + 1]),
+    );
+    expect(resumed.events.map((e) => (e.old?.spec as { seq?: number }).seq)).toEqual(Array.from({ length: total - 1 }, (_, i) => i));
+    del(id);
   });
 });

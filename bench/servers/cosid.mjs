@@ -41,6 +41,11 @@ serveRpc({
     store.destroy(probe, 'bench');
     return sizes;
   },
+  // A full collection, so RSS figures read live memory rather than when the last GC happened to run.
+  gc: () => {
+    globalThis.gc?.();
+    return process.memoryUsage().rss;
+  },
   clear: () => {
     for (const r of store.list(STATUS_KIND)) store.destroy(r.metadata, 'bench');
     return true;

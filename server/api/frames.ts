@@ -41,6 +41,11 @@ export class Frames {
     return this.encoded(r).resource;
   }
 
+  /** Drops the cached encoding of a resource version that is no longer current (events carry their own copy). */
+  forget(r: Resource): void {
+    this.singles.delete(r);
+  }
+
   /** A GetResponse or ListResponse: both are { resource = 1 }. */
   single(r: Resource): Buffer {
     return this.encoded(r).frame;

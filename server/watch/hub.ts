@@ -39,6 +39,11 @@ export interface WatchLimits {
   maxBufferedBytes: number;
   /** Bytes of catch-up batches kept for other watchers to send as they are (oldest dropped first). */
   sharedBatchBytes: number;
+  /**
+   * Bytes of encoded events kept for watchers still to send them (oldest dropped first). History keeps every change
+   * for 75 s; a watcher that far behind gets older events encoded again instead of every event staying encoded.
+   */
+  eventCacheBytes: number;
 }
 
 export const DEFAULT_WATCH_LIMITS: WatchLimits = {
@@ -49,6 +54,7 @@ export const DEFAULT_WATCH_LIMITS: WatchLimits = {
   messagesPerTurn: 64,
   maxBufferedBytes: 256 << 10,
   sharedBatchBytes: 8 << 20,
+  eventCacheBytes: 32 << 20,
 };
 
 export interface WatchStats {
@@ -59,6 +65,8 @@ export interface WatchStats {
   maxBuffered: number;
   /** The most bytes any one watch has waiting in its stream: about maxBufferedBytes at most. */
   maxBufferedBytes: number;
+  /** Bytes of encoded events kept (at most eventCacheBytes plus the newest event). */
+  cachedEventBytes: number;
 }
 
 /** The longest one flush of the watch hub keeps the event loop (see WatchHub.flush). */
@@ -68,7 +76,9 @@ export class WatchHub {
   private readonly byKind = new Map<string, Set<WatchSession>>();
   private readonly dirty = new Set<WatchSession>();
   private flushScheduled = false;
-  private readonly eventCache = new WeakMap<Change, Map<EventType, Buffer>>();
+  /** Encoded events by change, oldest first; each entry's bytes count the single-event responses. */
+  private readonly eventCache = new Map<Change, { byType: Map<EventType, Buffer>; bytes: number }>();
+  private eventCacheBytes = 0;
   private readonly responseCache = new WeakMap<Buffer, Buffer>();
   private readonly sharedBatches = new Map<string, CatchUpBatch>();
   private sharedBytes = 0;
@@ -83,7 +93,13 @@ export class WatchHub {
   ) {
     this.unsubscribe = store.onCommit((c) => {
       const sessions = this.byKind.get(kindKey(c.resource.metadata));
-      if (sessions !== undefined) for (const s of sessions) this.schedule(s);
+      if (sessions !== undefined && sessions.size > 0) {
+        for (const s of sessions) this.schedule(s);
+        // Encoded now, while the old version's encoding is still cached; it is then dropped (the event has a copy).
+        this.encodedChange(c, UNFILTERED[c.type]);
+      } else {
+        this.forgetSuperseded(c);
+      }
     });
     // Lag counts only in events a watcher would receive: when history forgets a change, a watcher still
     // before it skips it if it would not deliver it, and only loses its place if it would.
@@ -129,7 +145,7 @@ export class WatchHub {
         maxBufferedBytes = Math.max(maxBufferedBytes, s.sink.bufferedBytes());
       }
     }
-    return { sessions, parked, maxBuffered, maxBufferedBytes };
+    return { sessions, parked, maxBuffered, maxBufferedBytes, cachedEventBytes: this.eventCacheBytes };
   }
 
   /** Ends every watch with the given status (graceful shutdown). */
@@ -241,22 +257,40 @@ export class WatchHub {
 
   /** The encoded event for a change as delivered with the given type; shared by all watchers. */
   encodedChange(change: Change, type: EventType): Buffer {
-    let byType = this.eventCache.get(change);
-    if (byType === undefined) {
-      byType = new Map();
-      this.eventCache.set(change, byType);
+    let entry = this.eventCache.get(change);
+    if (entry === undefined) {
+      entry = { byType: new Map(), bytes: 0 };
+      this.eventCache.set(change, entry);
     }
-    let bytes = byType.get(type);
+    let bytes = entry.byType.get(type);
     if (bytes === undefined) {
       const bookmark = encodeBookmark(this.store.instance, { revision: change.revision });
       const event = this.frames.event(type, change.resource, change.type === 'updated' ? change.old : undefined, bookmark);
+      this.forgetSuperseded(change);
       // One buffer: the single-event WatchResponse; the event bytes (for aggregated batches) are a view into it.
       const response = Frames.watchResponse([event]);
       bytes = response.subarray(response.length - event.length);
       this.responseCache.set(bytes, response);
-      byType.set(type, bytes);
+      entry.byType.set(type, bytes);
+      entry.bytes += response.length;
+      this.eventCacheBytes += response.length;
+      for (const [oldest, e] of this.eventCache) {
+        if (this.eventCacheBytes <= this.limits.eventCacheBytes || oldest === change) break;
+        this.eventCache.delete(oldest);
+        this.eventCacheBytes -= e.bytes;
+      }
     }
     return bytes;
+  }
+
+  /** Versions that are no longer current keep no wire encoding of their own (Get and List read current ones). */
+  private forgetSuperseded(change: Change): void {
+    if (change.old !== undefined) this.frames.forget(change.old);
+    if (change.type === 'destroyed' || !this.isCurrent(change.resource)) this.frames.forget(change.resource);
+  }
+
+  private isCurrent(r: Resource): boolean {
+    return currentOrUndefined(this.store, r.metadata) === r;
   }
 }
 
