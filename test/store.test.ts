@@ -25,6 +25,10 @@ describe.each(backends)('%s store', (_name, make) => {
     const rev = s.revision;
     expect(s.update({ ...K, id: 'a', spec: { n: 1 } }, 'me').metadata.version).toBe(1);
     expect(s.revision).toBe(rev);
+    // The same content with its keys in another order is the same spec.
+    s.update({ ...K, id: 'a', spec: { n: 2, deep: { p: 1, q: [1, { r: 2, s: 3 }] } } }, 'me');
+    const version = s.get({ ...K, id: 'a' }).metadata.version;
+    expect(s.update({ ...K, id: 'a', spec: { deep: { q: [1, { s: 3, r: 2 }], p: 1 }, n: 2 } }, 'me').metadata.version).toBe(version);
   });
 
   it('refuses duplicates, missing resources and foreign owners with typed errors', () => {
@@ -52,6 +56,10 @@ describe.each(backends)('%s store', (_name, make) => {
     const spec = { list: [1, 2] };
     s.create({ ...K, id: 'a', spec }, 'me');
     spec.list.push(3);
+    expect(s.get({ ...K, id: 'a' }).spec).toEqual({ list: [1, 2] });
+    // ...and to readers mutating what they read: every read gives the same frozen value.
+    const read = s.get({ ...K, id: 'a' }).spec as { list: number[] };
+    expect(() => read.list.push(4)).toThrow(TypeError);
     expect(s.get({ ...K, id: 'a' }).spec).toEqual({ list: [1, 2] });
   });
 

@@ -2,7 +2,8 @@
 import { randomBytes } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
 import { CosiError } from '../../shared/errors.js';
-import { describePointer, kindKey, type Kind, type Pointer, type Resource } from '../../shared/resource.js';
+import { describePointer, kindKey, type Kind, type Metadata, type Pointer, type Resource } from '../../shared/resource.js';
+import type { Json } from '../../shared/wire.js';
 import type { Change, ChangeBatch, ResourceInput, ResourceStore } from './store.js';
 
 export interface MemoryStoreOptions {
@@ -59,8 +60,8 @@ export class MemoryStore implements ResourceStore {
     const items = this.itemsOf(input);
     if (items.has(input.id)) throw new CosiError('already-exists', `${describePointer(input)} already exists`);
     const at = new Date(this.now());
-    const r: Resource = Object.freeze({
-      metadata: Object.freeze({
+    const r = storedResource(
+      Object.freeze({
         namespace: input.namespace,
         type: input.type,
         id: input.id,
@@ -73,8 +74,8 @@ export class MemoryStore implements ResourceStore {
         annotations: Object.freeze({ ...input.annotations }),
         finalizers: Object.freeze([]),
       }),
-      spec: deepFreeze(structuredClone(input.spec)),
-    });
+      JSON.stringify(input.spec),
+    );
     items.set(input.id, r);
     this.commit('created', r, undefined);
     return r;
@@ -87,19 +88,21 @@ export class MemoryStore implements ResourceStore {
     checkOwner(old, owner);
     const labels = input.labels ?? old.metadata.labels;
     const annotations = input.annotations ?? old.metadata.annotations;
-    if (isDeepStrictEqual(old.spec, input.spec) && isDeepStrictEqual(old.metadata.labels, labels) && isDeepStrictEqual(old.metadata.annotations, annotations)) {
+    const specJson = JSON.stringify(input.spec);
+    const sameSpec = specJson === specJsonOf(old) || isDeepStrictEqual(old.spec, input.spec);
+    if (sameSpec && isDeepStrictEqual(old.metadata.labels, labels) && isDeepStrictEqual(old.metadata.annotations, annotations)) {
       return old;
     }
-    const r: Resource = Object.freeze({
-      metadata: Object.freeze({
+    const r = storedResource(
+      Object.freeze({
         ...old.metadata,
         version: old.metadata.version + 1,
         updated: new Date(this.now()),
         labels: Object.freeze({ ...labels }),
         annotations: Object.freeze({ ...annotations }),
       }),
-      spec: deepFreeze(structuredClone(input.spec)),
-    });
+      specJson,
+    );
     items.set(input.id, r);
     this.commit('updated', r, old);
     return r;
@@ -207,6 +210,35 @@ function checkOwner(r: Resource, owner: string): void {
 
 function sortById(items: Resource[]): Resource[] {
   return items.sort((a, b) => (a.metadata.id < b.metadata.id ? -1 : a.metadata.id > b.metadata.id ? 1 : 0));
+}
+
+const SPEC_JSON = Symbol('spec as JSON text');
+
+function specJsonOf(r: Resource): string | undefined {
+  return (r as { [SPEC_JSON]?: string })[SPEC_JSON];
+}
+
+/**
+ * A stored resource keeps its spec as JSON text: a 2 KB PodStatus takes about 5 KB of heap as objects and 2 KB as
+ * text, and history holds many versions. The spec is parsed (and frozen) when read; the parsed value is kept only
+ * while a reader still holds it, so hot readers do not parse twice and cold versions cost only their text.
+ */
+function storedResource(metadata: Metadata, specJson: string): Resource {
+  let parsed: WeakRef<object> | undefined;
+  const r = {} as Resource;
+  Object.defineProperty(r, 'metadata', { value: metadata, enumerable: true });
+  Object.defineProperty(r, 'spec', {
+    enumerable: true,
+    get(): Json {
+      const cached = parsed?.deref();
+      if (cached !== undefined) return cached as Json;
+      const value = deepFreeze(JSON.parse(specJson) as Json);
+      if (value !== null && typeof value === 'object') parsed = new WeakRef(value);
+      return value;
+    },
+  });
+  Object.defineProperty(r, SPEC_JSON, { value: specJson });
+  return Object.freeze(r);
 }
 
 function deepFreeze<T>(v: T): T {
