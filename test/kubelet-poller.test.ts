@@ -95,6 +95,24 @@ describe('kubelet poller', () => {
     poller.stop();
   });
 
+  it('keeps the last status, marked stale, when one reported status is too deep to store, and logs it once', async () => {
+    const { store, lines, poller } = setup();
+    poller.start();
+    await eventually(() => expect(store.list(STATUSES).length).toBe(1));
+    const good = store.list(STATUSES)[0]?.spec as { phase?: string };
+    sim.fail('deep-status');
+    await eventually(() => expect(store.list(STATUSES)[0]?.metadata.labels[STALE_LABEL]).toBe('true'));
+    const stale = store.list(STATUSES)[0]?.spec as { phase?: string; deep?: unknown; conditions: { type: string; reason?: string; message?: string }[] };
+    expect(stale.phase).toBe(good.phase);
+    expect(stale.deep).toBeUndefined();
+    expect(stale.conditions.find((c) => c.type === 'Stale')).toMatchObject({ reason: 'KubeletBadResponse', message: expect.stringMatching(/nested deeper than 32 levels/) });
+    await new Promise((r) => setTimeout(r, 300));
+    sim.recover();
+    await eventually(() => expect(store.list(STATUSES)[0]?.metadata.labels).toEqual({}));
+    poller.stop();
+    expect(lines.filter((l) => l.includes('cannot be stored')).length).toBe(1);
+  });
+
   it('marks statuses stale on failure and clears the mark on recovery, logging each change of state once', async () => {
     const { store, lines, poller } = setup();
     poller.start();

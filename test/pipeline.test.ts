@@ -1,5 +1,6 @@
 // The static pod pipeline live: machine config -> StaticPod -> manifest server -> kubelet (simulator) -> StaticPodStatus.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Json } from '../shared/wire.js';
 import type { Subscription } from 'rxjs';
 import type { CosiResource, WatchEvent } from '../client/index.js';
 import { eventually, pod } from './harness.js';
@@ -81,6 +82,21 @@ describe('config edits apply without a restart', () => {
     await t.writeConfig(machineConfig([pod('nginx')]));
     await eventually(async () => expect((await t.client.get('machineconfigstatus', 'machine-config')).spec).toMatchObject({ error: '', pods: 1 }));
     expect(ids(await t.client.list('staticpods'))).toEqual(before);
+  });
+
+  it('reports a pod nested too deep to store as invalid, by name only, and keeps serving the others', async () => {
+    let deep: Json = {};
+    for (let i = 0; i < 40; i++) deep = { nested: deep };
+    const tooDeep = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'deep' }, spec: { containers: [{ name: 'c', image: 'busybox' }], extra: deep } };
+    await t.writeConfig(machineConfig([pod('nginx'), tooDeep]));
+    await eventually(async () => expect((await t.client.list('staticpods')).map((r) => r.metadata.id).sort()).toEqual(['default-deep', 'default-nginx']));
+    const bad = await t.client.get('staticpods', 'default-deep');
+    expect(bad.spec).toEqual({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'deep', namespace: null }, status: { phase: 'Failed', reason: 'InvalidPod', message: 'invalid pod: nested deeper than 32 levels' } });
+    expect(bad.metadata.labels).toEqual({ 'cosi-pods.dev/invalid': 'true' });
+    const served = (await (await fetch(t.node.manifests.url)).json()) as { items: { metadata: { name: string } }[] };
+    expect(served.items.map((p) => p.metadata.name)).toEqual(['nginx']);
+    await t.writeConfig(machineConfig([pod('nginx')]));
+    await eventually(async () => expect((await t.client.list('staticpods')).length).toBe(1));
   });
 
   it('reports an invalid pod with the kubelet message and a column, never serves it, and keeps the valid ones', async () => {

@@ -51,6 +51,27 @@ describe.each(backends)('%s store', (_name, make) => {
     expect(kinds).toEqual(['already-exists', 'not-found', 'owner-conflict', 'owner-conflict', 'not-found']);
   });
 
+  it('refuses a spec nested deeper than the API can encode, and commits nothing', () => {
+    const s = make(100);
+    const nest = (levels: number) => {
+      let v: { [key: string]: unknown } = {};
+      for (let i = 1; i < levels; i++) v = { a: v };
+      return v as { [key: string]: never };
+    };
+    s.create({ ...K, id: 'ok', spec: nest(32) }, 'me');
+    const rev = s.revision;
+    const kinds = [() => s.create({ ...K, id: 'deep', spec: nest(33) }, 'me'), () => s.update({ ...K, id: 'ok', spec: [nest(32)] }, 'me')].map((f) => {
+      try {
+        f();
+        return 'no error';
+      } catch (err) {
+        return isCosiError(err) ? `${err.kind}: ${err.message}` : 'untyped';
+      }
+    });
+    expect(kinds).toEqual([expect.stringMatching(/^invalid-argument: .*deep.*nested deeper than 32 levels/), expect.stringMatching(/^invalid-argument: .*ok.*nested deeper than 32 levels/)]);
+    expect(s.revision).toBe(rev);
+  });
+
   it('keeps stored resources immune to the caller mutating its input', () => {
     const s = make(100);
     const spec = { list: [1, 2] };

@@ -1,10 +1,10 @@
 // Machine config -> StaticPod resources: creates, updates (only when changed) and destroys to match.
 // Each pod is validated as a kubelet would; an invalid one is kept visible with its reason, never served.
 import type { Logger } from '../../shared/log.js';
-import type { StaticPodEntry } from '../config/machine-config.js';
+import type { JsonObject, StaticPodEntry } from '../config/machine-config.js';
 import { validateStaticPod } from '../config/pod-validation.js';
 import { INVALID_LABEL, K8S_NAMESPACE, STATIC_POD_TYPE } from '../resources/k8s.js';
-import type { ResourceInput, ResourceStore } from '../store/store.js';
+import { MAX_SPEC_DEPTH, specDepth, type ResourceInput, type ResourceStore } from '../store/store.js';
 import { upsert } from '../store/upsert.js';
 
 export const STATIC_POD_OWNER = 'k8s.StaticPodController';
@@ -27,15 +27,10 @@ export function reconcileStaticPods(store: ResourceStore, pods: readonly StaticP
     }
   }
   for (const p of pods) {
-    const problem = validateStaticPod(p.pod);
+    const problem = specDepth(p.pod) > MAX_SPEC_DEPTH ? { message: `invalid pod: nested deeper than ${MAX_SPEC_DEPTH} levels` } : validateStaticPod(p.pod);
     if (problem !== undefined) result.invalid.push({ id: p.id, origin: p.origin, message: problem.message });
     const labels: Record<string, string> = problem === undefined ? {} : { [INVALID_LABEL]: 'true' };
-    const input: ResourceInput = {
-      ...kind,
-      id: p.id,
-      spec: problem === undefined ? p.pod : { ...p.pod, status: { phase: 'Failed', reason: 'InvalidPod', message: problem.message } },
-      labels,
-    };
+    const input: ResourceInput = { ...kind, id: p.id, spec: problem === undefined ? p.pod : invalidPodSpec(p.pod, problem.message), labels };
     const changed = upsert(store, input, STATIC_POD_OWNER);
     if (changed !== 'unchanged') {
       result[changed].push(p.id);
@@ -47,4 +42,19 @@ export function reconcileStaticPods(store: ResourceStore, pods: readonly StaticP
     log.info('static pods reconciled', { created: result.created, updated: result.updated, destroyed: result.destroyed });
   }
   return result;
+}
+
+/** An invalid pod as stored: the pod with a Failed status saying why; only what names it if it is too deep to store. */
+function invalidPodSpec(pod: JsonObject, message: string): JsonObject {
+  const status = { phase: 'Failed', reason: 'InvalidPod', message };
+  const whole = { ...pod, status };
+  if (specDepth(whole) <= MAX_SPEC_DEPTH) return whole;
+  const md = pod['metadata'];
+  const named = md !== null && typeof md === 'object' && !Array.isArray(md) ? md : {};
+  return {
+    apiVersion: pod['apiVersion'] ?? null,
+    kind: pod['kind'] ?? null,
+    metadata: { name: named['name'] ?? null, namespace: named['namespace'] ?? null },
+    status,
+  };
 }

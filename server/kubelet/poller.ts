@@ -1,6 +1,7 @@
 // Polls the kubelet's /pods/ over mTLS and mirrors its static pods' statuses as StaticPodStatus resources.
 // When the kubelet cannot be read, the last statuses stay and are marked stale; nothing is silently emptied.
 import { request } from 'node:https';
+import { isCosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import type { Json } from '../../shared/wire.js';
 import { K8S_NAMESPACE, STALE_LABEL, STATIC_POD_STATUS_TYPE } from '../resources/k8s.js';
@@ -49,6 +50,8 @@ export class KubeletPoller {
   private lastProblem: string | undefined = undefined;
   /** The statuses as the kubelet last reported them (without our Stale condition). */
   private readonly fresh = new Map<string, JsonObject>();
+  /** Pods whose last reported status could not be stored (logged once each). */
+  private readonly rejected = new Set<string>();
   private readonly intervalMs: number;
   private readonly minBackoffMs: number;
 
@@ -124,13 +127,23 @@ export class KubeletPoller {
       const id = `${ns}/${name}`;
       const status = asObject(pod['status']);
       seen.add(id);
-      this.fresh.set(id, status);
-      this.write(id, status, {});
+      try {
+        this.write(id, status, {});
+        this.fresh.set(id, status);
+        this.rejected.delete(id);
+      } catch (err) {
+        if (!isCosiError(err, 'invalid-argument')) throw err;
+        // This one status cannot be stored (too deep to encode): keep its last good one, marked stale, and go on.
+        if (!this.rejected.has(id)) log.warn('kubelet reported a status that cannot be stored; keeping the last one, marked stale', { id, error: err.message });
+        this.rejected.add(id);
+        this.writeStale(id, this.fresh.get(id) ?? {}, new PollError('KubeletBadResponse', err.message));
+      }
     }
     for (const r of store.list({ namespace: K8S_NAMESPACE, type: STATIC_POD_STATUS_TYPE })) {
       if (r.metadata.owner === STATUS_OWNER && !seen.has(r.metadata.id)) {
         store.destroy(r.metadata, STATUS_OWNER);
         this.fresh.delete(r.metadata.id);
+        this.rejected.delete(r.metadata.id);
       }
     }
     this.lastSuccess = new Date().toISOString();
@@ -145,11 +158,14 @@ export class KubeletPoller {
       this.opts.log.warn('cannot read the kubelet; keeping the last statuses, marked stale', { url: this.opts.url, reason: e.reason, error: e.message });
       this.lastProblem = problem;
     }
-    for (const [id, status] of this.fresh) {
-      const conditions = Array.isArray(status['conditions']) ? status['conditions'].filter((c) => asObject(c)['type'] !== 'Stale') : [];
-      const stale = { type: 'Stale', status: 'True', reason: e.reason, message: e.message, lastProbeTime: this.lastSuccess ?? null };
-      this.write(id, { ...status, conditions: [...conditions, stale] }, { [STALE_LABEL]: 'true' });
-    }
+    for (const [id, status] of this.fresh) this.writeStale(id, status, e);
+  }
+
+  /** The last good status with a Stale condition saying why, labelled stale. */
+  private writeStale(id: string, status: JsonObject, e: PollError): void {
+    const conditions = Array.isArray(status['conditions']) ? status['conditions'].filter((c) => asObject(c)['type'] !== 'Stale') : [];
+    const stale = { type: 'Stale', status: 'True', reason: e.reason, message: e.message, lastProbeTime: this.lastSuccess ?? null };
+    this.write(id, { ...status, conditions: [...conditions, stale] }, { [STALE_LABEL]: 'true' });
   }
 
   private write(id: string, spec: JsonObject, labels: Record<string, string>): void {

@@ -4,7 +4,7 @@ import { isDeepStrictEqual } from 'node:util';
 import { CosiError } from '../../shared/errors.js';
 import { describePointer, kindKey, type Kind, type Metadata, type Pointer, type Resource } from '../../shared/resource.js';
 import type { Json } from '../../shared/wire.js';
-import type { Change, ChangeBatch, ResourceInput, ResourceStore } from './store.js';
+import { MAX_SPEC_DEPTH, specDepth, type Change, type ChangeBatch, type ResourceInput, type ResourceStore } from './store.js';
 
 export interface MemoryStoreOptions {
   /** History keeps at least this many changes (default 16384)... */
@@ -59,6 +59,7 @@ export class MemoryStore implements ResourceStore {
   create(input: ResourceInput, owner: string): Resource {
     const items = this.itemsOf(input);
     if (items.has(input.id)) throw new CosiError('already-exists', `${describePointer(input)} already exists`);
+    checkSpec(input);
     const at = new Date(this.now());
     const r = storedResource(
       Object.freeze({
@@ -86,6 +87,7 @@ export class MemoryStore implements ResourceStore {
     const old = items.get(input.id);
     if (old === undefined) throw new CosiError('not-found', `${describePointer(input)} doesn't exist`);
     checkOwner(old, owner);
+    checkSpec(input);
     const labels = input.labels ?? old.metadata.labels;
     const annotations = input.annotations ?? old.metadata.annotations;
     const specJson = JSON.stringify(input.spec);
@@ -199,6 +201,12 @@ export class MemoryStore implements ResourceStore {
       this.historyStart = 0;
     }
     for (const l of this.listeners) l(change);
+  }
+}
+
+function checkSpec(input: ResourceInput): void {
+  if (specDepth(input.spec) > MAX_SPEC_DEPTH) {
+    throw new CosiError('invalid-argument', `${describePointer(input)}: spec is nested deeper than ${MAX_SPEC_DEPTH} levels, which the API cannot encode`);
   }
 }
 

@@ -4,6 +4,26 @@ import type { Json } from '../../shared/wire.js';
 
 export type ChangeType = 'created' | 'updated' | 'destroyed';
 
+/**
+ * The deepest spec a store accepts. On the wire a JSON level is two protobuf messages (Struct, Value), and protobuf
+ * implementations stop at 100 nested messages (protoc's default; protobufjs too): a deeper spec could be stored but
+ * never encoded for a client. Kubernetes objects stay far below this.
+ */
+export const MAX_SPEC_DEPTH = 32;
+
+/** The nesting depth of a JSON value, counted without recursion (a hostile value may be very deep). */
+export function specDepth(value: Json): number {
+  let max = 0;
+  const stack: [Json, number][] = [[value, 0]];
+  for (let next = stack.pop(); next !== undefined; next = stack.pop()) {
+    const [v, depth] = next;
+    if (v === null || typeof v !== 'object') continue;
+    max = Math.max(max, depth + 1);
+    for (const child of Array.isArray(v) ? v : Object.values(v)) stack.push([child, depth + 1]);
+  }
+  return max;
+}
+
 /** One committed change. Revisions are global, start at 1 and grow by one per change. */
 export interface Change {
   readonly revision: number;
@@ -44,7 +64,10 @@ export interface ResourceStore {
 
   /** Throws already-exists. */
   create(input: ResourceInput, owner: string): Resource;
-  /** Throws not-found or owner-conflict. An update that changes nothing keeps the version and commits nothing. */
+  /**
+   * Throws not-found, owner-conflict, or invalid-argument for a spec nested deeper than MAX_SPEC_DEPTH. An update
+   * that changes nothing keeps the version and commits nothing.
+   */
   update(input: ResourceInput, owner: string): Resource;
   /** Throws not-found or owner-conflict. */
   destroy(p: Pointer, owner: string): void;

@@ -96,7 +96,12 @@ export class WatchHub {
       if (sessions !== undefined && sessions.size > 0) {
         for (const s of sessions) this.schedule(s);
         // Encoded now, while the old version's encoding is still cached; it is then dropped (the event has a copy).
-        this.encodedChange(c, UNFILTERED[c.type]);
+        // A failure must not reach the writer, whose change is committed: the sessions meet it again and end with it.
+        try {
+          this.encodedChange(c, UNFILTERED[c.type]);
+        } catch {
+          this.forgetSuperseded(c);
+        }
       } else {
         this.forgetSuperseded(c);
       }

@@ -7,7 +7,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import YAML from 'yaml';
 import type { Json } from '../../shared/wire.js';
 
-export type FaultMode = 'stop' | 'hang' | 'garbage' | 'error' | 'wrong-kind' | 'oversized';
+export type FaultMode = 'stop' | 'hang' | 'garbage' | 'error' | 'wrong-kind' | 'oversized' | 'deep-status';
 type JsonObject = { [key: string]: Json };
 
 export interface KubeletSimulatorOptions {
@@ -267,6 +267,14 @@ export class KubeletSimulator {
           res.end();
         };
         pump();
+        return;
+      }
+      case 'deep-status': {
+        // A valid PodList whose statuses carry a value nested 40 levels deep (a broken or hostile kubelet).
+        let deep: JsonObject = {};
+        for (let i = 0; i < 40; i++) deep = { nested: deep };
+        const items = this.podList().map((p) => ({ ...p, status: { ...obj(p['status']), deep } }));
+        res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify({ kind: 'PodList', apiVersion: 'v1', metadata: {}, items }));
         return;
       }
       default:
