@@ -37,7 +37,7 @@ serveRpc({
     store.create({ ...probe, spec: podStatusPayload(0, bytes) }, 'bench');
     store.update({ ...probe, spec: podStatusPayload(0, bytes, 1) }, 'bench');
     const [change] = store.readChanges(store.revision - 1, 1, STATUS_KIND).changes;
-    const sizes = { resource: cosid.hub.frames.single(store.get(probe)).length, updatedEvent: cosid.hub.singleResponse(cosid.hub.encodedChange(change, 1)).length };
+    const sizes = { resource: cosid.hub.frames.single(store.get(probe)).length, updatedEvent: cosid.hub.events.response(cosid.hub.events.change(change, 1)).length };
     store.destroy(probe, 'bench');
     return sizes;
   },

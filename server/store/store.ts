@@ -1,4 +1,5 @@
 // The store contract: the only way anything above reaches resources. A second backend (etcd) implements it too.
+import { isCosiError } from '../../shared/errors.js';
 import type { Kind, Pointer, Resource } from '../../shared/resource.js';
 import type { Json } from '../../shared/wire.js';
 
@@ -81,4 +82,14 @@ export interface ResourceStore {
   onCommit(listener: (change: Change) => void): () => void;
   /** Called for each change just before history forgets it (oldest first). Returns the unsubscribe function. */
   onTrim(listener: (change: Change) => void): () => void;
+}
+
+/** One resource by pointer, or undefined when it does not exist (without listing its whole kind). */
+export function getOrUndefined(store: ResourceStore, p: Pointer): Resource | undefined {
+  try {
+    return store.get(p);
+  } catch (err) {
+    if (isCosiError(err, 'not-found')) return undefined;
+    throw err;
+  }
 }

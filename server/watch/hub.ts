@@ -1,11 +1,13 @@
 // Watches over the store's shared history. Each watcher is only a cursor: it pulls from history when its
-// stream can take more (grpc-js backpressure), so a slow watcher costs no memory and slows nobody.
+// stream can take more (grpc-js backpressure), so a slow watcher costs no memory and slows nobody. How events
+// become bytes (encoded once, kept within a budget, shared batches) is events.ts.
 import { CosiError, isCosiError } from '../../shared/errors.js';
-import { kindKey, type Kind, type Pointer, type Resource } from '../../shared/resource.js';
+import { kindKey, type Resource } from '../../shared/resource.js';
 import { EventType } from '../../shared/wire.js';
 import { Frames } from '../api/frames.js';
-import type { Change, ResourceStore } from '../store/store.js';
+import { getOrUndefined, type Change, type ResourceStore } from '../store/store.js';
 import { encodeBookmark, type Position } from './bookmark.js';
+import { EncodedEvents } from './events.js';
 import type { WatchPlan } from './plan.js';
 
 /** Where a session writes: a server stream with grpc-js write()/'drain' semantics. */
@@ -76,12 +78,7 @@ export class WatchHub {
   private readonly byKind = new Map<string, Set<WatchSession>>();
   private readonly dirty = new Set<WatchSession>();
   private flushScheduled = false;
-  /** Encoded events by change, oldest first; each entry's bytes count the single-event responses. */
-  private readonly eventCache = new Map<Change, { byType: Map<EventType, Buffer>; bytes: number }>();
-  private eventCacheBytes = 0;
-  private readonly responseCache = new WeakMap<Buffer, Buffer>();
-  private readonly sharedBatches = new Map<string, CatchUpBatch>();
-  private sharedBytes = 0;
+  readonly events: EncodedEvents;
   private readonly unsubscribe: () => void;
   private readonly unsubscribeTrim: () => void;
   private readonly bookmarkTimer: NodeJS.Timeout | undefined;
@@ -91,20 +88,11 @@ export class WatchHub {
     readonly frames: Frames,
     readonly limits: WatchLimits = DEFAULT_WATCH_LIMITS,
   ) {
+    this.events = new EncodedEvents(store, frames, limits);
     this.unsubscribe = store.onCommit((c) => {
       const sessions = this.byKind.get(kindKey(c.resource.metadata));
-      if (sessions !== undefined && sessions.size > 0) {
-        for (const s of sessions) this.schedule(s);
-        // Encoded now, while the old version's encoding is still cached; it is then dropped (the event has a copy).
-        // A failure must not reach the writer, whose change is committed: the sessions meet it again and end with it.
-        try {
-          this.encodedChange(c, UNFILTERED[c.type]);
-        } catch {
-          this.forgetSuperseded(c);
-        }
-      } else {
-        this.forgetSuperseded(c);
-      }
+      if (sessions !== undefined) for (const s of sessions) this.schedule(s);
+      this.events.committed(c, sessions !== undefined && sessions.size > 0);
     });
     // Lag counts only in events a watcher would receive: when history forgets a change, a watcher still
     // before it skips it if it would not deliver it, and only loses its place if it would.
@@ -150,7 +138,7 @@ export class WatchHub {
         maxBufferedBytes = Math.max(maxBufferedBytes, s.sink.bufferedBytes());
       }
     }
-    return { sessions, parked, maxBuffered, maxBufferedBytes, cachedEventBytes: this.eventCacheBytes };
+    return { sessions, parked, maxBuffered, maxBufferedBytes, cachedEventBytes: this.events.cachedBytes };
   }
 
   /** Ends every watch with the given status (graceful shutdown). */
@@ -206,107 +194,7 @@ export class WatchHub {
       setImmediate(() => this.flush());
     }
   }
-
-  /** A NOOP event carrying the bookmark of `revision`. */
-  bookmarkEvent(revision: number): Buffer {
-    return this.frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(this.store.instance, { revision }));
-  }
-
-  /** A WatchResponse holding just this encoded event; shared by every watcher that sends it alone. */
-  singleResponse(event: Buffer): Buffer {
-    return this.responseCache.get(event) ?? Frames.watchResponse([event]);
-  }
-
-  /**
-   * The next WatchResponse from `from` for an aggregated watch that filters nothing: the same bytes for every such
-   * watcher of the kind at that cursor. Building one stops at a cursor another batch starts from, so watchers that
-   * fell behind at different points follow the same cuts after one short batch and share every batch after it.
-   * Without a response the watch is caught up (through: the last revision examined).
-   */
-  catchUpBatch(kind: Kind, from: number): CatchUpBatch {
-    const prefix = `${kindKey(kind)}\n`;
-    const cached = this.sharedBatches.get(prefix + from);
-    if (cached !== undefined) return cached;
-    const { maxBatchEvents, maxBatchBytes } = this.limits;
-    const events: Buffer[] = [];
-    let bytes = 0;
-    let through = from;
-    fill: for (;;) {
-      const batch = this.store.readChanges(through, maxBatchEvents - events.length, kind);
-      if (batch.changes.length === 0) {
-        // Past the last change of the kind only when there is nothing to send: a batch ends at its last change,
-        // so every watcher that sent it stands at the same cursor.
-        if (events.length === 0) through = batch.through;
-        break;
-      }
-      for (const c of batch.changes) {
-        const event = this.encodedChange(c, UNFILTERED[c.type]);
-        events.push(event);
-        bytes += event.length;
-        through = c.revision;
-        if (events.length >= maxBatchEvents || bytes >= maxBatchBytes || this.sharedBatches.has(prefix + through)) break fill;
-      }
-    }
-    const [only] = events;
-    if (only === undefined) return { through };
-    const result = { through, response: events.length === 1 ? this.singleResponse(only) : Frames.watchResponse(events) };
-    this.sharedBatches.set(prefix + from, result);
-    this.sharedBytes += result.response.length;
-    for (const [key, old] of this.sharedBatches) {
-      if (this.sharedBytes <= this.limits.sharedBatchBytes) break;
-      this.sharedBatches.delete(key);
-      this.sharedBytes -= old.response?.length ?? 0;
-    }
-    return result;
-  }
-
-  /** The encoded event for a change as delivered with the given type; shared by all watchers. */
-  encodedChange(change: Change, type: EventType): Buffer {
-    let entry = this.eventCache.get(change);
-    if (entry === undefined) {
-      entry = { byType: new Map(), bytes: 0 };
-      this.eventCache.set(change, entry);
-    }
-    let bytes = entry.byType.get(type);
-    if (bytes === undefined) {
-      const bookmark = encodeBookmark(this.store.instance, { revision: change.revision });
-      const event = this.frames.event(type, change.resource, change.type === 'updated' ? change.old : undefined, bookmark);
-      this.forgetSuperseded(change);
-      // One buffer: the single-event WatchResponse; the event bytes (for aggregated batches) are a view into it.
-      const response = Frames.watchResponse([event]);
-      bytes = response.subarray(response.length - event.length);
-      this.responseCache.set(bytes, response);
-      entry.byType.set(type, bytes);
-      entry.bytes += response.length;
-      this.eventCacheBytes += response.length;
-      for (const [oldest, e] of this.eventCache) {
-        if (this.eventCacheBytes <= this.limits.eventCacheBytes || oldest === change) break;
-        this.eventCache.delete(oldest);
-        this.eventCacheBytes -= e.bytes;
-      }
-    }
-    return bytes;
-  }
-
-  /** Versions that are no longer current keep no wire encoding of their own (Get and List read current ones). */
-  private forgetSuperseded(change: Change): void {
-    if (change.old !== undefined) this.frames.forget(change.old);
-    if (change.type === 'destroyed' || !this.isCurrent(change.resource)) this.frames.forget(change.resource);
-  }
-
-  private isCurrent(r: Resource): boolean {
-    return currentOrUndefined(this.store, r.metadata) === r;
-  }
 }
-
-interface CatchUpBatch {
-  /** The watcher's cursor after sending it. */
-  readonly through: number;
-  readonly response?: Buffer;
-}
-
-/** How a change reaches a watcher that filters nothing. */
-const UNFILTERED: Record<Change['type'], EventType> = { created: EventType.CREATED, updated: EventType.UPDATED, destroyed: EventType.DESTROYED };
 
 class WatchSession {
   /** The tail position: every change up to this revision has been delivered or skipped. */
@@ -377,7 +265,7 @@ class WatchSession {
       this.finish(asCosiError(err));
       return;
     }
-    this.write(Frames.watchResponse([this.hub.bookmarkEvent(this.cursor)]));
+    this.write(Frames.watchResponse([this.hub.events.bookmark(this.cursor)]));
   }
 
   private write(message: Buffer): boolean {
@@ -415,12 +303,12 @@ class WatchSession {
       // Single resource: its state now, then its changes.
       this.cursor = now;
       const bookmark = encodeBookmark(store.instance, { revision: now });
-      if (plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.bookmarkEvent(now));
+      if (plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.events.bookmark(now));
       if (plan.tailEvents > 0) {
         this.cursor = this.tailStart(now);
         return;
       }
-      const current = currentOrUndefined(store, { ...plan.kind, id: plan.id });
+      const current = getOrUndefined(store, { ...plan.kind, id: plan.id });
       this.initial.push(
         current !== undefined
           ? frames.event(EventType.CREATED, current, undefined, bookmark)
@@ -433,7 +321,7 @@ class WatchSession {
       return;
     }
     this.cursor = plan.tailEvents > 0 ? this.tailStart(now) : now;
-    if (plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.bookmarkEvent(this.cursor));
+    if (plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.events.bookmark(this.cursor));
   }
 
   private resume(pos: Position): void {
@@ -446,7 +334,7 @@ class WatchSession {
     // Checks the position is still in history (too-old otherwise).
     store.readChanges(pos.revision, 0, this.plan.kind);
     this.cursor = pos.revision;
-    if (this.plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.bookmarkEvent(this.cursor));
+    if (this.plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.events.bookmark(this.cursor));
   }
 
   private beginBootstrap(revision: number, afterId: string | undefined, items: Resource[]): void {
@@ -509,7 +397,7 @@ class WatchSession {
       return Frames.watchResponse([]);
     }
     if (this.sharesBatches && this.initial.length === 0 && this.bootstrapItems === undefined && this.backlog.length === 0) {
-      const { through, response } = this.hub.catchUpBatch(this.plan.kind, this.cursor);
+      const { through, response } = this.hub.events.catchUp(this.plan.kind, this.cursor);
       this.cursor = through;
       return response;
     }
@@ -517,7 +405,7 @@ class WatchSession {
     if (batch.length === 0) return undefined;
     const [only] = batch;
     // The common case (one event, not aggregated) writes the same shared bytes to every watcher: no copy.
-    return batch.length === 1 && only !== undefined ? this.hub.singleResponse(only) : Frames.watchResponse(batch);
+    return batch.length === 1 && only !== undefined ? this.hub.events.response(only) : Frames.watchResponse(batch);
   }
 
   /** The events of the next WatchResponse (one unless aggregated); empty when caught up. */
@@ -546,13 +434,13 @@ class WatchSession {
       const done = encodeBookmark(store.instance, { revision: this.bootstrapRevision });
       if (this.sendsAll) {
         if (!add(frames.event(EventType.BOOTSTRAPPED, undefined, undefined, done))) return out;
-        if (this.plan.bootstrapBookmark && !add(this.hub.bookmarkEvent(this.bootstrapRevision))) return out;
+        if (this.plan.bootstrapBookmark && !add(this.hub.events.bookmark(this.bootstrapRevision))) return out;
       }
     }
     while (this.backlog.length > 0) {
       const c = this.backlog.shift();
       const type = c === undefined ? undefined : this.deliverAs(c);
-      if (c !== undefined && type !== undefined && !add(this.hub.encodedChange(c, type))) return out;
+      if (c !== undefined && type !== undefined && !add(this.hub.events.change(c, type))) return out;
     }
     for (;;) {
       if (out.length >= max || bytes >= this.hub.limits.maxBatchBytes) return out;
@@ -560,7 +448,7 @@ class WatchSession {
       for (const c of batch.changes) {
         this.cursor = c.revision;
         const type = this.deliverAs(c);
-        if (type !== undefined && !add(this.hub.encodedChange(c, type))) return out;
+        if (type !== undefined && !add(this.hub.events.change(c, type))) return out;
       }
       // Changes this watcher filters out still move its cursor.
       this.cursor = Math.max(this.cursor, batch.through);
@@ -587,15 +475,6 @@ class WatchSession {
   }
 }
 
-/** One resource by pointer, without listing (and sorting) its whole kind. */
-function currentOrUndefined(store: ResourceStore, p: Pointer): Resource | undefined {
-  try {
-    return store.get(p);
-  } catch (err) {
-    if (isCosiError(err, 'not-found')) return undefined;
-    throw err;
-  }
-}
 
 function tombstone(namespace: string, type: string, id: string): Resource {
   const epoch = new Date(0);

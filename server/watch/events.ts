@@ -1,0 +1,155 @@
+// Watch events as bytes: each change encoded once for every watcher, kept within a budget, and the catch-up batches
+// that unfiltered aggregated watchers share. The hub decides who gets what; this decides how it is encoded and kept.
+import { kindKey, type Kind, type Resource } from '../../shared/resource.js';
+import { EventType } from '../../shared/wire.js';
+import { Frames } from '../api/frames.js';
+import { getOrUndefined, type Change, type ResourceStore } from '../store/store.js';
+import { encodeBookmark } from './bookmark.js';
+
+export interface EncodingLimits {
+  /** Events per aggregated WatchResponse. */
+  readonly maxBatchEvents: number;
+  /** Bytes per aggregated WatchResponse (a single larger event still goes alone). */
+  readonly maxBatchBytes: number;
+  /** Bytes of catch-up batches kept for other watchers to send as they are (oldest dropped first). */
+  readonly sharedBatchBytes: number;
+  /** Bytes of encoded events kept (oldest dropped first; older ones are encoded again when needed). */
+  readonly eventCacheBytes: number;
+}
+
+export interface CatchUpBatch {
+  /** The watcher's cursor after sending it. */
+  readonly through: number;
+  readonly response?: Buffer;
+}
+
+/** How a change reaches a watcher that filters nothing. */
+export const UNFILTERED: Record<Change['type'], EventType> = { created: EventType.CREATED, updated: EventType.UPDATED, destroyed: EventType.DESTROYED };
+
+export class EncodedEvents {
+  /** Encoded events by change, oldest first; each entry's bytes count the single-event responses. */
+  private readonly cache = new Map<Change, { byType: Map<EventType, Buffer>; bytes: number }>();
+  private cacheBytes = 0;
+  private readonly responses = new WeakMap<Buffer, Buffer>();
+  private readonly sharedBatches = new Map<string, CatchUpBatch>();
+  private sharedBytes = 0;
+
+  constructor(
+    private readonly store: ResourceStore,
+    readonly frames: Frames,
+    private readonly limits: EncodingLimits,
+  ) {}
+
+  /** Bytes of encoded events kept now. */
+  get cachedBytes(): number {
+    return this.cacheBytes;
+  }
+
+  /**
+   * A change was committed: with watchers of its kind it is encoded now, while the old version's encoding is still
+   * cached, which is then dropped (the event has a copy). A failure must not reach the writer, whose change is
+   * committed: the sessions meet it again and end with it.
+   */
+  committed(change: Change, watched: boolean): void {
+    if (watched) {
+      try {
+        this.change(change, UNFILTERED[change.type]);
+        return;
+      } catch {
+        // Left to the sessions.
+      }
+    }
+    this.forgetSuperseded(change);
+  }
+
+  /** A NOOP event carrying the bookmark of `revision`. */
+  bookmark(revision: number): Buffer {
+    return this.frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(this.store.instance, { revision }));
+  }
+
+  /** A WatchResponse holding just this encoded event; shared by every watcher that sends it alone. */
+  response(event: Buffer): Buffer {
+    return this.responses.get(event) ?? Frames.watchResponse([event]);
+  }
+
+  /**
+   * The next WatchResponse from `from` for an aggregated watch that filters nothing: the same bytes for every such
+   * watcher of the kind at that cursor. Building one stops at a cursor another batch starts from, so watchers that
+   * fell behind at different points follow the same cuts after one short batch and share every batch after it.
+   * Without a response the watch is caught up (through: the last revision examined).
+   */
+  catchUp(kind: Kind, from: number): CatchUpBatch {
+    const prefix = `${kindKey(kind)}\n`;
+    const cached = this.sharedBatches.get(prefix + from);
+    if (cached !== undefined) return cached;
+    const { maxBatchEvents, maxBatchBytes } = this.limits;
+    const events: Buffer[] = [];
+    let bytes = 0;
+    let through = from;
+    fill: for (;;) {
+      const batch = this.store.readChanges(through, maxBatchEvents - events.length, kind);
+      if (batch.changes.length === 0) {
+        // Past the last change of the kind only when there is nothing to send: a batch ends at its last change,
+        // so every watcher that sent it stands at the same cursor.
+        if (events.length === 0) through = batch.through;
+        break;
+      }
+      for (const c of batch.changes) {
+        const event = this.change(c, UNFILTERED[c.type]);
+        events.push(event);
+        bytes += event.length;
+        through = c.revision;
+        if (events.length >= maxBatchEvents || bytes >= maxBatchBytes || this.sharedBatches.has(prefix + through)) break fill;
+      }
+    }
+    const [only] = events;
+    if (only === undefined) return { through };
+    const result = { through, response: events.length === 1 ? this.response(only) : Frames.watchResponse(events) };
+    this.sharedBatches.set(prefix + from, result);
+    this.sharedBytes += result.response.length;
+    for (const [key, old] of this.sharedBatches) {
+      if (this.sharedBytes <= this.limits.sharedBatchBytes) break;
+      this.sharedBatches.delete(key);
+      this.sharedBytes -= old.response?.length ?? 0;
+    }
+    return result;
+  }
+
+  /** The encoded event for a change as delivered with the given type; shared by all watchers. */
+  change(change: Change, type: EventType): Buffer {
+    let entry = this.cache.get(change);
+    if (entry === undefined) {
+      entry = { byType: new Map(), bytes: 0 };
+      this.cache.set(change, entry);
+    }
+    let bytes = entry.byType.get(type);
+    if (bytes === undefined) {
+      const bookmark = encodeBookmark(this.store.instance, { revision: change.revision });
+      const event = this.frames.event(type, change.resource, change.type === 'updated' ? change.old : undefined, bookmark);
+      this.forgetSuperseded(change);
+      // One buffer: the single-event WatchResponse; the event bytes (for aggregated batches) are a view into it.
+      const response = Frames.watchResponse([event]);
+      bytes = response.subarray(response.length - event.length);
+      this.responses.set(bytes, response);
+      entry.byType.set(type, bytes);
+      entry.bytes += response.length;
+      this.cacheBytes += response.length;
+      for (const [oldest, e] of this.cache) {
+        if (this.cacheBytes <= this.limits.eventCacheBytes || oldest === change) break;
+        this.cache.delete(oldest);
+        this.cacheBytes -= e.bytes;
+      }
+    }
+    return bytes;
+  }
+
+  /** Versions that are no longer current keep no wire encoding of their own (Get and List read current ones). */
+  forgetSuperseded(change: Change): void {
+    if (change.old !== undefined) this.frames.forget(change.old);
+    if (change.type === 'destroyed' || !this.isCurrent(change.resource)) this.frames.forget(change.resource);
+  }
+
+  private isCurrent(r: Resource): boolean {
+    return getOrUndefined(this.store, r.metadata) === r;
+  }
+}
