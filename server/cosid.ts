@@ -108,6 +108,7 @@ export class Cosid {
       server.bindAsync(opts.listen, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${opts.listen}: ${err.message}`)) : resolve(p)));
     });
     logHandshakeRefusals(server, log);
+    rememberPeerCertificates(server);
     log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName });
     return new Cosid(opts, port, { store, registry, hub, server, health });
   }
@@ -150,6 +151,24 @@ function reflectionPackage(): protoLoader.PackageDefinition {
     merged = { ...merged, ...pkg };
   }
   return merged;
+}
+
+/**
+ * Every call's roles come from its connection's client certificate, and grpc-js asks the socket for it on every call
+ * (getAuthContext), which builds a new certificate object each time: a quarter of a Get's server time. A
+ * connection's certificate is fixed at its handshake (HTTP/2 forbids renegotiation, TLS 1.3 has none), so each
+ * socket answers with the object it built first. Without access to grpc-js's TLS servers nothing changes.
+ */
+function rememberPeerCertificates(server: grpc.Server): void {
+  const internal = server as unknown as { http2Servers?: Map<unknown, unknown> };
+  for (const s of internal.http2Servers?.keys() ?? []) {
+    if (!(s instanceof TlsServer)) continue;
+    s.on('secureConnection', (socket: TLSSocket) => {
+      const read = socket.getPeerCertificate.bind(socket);
+      let first: ReturnType<TLSSocket['getPeerCertificate']> | undefined;
+      socket.getPeerCertificate = ((detailed?: boolean) => (detailed === true ? read(true) : (first ??= read(false)))) as TLSSocket['getPeerCertificate'];
+    });
+  }
 }
 
 /**
