@@ -88,11 +88,15 @@ describe('config edits apply without a restart', () => {
     let deep: Json = {};
     for (let i = 0; i < 40; i++) deep = { nested: deep };
     const tooDeep = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'deep' }, spec: { containers: [{ name: 'c', image: 'busybox' }], extra: deep } };
-    await t.writeConfig(machineConfig([pod('nginx'), tooDeep]));
-    await eventually(async () => expect((await t.client.list('staticpods')).map((r) => r.metadata.id).sort()).toEqual(['default-deep', 'default-nginx']));
+    // The deep part may also be where the name is kept from: only strings are.
+    const deepKind = { apiVersion: 'v1', kind: deep, metadata: { name: 'deepkind' }, spec: { containers: [{ name: 'c', image: 'busybox' }] } };
+    await t.writeConfig(machineConfig([pod('nginx'), tooDeep, deepKind]));
+    await eventually(async () => expect((await t.client.list('staticpods')).map((r) => r.metadata.id).sort()).toEqual(['default-deep', 'default-deepkind', 'default-nginx']));
     const bad = await t.client.get('staticpods', 'default-deep');
-    expect(bad.spec).toEqual({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'deep', namespace: null }, status: { phase: 'Failed', reason: 'InvalidPod', message: 'invalid pod: nested deeper than 32 levels' } });
+    const status = { phase: 'Failed', reason: 'InvalidPod', message: 'invalid pod: nested deeper than 32 levels' };
+    expect(bad.spec).toEqual({ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'deep', namespace: null }, status });
     expect(bad.metadata.labels).toEqual({ 'cosi-pods.dev/invalid': 'true' });
+    expect((await t.client.get('staticpods', 'default-deepkind')).spec).toEqual({ apiVersion: 'v1', kind: null, metadata: { name: 'deepkind', namespace: null }, status });
     const served = (await (await fetch(t.node.manifests.url)).json()) as { items: { metadata: { name: string } }[] };
     expect(served.items.map((p) => p.metadata.name)).toEqual(['nginx']);
     await t.writeConfig(machineConfig([pod('nginx')]));

@@ -1,6 +1,7 @@
 // Machine config -> StaticPod resources: creates, updates (only when changed) and destroys to match.
 // Each pod is validated as a kubelet would; an invalid one is kept visible with its reason, never served.
 import type { Logger } from '../../shared/log.js';
+import type { Json } from '../../shared/wire.js';
 import type { JsonObject, StaticPodEntry } from '../config/machine-config.js';
 import { validateStaticPod } from '../config/pod-validation.js';
 import { INVALID_LABEL, K8S_NAMESPACE, STATIC_POD_TYPE } from '../resources/k8s.js';
@@ -51,10 +52,12 @@ function invalidPodSpec(pod: JsonObject, message: string): JsonObject {
   if (specDepth(whole) <= MAX_SPEC_DEPTH) return whole;
   const md = pod['metadata'];
   const named = md !== null && typeof md === 'object' && !Array.isArray(md) ? md : {};
+  // Strings only: any of these could be the deep part.
+  const text = (v: Json | undefined) => (typeof v === 'string' ? v : null);
   return {
-    apiVersion: pod['apiVersion'] ?? null,
-    kind: pod['kind'] ?? null,
-    metadata: { name: named['name'] ?? null, namespace: named['namespace'] ?? null },
+    apiVersion: text(pod['apiVersion']),
+    kind: text(pod['kind']),
+    metadata: { name: text(named['name']), namespace: text(named['namespace']) },
     status,
   };
 }

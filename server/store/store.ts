@@ -63,7 +63,7 @@ export interface ResourceStore {
   /** The current resources of a kind, sorted by ID. */
   list(k: Kind): Resource[];
 
-  /** Throws already-exists. */
+  /** Throws already-exists, or invalid-argument for a spec nested deeper than MAX_SPEC_DEPTH. */
   create(input: ResourceInput, owner: string): Resource;
   /**
    * Throws not-found, owner-conflict, or invalid-argument for a spec nested deeper than MAX_SPEC_DEPTH. An update
