@@ -4,6 +4,7 @@
 import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import YAML from 'yaml';
 import type { Json } from '../../shared/wire.js';
 
@@ -35,7 +36,8 @@ const SERVER_HEADER = 'kubelet-simulator';
 
 export class KubeletSimulator {
   private running = new Map<string, SimPod>();
-  private etag: string | undefined;
+  /** The last manifest body fetched: like the kubelet, an identical body changes nothing. */
+  private lastBody: string | undefined;
   private mode: FaultMode | undefined;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -131,18 +133,25 @@ export class KubeletSimulator {
     this.polls++;
     let res: Response;
     try {
-      res = await fetch(this.opts.staticPodURL, { headers: this.etag !== undefined ? { 'If-None-Match': this.etag } : {}, signal: AbortSignal.timeout(5000) });
+      // The kubelet's HTTP source sends no conditional headers: it fetches the whole body and compares bytes.
+      res = await fetch(this.opts.staticPodURL, { signal: AbortSignal.timeout(5000) });
     } catch (err) {
       this.log(`kubelet-simulator: cannot fetch ${this.opts.staticPodURL}: ${String(err)}; keeping current pods`);
       return;
     }
-    if (res.status === 304) return;
     const text = await res.text();
     if (res.status !== 200) {
       this.log(`kubelet-simulator: ${this.opts.staticPodURL} answered ${res.status}; keeping current pods`);
       return;
     }
-    this.etag = res.headers.get('etag') ?? undefined;
+    if (text.length === 0) {
+      // The kubelet treats an empty body as an empty set: every pod from this source stops.
+      this.log(`kubelet-simulator: zero-length data received from ${this.opts.staticPodURL}`);
+      this.running = new Map();
+      return;
+    }
+    if (text === this.lastBody) return;
+    this.lastBody = text;
     let doc: unknown;
     try {
       doc = YAML.parse(text);
@@ -152,14 +161,18 @@ export class KubeletSimulator {
     }
     const d = obj(doc as Json);
     const items = d['kind'] === 'PodList' ? (Array.isArray(d['items']) ? d['items'] : []) : [d];
+    // Like the kubelet's URL source, one invalid pod makes the whole manifest unusable: the pods already running
+    // keep running and nothing new starts until the body changes.
+    for (const item of items) {
+      const problem = invalid(obj(item));
+      if (problem !== undefined) {
+        this.log(`kubelet-simulator: Could not process manifest file ${this.opts.staticPodURL} err: invalid pod: [${problem}]`);
+        return;
+      }
+    }
     const next = new Map<string, SimPod>();
     for (const item of items) {
       const p = obj(item);
-      const problem = invalid(p);
-      if (problem !== undefined) {
-        this.log(`kubelet-simulator: Could not process manifest file ${this.opts.staticPodURL} err: invalid pod: [${problem}]`);
-        continue;
-      }
       const md = obj(p['metadata']);
       const ns = typeof md['namespace'] === 'string' && md['namespace'] !== '' ? md['namespace'] : 'default';
       const key = `${ns}/${String(md['name'])}-${this.opts.nodeName}`;
@@ -234,6 +247,12 @@ export class KubeletSimulator {
 
   private handle(req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): void {
     res.setHeader('Server', SERVER_HEADER);
+    // The kubelet completes the handshake and then refuses an unauthenticated request (no certificate, or one the
+    // cluster CA did not sign) with 401, anonymous access being off.
+    if (!(req.socket as TLSSocket).authorized) {
+      res.writeHead(401, { 'Content-Type': 'text/plain; charset=utf-8' }).end('Unauthorized\n');
+      return;
+    }
     const path = (req.url ?? '/').split('?')[0];
     if (path !== '/pods/' && path !== '/pods') {
       res.writeHead(404).end('404 page not found\n');
@@ -285,8 +304,9 @@ export class KubeletSimulator {
 }
 
 function makeServer(opts: KubeletSimulatorOptions, handler: (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse) => void): Server {
-  // Like the kubelet: client certificates signed by the cluster CA are required.
-  return createServer({ cert: opts.tls.certPem, key: opts.tls.keyPem, ca: opts.tls.clientCaPem, requestCert: true, rejectUnauthorized: true }, handler);
+  // Like the kubelet: a client certificate is asked for and verified against the cluster CA; a request without a
+  // valid one is answered 401 (see handle), not refused during the handshake.
+  return createServer({ cert: opts.tls.certPem, key: opts.tls.keyPem, ca: opts.tls.clientCaPem, requestCert: true, rejectUnauthorized: false }, handler);
 }
 
 function listen(server: Server, host: string, port: number): Promise<number> {
