@@ -153,6 +153,12 @@ function reflectionPackage(): protoLoader.PackageDefinition {
   return merged;
 }
 
+/** grpc-js's TLS servers (internal: empty if a grpc-js release renames them, and the hooks below do nothing). */
+function tlsServersOf(server: grpc.Server): TlsServer[] {
+  const internal = server as unknown as { http2Servers?: Map<unknown, unknown> };
+  return [...(internal.http2Servers?.keys() ?? [])].filter((s): s is TlsServer => s instanceof TlsServer);
+}
+
 /**
  * Every call's roles come from its connection's client certificate, and grpc-js asks the socket for it on every call
  * (getAuthContext), which builds a new certificate object each time: a quarter of a Get's server time. A
@@ -160,9 +166,7 @@ function reflectionPackage(): protoLoader.PackageDefinition {
  * socket answers with the object it built first. Without access to grpc-js's TLS servers nothing changes.
  */
 function rememberPeerCertificates(server: grpc.Server): void {
-  const internal = server as unknown as { http2Servers?: Map<unknown, unknown> };
-  for (const s of internal.http2Servers?.keys() ?? []) {
-    if (!(s instanceof TlsServer)) continue;
+  for (const s of tlsServersOf(server)) {
     s.on('secureConnection', (socket: TLSSocket) => {
       const read = socket.getPeerCertificate.bind(socket);
       let first: ReturnType<TLSSocket['getPeerCertificate']> | undefined;
@@ -177,9 +181,7 @@ function rememberPeerCertificates(server: grpc.Server): void {
  */
 function logHandshakeRefusals(server: grpc.Server, log: Logger): void {
   const seen = new Set<string>();
-  const internal = server as unknown as { http2Servers?: Map<unknown, unknown> };
-  for (const s of internal.http2Servers?.keys() ?? []) {
-    if (!(s instanceof TlsServer)) continue;
+  for (const s of tlsServersOf(server)) {
     s.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
       const reason = err.code ?? err.message;
       const address = socket.remoteAddress ?? 'unknown';

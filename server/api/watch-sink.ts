@@ -7,7 +7,7 @@ import type { WatchSink } from '../watch/hub.js';
  * resources) would sit in memory per watcher. The sink also reports full once `maxBufferedBytes` are queued and
  * reopens when the queue is back under it, so a slow watcher holds at most about that many bytes.
  */
-export function grpcWatchSink(call: grpc.ServerWritableStream<unknown, Buffer>, maxBufferedBytes: number, end: (error?: Parameters<WatchSink['end']>[0]) => void): WatchSink {
+export function grpcWatchSink(call: grpc.ServerWritableStream<unknown, Buffer>, maxBufferedBytes: number, end: WatchSink['end']): WatchSink {
   let queuedBytes = 0;
   let waitingForBytes: (() => void) | undefined;
   return {

@@ -24,7 +24,7 @@ export interface CatchUpBatch {
 }
 
 /** How a change reaches a watcher that filters nothing. */
-export const UNFILTERED: Record<Change['type'], EventType> = { created: EventType.CREATED, updated: EventType.UPDATED, destroyed: EventType.DESTROYED };
+const UNFILTERED: Record<Change['type'], EventType> = { created: EventType.CREATED, updated: EventType.UPDATED, destroyed: EventType.DESTROYED };
 
 export class EncodedEvents {
   /** Encoded events by change, oldest first; each entry's bytes count the single-event responses. */
@@ -36,7 +36,7 @@ export class EncodedEvents {
 
   constructor(
     private readonly store: ResourceStore,
-    readonly frames: Frames,
+    private readonly frames: Frames,
     private readonly limits: EncodingLimits,
   ) {}
 
@@ -106,12 +106,7 @@ export class EncodedEvents {
     if (only === undefined) return { through };
     const result = { through, response: events.length === 1 ? this.response(only) : Frames.watchResponse(events) };
     this.sharedBatches.set(prefix + from, result);
-    this.sharedBytes += result.response.length;
-    for (const [key, old] of this.sharedBatches) {
-      if (this.sharedBytes <= this.limits.sharedBatchBytes) break;
-      this.sharedBatches.delete(key);
-      this.sharedBytes -= old.response?.length ?? 0;
-    }
+    this.sharedBytes = dropOldest(this.sharedBatches, (b) => b.response?.length ?? 0, this.sharedBytes + result.response.length, this.limits.sharedBatchBytes, prefix + from);
     return result;
   }
 
@@ -133,18 +128,13 @@ export class EncodedEvents {
       this.responses.set(bytes, response);
       entry.byType.set(type, bytes);
       entry.bytes += response.length;
-      this.cacheBytes += response.length;
-      for (const [oldest, e] of this.cache) {
-        if (this.cacheBytes <= this.limits.eventCacheBytes || oldest === change) break;
-        this.cache.delete(oldest);
-        this.cacheBytes -= e.bytes;
-      }
+      this.cacheBytes = dropOldest(this.cache, (e) => e.bytes, this.cacheBytes + response.length, this.limits.eventCacheBytes, change);
     }
     return bytes;
   }
 
   /** Versions that are no longer current keep no wire encoding of their own (Get and List read current ones). */
-  forgetSuperseded(change: Change): void {
+  private forgetSuperseded(change: Change): void {
     if (change.old !== undefined) this.frames.forget(change.old);
     if (change.type === 'destroyed' || !this.isCurrent(change.resource)) this.frames.forget(change.resource);
   }
@@ -152,4 +142,17 @@ export class EncodedEvents {
   private isCurrent(r: Resource): boolean {
     return getOrUndefined(this.store, r.metadata) === r;
   }
+}
+
+/**
+ * Drops the oldest entries of an insertion-ordered map until `total` bytes fit `budget`, never `keep` (the entry
+ * just added). Returns the new total.
+ */
+function dropOldest<K, V>(map: Map<K, V>, bytesOf: (v: V) => number, total: number, budget: number, keep: K): number {
+  for (const [key, value] of map) {
+    if (total <= budget || key === keep) break;
+    map.delete(key);
+    total -= bytesOf(value);
+  }
+  return total;
 }

@@ -184,10 +184,10 @@ export class WatchHub {
       if (performance.now() >= deadline) break;
     }
     if (next < sessions.length) {
-      const rescheduled = [...this.dirty];
+      // The ones not reached go first, then those that asked again during this slice.
+      const later = [...sessions.slice(next), ...this.dirty];
       this.dirty.clear();
-      for (let i = next; i < sessions.length; i++) this.dirty.add(sessions[i] as WatchSession);
-      for (const s of rescheduled) this.dirty.add(s);
+      for (const s of later) this.dirty.add(s);
     }
     if (this.dirty.size > 0 && !this.flushScheduled) {
       this.flushScheduled = true;
