@@ -3,6 +3,8 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    // One real containerd for the run (COSI_TEST_CRI=off skips the tests that need it).
+    globalSetup: ['test/cri/global-setup.ts'],
     // Real servers and child processes on a loaded 2-core machine: generous, bounded timeouts.
     testTimeout: 60_000,
     hookTimeout: 60_000,

@@ -5,6 +5,7 @@ import { CosiError, kindOfGrpcCode } from '../shared/errors.js';
 import { EventType, LabelOp, wire, type Codec, type WireEvent, type WireLabelQuery, type WireWatchRequest } from '../shared/wire.js';
 import type { CosiContext } from './cosiconfig.js';
 import { resilientWatch, type ReconnectOptions } from './watch.js';
+import { listContainers, streamLogs, type ContainerInfo, type LogsOptions, type MachineTransport } from './machine.js';
 import { fromWireResource, toDefinition, type CosiResource, type ResourceDefinition, type WatchEvent, type WatchEventType } from './resource.js';
 
 export const DEFINITION_TYPE = 'ResourceDefinitions.meta.cosi.dev';
@@ -186,6 +187,20 @@ export class CosiClient {
    */
   watch(type: string, opts: WatchOptions = {}): Observable<WatchEvent> {
     return resilientWatch(this, type, opts);
+  }
+
+  /** The Kubernetes pods' sandboxes and containers, straight from the node's container runtime (`containers -k`). */
+  containers(opts: { signal?: AbortSignal } = {}): Promise<ContainerInfo[]> {
+    return listContainers(this.machine(), opts);
+  }
+
+  /** A container's log (or the kubelet's: id `kubelet`) as chunks of whole lines; see LogsOptions. */
+  logs(id: string, opts: LogsOptions = {}): AsyncGenerator<Buffer> {
+    return streamLogs(this.machine(), id, opts);
+  }
+
+  private machine(): MachineTransport {
+    return { client: this.client, endpoint: this.endpoint, noteNode: (md) => this.noteNode(md), toError: (err) => toCosiError(err, this.endpoint) };
   }
 
   /** One raw Watch call: the first (empty) "ready" response is dropped; no reconnects. */

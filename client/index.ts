@@ -5,6 +5,7 @@ export { defaultCosiConfigPath, loadCosiConfig, selectContext } from './cosiconf
 export type { CosiConfig, CosiContext } from './cosiconfig.js';
 export type { CosiResource, ResourceDefinition, WatchEvent, WatchEventType } from './resource.js';
 export type { ConnectionState, ReconnectOptions } from './watch.js';
+export type { ContainerInfo, LogsOptions } from './machine.js';
 export { getNodes, listNodes, watchNodes } from './nodes.js';
 export type { NodeResult, NodeTarget, NodeWatchEvent } from './nodes.js';
 export { CosiError, isCosiError } from '../shared/errors.js';

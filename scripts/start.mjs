@@ -1,10 +1,13 @@
 // `npm start`: the whole loop on an embedded default, loopback only:
 //   cosid (PKI generated into .state/ on first run, examples/machine-config.yaml, watched for edits)
 //   + the kubelet SIMULATOR from test/kubelet-sim (a real kubelet cannot run here), which polls cosid's
-//     manifest server and serves /pods/ over mTLS for cosid's status poller.
+//     manifest server and serves /pods/ over mTLS for cosid's status poller;
+//   + a container runtime: a private real containerd when it can run (root, `containerd runc busybox-static umoci`
+//     installed), where the simulator runs the pods for real through CRI; otherwise a simulated one.
+//     COSI_RUNTIME=real|simulated forces a mode; COSI_CRI_ENDPOINT uses a containerd that is already running.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +16,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const state = process.env.COSI_STATE_DIR ?? join(root, '.state');
 const pki = join(state, 'pki');
 const kubeletPki = join(state, 'kubelet-pki');
-const config = process.env.COSI_MACHINE_CONFIG ?? join(root, 'examples', 'machine-config.yaml');
+const podLogsDir = join(state, 'pods');
+const kubeletLog = join(state, 'kubelet.log');
 const listen = process.env.COSID_LISTEN ?? '127.0.0.1:50000';
 const manifestListen = process.env.COSID_MANIFEST_LISTEN ?? '127.0.0.1:50080';
 const kubeletListen = process.env.KUBELET_SIM_LISTEN ?? '127.0.0.1:10250';
@@ -40,12 +44,47 @@ if (!existsSync(join(kubeletPki, 'ca.crt'))) {
   process.stderr.write(`generated the kubelet PKI in ${rel(kubeletPki)}\n`);
 }
 
+// The container runtime: real when it can be, and say which, and why not.
+const { criPrerequisites, startContainerd } = await import('../dist/test/cri/containerd.js');
+const wanted = process.env.COSI_RUNTIME ?? 'auto';
+const pre = criPrerequisites();
+let containerd;
+let criEndpoint = process.env.COSI_CRI_ENDPOINT;
+let mode = 'real';
+if (criEndpoint === undefined && (wanted === 'simulated' || (wanted === 'auto' && !pre.ok))) {
+  mode = 'simulated';
+} else if (criEndpoint === undefined) {
+  if (!pre.ok) {
+    process.stderr.write(`npm start: COSI_RUNTIME=real, but containerd cannot run here: ${pre.reason}\n`);
+    process.exit(1);
+  }
+  containerd = await startContainerd({ dir: await mkdtemp('/tmp/cosi-ctrd-') });
+  criEndpoint = containerd.endpoint;
+}
+await mkdir(podLogsDir, { recursive: true });
+await writeFile(kubeletLog, '', { flag: 'a' });
+const config =
+  process.env.COSI_MACHINE_CONFIG ?? join(root, 'examples', mode === 'real' ? 'machine-config-containerd.yaml' : 'machine-config.yaml');
+const runtimeNote =
+  mode === 'real'
+    ? `REAL runtime: the pods run on containerd${containerd !== undefined ? ` (pid ${containerd.pid})` : ''} at ${criEndpoint}, their logs in ${rel(podLogsDir)}`
+    : `SIMULATED runtime (${wanted === 'simulated' ? 'COSI_RUNTIME=simulated' : `no real one: ${pre.reason}`}): nothing runs; fake containers and logs in ${rel(podLogsDir)}`;
+const runtimeArgs =
+  mode === 'real'
+    ? ['--cri-endpoint', criEndpoint, ...(containerd !== undefined ? ['--cgroup-parent', containerd.cgroupParent] : [])]
+    : ['--simulated-cri-socket', join(state, 'simulated-cri.sock')];
+const cosidCri = mode === 'real' ? criEndpoint : `unix://${join(state, 'simulated-cri.sock')}`;
+
 const cosiconfig = rel(join(pki, 'cosiconfig'));
 process.stderr.write(
   `\ncosid is starting on ${listen} (node ${node}) with ${rel(config)}, and a kubelet simulator on ${kubeletListen}.\n` +
+    `${runtimeNote}.\n` +
     `In another terminal, try:\n\n` +
     `  node dist/client/cli/main.js --cosiconfig ${cosiconfig} get staticpods\n` +
-    `  node dist/client/cli/main.js --cosiconfig ${cosiconfig} get staticpodstatus -w\n\n` +
+    `  node dist/client/cli/main.js --cosiconfig ${cosiconfig} get staticpodstatus -w\n` +
+    `  node dist/client/cli/main.js --cosiconfig ${cosiconfig} containers -k\n` +
+    `  node dist/client/cli/main.js --cosiconfig ${cosiconfig} logs -k <ID from containers -k> -f\n` +
+    `  node dist/client/cli/main.js --cosiconfig ${cosiconfig} logs kubelet\n\n` +
     `Edit ${rel(config)} (add, change or remove a pod) and watch it apply. Stop with Ctrl-C.\n\n`,
 );
 
@@ -61,6 +100,8 @@ const run = (args) => {
       for (const c of children) if (c !== child) c.kill('SIGTERM');
     }
     if (process.exitCode === undefined || process.exitCode === 0) process.exitCode = code ?? (signal ? 0 : 1);
+    // The last one out stops the runtime (the simulator has removed its pods by then).
+    if (children.every((c) => c.exitCode !== null || c.signalCode !== null)) void containerd?.stop();
   });
   return child;
 };
@@ -76,6 +117,9 @@ run([
   '--kubelet-cert', join(kubeletPki, 'client.crt'),
   '--kubelet-key', join(kubeletPki, 'client.key'),
   '--kubelet-interval', '5s',
+  '--cri-endpoint', cosidCri,
+  '--pod-logs-dir', podLogsDir,
+  '--kubelet-log', kubeletLog,
   ...process.argv.slice(2),
 ]);
 run([
@@ -88,6 +132,9 @@ run([
   '--client-ca', join(kubeletPki, 'ca.crt'),
   '--step-ms', '1500',
   '--http-check-ms', '1000',
+  '--pod-logs-dir', podLogsDir,
+  '--log-file', kubeletLog,
+  ...runtimeArgs,
 ]);
 for (const sig of ['SIGINT', 'SIGTERM']) {
   process.on(sig, () => {

@@ -11,6 +11,7 @@ import { CosiError } from '../shared/errors.js';
 import { silentLogger, type Logger } from '../shared/log.js';
 import { PROTO_DIR } from '../shared/wire.js';
 import { Frames } from './api/frames.js';
+import { DEFAULT_RUNTIME, machineServiceDefinition, machineServiceHandlers, type RuntimeOptions } from './api/machine-service.js';
 import { stateServiceDefinition, stateServiceHandlers } from './api/service.js';
 import { registerK8sTypes } from './resources/k8s.js';
 import { Registry } from './resources/registry.js';
@@ -48,9 +49,12 @@ export interface CosidOptions {
   maxConnectionAgeMs?: number;
   /** How long a graceful stop waits for calls to finish before cutting them (default 5 s). */
   shutdownGraceMs?: number;
+  /** The container runtime and log files behind machine.MachineService (Containers, Logs). */
+  runtime?: Partial<RuntimeOptions>;
 }
 
 const STATE_SERVICE = 'cosi.resource.State';
+const MACHINE_SERVICE = 'machine.MachineService';
 
 export class Cosid {
   readonly store: ResourceStore;
@@ -58,13 +62,15 @@ export class Cosid {
   readonly hub: WatchHub;
   private readonly server: grpc.Server;
   private readonly health: HealthImplementation;
+  private readonly closeRuntime: () => void;
   private stopping: Promise<void> | undefined;
 
   private constructor(
     private readonly opts: CosidOptions,
     readonly port: number,
-    parts: { store: ResourceStore; registry: Registry; hub: WatchHub; server: grpc.Server; health: HealthImplementation },
+    parts: { store: ResourceStore; registry: Registry; hub: WatchHub; server: grpc.Server; health: HealthImplementation; closeRuntime: () => void },
   ) {
+    this.closeRuntime = parts.closeRuntime;
     this.store = parts.store;
     this.registry = parts.registry;
     this.hub = parts.hub;
@@ -97,7 +103,9 @@ export class Cosid {
       'grpc.max_connection_idle_ms': 300_000,
     });
     server.addService(stateServiceDefinition(), stateServiceHandlers({ store, registry, frames, hub, log, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
-    const health = new HealthImplementation({ '': 'SERVING', [STATE_SERVICE]: 'SERVING' });
+    const machine = machineServiceHandlers({ runtime: { ...DEFAULT_RUNTIME, ...opts.runtime }, nodeName: opts.nodeName, log });
+    server.addService(machineServiceDefinition(), machine);
+    const health = new HealthImplementation({ '': 'SERVING', [STATE_SERVICE]: 'SERVING', [MACHINE_SERVICE]: 'SERVING' });
     health.addToServer(server);
     new ReflectionService(reflectionPackage()).addToServer(server);
 
@@ -110,7 +118,7 @@ export class Cosid {
     logHandshakeRefusals(server, log);
     rememberPeerCertificates(server);
     log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName });
-    return new Cosid(opts, port, { store, registry, hub, server, health });
+    return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close() });
   }
 
   /** Graceful stop: every watch ends with UNAVAILABLE, then calls finish or are cut after the grace period. */
@@ -118,14 +126,17 @@ export class Cosid {
     this.stopping ??= new Promise<void>((resolve) => {
       this.health.setStatus('', 'NOT_SERVING');
       this.health.setStatus(STATE_SERVICE, 'NOT_SERVING');
+      this.health.setStatus(MACHINE_SERVICE, 'NOT_SERVING');
       this.hub.endAll(new CosiError('unavailable', 'cosid is shutting down; reconnect and resume from your last bookmark'));
       // Streams to clients that stopped reading cannot finish: after the grace period they are cut.
       const timer = setTimeout(() => {
         this.server.forceShutdown();
+        this.closeRuntime();
         resolve();
       }, this.opts.shutdownGraceMs ?? 5000);
       this.server.tryShutdown(() => {
         clearTimeout(timer);
+        this.closeRuntime();
         resolve();
       });
     });

@@ -22,6 +22,9 @@ const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [flags]
   --kubelet-key FILE        its key; without --kubelet-cert/--kubelet-key status polling is off
   --kubelet-server-name N   name the kubelet's certificate must carry (default: the node name)
   --kubelet-interval DUR    poll interval, e.g. 15s or 500ms (default 15s)
+  --cri-endpoint URL        the container runtime's CRI socket (default unix:///run/containerd/containerd.sock)
+  --pod-logs-dir DIR        where the runtime writes the pods' logs (default /var/log/pods); no log outside it is served
+  --kubelet-log FILE        the kubelet's own log, served as \`logs kubelet\` (default: not served)
   --audit                   one log line per call (peer subject, roles, method, kind, outcome, duration)
   --log-level LEVEL         debug, info, warn or error (default info)`;
 
@@ -48,6 +51,9 @@ async function main(): Promise<number> {
         'kubelet-key': { type: 'string' },
         'kubelet-server-name': { type: 'string' },
         'kubelet-interval': { type: 'string', default: '15s' },
+        'cri-endpoint': { type: 'string', default: 'unix:///run/containerd/containerd.sock' },
+        'pod-logs-dir': { type: 'string', default: '/var/log/pods' },
+        'kubelet-log': { type: 'string' },
         'log-level': { type: 'string', default: 'info' },
         audit: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h' },
@@ -111,6 +117,11 @@ async function main(): Promise<number> {
     manifestListen: args['manifest-listen'] ?? '127.0.0.1:0',
     kubelet,
     audit: args.audit === true,
+    runtime: {
+      criEndpoint: args['cri-endpoint'] ?? 'unix:///run/containerd/containerd.sock',
+      podLogsDir: args['pod-logs-dir'] ?? '/var/log/pods',
+      ...(args['kubelet-log'] !== undefined ? { kubeletLog: args['kubelet-log'] } : {}),
+    },
   });
 
   process.on('SIGHUP', () => void node.config.reload('SIGHUP'));

@@ -129,12 +129,13 @@ export const PROTO_FILES = [
   'cosi/resource/state.proto',
   'cosi/resource/meta/meta.proto',
   'talos/resource/definitions/k8s/k8s.proto',
+  'machine/machine.proto',
 ] as const;
 
 function loadRoot(): protobuf.Root {
   const root = new protobuf.Root();
   // google/protobuf/* come bundled with protobufjs; everything else lives in proto/.
-  root.resolvePath = (_origin, target) => (target.startsWith('google/protobuf/') ? target : join(PROTO_DIR, target));
+  root.resolvePath = (_origin, target) => (target.startsWith('google/protobuf/') ? target : target.startsWith(PROTO_DIR) ? target : join(PROTO_DIR, target));
   root.loadSync([...PROTO_FILES], { keepCase: false });
   root.resolveAll();
   return root;
@@ -183,6 +184,39 @@ export const wire = {
   staticPodSpec: codec<{ pod?: WireStruct | null }>('talos.resource.definitions.k8s.StaticPodSpec'),
   staticPodStatusSpec: codec<{ podStatus?: WireStruct | null }>('talos.resource.definitions.k8s.StaticPodStatusSpec'),
   staticPodServerStatusSpec: codec<{ url: string }>('talos.resource.definitions.k8s.StaticPodServerStatusSpec'),
+} as const;
+
+/** machine.MachineService as Talos defines it (Containers and Logs). */
+export interface WireContainerInfo {
+  namespace: string;
+  id: string;
+  image: string;
+  pid: number;
+  status: string;
+  podId: string;
+  name: string;
+  networkNamespace: string;
+  internalId: string;
+  uid: string;
+  restartCount: number;
+  staticPod: boolean;
+}
+
+export enum ContainerDriver {
+  CONTAINERD = 0,
+  CRI = 1,
+}
+
+export interface WireNodeMetadata {
+  hostname: string;
+  error: string;
+}
+
+export const machineWire = {
+  containersRequest: codec<{ namespace: string; driver: ContainerDriver }>('machine.ContainersRequest'),
+  containersResponse: codec<{ messages: { metadata?: WireNodeMetadata | null; containers: WireContainerInfo[] }[] }>('machine.ContainersResponse'),
+  logsRequest: codec<{ namespace: string; id: string; driver: ContainerDriver; follow: boolean; tailLines: number }>('machine.LogsRequest'),
+  data: codec<{ metadata?: WireNodeMetadata | null; bytes: Buffer }>('common.Data'),
 } as const;
 
 /** Generic access to any request/response type of the State service (writes included). */

@@ -91,6 +91,7 @@ describe('type resolution', () => {
       defaultNamespace: 'k8s',
       printColumns: [
         { name: 'Ready', jsonPath: '{.conditions[?(@.type=="Ready")].status}' },
+        { name: 'Restarts', jsonPath: '{.containerStatuses[*].restartCount}' },
         { name: 'Stale', jsonPath: '{.conditions[?(@.type=="Stale")].reason}' },
       ],
     });

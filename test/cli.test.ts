@@ -57,9 +57,9 @@ describe('cosictl get', () => {
     );
   });
 
-  it('adds print columns (READY for statuses)', async () => {
+  it('adds print columns (READY and RESTARTS for statuses)', async () => {
     const r = await cosictl(['get', 'staticpodstatus']);
-    expect(r.stdout.split('\n')[0]).toMatch(/^NODE\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\s+READY\s+STALE$/);
+    expect(r.stdout.split('\n')[0]).toMatch(/^NODE\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\s+READY\s+RESTARTS\s+STALE$/);
     expect(r.stdout.split('\n')[1]).toMatch(/^node-1\s+k8s\s+StaticPodStatus\s+default\/nginx-node-1\s+1\s+True$/);
   });
 
@@ -156,7 +156,7 @@ describe('cosictl get -w', () => {
     });
     expect(r.code).toBe(0);
     const lines = r.stdout.trimEnd().split('\n');
-    expect(lines[0]).toMatch(/^NODE\s+\*\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\s+READY\s+STALE$/);
+    expect(lines[0]).toMatch(/^NODE\s+\*\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\s+READY\s+RESTARTS\s+STALE$/);
     expect(lines[1]).toMatch(/^node-1\s+\+\s+k8s\s+StaticPodStatus\s+default\/nginx-node-1\s+1\s+True$/);
     expect(lines[2]).toMatch(/^node-1\s+\+\s+k8s\s+StaticPodStatus\s+kube-system\/etcd-node-1\s+1\s+False$/);
     expect(lines[3]).toMatch(/^node-1\s{4,}k8s\s+StaticPodStatus\s+kube-system\/etcd-node-1\s+2\s+True$/);

@@ -49,6 +49,7 @@ describe('npm start', () => {
       env: {
         ...process.env,
         COSI_STATE_DIR: state,
+        COSI_RUNTIME: 'simulated',
         COSI_NODE: 'demo-node',
         COSID_LISTEN: `127.0.0.1:${port}`,
         COSID_MANIFEST_LISTEN: `127.0.0.1:${manifestPort}`,
@@ -73,7 +74,7 @@ describe('npm start', () => {
     children.push(watcher);
     let watched = '';
     watcher.stdout.on('data', (d: Buffer) => (watched += d.toString()));
-    await eventually(() => expect(watched, `watch printed:\n${watched}`).toMatch(/^demo-node\s+(\+\s+)?k8s\s+StaticPodStatus\s+default\/nginx-demo-node\s+\d+\s+True\s*$/m), 30_000);
+    await eventually(() => expect(watched, `watch printed:\n${watched}`).toMatch(/^demo-node\s+(\+\s+)?k8s\s+StaticPodStatus\s+default\/nginx-demo-node\s+\d+\s+True\s+0\s*$/m), 30_000);
     watcher.kill('SIGINT');
 
     // A watch open during SIGTERM ends with UNAVAILABLE (a status, not a connection reset).

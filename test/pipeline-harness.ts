@@ -10,6 +10,8 @@ import { generateCa, issueClientCert, issueServerCert, type KeyPairPem } from '.
 import type { Json } from '../shared/wire.js';
 import { makePki, type TestPki } from './harness.js';
 import { KubeletSimulator } from './kubelet-sim/kubelet.js';
+import { CriPodRuntime } from './kubelet-sim/cri-runtime.js';
+import type { CriTestEnv } from './cri/global-setup.js';
 
 export const NODE = 'node-1';
 
@@ -51,11 +53,24 @@ export interface TestNode {
   configPath: string;
   client: CosiClient;
   writeConfig(text: string): Promise<void>;
+  /** With a real runtime: the pods run there, their logs under podLogsDir. */
+  runtime?: CriPodRuntime;
+  podLogsDir: string;
   close(): Promise<void>;
 }
 
-export async function startNode(initialConfig: string, opts: { stepMs?: number; httpCheckMs?: number; intervalMs?: number; serverName?: string } = {}): Promise<TestNode> {
+export interface RuntimeSetup {
+  cri: CriTestEnv;
+  /** Served by cosid as `logs kubelet`. */
+  kubeletLog?: string;
+}
+
+export async function startNode(
+  initialConfig: string,
+  opts: { stepMs?: number; httpCheckMs?: number; intervalMs?: number; serverName?: string; runtime?: RuntimeSetup } = {},
+): Promise<TestNode> {
   const dir = await mkdtemp(join(tmpdir(), 'cosi-node-'));
+  const podLogsDir = join(dir, 'pods');
   const configPath = join(dir, 'machine.yaml');
   await writeFile(configPath, initialConfig);
   const pki = await makePki();
@@ -78,7 +93,16 @@ export async function startNode(initialConfig: string, opts: { stepMs?: number; 
       timeoutMs: 1000,
       maxBodyBytes: 1 << 20,
     },
+    runtime: {
+      criEndpoint: opts.runtime?.cri.endpoint ?? `unix://${join(dir, 'no-runtime.sock')}`,
+      podLogsDir,
+      ...(opts.runtime?.kubeletLog !== undefined ? { kubeletLog: opts.runtime.kubeletLog } : {}),
+    },
   });
+  const runtime =
+    opts.runtime === undefined
+      ? undefined
+      : new CriPodRuntime({ endpoint: opts.runtime.cri.endpoint, podLogsDir, cgroupParent: opts.runtime.cri.cgroupParent, restartBackoffMs: 300 });
   const sim = await KubeletSimulator.start({
     nodeName: NODE,
     staticPodURL: node.manifests.url,
@@ -86,6 +110,7 @@ export async function startNode(initialConfig: string, opts: { stepMs?: number; 
     listen: `127.0.0.1:${kubeletPort}`,
     stepMs: opts.stepMs ?? 100,
     httpCheckFrequencyMs: opts.httpCheckMs ?? 100,
+    ...(runtime !== undefined ? { runtime, runtimeSyncMs: 200 } : {}),
   });
   const client = connect({ endpoint: `127.0.0.1:${node.cosid.port}`, caPem: pki.ca.certPem, certPem: pki.admin.certPem, keyPem: pki.admin.keyPem });
   return {
@@ -96,6 +121,8 @@ export async function startNode(initialConfig: string, opts: { stepMs?: number; 
     configPath,
     client,
     writeConfig: (text) => writeFile(configPath, text),
+    ...(runtime !== undefined ? { runtime } : {}),
+    podLogsDir,
     async close() {
       client.close();
       await sim.stop();

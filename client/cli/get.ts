@@ -25,22 +25,7 @@ export async function runGet(o: GetOptions): Promise<number> {
   const format = parseOutputFormat(o.output, o.jsonArray);
   if (o.jsonArray && format.kind !== 'json') throw new Error('--json-array only applies to -o json');
 
-  const configPath = o.cosiconfig ?? defaultCosiConfigPath();
-  const ctx = selectContext(await loadCosiConfig(configPath), o.context);
-  const endpoints = o.endpoints.length > 0 ? o.endpoints : ctx.endpoints;
-  const nodes = o.nodes.length > 0 ? o.nodes : ctx.nodes;
-  // cosid has no proxy: a named node is dialled at its own address. Without nodes, the first endpoint is
-  // asked, and the NODE column shows the name that server reports.
-  const named = nodes.length > 0;
-  const targets: NodeTarget[] = named ? nodes.map((n) => ({ node: n, client: connectContext(ctx, n) })) : endpoints.slice(0, 1).map((e) => ({ node: e, client: connectContext(ctx, e) }));
-  const first = targets[0];
-  if (first === undefined) throw new Error(`context ${JSON.stringify(ctx.name)} in ${configPath} has no endpoints; pass -e HOST:PORT`);
-  const label = (t: NodeTarget) => (named ? t.node : (t.client.node ?? hostOf(t.node)));
-  const byNode = new Map(targets.map((t) => [t.node, t]));
-  const labelOf = (node: string) => {
-    const t = byNode.get(node);
-    return t === undefined ? node : label(t);
-  };
+  const { targets, labelOf } = await openTargets(o);
 
   try {
     const def = await resolveOnAny(targets, typeName);
@@ -67,6 +52,37 @@ export async function runGet(o: GetOptions): Promise<number> {
   } finally {
     if (!o.watch) for (const t of targets) t.client.close();
   }
+}
+
+/** Where to connect: the global flags every command that talks to cosid shares. */
+export interface TargetOptions {
+  cosiconfig: string | undefined;
+  context: string | undefined;
+  endpoints: string[];
+  nodes: string[];
+}
+
+/**
+ * One connection per node to ask, and the name printed for each (the NODE column): the `-n` name, else the node
+ * the server reports (known once a call has answered), else the endpoint's host. The caller closes the clients.
+ */
+export async function openTargets(o: TargetOptions): Promise<{ targets: NodeTarget[]; labelOf: (node: string) => string }> {
+  const configPath = o.cosiconfig ?? defaultCosiConfigPath();
+  const ctx = selectContext(await loadCosiConfig(configPath), o.context);
+  const endpoints = o.endpoints.length > 0 ? o.endpoints : ctx.endpoints;
+  const nodes = o.nodes.length > 0 ? o.nodes : ctx.nodes;
+  // cosid has no proxy: a named node is dialled at its own address. Without nodes, the first endpoint is
+  // asked, and the NODE column shows the name that server reports.
+  const named = nodes.length > 0;
+  const targets: NodeTarget[] = named ? nodes.map((n) => ({ node: n, client: connectContext(ctx, n) })) : endpoints.slice(0, 1).map((e) => ({ node: e, client: connectContext(ctx, e) }));
+  if (targets.length === 0) throw new Error(`context ${JSON.stringify(ctx.name)} in ${configPath} has no endpoints; pass -e HOST:PORT`);
+  const label = (t: NodeTarget) => (named ? t.node : (t.client.node ?? hostOf(t.node)));
+  const byNode = new Map(targets.map((t) => [t.node, t]));
+  const labelOf = (node: string) => {
+    const t = byNode.get(node);
+    return t === undefined ? node : label(t);
+  };
+  return { targets, labelOf };
 }
 
 /** Resolves the type through the first node that answers. */

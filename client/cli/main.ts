@@ -13,6 +13,9 @@ process.on('warning', (w: Error & { code?: string }) => {
 
 export const USAGE = `Usage:
   cosictl [global flags] get <type> [<id>] [--namespace NS] [-o table|yaml|json|jsonpath=EXPR] [--json-array] [-w]
+  cosictl [global flags] containers -k [-o wide]
+  cosictl [global flags] logs -k <id> [-f] [--tail N]
+  cosictl [global flags] logs kubelet [-f] [--tail N]
   cosictl gen pki --out DIR [--san HOST]... [--endpoint HOST:PORT] [--force]
   cosictl gen cert --ca-dir DIR --name NAME [--roles os:reader,...] [--ttl 365d] [--out DIR] [--endpoint HOST:PORT]
         issues a client certificate from an existing CA and adds it as context NAME to the client config
@@ -29,10 +32,43 @@ get:
   -o, --output FMT    table (default), yaml, json or jsonpath=EXPR (kubectl syntax, e.g. '{.spec.metadata.name}')
   --json-array        with -o json: print one JSON array instead of a sequence of objects
   -w, --watch         print the current resources, then every change ('+' created, '-' destroyed)
+
+containers:
+  -k, --kubernetes    the Kubernetes pods' sandboxes and containers from the node's container runtime (required:
+                      cosid serves no other containers); each container is listed under its sandbox
+  -o wide             add a RESTARTS column
+
+logs:
+  -k, --kubernetes    <id> is a container ID as containers -k lists it (<namespace>/<pod>:<container>:<id>), or
+                      <namespace>/<pod>:<container> for its latest instance; without -k the only ID is kubelet
+  -f, --follow        keep printing new lines until Ctrl-C
+  --tail N            start N lines from the end (default: the whole log)
 `;
 
+/** The flags containers and logs take, the global ones included; any other is refused rather than ignored. */
+const GLOBAL_FLAGS = ['cosiconfig', 'context', 'endpoints', 'nodes', 'help'];
+const COMMAND_FLAGS: Record<string, string[]> = {
+  containers: [...GLOBAL_FLAGS, 'kubernetes', 'output'],
+  logs: [...GLOBAL_FLAGS, 'kubernetes', 'follow', 'tail'],
+};
+
+/** Refuses a flag the command would ignore (`containers -f`, `logs -o json`). */
+function checkFlags(command: string, given: { name: string; rawName: string }[]): void {
+  const allowed = COMMAND_FLAGS[command] ?? [];
+  const foreign = given.find((g) => !allowed.includes(g.name));
+  if (foreign !== undefined) throw new UsageError(`${foreign.rawName} does not apply to ${command}`);
+}
+
+/** --tail N: a line count for Talos's int32 tail_lines. */
+function parseTail(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = /^\d+$/.test(value) ? Number(value) : NaN;
+  if (!(n <= 0x7fffffff)) throw new UsageError(`--tail needs a number of lines from 0 to 2147483647, not ${JSON.stringify(value)} (leave it out for the whole log)`);
+  return n;
+}
+
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
+  const { values, positionals, tokens } = parseArgs({
     args: argv,
     options: {
       cosiconfig: { type: 'string' },
@@ -52,9 +88,13 @@ async function main(argv: string[]): Promise<number> {
       roles: { type: 'string', multiple: true },
       ttl: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
+      kubernetes: { type: 'boolean', short: 'k', default: false },
+      follow: { type: 'boolean', short: 'f', default: false },
+      tail: { type: 'string' },
     },
     allowPositionals: true,
     strict: true,
+    tokens: true,
   });
   const [command, ...rest] = positionals;
   if (values.help || command === undefined || command === 'help') {
@@ -62,6 +102,8 @@ async function main(argv: string[]): Promise<number> {
     return command === undefined && !values.help ? 2 : 0;
   }
   const list = (v: string[] | undefined) => (v ?? []).flatMap((s) => s.split(',')).map((s) => s.trim()).filter((s) => s !== '');
+  const targetOptions = { cosiconfig: values.cosiconfig, context: values.context, endpoints: list(values.endpoints), nodes: list(values.nodes) };
+  const given = tokens.flatMap((t) => (t.kind === 'option' ? [{ name: t.name, rawName: t.rawName }] : []));
   switch (command) {
     case 'get':
       return runGet({
@@ -75,6 +117,25 @@ async function main(argv: string[]): Promise<number> {
         jsonArray: values['json-array'],
         watch: values.watch,
       });
+    case 'containers': {
+      checkFlags(command, given);
+      if (!values.kubernetes) throw new UsageError('cosid serves the Kubernetes containers only: use cosictl containers -k (--kubernetes)');
+      if (rest.length > 0) throw new UsageError(`containers takes no arguments; unexpected ${JSON.stringify(rest.join(' '))}`);
+      if (values.output !== 'table' && values.output !== 'wide') throw new UsageError(`containers prints a table: -o wide adds RESTARTS; -o ${JSON.stringify(values.output)} is not supported`);
+      return (await import('./containers.js')).runContainers({ ...targetOptions, wide: values.output === 'wide' });
+    }
+    case 'logs': {
+      checkFlags(command, given);
+      const [id, ...extra] = rest;
+      const containerIdHelp = 'cosictl logs -k <namespace>/<pod>:<container>[:<id>] (IDs as listed by cosictl containers -k)';
+      if (id === undefined) throw new UsageError(`logs needs an ID: ${containerIdHelp}, or cosictl logs kubelet`);
+      if (extra.length > 0) throw new UsageError(`logs takes one ID; unexpected ${JSON.stringify(extra.join(' '))}`);
+      if (!values.kubernetes && id !== 'kubelet') {
+        throw new UsageError(`without -k the only log is the kubelet's (cosictl logs kubelet), not ${JSON.stringify(id)}; for a container's log use -k: ${containerIdHelp}`);
+      }
+      if (values.kubernetes && id === 'kubelet') throw new UsageError("with -k the ID is a container's; the kubelet's log is cosictl logs kubelet (without -k)");
+      return (await import('./logs.js')).runLogs({ ...targetOptions, id, follow: values.follow, tail: parseTail(values.tail) });
+    }
     case 'gen':
       // Loaded only when needed: X.509 generation is heavy and `get` must start fast.
       return (await import('./gen.js')).runGen({

@@ -142,10 +142,15 @@ class TablePrinter implements Printer {
   }
 
   private print(rows: string[][]): void {
-    for (const r of rows) r.forEach((c, i) => (this.widths[i] = Math.max(this.widths[i] ?? 0, c.length)));
-    for (const r of rows) {
-      const line = r.map((c, i) => (i === r.length - 1 ? c : c.padEnd((this.widths[i] ?? 0) + PADDING))).join('');
-      this.write(line.trimEnd() + '\n');
-    }
+    for (const line of alignRows(rows, this.widths)) this.write(line + '\n');
   }
+}
+
+/**
+ * Table lines as talosctl's tabwriter aligns them: each column padded to its widest cell (in `widths`, which grows
+ * across calls so later rows of a watch line up with the first screen) plus 3 spaces; no trailing blanks.
+ */
+export function alignRows(rows: string[][], widths: number[] = []): string[] {
+  for (const r of rows) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd((widths[i] ?? 0) + PADDING))).join('').trimEnd());
 }

@@ -4,7 +4,7 @@ import { request } from 'node:https';
 import { isCosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import type { Json } from '../../shared/wire.js';
-import { K8S_NAMESPACE, STALE_LABEL, STATIC_POD_STATUS_TYPE } from '../resources/k8s.js';
+import { CONTAINERS_ANNOTATION, K8S_NAMESPACE, STALE_LABEL, STATIC_POD_STATUS_TYPE } from '../resources/k8s.js';
 import type { ResourceStore } from '../store/store.js';
 import { upsert } from '../store/upsert.js';
 
@@ -169,7 +169,9 @@ export class KubeletPoller {
   }
 
   private write(id: string, spec: JsonObject, labels: Record<string, string>): void {
-    const input = { namespace: K8S_NAMESPACE, type: STATIC_POD_STATUS_TYPE, id, spec, labels };
+    const containers = containerIds(id, spec);
+    const annotations: Record<string, string> = containers === '' ? {} : { [CONTAINERS_ANNOTATION]: containers };
+    const input = { namespace: K8S_NAMESPACE, type: STATIC_POD_STATUS_TYPE, id, spec, labels, annotations };
     // An unchanged status keeps its version (the store does not commit no-op updates).
     upsert(this.opts.store, input, STATUS_OWNER);
   }
@@ -230,6 +232,21 @@ function parsePodList(text: string): JsonObject[] {
     throw new PollError('KubeletBadResponse', `response is not a PodList (kind ${JSON.stringify(o['kind'] ?? null)})`);
   }
   return o['items'].map((p) => asObject(p));
+}
+
+/**
+ * The link from a status to the runtime: `<ns>/<pod>:<container>:<short id>` for each container the kubelet reports
+ * with a container ID (`containerd://<id>`), the IDs `containers -k` shows and `logs -k` takes.
+ */
+function containerIds(podId: string, status: JsonObject): string {
+  const ids: string[] = [];
+  for (const c of Array.isArray(status['containerStatuses']) ? status['containerStatuses'] : []) {
+    const o = asObject(c);
+    const name = o['name'];
+    const m = typeof o['containerID'] === 'string' ? /^[a-z0-9.+-]+:\/\/([0-9a-f]{12,64})$/.exec(o['containerID']) : null;
+    if (typeof name === 'string' && m !== null && m[1] !== undefined) ids.push(`${podId}:${name}:${m[1].slice(0, 12)}`);
+  }
+  return ids.join(',');
 }
 
 function asObject(v: Json | undefined): JsonObject {

@@ -15,6 +15,8 @@ export const MACHINE_CONFIG_STATUS_ID = 'machine-config';
 export const INVALID_LABEL = 'cosi-pods.dev/invalid';
 /** Set on a StaticPodStatus that was not confirmed by the last kubelet poll. */
 export const STALE_LABEL = 'cosi-pods.dev/stale';
+/** On a StaticPodStatus: its containers' IDs as `containers -k` and `logs -k` name them, comma-separated. */
+export const CONTAINERS_ANNOTATION = 'cosi-pods.dev/containers';
 
 function asObject(spec: Json): { [key: string]: Json } {
   return spec !== null && typeof spec === 'object' && !Array.isArray(spec) ? spec : {};
@@ -48,6 +50,8 @@ export function registerK8sTypes(registry: Registry): void {
     aliases: ['podstatus'],
     printColumns: [
       { name: 'Ready', jsonPath: '{.conditions[?(@.type=="Ready")].status}' },
+      // One count per container, in the pod's order, as the kubelet reports them.
+      { name: 'Restarts', jsonPath: '{.containerStatuses[*].restartCount}' },
       // Set while the kubelet cannot be reached: the last known status is kept and marked.
       { name: 'Stale', jsonPath: '{.conditions[?(@.type=="Stale")].reason}' },
     ],

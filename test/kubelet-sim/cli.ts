@@ -1,7 +1,10 @@
 // Command line of the kubelet SIMULATOR (used by `npm start`).
+import { appendFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { KubeletSimulator } from './kubelet.js';
+import { CriPodRuntime } from './cri-runtime.js';
+import { KubeletSimulator, type PodRuntime } from './kubelet.js';
+import { SimulatedRuntime } from './sim-runtime.js';
 
 export async function runSimulatorCli(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -15,6 +18,15 @@ export async function runSimulatorCli(argv: string[]): Promise<void> {
       'client-ca': { type: 'string' },
       'step-ms': { type: 'string', default: '1000' },
       'http-check-ms': { type: 'string', default: '20000' },
+      // Real runtime: run the pods on the containerd behind this CRI socket.
+      'cri-endpoint': { type: 'string' },
+      // Simulated runtime: serve a read-only CRI of the simulator's own on this socket path.
+      'simulated-cri-socket': { type: 'string' },
+      'pod-logs-dir': { type: 'string' },
+      'restart-backoff-ms': { type: 'string', default: '10000' },
+      'cgroup-parent': { type: 'string' },
+      // The kubelet's own log (served by cosid as `logs kubelet`): every line also goes to this file.
+      'log-file': { type: 'string' },
     },
     strict: true,
   });
@@ -22,7 +34,19 @@ export async function runSimulatorCli(argv: string[]): Promise<void> {
     if (v === undefined) throw new Error(`--${name} is required`);
     return v;
   };
-  const log = (line: string) => process.stderr.write(`${JSON.stringify({ ts: new Date().toISOString(), component: 'kubelet-simulator', msg: line })}\n`);
+  const logFile = values['log-file'];
+  const log = (line: string) => {
+    const text = `${JSON.stringify({ ts: new Date().toISOString(), component: 'kubelet-simulator', msg: line })}\n`;
+    process.stderr.write(text);
+    if (logFile !== undefined) appendFileSync(logFile, text);
+  };
+  const podLogsDir = values['pod-logs-dir'];
+  let runtime: PodRuntime | undefined;
+  if (values['cri-endpoint'] !== undefined) {
+    runtime = new CriPodRuntime({ endpoint: values['cri-endpoint'], podLogsDir: need('pod-logs-dir', podLogsDir), restartBackoffMs: Number(values['restart-backoff-ms']), log, ...(values['cgroup-parent'] !== undefined ? { cgroupParent: values['cgroup-parent'] } : {}) });
+  } else if (values['simulated-cri-socket'] !== undefined) {
+    runtime = await SimulatedRuntime.start({ socket: values['simulated-cri-socket'], podLogsDir: need('pod-logs-dir', podLogsDir) });
+  }
   const sim = await KubeletSimulator.start({
     nodeName: need('node', values.node),
     staticPodURL: need('static-pod-url', values['static-pod-url']),
@@ -35,6 +59,7 @@ export async function runSimulatorCli(argv: string[]): Promise<void> {
     stepMs: Number(values['step-ms']),
     httpCheckFrequencyMs: Number(values['http-check-ms']),
     log,
+    ...(runtime !== undefined ? { runtime } : {}),
   });
   // The sync timer is unref'd: hold the process open until a signal.
   const keepAlive = setInterval(() => {}, 1 << 30);

@@ -7,9 +7,21 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import YAML from 'yaml';
 import type { Json } from '../../shared/wire.js';
+import type { DesiredPod } from './cri-runtime.js';
+import { simulatedContainerId } from './sim-runtime.js';
 
 export type FaultMode = 'stop' | 'hang' | 'garbage' | 'error' | 'wrong-kind' | 'oversized' | 'deep-status';
 type JsonObject = { [key: string]: Json };
+
+/** Where the pods run: a real container runtime (CriPodRuntime) or a simulated one (SimulatedRuntime). */
+export interface PodRuntime {
+  apply(desired: DesiredPod[]): Promise<void>;
+  /** Looks at the containers (exits, restarts); the kubelet's relist. */
+  sync?(): Promise<void>;
+  /** The PodStatus of what really runs; undefined: the simulator's clock decides. */
+  podStatus?(key: string): JsonObject | undefined;
+  stopAll(): Promise<void>;
+}
 
 export interface KubeletSimulatorOptions {
   nodeName: string;
@@ -23,6 +35,10 @@ export interface KubeletSimulatorOptions {
   /** How often the static pod URL is polled (the kubelet's httpCheckFrequency, default 20 s). */
   httpCheckFrequencyMs?: number;
   log?: (line: string) => void;
+  /** Runs the pods on a container runtime; without one (or with a simulated one) the clock drives their lifecycle. */
+  runtime?: PodRuntime;
+  /** How often the runtime's containers are looked at (the kubelet's PLEG relists every 1 s; default 1000 ms). */
+  runtimeSyncMs?: number;
 }
 
 interface SimPod {
@@ -40,6 +56,7 @@ export class KubeletSimulator {
   private lastBody: string | undefined;
   private mode: FaultMode | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private runtimeTimer: NodeJS.Timeout | undefined;
   private stopped = false;
   private readonly sockets = new Set<Socket>();
   private readonly stepMs: number;
@@ -69,8 +86,10 @@ export class KubeletSimulator {
     self.track(server);
     self.log(`kubelet-simulator: serving https://${host}:${port}/pods/ for node ${opts.nodeName}; static pods from ${opts.staticPodURL}`);
     self.scheduleSync(0);
+    self.scheduleRuntimeSync();
     return self;
   }
+
 
   get url(): string {
     return `https://${this.host}:${this.port}/pods/`;
@@ -103,10 +122,35 @@ export class KubeletSimulator {
     await this.sync();
   }
 
+  /** Stops serving; on a real runtime, stops and removes every pod it started. */
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.runtimeTimer);
     this.closeListener();
+    await this.opts.runtime?.stopAll();
+  }
+
+  /** Looks at the runtime's containers now (restarts, exits) instead of at the next relist. */
+  async relist(): Promise<void> {
+    await this.opts.runtime?.sync?.();
+  }
+
+  private scheduleRuntimeSync(): void {
+    const runtime = this.opts.runtime;
+    if (runtime?.sync === undefined || this.stopped) return;
+    this.runtimeTimer = setTimeout(() => void runtime.sync?.().catch((err: unknown) => this.log(`kubelet-simulator: relist failed: ${String(err)}`)).finally(() => this.scheduleRuntimeSync()), this.opts.runtimeSyncMs ?? 1000);
+    this.runtimeTimer.unref();
+  }
+
+  private async applyToRuntime(): Promise<void> {
+    const runtime = this.opts.runtime;
+    if (runtime === undefined) return;
+    const desired: DesiredPod[] = [...this.running].map(([key, p]) => {
+      const [namespace, name] = key.split('/') as [string, string];
+      return { key, namespace, name, uid: p.hash, source: p.source, annotations: { ...stringValues(obj(obj(p.source['metadata'])['annotations'])), ...staticAnnotations(p) } };
+    });
+    await runtime.apply(desired).catch((err: unknown) => this.log(`kubelet-simulator: cannot apply pods to the runtime: ${String(err)}`));
   }
 
   private track(server: Server): void {
@@ -148,6 +192,7 @@ export class KubeletSimulator {
       // The kubelet treats an empty body as an empty set: every pod from this source stops.
       this.log(`kubelet-simulator: zero-length data received from ${this.opts.staticPodURL}`);
       this.running = new Map();
+      await this.applyToRuntime();
       return;
     }
     if (text === this.lastBody) return;
@@ -182,6 +227,7 @@ export class KubeletSimulator {
       next.set(key, before !== undefined && before.hash === hash ? before : { hash, source: p, startedAt: Date.now(), seenAt: new Date().toISOString() });
     }
     this.running = next;
+    await this.applyToRuntime();
   }
 
   private podList(): JsonObject[] {
@@ -193,6 +239,14 @@ export class KubeletSimulator {
 
   private render(key: string, p: SimPod): JsonObject {
     const [ns, name] = key.split('/') as [string, string];
+    const real = this.opts.runtime?.podStatus?.(key);
+    if (real !== undefined) {
+      return {
+        metadata: { name, namespace: ns, uid: p.hash, labels: obj(obj(p.source['metadata'])['labels']), annotations: staticAnnotations(p) },
+        spec: { ...obj(p.source['spec']), nodeName: this.opts.nodeName },
+        status: real,
+      };
+    }
     const step = Math.floor((Date.now() - p.startedAt) / this.stepMs);
     const phase = step === 0 ? 'Pending' : 'Running';
     const ready = step >= 2;
@@ -229,6 +283,7 @@ export class KubeletSimulator {
           ready,
           started: step >= 1,
           restartCount: 0,
+          ...(step >= 1 ? { containerID: `containerd://${simulatedContainerId(p.hash, String(c['name'] ?? ''))}` } : {}),
           state: (step === 0 ? { waiting: { reason: 'ContainerCreating' } } : { running: { startedAt: t } }) as JsonObject,
         })),
         qosClass: 'BestEffort',
@@ -338,6 +393,17 @@ function invalid(p: JsonObject): string | undefined {
     if (typeof co['image'] !== 'string' || co['image'] === '') return `spec.containers[${i}].image: Required value`;
   }
   return undefined;
+}
+
+/** The annotations the kubelet puts on a static pod from its HTTP source. */
+function staticAnnotations(p: SimPod): Record<string, string> {
+  return { 'kubernetes.io/config.source': 'http', 'kubernetes.io/config.hash': p.hash, 'kubernetes.io/config.mirror': p.hash, 'kubernetes.io/config.seen': p.seenAt };
+}
+
+function stringValues(o: JsonObject): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(o)) if (typeof v === 'string') out[k] = v;
+  return out;
 }
 
 function obj(v: Json | undefined): JsonObject {

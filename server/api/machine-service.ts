@@ -1,0 +1,152 @@
+// machine.MachineService, wire-compatible with Talos: Containers and Logs for the static pods' containers (CRI) and
+// the kubelet's log. grpc-js answers UNIMPLEMENTED for every other method of the service.
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { join } from 'node:path';
+import { CosiError } from '../../shared/errors.js';
+import type { Logger } from '../../shared/log.js';
+import { PROTO_DIR, type WireContainerInfo } from '../../shared/wire.js';
+import { CriClient } from '../runtime/cri.js';
+import { listPods, parseContainerRef, resolveContainerLog } from '../runtime/inspector.js';
+import { readLog } from '../runtime/log-file.js';
+import { authorizeRead, peerOf } from './access.js';
+import { toStatus } from './service.js';
+
+export interface RuntimeOptions {
+  /** unix:///run/containerd/containerd.sock */
+  criEndpoint: string;
+  /** /var/log/pods */
+  podLogsDir: string;
+  /** Served as id `kubelet` in namespace `system`; absent: NOT_FOUND. */
+  kubeletLog?: string;
+}
+
+export const DEFAULT_RUNTIME: RuntimeOptions = { criEndpoint: 'unix:///run/containerd/containerd.sock', podLogsDir: '/var/log/pods' };
+
+/** Talos's namespaces: `k8s.io` for Kubernetes' containers (driver CRI), `system` for its own services. */
+const K8S_NAMESPACE = 'k8s.io';
+const SYSTEM_NAMESPACE = 'system';
+
+interface ContainersRequest {
+  namespace: string;
+  driver: 'CONTAINERD' | 'CRI';
+}
+
+interface LogsRequest {
+  namespace: string;
+  id: string;
+  driver: 'CONTAINERD' | 'CRI';
+  follow: boolean;
+  tailLines: number;
+}
+
+
+const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true, includeDirs: [PROTO_DIR] };
+
+export function machineServiceDefinition(): grpc.ServiceDefinition {
+  const def = protoLoader.loadSync(join(PROTO_DIR, 'machine', 'machine.proto'), LOADER_OPTIONS);
+  const pkg = grpc.loadPackageDefinition(def) as unknown as { machine: { MachineService: grpc.ServiceClientConstructor } };
+  return pkg.machine.MachineService.service;
+}
+
+export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName: string; log: Logger }): grpc.UntypedServiceImplementation & { close(): void } {
+  const { runtime, nodeName, log } = deps;
+  const cri = new CriClient(runtime.criEndpoint);
+  const metadata = { hostname: nodeName };
+  const header = new grpc.Metadata();
+  header.set('cosi-node', nodeName);
+
+  /** Talos lets os:admin, os:operator and os:reader see containers and logs. */
+  function authorize(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>): void {
+    authorizeRead(peerOf(call), false, 'containers and logs');
+  }
+
+  return {
+    close: () => cri.close(),
+
+    Containers(call: grpc.ServerUnaryCall<ContainersRequest, unknown>, callback: grpc.sendUnaryData<unknown>) {
+      void (async () => {
+        try {
+          authorize(call);
+          const req = call.request;
+          if (req.namespace !== K8S_NAMESPACE || req.driver !== 'CRI') {
+            throw new CosiError('unimplemented', `cosid serves the Kubernetes containers only (namespace ${K8S_NAMESPACE}, driver CRI: containers -k), not namespace ${JSON.stringify(req.namespace)} with driver ${req.driver}`);
+          }
+          const containers: WireContainerInfo[] = [];
+          for (const p of await listPods(cri)) {
+            const common = { namespace: K8S_NAMESPACE, podId: p.id, networkNamespace: '', staticPod: p.staticPod, uid: p.uid };
+            containers.push({ ...common, id: p.id, internalId: p.sandboxId, name: p.id, image: p.image, pid: p.pid, status: p.state, restartCount: 0 });
+            for (const c of p.containers) {
+              containers.push({ ...common, id: c.id, internalId: c.containerId, name: c.name, image: c.image, pid: c.pid, status: c.state, restartCount: c.restartCount });
+            }
+          }
+          call.sendMetadata(header);
+          callback(null, { messages: [{ metadata, containers }] });
+        } catch (err) {
+          callback(toStatus(err));
+        }
+      })();
+    },
+
+    Logs(call: grpc.ServerWritableStream<LogsRequest, unknown>) {
+      const abort = new AbortController();
+      call.on('cancelled', () => abort.abort());
+      call.on('close', () => abort.abort());
+      void (async () => {
+        try {
+          authorize(call);
+          const req = call.request;
+          const path = await logPathOf(req);
+          call.sendMetadata(header);
+          const reader = readLog(path, { tailLines: req.tailLines, follow: req.follow, signal: abort.signal });
+          for await (const chunk of reader) {
+            if (abort.signal.aborted) break;
+            // Backpressure: a client that stops reading stops the reading of the file.
+            if (!call.write({ metadata, bytes: chunk })) await drained(call, abort.signal);
+          }
+          if (!abort.signal.aborted) call.end();
+        } catch (err) {
+          if (abort.signal.aborted) return;
+          const status = toStatus(fileErrorAsCosi(err));
+          if (status.code === grpc.status.INTERNAL) log.warn('logs failed', { id: call.request.id, error: status.details });
+          call.emit('error', status);
+        }
+      })();
+    },
+  };
+
+  async function logPathOf(req: LogsRequest): Promise<string> {
+    if (req.namespace === SYSTEM_NAMESPACE) {
+      if (req.id !== 'kubelet') throw new CosiError('not-found', `service ${JSON.stringify(req.id.slice(0, 200))} not found; services: kubelet`);
+      if (runtime.kubeletLog === undefined) throw new CosiError('not-found', "the kubelet's log is not served: start cosid with --kubelet-log FILE");
+      return runtime.kubeletLog;
+    }
+    if (req.namespace !== K8S_NAMESPACE) {
+      throw new CosiError('invalid-argument', `namespace ${JSON.stringify(req.namespace.slice(0, 100))} is not served: use ${K8S_NAMESPACE} (logs -k) or ${SYSTEM_NAMESPACE} (logs kubelet)`);
+    }
+    const ref = parseContainerRef(req.id);
+    return (await resolveContainerLog(cri, ref, runtime.podLogsDir)).path;
+  }
+}
+
+/** A log file that cannot be opened, as a CosiError naming it. */
+function fileErrorAsCosi(err: unknown): unknown {
+  const e = err as NodeJS.ErrnoException;
+  if (err instanceof CosiError || typeof e?.code !== 'string') return err;
+  if (e.code === 'ENOENT') return new CosiError('not-found', `log file ${e.path ?? ''} does not exist`);
+  if (e.code === 'EACCES' || e.code === 'EPERM') return new CosiError('permission-denied', `log file ${e.path ?? ''} cannot be read: ${e.code}`);
+  if (e.code === 'EISDIR') return new CosiError('invalid-argument', e.message);
+  return err;
+}
+
+function drained(call: grpc.ServerWritableStream<unknown, unknown>, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      call.off('drain', done);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    call.once('drain', done);
+    signal.addEventListener('abort', done);
+  });
+}
