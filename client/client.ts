@@ -95,7 +95,9 @@ export function toCosiError(err: unknown, endpoint: string): CosiError {
   const e = err as Partial<grpc.ServiceError>;
   if (typeof e.code === 'number') {
     const details = e.details ?? e.message ?? 'unknown error';
-    const hint = e.code === grpc.status.UNAVAILABLE ? ` (is cosid running at ${endpoint}, and does it trust your certificate?)` : '';
+    // An error that carries the server's node header came from cosid itself (its runtime is down, say): no hint.
+    const answered = e.metadata instanceof grpc.Metadata && e.metadata.get('cosi-node').length > 0;
+    const hint = e.code === grpc.status.UNAVAILABLE && !answered ? ` (is cosid running at ${endpoint}, and does it trust your certificate?)` : '';
     return new CosiError(kindOfGrpcCode(e.code), `${details}${hint}`);
   }
   return new CosiError('internal', err instanceof Error ? err.message : String(err));

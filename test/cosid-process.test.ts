@@ -4,11 +4,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, inject, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type WatchEvent } from '../client/index.js';
 import { loadCosiConfig, selectContext } from '../client/cosiconfig.js';
 import { eventually } from './harness.js';
+import { CriClient } from '../server/runtime/cri.js';
 
 const ROOT = process.cwd();
 const children: ChildProcess[] = [];
@@ -77,6 +78,14 @@ describe('npm start', () => {
     await eventually(() => expect(watched, `watch printed:\n${watched}`).toMatch(/^demo-node\s+(\+\s+)?k8s\s+StaticPodStatus\s+default\/nginx-demo-node\s+\d+\s+True\s+0\s*$/m), 30_000);
     watcher.kill('SIGINT');
 
+    // Simulated runtime: containers -k and logs -k answer from the simulator's CRI socket and its log files.
+    expect(stderr).toContain('SIMULATED runtime (COSI_RUNTIME=simulated)');
+    const cli = ['dist/client/cli/main.js', '--cosiconfig', join(state, 'pki', 'cosiconfig')];
+    const containers = await run(process.execPath, [...cli, 'containers', '-k']);
+    expect(containers.stdout).toMatch(/^demo-node\s+k8s\.io\s+└─ default\/nginx-demo-node:nginx:[0-9a-f]{12}\s+nginx\s+0\s+CONTAINER_RUNNING$/m);
+    const simLogs = await run(process.execPath, [...cli, 'logs', '-k', 'default/nginx-demo-node:nginx', '--tail', '1']);
+    expect(simLogs.stdout).toMatch(/^demo-node: \S+ stdout F /);
+
     // A watch open during SIGTERM ends with UNAVAILABLE (a status, not a connection reset).
     const ctx = selectContext(await loadCosiConfig(join(state, 'pki', 'cosiconfig')));
     const client = connect({ endpoint: `127.0.0.1:${port}`, caPem: ctx.caPem, certPem: ctx.certPem, keyPem: ctx.keyPem });
@@ -88,6 +97,61 @@ describe('npm start', () => {
     expect(err).toMatchObject({ code: grpc.status.UNAVAILABLE, message: expect.stringContaining('shutting down') });
     expect(await exited).toBe(0);
     client.close();
+  });
+});
+
+const cri = inject('cri');
+
+describe.skipIf(cri === null)('npm start on a real containerd', () => {
+  it('says it runs the real runtime, runs the example pods for real, serves their logs, and removes them on SIGTERM', async () => {
+    const state = await mkdtemp(join(tmpdir(), 'cosi-state-'));
+    dirs.push(state);
+    const [port, manifestPort, kubeletPort] = [await freePort(), await freePort(), await freePort()];
+    // The test run's containerd (one per run) stands in for the one npm start would start itself.
+    const child = spawn(process.execPath, ['scripts/start.mjs'], {
+      cwd: ROOT,
+      env: {
+        ...process.env,
+        COSI_STATE_DIR: state,
+        COSI_NODE: 'real-node',
+        COSI_CRI_ENDPOINT: cri?.endpoint ?? '',
+        COSID_LISTEN: `127.0.0.1:${port}`,
+        COSID_MANIFEST_LISTEN: `127.0.0.1:${manifestPort}`,
+        KUBELET_SIM_LISTEN: `127.0.0.1:${kubeletPort}`,
+      },
+    });
+    children.push(child);
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    await eventually(() => expect(stderr).toContain('"msg":"cosid serving"'), 30_000);
+    expect(stderr).toContain(`REAL runtime: the pods run on containerd at ${cri?.endpoint ?? ''}`);
+    expect(stderr).toContain('examples/machine-config-containerd.yaml');
+    const cli = ['dist/client/cli/main.js', '--cosiconfig', join(state, 'pki', 'cosiconfig')];
+    const table = await eventually(async () => {
+      const r = await run(process.execPath, [...cli, 'containers', '-k']);
+      expect(r.stdout).toMatch(/^real-node\s+k8s\.io\s+└─ default\/ticker-real-node:ticker:[0-9a-f]{12}\s+docker\.io\/cosi-pods\/busybox:latest\s+\d+\s+CONTAINER_RUNNING$/m);
+      expect(r.stdout).toMatch(/^real-node\s+k8s\.io\s+└─ default\/web-real-node:httpd:[0-9a-f]{12}\s+docker\.io\/cosi-pods\/busybox:latest\s+\d+\s+CONTAINER_RUNNING$/m);
+      return r.stdout;
+    }, 30_000);
+    expect(table.split('\n')[0]).toMatch(/^NODE\s+NAMESPACE\s+ID\s+IMAGE\s+PID\s+STATUS$/);
+    const logs = await eventually(async () => {
+      const r = await run(process.execPath, [...cli, 'logs', '-k', 'default/ticker-real-node:ticker', '--tail', '1']);
+      expect(r.stdout).toMatch(/^real-node: \S+ stdout F tick \d+\n$/);
+      return r;
+    }, 15_000);
+    expect(logs.code).toBe(0);
+    // The kubelet's log holds the simulator's lines.
+    const kubelet = await run(process.execPath, [...cli, 'logs', 'kubelet']);
+    expect(kubelet.stdout).toMatch(/^real-node: \{.*"msg":"kubelet-simulator: sandbox [0-9a-f]{12} for default\/web-real-node"\}$/m);
+
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    // Its pods are gone from the runtime.
+    const client = new CriClient(cri?.endpoint ?? '');
+    const left = (await client.listPodSandboxes()).filter((s) => s.metadata.name.endsWith('-real-node'));
+    client.close();
+    expect(left).toEqual([]);
   });
 });
 

@@ -83,7 +83,8 @@ export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName
           call.sendMetadata(header);
           callback(null, { messages: [{ metadata, containers }] });
         } catch (err) {
-          callback(toStatus(err));
+          // The node header on an error says the server answered (clients then drop their "is cosid running" hint).
+          callback({ ...toStatus(err), metadata: header });
         }
       })();
     },
@@ -109,7 +110,7 @@ export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName
           if (abort.signal.aborted) return;
           const status = toStatus(fileErrorAsCosi(err));
           if (status.code === grpc.status.INTERNAL) log.warn('logs failed', { id: call.request.id, error: status.details });
-          call.emit('error', status);
+          call.emit('error', { ...status, metadata: header });
         }
       })();
     },
