@@ -10,6 +10,7 @@ import { K8S_NAMESPACE, STATIC_POD_STATUS_TYPE, STATIC_POD_TYPE } from '../serve
 import type { Logger } from '../shared/log.js';
 import type { Json } from '../shared/wire.js';
 import type { WatchLimits } from '../server/watch/hub.js';
+import type { RuntimeOptions } from '../server/api/machine-service.js';
 
 export interface TestPki {
   dir: string;
@@ -67,9 +68,13 @@ export async function startServer(
     log?: Logger;
     maxConnectionsPerAddress?: number;
     watchLimits?: Partial<WatchLimits>;
+    /** The container runtime behind machine.MachineService; default: none (a socket in the PKI dir that does not exist). */
+    runtime?: Partial<RuntimeOptions>;
   } = {},
 ): Promise<TestServer> {
   const pki = opts.pki ?? (await makePki());
+  // Never the host's containerd: a test names the runtime it uses.
+  const runtime = { criEndpoint: `unix://${join(pki.dir, 'no-runtime.sock')}`, podLogsDir: join(pki.dir, 'no-pod-logs'), ...opts.runtime };
   const cosid = await Cosid.start({
     listen: opts.listen ?? '127.0.0.1:0',
     tls: { caPem: pki.ca.certPem, certPem: pki.server.certPem, keyPem: pki.server.keyPem },
@@ -85,6 +90,7 @@ export async function startServer(
     ...(opts.audit !== undefined ? { audit: opts.audit } : {}),
     ...(opts.maxConnectionsPerAddress !== undefined ? { maxConnectionsPerAddress: opts.maxConnectionsPerAddress } : {}),
     ...(opts.log !== undefined ? { log: opts.log } : {}),
+    runtime,
     shutdownGraceMs: 1000,
   });
   const endpoint = `127.0.0.1:${cosid.port}`;
