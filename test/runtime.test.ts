@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { isCosiError, type CosiClient } from '../client/index.js';
 import type { ContainerInfo } from '../client/machine.js';
 import { CONTAINERS_ANNOTATION } from '../server/resources/k8s.js';
+import { CriClient } from '../server/runtime/cri.js';
 import type { Json } from '../shared/wire.js';
 import { eventually } from './harness.js';
 import { machineConfig, NODE, startNode, type TestNode } from './pipeline-harness.js';
@@ -44,6 +45,9 @@ async function collect(it: AsyncIterable<Buffer>, until: (text: string) => boole
   return text;
 }
 
+/** This file's pods (the containerd is shared with other test files). */
+const ours = (s: { metadata: { namespace: string; name: string } }) => s.metadata.namespace === 'default' && s.metadata.name.endsWith(`-${NODE}`);
+
 const CRI_LINE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z (stdout|stderr) [PF] /;
 
 describeCri('containers and logs on a real containerd', () => {
@@ -73,19 +77,25 @@ describeCri('containers and logs on a real containerd', () => {
   afterAll(async () => {
     await n?.close();
     if (kubeletLog !== undefined) await rm(kubeletLog, { force: true });
-    // Everything the simulator started is gone from the runtime.
-    if (n?.runtime !== undefined) expect(await n.runtime.cri.listPodSandboxes().catch(() => [])).toEqual([]);
+    if (cri === null) return;
+    // Everything the simulator started is gone from the runtime (other test files' pods may be there: only ours).
+    const check = new CriClient(cri.endpoint);
+    const left = (await check.listPodSandboxes()).filter(ours);
+    check.close();
+    expect(left).toEqual([]);
   });
 
   it('lists every sandbox and container the runtime runs, with real PIDs, images and the static-pod mark', async () => {
     const listed = await running();
     const rt = n.runtime;
     if (rt === undefined) throw new Error('no runtime');
-    const sandboxes = await rt.cri.listPodSandboxes();
-    const containers = await rt.cri.listContainers();
+    const sandboxes = (await rt.cri.listPodSandboxes()).filter(ours);
+    const sandboxIds = new Set(sandboxes.map((s) => s.id));
+    const containers = (await rt.cri.listContainers()).filter((c) => sandboxIds.has(c.podSandboxId));
     // The same sets as the runtime's own lists.
-    expect(new Set(listed.filter((c) => c.id === c.podId).map((c) => c.runtimeId))).toEqual(new Set(sandboxes.map((s) => s.id)));
-    expect(new Set(listed.filter((c) => c.id !== c.podId).map((c) => c.runtimeId))).toEqual(new Set(containers.map((c) => c.id)));
+    const mine = listed.filter((c) => c.podId.startsWith('default/') && c.podId.endsWith(`-${NODE}`));
+    expect(new Set(mine.filter((c) => c.id === c.podId).map((c) => c.runtimeId))).toEqual(sandboxIds);
+    expect(new Set(mine.filter((c) => c.id !== c.podId).map((c) => c.runtimeId))).toEqual(new Set(containers.map((c) => c.id)));
     const sandbox = listed.find((c) => c.id === `default/web-${NODE}`);
     expect(sandbox).toMatchObject({ podId: `default/web-${NODE}`, status: 'SANDBOX_READY', image: cri?.images.pause, staticPod: true });
     const ctr = listed.find((c) => c.podId === `default/web-${NODE}` && c.name === 'web');

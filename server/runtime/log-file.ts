@@ -60,16 +60,23 @@ export async function* readLog(path: string, opts: ReadLogOptions): AsyncGenerat
     }
   }
 
-  async function readFrom(fh: FileHandle, at: number): Promise<number> {
-    const { bytesRead } = await fh.read(buf, 0, chunkBytes - Math.min(pending.length, chunkBytes - 1024), at);
+  async function readFrom(fh: FileHandle, at: number, limit = Infinity): Promise<number> {
+    const { bytesRead } = await fh.read(buf, 0, Math.min(limit, chunkBytes - Math.min(pending.length, chunkBytes - 1024)), at);
     if (bytesRead > 0) pending = pending.length === 0 ? Buffer.from(buf.subarray(0, bytesRead)) : Buffer.concat([pending, buf.subarray(0, bytesRead)]);
     return bytesRead;
   }
 
+  // Without follow, the answer is the file as it was when asked: lines written meanwhile would make "the last N"
+  // more than N.
+  const endAtOpen = opts.follow ? Infinity : current.size;
   try {
     for (;;) {
       if (opts.signal?.aborted === true) return undefined;
-      const n = await readFrom(current.fh, pos);
+      if (pos >= endAtOpen) {
+        yield* drainPending(true);
+        return undefined;
+      }
+      const n = await readFrom(current.fh, pos, endAtOpen - pos);
       pos += n;
       if (n > 0) {
         yield* drainPending(false);
