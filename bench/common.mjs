@@ -1,6 +1,8 @@
 // Shared bits of the benchmark: PKI, payloads of realistic size, process CPU/RSS, percentiles.
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FLOW_CONTROL_WINDOW } from '../dist/client/client.js';
@@ -119,3 +121,20 @@ export function serveRpc(handlers) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+export function freePort() {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const p = s.address().port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+/** Wall time of a whole process (node with `args`, or `file`), in ms; its output goes to /dev/null, or with `read` is read by us. */
+export function timeProcess(args, { file = process.execPath, read = false } = {}) {
+  const t0 = process.hrtime.bigint();
+  execFileSync(file, args, { stdio: ['ignore', read ? 'pipe' : 'ignore', 'ignore'], maxBuffer: 64 << 20 });
+  return Number(process.hrtime.bigint() - t0) / 1e6;
+}

@@ -1,10 +1,10 @@
 // npm run bench [-- --quick]: cosid next to etcd (Debian's etcd-server) and the grpc-js ceiling, same machine, same
-// mTLS, same data, same client harness; prints a table with ratios and writes bench/out/results.json.
+// mTLS, same data, same client harness; prints a table with ratios and writes bench/out/results.json. Scenarios 8-10
+// (bench/runtime.mjs) run containers and logs on a private real containerd, against peers measured in the same run.
 import { execFileSync, fork, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
-import { cpus, tmpdir, totalmem } from 'node:os';
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Etcd3 } from 'etcd3';
@@ -12,7 +12,8 @@ import jsyaml from 'js-yaml';
 import { connect } from '../dist/client/index.js';
 import { serializeCosiConfig } from '../dist/client/cosiconfig.js';
 import { wire } from '../dist/shared/wire.js';
-import { CHANNEL_OPTIONS, makeBenchPki, podStatusPayload, procStats, readPem, rpc, sleep, summarize } from './common.mjs';
+import { CHANNEL_OPTIONS, freePort, makeBenchPki, podStatusPayload, procStats, readPem, rpc, sleep, summarize, timeProcess } from './common.mjs';
+import { runtimeScenarios } from './runtime.mjs';
 
 const QUICK = process.argv.includes('--quick');
 // cosid's watchers use one event per message, as its client library does by default; BENCH_AGGREGATED=1 batches.
@@ -26,16 +27,6 @@ const results = { machine: {}, scenarios: {} };
 const children = [];
 const cleanup = [];
 process.on('exit', () => children.forEach((c) => c.kill('SIGKILL')));
-
-function freePort() {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 function ensureEtcd() {
   try {
@@ -60,8 +51,8 @@ function forkServer(file, env, execArgv = []) {
 const etcdVersion = ensureEtcd();
 const pki = await makeBenchPki();
 const pem = readPem(pki);
-results.machine = { aggregated: AGGREGATED, cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version, etcd: etcdVersion, quick: QUICK, date: new Date().toISOString() };
-progress(`machine: ${results.machine.cpus} cores, node ${process.version}, ${etcdVersion}`);
+results.machine = { aggregated: AGGREGATED, cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version, etcd: etcdVersion, quick: QUICK, date: new Date().toISOString(), loadAverage1mAtStart: loadavg()[0] };
+progress(`machine: ${results.machine.cpus} cores, node ${process.version}, ${etcdVersion}, load average ${loadavg()[0].toFixed(2)}`);
 
 // On tmpfs when there is one, so etcd's fsyncs do not make it look slower than it is.
 const etcdDir = await mkdtemp(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'cosi-bench-etcd-'));
@@ -400,11 +391,6 @@ sub.unsubscribe();
 nodeClient.close();
 const cosiconfig = join(nodeDir, 'cosiconfig');
 writeFileSync(cosiconfig, serializeCosiConfig({ currentContext: 'bench', contexts: new Map([['bench', { name: 'bench', endpoints: [`127.0.0.1:${nodePort}`], nodes: [], caPem: pem.caPem, certPem: pem.clientCertPem, keyPem: pem.clientKeyPem }]]) }));
-const timeProcess = (args) => {
-  const t0 = process.hrtime.bigint();
-  execFileSync(process.execPath, args, { stdio: 'ignore' });
-  return Number(process.hrtime.bigint() - t0) / 1e6;
-};
 const cli = [];
 const bare = [];
 for (let i = 0; i < cfg.cliRuns; i++) {
@@ -414,6 +400,13 @@ for (let i = 0; i < cfg.cliRuns; i++) {
 nodeProc.kill('SIGTERM');
 results.scenarios.pipeline = { configToEvent: summarize(pipeline), cosictlMedianMs: summarize(cli).p50, nodeStartupMedianMs: summarize(bare).p50 };
 progress(`  config -> event p50 ${results.scenarios.pipeline.configToEvent.p50} ms p99 ${results.scenarios.pipeline.configToEvent.p99} ms; cosictl median ${cli.length ? results.scenarios.pipeline.cosictlMedianMs.toFixed(0) : '-'} ms (node itself ${results.scenarios.pipeline.nodeStartupMedianMs.toFixed(0)} ms)`);
+
+// ---- 8-10. Containers and logs from a real containerd (bench/runtime.mjs) -------------------------------------
+// Skipped with a message where containerd cannot run; a failure is reported (exit code 1) after the other figures.
+results.scenarios.runtime = await runtimeScenarios({ quick: QUICK, cliRuns: cfg.cliRuns, pki, pem, progress, children }).catch((err) => {
+  progress(`scenarios 8-10 FAILED: ${err.stack ?? err}`);
+  return { failed: err.message };
+});
 
 // ---- report ----------------------------------------------------------------------------------------------
 const s = results.scenarios;
@@ -445,6 +438,23 @@ rows.push(['flood: Get p99 alone / under a List flood (ms)', pair(s.flood.alone.
 rows.push(['stalled watcher: healthy p99 without / with (ms)', pair(s.stalled.without.p99, s.stalled.with.p99), undefined, undefined, '+ < 10%']);
 rows.push(['config change -> event p50 / p99 (ms)', pair(s.pipeline.configToEvent.p50, s.pipeline.configToEvent.p99), undefined, undefined, 'p99 <= 50']);
 rows.push(['cosictl get staticpods / bare node, median (ms)', pair(s.pipeline.cosictlMedianMs, s.pipeline.nodeStartupMedianMs), undefined, undefined, '<= 300']);
+// Scenarios 8-10: the peer measured in the same run goes in the ceiling column (named in the figure).
+const rt = s.runtime;
+if (rt.skipped !== undefined || rt.failed !== undefined) {
+  rows.push(['logs / follow / containers -k (scenarios 8-10)', rt.failed !== undefined ? 'FAILED' : 'skipped', undefined, undefined, rt.failed ?? 'no containerd here']);
+} else {
+  const lt = rt.logsTail;
+  rows.push(['logs --tail 100 of 1 GiB, p50 (ms); ceiling: tail -n 100', lt.client.p50, undefined, lt.tail.p50, '< 50, < 2 x tail']);
+  rows.push(['logs --tail 100 of 1 GiB, p99 (ms); ceiling: tail -n 100', lt.client.p99, undefined, lt.tail.p99, '< 50']);
+  rows.push(['logs --tail 100: readLog in-process p50 / p99 (ms)', pair(lt.readLog.p50, lt.readLog.p99, 2), undefined, undefined, '']);
+  rows.push([`logs --tail 100 with ${rt.containers.pods} pods, p50 / p99 (ms)`, pair(lt.with50Pods.p50, lt.with50Pods.p99), undefined, undefined, '< 50']);
+  rows.push(['cosictl logs -k --tail 100 / get staticpods, median (ms)', pair(lt.cosictlMedianMs, rt.containers.cosictlGetMedianMs, 0), undefined, undefined, '']);
+  rows.push(['follow latency p50 (ms); ceiling: tail -F', rt.follow.cosid.p50, undefined, rt.follow.tailF.p50, '']);
+  rows.push(['follow latency p99 (ms); ceiling: tail -F', rt.follow.cosid.p99, undefined, rt.follow.tailF.p99, '< 50']);
+  rows.push(['follow latency: readLog in-process p50 / p99 (ms)', pair(rt.follow.readLog.p50, rt.follow.readLog.p99), undefined, undefined, '']);
+  rows.push([`cosictl containers -k, ${rt.containers.pods} pods, median (ms); ceiling: get staticpods`, rt.containers.cosictlContainersMedianMs, undefined, rt.containers.cosictlGetMedianMs, '< 2 x get staticpods']);
+  rows.push([`Containers RPC / listPods in-process / its first listing, ${rt.containers.pods} pods, p50 (ms)`, `${pair(rt.containers.rpc.p50, rt.containers.listPods.p50)} / ${fmt(rt.containers.listPodsFirst.p50)}`, undefined, undefined, '']);
+}
 const header = ['figure', 'cosid', 'etcd', 'ceiling', 'cosid/etcd', 'cosid/ceiling', 'target'];
 const table = [header, ...rows.map(([name, c, e, x, target]) => [name, fmt(c), fmt(e), fmt(x), ratio(c, e), ratio(c, x), target])];
 const widths = header.map((_, i) => Math.max(...table.map((r) => String(r[i]).length)));
@@ -465,4 +475,4 @@ ceilingRaw.close();
 etcdProc.kill('SIGTERM');
 for (const c of cleanup) await c();
 await rm(pki.dir, { recursive: true, force: true });
-process.exit(0);
+process.exit(rt.failed !== undefined ? 1 : 0);

@@ -1,12 +1,19 @@
 // Hostile requests: the server answers every one with a documented status, keeps serving others, and its
-// memory returns to its baseline. (A longer run: npm run fuzz -- --duration 10m.)
+// memory returns to its baseline. machine.MachineService is fuzzed too: against a cosid whose runtime socket is
+// missing (the API surface: every Containers/Logs answer still documented), and against one whose (fake) runtime
+// reports log files that point outside the pod logs directory, where no answer may carry the canary planted there.
+// (A longer run: npm run fuzz -- --duration 10m.)
+import { rm } from 'node:fs/promises';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connect, type CosiClient } from '../client/index.js';
 import { reconcileStaticPods } from '../server/controllers/static-pods.js';
+import { Cosid } from '../server/cosid.js';
 import { silentLogger } from '../shared/log.js';
 import { runFuzz } from './fuzz/fuzzer.js';
-import { pod, podStatus, startServer, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
+import { makeMachineFixture, type MachineFixture } from './fuzz/machine-fixture.js';
+import { makePki, pod, podStatus, STATUSES, TEST_OWNER, type TestPki } from './harness.js';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -16,18 +23,61 @@ const heap = () => {
   return process.memoryUsage().heapUsed;
 };
 
-let srv: TestServer;
+interface FuzzServer {
+  cosid: Cosid;
+  endpoint: string;
+  client: CosiClient;
+  close(): Promise<void>;
+}
+
+async function startCosid(pki: TestPki, runtime: { criEndpoint: string; podLogsDir: string; kubeletLog: string }): Promise<FuzzServer> {
+  const cosid = await Cosid.start({
+    listen: '127.0.0.1:0',
+    tls: { caPem: pki.ca.certPem, certPem: pki.server.certPem, keyPem: pki.server.keyPem },
+    nodeName: 'fuzz-node',
+    shutdownGraceMs: 1000,
+    runtime,
+  });
+  const endpoint = `127.0.0.1:${cosid.port}`;
+  const client = connect({ endpoint, caPem: pki.ca.certPem, certPem: pki.admin.certPem, keyPem: pki.admin.keyPem });
+  return {
+    cosid,
+    endpoint,
+    client,
+    async close() {
+      client.close();
+      await cosid.stop();
+    },
+  };
+}
+
+let pki: TestPki;
+let fixture: MachineFixture;
+let srv: FuzzServer;
+let confined: FuzzServer;
 beforeAll(async () => {
-  srv = await startServer();
+  pki = await makePki();
+  fixture = await makeMachineFixture({ fakeCri: true });
+  // The API surface: no runtime behind it (Containers and container Logs: UNAVAILABLE), a kubelet log to stream.
+  srv = await startCosid(pki, { criEndpoint: fixture.missingCri, podLogsDir: fixture.podLogsDir, kubeletLog: fixture.kubeletLog });
   reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }], silentLogger);
   for (let i = 0; i < 20; i++) srv.cosid.store.create({ ...STATUSES, id: `default/p${i}`, spec: podStatus(i % 2 === 0), labels: { n: String(i) } }, TEST_OWNER);
+  // The confinement: a runtime whose containers' log files are symlinks, `..` paths and absolute paths outside.
+  confined = await startCosid(pki, { criEndpoint: fixture.fakeCri ?? '', podLogsDir: fixture.podLogsDir, kubeletLog: fixture.kubeletLog });
 });
-afterAll(() => srv.close());
+afterAll(async () => {
+  await srv?.close();
+  await confined?.close();
+  await fixture?.close();
+  if (pki !== undefined) await rm(pki.dir, { recursive: true, force: true });
+});
+
+const target = (s: FuzzServer) => ({ endpoint: s.endpoint, caPem: pki.ca.certPem, certPem: pki.admin.certPem, keyPem: pki.admin.keyPem });
 
 describe('fuzzing every method', () => {
   it('answers random, mutated and wild requests with documented statuses while serving another client', async () => {
     const seed = Number(process.env['FUZZ_SEED'] ?? 7);
-    const good = srv.client();
+    const good = srv.client;
     await good.list('staticpods');
     const baseline = heap();
     let served = 0;
@@ -43,17 +93,22 @@ describe('fuzzing every method', () => {
         }
       }
     })();
-    const report = await runFuzz(
-      { endpoint: srv.endpoint, caPem: srv.pki.ca.certPem, certPem: srv.pki.admin.certPem, keyPem: srv.pki.admin.keyPem },
-      { durationMs: 4000, seed, concurrency: 4 },
-    );
+    const report = await runFuzz(target(srv), { durationMs: 4000, seed, concurrency: 4, machine: { canary: fixture.canary, ids: ['default/nginx-fuzz-node:nginx'] } });
     fuzzing = false;
     await bystander;
     expect(report.findings).toEqual([]);
-    expect(report.calls).toBeGreaterThan(100);
+    // (Hundreds of calls on an idle machine; a loaded 2-core one makes far fewer.)
+    expect(report.calls).toBeGreaterThan(50);
     // The generator really reached the validation paths, not just the happy ones.
     expect(report.byCode['INVALID_ARGUMENT'] ?? 0).toBeGreaterThan(10);
     expect(report.byCode['OK'] ?? 0).toBeGreaterThan(0);
+    // ... and the machine service's: a runtime that is not there, the kubelet's log, IDs refused.
+    const containers = report.byMethod['MachineService/Containers'] ?? {};
+    const logs = report.byMethod['MachineService/Logs'] ?? {};
+    expect(containers['UNAVAILABLE'] ?? 0).toBeGreaterThan(0);
+    expect(logs['UNAVAILABLE'] ?? 0).toBeGreaterThan(0);
+    expect(logs['INVALID_ARGUMENT'] ?? 0).toBeGreaterThan(0);
+    expect(report.logsWithData).toBeGreaterThan(0);
     expect(failed).toBe(0);
     expect(served).toBeGreaterThan(10);
     expect((await good.list('podstatus')).length).toBe(20);
@@ -61,5 +116,29 @@ describe('fuzzing every method', () => {
     await new Promise((r) => setTimeout(r, 300));
     expect(srv.cosid.hub.stats().sessions).toBe(0);
     expect(heap() - baseline).toBeLessThan(32 << 20);
+  });
+
+  it('never serves a file outside the pod logs directory, whatever the ID and whatever the runtime reports', async () => {
+    const seed = Number(process.env['FUZZ_SEED'] ?? 7) + 1;
+    const ids = [...fixture.ids.readable, ...fixture.ids.escaping, ...fixture.ids.broken];
+    const report = await runFuzz(target(confined), { durationMs: 3000, seed, concurrency: 4, state: false, machine: { canary: fixture.canary, ids } });
+    expect(report.findings).toEqual([]);
+    const logs = report.byMethod['MachineService/Logs'] ?? {};
+    // The fuzzer reached the real log (OK, with data), the escaping ones (PERMISSION_DENIED) and the broken ones.
+    expect(logs['OK'] ?? 0).toBeGreaterThan(0);
+    expect(logs['PERMISSION_DENIED'] ?? 0).toBeGreaterThan(0);
+    expect(logs['NOT_FOUND'] ?? 0).toBeGreaterThan(0);
+    expect(report.logsWithData).toBeGreaterThan(0);
+    expect((report.byMethod['MachineService/Containers'] ?? {})['OK'] ?? 0).toBeGreaterThan(0);
+    // Each escaping ID, asked directly: refused, and never the canary.
+    for (const id of fixture.ids.escaping) {
+      const err = await (async () => {
+        let text = '';
+        for await (const chunk of confined.client.logs(id)) text += chunk.toString('latin1');
+        return text;
+      })().catch((e: unknown) => e);
+      expect(String(err), id).not.toContain(fixture.canary);
+      expect(err, id).toMatchObject({ kind: expect.stringMatching(/^(permission-denied|not-found)$/) });
+    }
   });
 });

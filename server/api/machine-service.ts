@@ -2,6 +2,7 @@
 // the kubelet's log. grpc-js answers UNIMPLEMENTED for every other method of the service.
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { realpath } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
@@ -43,10 +44,32 @@ interface LogsRequest {
 
 const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true, includeDirs: [PROTO_DIR] };
 
+/** A request body that did not decode. */
+class MalformedRequest {
+  constructor(readonly reason: string) {}
+}
+
+function requestOf<T>(call: { request: T | MalformedRequest }): T {
+  if (call.request instanceof MalformedRequest) throw new CosiError('invalid-argument', `malformed request: ${call.request.reason}`);
+  return call.request;
+}
+
 export function machineServiceDefinition(): grpc.ServiceDefinition {
   const def = protoLoader.loadSync(join(PROTO_DIR, 'machine', 'machine.proto'), LOADER_OPTIONS);
   const pkg = grpc.loadPackageDefinition(def) as unknown as { machine: { MachineService: grpc.ServiceClientConstructor } };
-  return pkg.machine.MachineService.service;
+  // A request that is not valid protobuf becomes INVALID_ARGUMENT in the handler (UNIMPLEMENTED for the methods
+  // cosid does not serve), not grpc-js's INTERNAL "Error deserializing request".
+  const methods = Object.entries(pkg.machine.MachineService.service).map(([name, m]) => {
+    const requestDeserialize = (b: Buffer): unknown => {
+      try {
+        return m.requestDeserialize(b);
+      } catch (err) {
+        return new MalformedRequest(err instanceof Error ? err.message : String(err));
+      }
+    };
+    return [name, { ...m, requestDeserialize }] as const;
+  });
+  return Object.fromEntries(methods);
 }
 
 export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName: string; log: Logger }): grpc.UntypedServiceImplementation & { close(): void } {
@@ -55,6 +78,13 @@ export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName
   const metadata = { hostname: nodeName };
   const header = new grpc.Metadata();
   header.set('cosi-node', nodeName);
+
+  /** The node header on an error says the server answered (clients then drop their "is cosid running" hint). */
+  function withNode(status: Partial<grpc.StatusObject>): Partial<grpc.StatusObject> {
+    const md = status.metadata ?? new grpc.Metadata();
+    md.set('cosi-node', nodeName);
+    return { ...status, metadata: md };
+  }
 
   /** Talos lets os:admin, os:operator and os:reader see containers and logs. */
   function authorize(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>): void {
@@ -68,7 +98,7 @@ export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName
       void (async () => {
         try {
           authorize(call);
-          const req = call.request;
+          const req = requestOf(call);
           if (req.namespace !== K8S_NAMESPACE || req.driver !== 'CRI') {
             throw new CosiError('unimplemented', `cosid serves the Kubernetes containers only (namespace ${K8S_NAMESPACE}, driver CRI: containers -k), not namespace ${JSON.stringify(req.namespace)} with driver ${req.driver}`);
           }
@@ -83,8 +113,7 @@ export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName
           call.sendMetadata(header);
           callback(null, { messages: [{ metadata, containers }] });
         } catch (err) {
-          // The node header on an error says the server answered (clients then drop their "is cosid running" hint).
-          callback({ ...toStatus(err), metadata: header });
+          callback(withNode(toStatus(err)));
         }
       })();
     },
@@ -96,10 +125,12 @@ export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName
       void (async () => {
         try {
           authorize(call);
-          const req = call.request;
+          const req = requestOf(call);
           const path = await logPathOf(req);
+          // A container's log stays confined to the pod logs directory at every open, rotations included.
+          const confineTo = req.namespace === K8S_NAMESPACE ? await realpath(runtime.podLogsDir) : undefined;
           call.sendMetadata(header);
-          const reader = readLog(path, { tailLines: req.tailLines, follow: req.follow, signal: abort.signal });
+          const reader = readLog(path, { tailLines: req.tailLines, follow: req.follow, signal: abort.signal, ...(confineTo !== undefined ? { confineTo } : {}) });
           for await (const chunk of reader) {
             if (abort.signal.aborted) break;
             // Backpressure: a client that stops reading stops the reading of the file.
@@ -110,7 +141,7 @@ export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName
           if (abort.signal.aborted) return;
           const status = toStatus(fileErrorAsCosi(err));
           if (status.code === grpc.status.INTERNAL) log.warn('logs failed', { id: call.request.id, error: status.details });
-          call.emit('error', { ...status, metadata: header });
+          call.emit('error', withNode(status));
         }
       })();
     },
@@ -134,8 +165,9 @@ export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName
 function fileErrorAsCosi(err: unknown): unknown {
   const e = err as NodeJS.ErrnoException;
   if (err instanceof CosiError || typeof e?.code !== 'string') return err;
-  if (e.code === 'ENOENT') return new CosiError('not-found', `log file ${e.path ?? ''} does not exist`);
-  if (e.code === 'EACCES' || e.code === 'EPERM') return new CosiError('permission-denied', `log file ${e.path ?? ''} cannot be read: ${e.code}`);
+  if (e.code === 'ENOENT' || e.code === 'ENOTDIR') return new CosiError('not-found', `log file ${e.path ?? ''} does not exist`);
+  // ELOOP: a symlink where a container's log file should be (confined logs follow none).
+  if (e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'ELOOP') return new CosiError('permission-denied', `log file ${e.path ?? ''} cannot be read: ${e.code}`);
   if (e.code === 'EISDIR') return new CosiError('invalid-argument', e.message);
   return err;
 }

@@ -38,15 +38,57 @@ export interface PodView {
   containers: ContainerView[];
 }
 
+/**
+ * Per runtime, what a verbose status said of a ready sandbox (PID, image) and of a running container (PID, log
+ * path): none of it changes while it runs (a restart is a new ID; the log path is fixed at creation), so each is
+ * asked once, not on every listing. A verbose status makes containerd marshal the whole runtime spec: 50 pods took
+ * 100 of them, 160-390 ms on 2 cores (bench, 2026-11-30).
+ */
+const runningDetails = new WeakMap<CriClient, { sandboxes: Map<string, { pid: number; image: string }>; containers: Map<string, { pid: number; logPath: string }> }>();
+
 /** Every pod sandbox and its containers (exited ones too), sandboxes by ID then age, containers by name then age. */
 export async function listPods(cri: CriClient): Promise<PodView[]> {
   const [sandboxes, containers] = await Promise.all([cri.listPodSandboxes(), cri.listContainers()]);
   const bySandbox = new Map<string, Container[]>();
   for (const c of containers) bySandbox.set(c.podSandboxId, [...(bySandbox.get(c.podSandboxId) ?? []), c]);
-  const sandboxStatus = await mapLimit(sandboxes, (s) => cri.podSandboxStatus(s.id).catch(goneAsEmpty));
-  const containerStatus = await mapLimit(containers, (c) => cri.containerStatus(c.id).catch(goneAsEmpty));
-  const pidOf = new Map(containers.map((c, i) => [c.id, containerStatus[i]?.pid ?? 0]));
-  const pods = sandboxes.map((s, i): PodView => {
+  let known = runningDetails.get(cri);
+  if (known === undefined) runningDetails.set(cri, (known = { sandboxes: new Map(), containers: new Map() }));
+  const cache = known;
+  // Only what is listed stays known.
+  const listed = new Set([...sandboxes.map((s) => s.id), ...containers.map((c) => c.id)]);
+  for (const m of [cache.sandboxes, cache.containers]) for (const id of m.keys()) if (!listed.has(id)) m.delete(id);
+  const sandboxStatus = new Map<string, { pid: number; image: string }>();
+  const pidOf = new Map<string, number>();
+  // One pool for both kinds; a container that is not running shows PID 0 and needs no status.
+  const asks: (() => Promise<void>)[] = [];
+  for (const s of sandboxes) {
+    const hit = cache.sandboxes.get(s.id);
+    if (hit !== undefined) sandboxStatus.set(s.id, hit);
+    else {
+      asks.push(async () => {
+        const st = await cri.podSandboxStatus(s.id).catch(goneAsEmpty);
+        if (st === undefined) return;
+        const details = { pid: st.pid, image: st.image };
+        sandboxStatus.set(s.id, details);
+        if (st.status.state === 'SANDBOX_READY' && st.pid > 0) cache.sandboxes.set(s.id, details);
+      });
+    }
+  }
+  for (const c of containers) {
+    if (c.state !== 'CONTAINER_RUNNING') continue;
+    const hit = cache.containers.get(c.id);
+    if (hit !== undefined) pidOf.set(c.id, hit.pid);
+    else {
+      asks.push(async () => {
+        const st = await cri.containerStatus(c.id).catch(goneAsEmpty);
+        if (st === undefined) return;
+        pidOf.set(c.id, st.pid);
+        if (st.status.state === 'CONTAINER_RUNNING' && st.pid > 0) cache.containers.set(c.id, { pid: st.pid, logPath: st.status.logPath });
+      });
+    }
+  }
+  await mapLimit(asks, (ask) => ask());
+  const pods = sandboxes.map((s): PodView => {
     const id = podId(s);
     const ctrs = (bySandbox.get(s.id) ?? []).map(
       (c): ContainerView => ({
@@ -61,7 +103,7 @@ export async function listPods(cri: CriClient): Promise<PodView[]> {
       }),
     );
     ctrs.sort((a, b) => a.name.localeCompare(b.name) || cmp(a.createdAt, b.createdAt));
-    const st = sandboxStatus[i];
+    const st = sandboxStatus.get(s.id);
     return {
       id,
       namespace: s.metadata.namespace,
@@ -154,9 +196,9 @@ export async function resolveContainerLog(cri: CriClient, ref: ContainerRef, pod
   }
   // The latest instance: the newest sandbox's newest container.
   const { c } = candidates.reduce((a, b) => (cmp(a.p.createdAt, b.p.createdAt) || cmp(a.c.createdAt, b.c.createdAt)) >= 0 ? a : b);
-  const { status } = await cri.containerStatus(c.containerId);
-  if (status.logPath === '') throw new CosiError('not-found', `container ${c.id} has no log file`);
-  return { container: c, path: await insideDir(status.logPath, podLogsDir) };
+  const logPath = runningDetails.get(cri)?.containers.get(c.containerId)?.logPath ?? (await cri.containerStatus(c.containerId)).status.logPath;
+  if (logPath === '') throw new CosiError('not-found', `container ${c.id} has no log file`);
+  return { container: c, path: await insideDir(logPath, podLogsDir) };
 }
 
 /** The real path of `file`, refused unless it is inside `dir`. */

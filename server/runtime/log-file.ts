@@ -1,8 +1,9 @@
 // Reads a container's (or the kubelet's) log file: the last N lines without reading the file whole, then, when
 // following, every new line as it is written, across the kubelet's rotation (rename + new file) and truncation.
-import { watch, type FSWatcher } from 'node:fs';
-import { open, stat, type FileHandle } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { constants, watch, type FSWatcher } from 'node:fs';
+import { open, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
+import { dirname, sep } from 'node:path';
+import { CosiError } from '../../shared/errors.js';
 
 export interface ReadLogOptions {
   /** Lines from the end to start with; negative: the whole file. */
@@ -15,6 +16,12 @@ export interface ReadLogOptions {
   pollMs?: number;
   /** How long a follower still reads the file it rotated away from (the runtime may write a last line there). */
   rotationGraceMs?: number;
+  /**
+   * The real path of a directory every file opened must lie in (the pod logs directory). Each open, the first and
+   * those after a rotation, then follows no symlink as the last component (ELOOP), does not block on a FIFO, and
+   * checks where the open file really is (/proc/self/fd), so a rotation cannot lead the follower outside.
+   */
+  confineTo?: string;
 }
 
 const NEWLINE = 0x0a;
@@ -33,7 +40,7 @@ export async function* readLog(path: string, opts: ReadLogOptions): AsyncGenerat
   const chunkBytes = Math.max(1024, opts.chunkBytes ?? BLOCK);
   const pollMs = opts.pollMs ?? 1000;
   const graceMs = opts.rotationGraceMs ?? 2000;
-  let current = await openLog(path);
+  let current = await openLog(path, opts.confineTo);
   let pos = opts.tailLines < 0 ? 0 : await tailOffset(current.fh, current.size, opts.tailLines);
   let pending = Buffer.alloc(0);
   /** The file rotated away from, read until its grace ends. */
@@ -76,13 +83,8 @@ export async function* readLog(path: string, opts: ReadLogOptions): AsyncGenerat
         yield* drainPending(true);
         return undefined;
       }
-      const n = await readFrom(current.fh, pos, endAtOpen - pos);
-      pos += n;
-      if (n > 0) {
-        yield* drainPending(false);
-        continue;
-      }
-      // At the end of the file.
+      // The file rotated away from comes first: whatever the runtime wrote there (before it switched to the new
+      // file) precedes every line of the new one.
       if (previous !== undefined) {
         const m = await readFrom(previous.fh, previous.pos);
         previous.pos += m;
@@ -95,12 +97,20 @@ export async function* readLog(path: string, opts: ReadLogOptions): AsyncGenerat
           previous = undefined;
         }
       }
+      const n = await readFrom(current.fh, pos, endAtOpen - pos);
+      pos += n;
+      if (n > 0) {
+        yield* drainPending(false);
+        continue;
+      }
+      // At the end of the file.
       if (waker === undefined) {
         yield* drainPending(true);
         return undefined;
       }
       const onDisk = await stat(path).catch((err: NodeJS.ErrnoException) => {
-        if (err.code === 'ENOENT') return undefined;
+        // Gone (ENOTDIR: its directory was replaced by a file).
+        if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return undefined;
         throw err;
       });
       if (onDisk !== undefined && onDisk.ino !== current.ino) {
@@ -108,7 +118,7 @@ export async function* readLog(path: string, opts: ReadLogOptions): AsyncGenerat
         yield* drainPending(true);
         await previous?.fh.close();
         previous = { fh: current.fh, pos, until: Date.now() + graceMs };
-        current = await openLog(path);
+        current = await openLog(path, opts.confineTo);
         pos = 0;
         continue;
       }
@@ -118,7 +128,7 @@ export async function* readLog(path: string, opts: ReadLogOptions): AsyncGenerat
         pos = 0;
         continue;
       }
-      if (onDisk === undefined && !(await exists(dirname(path)))) {
+      if (onDisk === undefined && !(await isDirectory(dirname(path)))) {
         // The container's log directory is gone: nothing more will be written here.
         yield* drainPending(true);
         return new LogGone(path);
@@ -132,11 +142,15 @@ export async function* readLog(path: string, opts: ReadLogOptions): AsyncGenerat
   }
 }
 
-async function openLog(path: string): Promise<{ fh: FileHandle; ino: number; size: number }> {
-  const fh = await open(path, 'r');
+async function openLog(path: string, confineTo: string | undefined): Promise<{ fh: FileHandle; ino: number; size: number }> {
+  const fh = await open(path, confineTo === undefined ? 'r' : constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   try {
     const s = await fh.stat();
     if (!s.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: 'EISDIR' });
+    if (confineTo !== undefined) {
+      const real = await readlink(`/proc/self/fd/${fh.fd}`).catch(() => realpath(path));
+      if (!real.startsWith(confineTo + sep)) throw new CosiError('permission-denied', `log file ${path} is outside the pod logs directory ${confineTo}`);
+    }
     return { fh, ino: s.ino, size: s.size };
   } catch (err) {
     await fh.close();
@@ -174,9 +188,9 @@ export async function tailOffset(fh: FileHandle, size: number, lines: number): P
   return 0;
 }
 
-async function exists(p: string): Promise<boolean> {
+async function isDirectory(p: string): Promise<boolean> {
   return stat(p).then(
-    () => true,
+    (s) => s.isDirectory(),
     () => false,
   );
 }
