@@ -1,25 +1,68 @@
-// The client library: a connection to one cosid (or any COSI State server) over mTLS.
-import * as grpc from '@grpc/grpc-js';
+// The client library's API: a connection to one cosid (or any COSI State server) over mTLS. This file holds only
+// what users see (the options, the CosiClient interface, connect); the gRPC implementation is grpc-client.ts.
 import type { Observable } from 'rxjs';
-import { CosiError, kindOfGrpcCode } from '../shared/errors.js';
-import { EventType, LabelOp, wire, type Codec, type WireEvent, type WireLabelQuery, type WireWatchRequest } from '../shared/wire.js';
+import { CosiError } from '../shared/errors.js';
 import type { CosiContext } from './cosiconfig.js';
-import { resilientWatch, type ReconnectOptions } from './watch.js';
-import { listContainers, streamLogs, type ContainerInfo, type LogsOptions, type MachineTransport } from './machine.js';
-import { fromWireResource, toDefinition, type CosiResource, type ResourceDefinition, type WatchEvent, type WatchEventType } from './resource.js';
+import { GrpcCosiClient } from './grpc-client.js';
+import type { ContainerInfo, CosiResource, ResourceDefinition, WatchEvent } from './resource.js';
 
-export const DEFINITION_TYPE = 'ResourceDefinitions.meta.cosi.dev';
-export const META_NAMESPACE = 'meta';
 export const DEFAULT_PORT = 50000;
 
-export interface ConnectOptions {
+/**
+ * HTTP/2 receive window of a connection and of each stream. grpc-js keeps Node's 64 KiB default, so a List of
+ * 10,000 resources or a few hundred busy watches on one connection wait on WINDOW_UPDATE round trips; 8 MiB lets
+ * the server keep sending (bench/RESULTS.md has the figures). It is also what one stream can hold unread.
+ */
+export const FLOW_CONTROL_WINDOW = 8 << 20;
+
+/** Where the library's debug lines go: any object with a `debug` method (console, pino, our own logger). */
+export interface ClientLogger {
+  debug(message: string, fields?: Record<string, unknown>): void;
+}
+
+/** How to talk to the server, beyond the endpoint and the credentials. */
+export interface ClientOptions {
+  /** Verify the server certificate against this name instead of the endpoint host. */
+  serverName?: string;
+  /**
+   * Deadline, in milliseconds, of a call that produces an answer (get, list, listIter, definitions, resolveType,
+   * containers) when the call does not give its own `timeoutMs` (default 30 s). Watches and logs have none.
+   */
+  defaultTimeoutMs?: number;
+  /**
+   * HTTP/2 keepalive pings, also while no call is open: a peer that stops answering is found within
+   * `intervalMs + timeoutMs` and its calls fail with `unavailable` (watches then reconnect). Defaults: every 30 s,
+   * 10 s to answer; cosid accepts a ping every 10 s. `false`: no pings (for servers that refuse frequent ones:
+   * grpc-go's default policy closes connections pinged more often than every 5 minutes).
+   */
+  keepalive?: { intervalMs?: number; timeoutMs?: number } | false;
+  /** Debug lines on reconnects and changes of a watch's connection state; silent by default. */
+  log?: ClientLogger;
+}
+
+export interface ConnectOptions extends ClientOptions {
   /** host[:port]; the port defaults to 50000. */
   endpoint: string;
   caPem: string;
   certPem: string;
   keyPem: string;
-  /** Verify the server certificate against this name instead of the endpoint host. */
-  serverName?: string;
+}
+
+/** Every call takes these. */
+export interface CallOptions {
+  /**
+   * Cancels the call. A call that produces an answer (get, list, listIter, definitions, resolveType, containers)
+   * then fails with a `cancelled` CosiError: a partial answer never passes for a whole one. A stream of happenings
+   * (watchIter, watch, logs) just ends, as a `break` out of the loop does.
+   */
+  signal?: AbortSignal;
+  /**
+   * The call's deadline in milliseconds from its start, covering everything it does (resolving the type, the
+   * call itself, and for listIter the time the loop body takes): past it the call fails with `deadline-exceeded`.
+   * Default: the client's `defaultTimeoutMs` (30 s) for calls that produce an answer; none for watches and logs,
+   * where it ends the stream with `deadline-exceeded` (over all its reconnects). `Infinity`: no deadline.
+   */
+  timeoutMs?: number;
 }
 
 export type LabelOperator = 'exists' | 'equal' | 'in' | 'lt' | 'lte' | 'ltNumeric' | 'lteNumeric';
@@ -36,7 +79,7 @@ export interface LabelQuery {
   terms: LabelTerm[];
 }
 
-export interface ReadOptions {
+export interface ReadOptions extends CallOptions {
   /** Defaults to the type's default namespace. */
   namespace?: string;
 }
@@ -60,249 +103,110 @@ export interface WatchOptions extends ListOptions {
   bootstrapBookmark?: boolean;
   /** Let the server pack events that piled up into one message: the same events one by one here, fewer messages. */
   aggregated?: boolean;
-  /** Reconnect, resume and resync after failures (default true); see CosiClient.watch. */
+  /** Reconnect, resume and resync after failures (default true); see CosiClient.watchIter. */
   reconnect?: boolean | ReconnectOptions;
 }
 
-const OPS: Record<LabelOperator, LabelOp> = {
-  exists: LabelOp.EXISTS,
-  equal: LabelOp.EQUAL,
-  in: LabelOp.IN,
-  lt: LabelOp.LT,
-  lte: LabelOp.LTE,
-  ltNumeric: LabelOp.LT_NUMERIC,
-  lteNumeric: LabelOp.LTE_NUMERIC,
-};
-
-const EVENT_TYPES: Record<EventType, WatchEventType> = {
-  [EventType.CREATED]: 'created',
-  [EventType.UPDATED]: 'updated',
-  [EventType.DESTROYED]: 'destroyed',
-  [EventType.BOOTSTRAPPED]: 'bootstrapped',
-  [EventType.ERRORED]: 'errored',
-  [EventType.NOOP]: 'noop',
-};
-
-export function toWireQueries(q: LabelQuery[] | undefined): WireLabelQuery[] {
-  return (q ?? []).map((query) => ({
-    terms: query.terms.map((t) => ({ key: t.key, op: OPS[t.op], value: t.values ?? [], invert: t.invert ?? false })),
-  }));
+export interface LogsOptions extends CallOptions {
+  /** Keep streaming new lines (until the signal or a break ends it). */
+  follow?: boolean;
+  /** Start this many lines from the end (default: the whole log). */
+  tailLines?: number;
 }
 
-/** Turns a gRPC failure into the library's one error type, keeping the status code. */
-export function toCosiError(err: unknown, endpoint: string): CosiError {
-  if (err instanceof CosiError) return err;
-  const e = err as Partial<grpc.ServiceError>;
-  if (typeof e.code === 'number') {
-    const details = e.details ?? e.message ?? 'unknown error';
-    // An error that carries the server's node header came from cosid itself (its runtime is down, say): no hint.
-    const answered = e.metadata instanceof grpc.Metadata && e.metadata.get('cosi-node').length > 0;
-    const hint = e.code === grpc.status.UNAVAILABLE && !answered ? ` (is cosid running at ${endpoint}, and does it trust your certificate?)` : '';
-    return new CosiError(kindOfGrpcCode(e.code), `${details}${hint}`);
-  }
-  return new CosiError('internal', err instanceof Error ? err.message : String(err));
+export type ConnectionState = 'connecting' | 'streaming' | 'reconnecting' | 'resyncing' | 'closed';
+
+/** A clock a watch waits on; tests pass one they drive by hand. The default is the global timers. */
+export interface Timers {
+  now(): number;
+  setTimeout(callback: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
 }
 
-function withPort(endpoint: string): string {
-  if (/^\[.*\]:\d+$/.test(endpoint) || /^[^:]+:\d+$/.test(endpoint)) return endpoint;
-  if (endpoint.includes(':') && !endpoint.startsWith('[')) return `[${endpoint}]:${DEFAULT_PORT}`;
-  return `${endpoint}:${DEFAULT_PORT}`;
+export interface ReconnectOptions {
+  /** The delay before the first retry (default 1 s); it doubles with each failure in a row... */
+  initialDelayMs?: number;
+  /** ...up to this (default 30 s). A stream that stayed up this long starts the doubling over. */
+  maxDelayMs?: number;
+  /**
+   * Each delay is drawn at random between (1 - jitter) x and 1 x its value, so that clients cut off together do
+   * not come back together (default 0.5; 0: exact delays).
+   */
+  jitter?: number;
+  /** Failed attempts in a row after which the watch ends with the last failure (default: no limit). */
+  maxRetries?: number;
+  /** How long after the first of a row of failures the watch may still retry before it ends (default: no limit). */
+  maxElapsedMs?: number;
+  /** Told of every change of connection state (with the reason for reconnecting/resyncing). */
+  onState?: (state: ConnectionState, detail?: string) => void;
+  /** The clock for the delays and for `timeoutMs` (default: the global timers). */
+  timers?: Timers;
+  /** The random source of the jitter, in [0, 1) (default Math.random). */
+  random?: () => number;
 }
 
 /**
- * HTTP/2 receive window of a connection and of each stream. grpc-js keeps Node's 64 KiB default, so a List of
- * 10,000 resources or a few hundred busy watches on one connection wait on WINDOW_UPDATE round trips; 8 MiB lets
- * the server keep sending (bench/RESULTS.md has the figures). It is also what one connection can hold unread.
+ * A watch as an async iterable: `for await (const e of stream)`. Events are pulled: while the loop does not ask
+ * for the next one the gRPC stream is paused, so the server's flow control reaches the consumer and a slow
+ * consumer holds a bounded amount (see CosiClient.watchIter). One consumer: iterating it twice shares one stream.
  */
-export const FLOW_CONTROL_WINDOW = 8 << 20;
-
-export class CosiClient {
-  private readonly client: grpc.Client;
-  private definitionsCache: Promise<ResourceDefinition[]> | undefined;
-  /** The node name the server reported (header `cosi-node`), once a call has answered. */
-  node: string | undefined;
-
-  constructor(readonly endpoint: string, opts: Omit<ConnectOptions, 'endpoint'>) {
-    const creds = grpc.credentials.createSsl(Buffer.from(opts.caPem), Buffer.from(opts.keyPem), Buffer.from(opts.certPem));
-    const channelOptions: grpc.ChannelOptions = { 'grpc.max_receive_message_length': 64 << 20, 'grpc-node.flow_control_window': FLOW_CONTROL_WINDOW };
-    if (opts.serverName !== undefined) channelOptions['grpc.ssl_target_name_override'] = opts.serverName;
-    this.client = new grpc.Client(withPort(endpoint), creds, channelOptions);
-  }
-
-  close(): void {
-    this.client.close();
-  }
-
-  /** Every resource definition the server has. */
-  definitions(): Promise<ResourceDefinition[]> {
-    this.definitionsCache ??= this.rawList({ namespace: META_NAMESPACE, type: DEFINITION_TYPE }).then((rs) => rs.map(toDefinition));
-    this.definitionsCache.catch(() => (this.definitionsCache = undefined));
-    return this.definitionsCache;
-  }
-
-  /** Finds a type by its name or any alias, case-insensitively. */
-  async resolveType(name: string): Promise<ResourceDefinition> {
-    const wanted = name.toLowerCase();
-    const defs = await this.definitions();
-    const exact = defs.filter((d) => d.type.toLowerCase() === wanted);
-    const matches = exact.length > 0 ? exact : defs.filter((d) => d.allAliases.some((a) => a.toLowerCase() === wanted));
-    if (matches.length === 0) throw new CosiError('not-registered', `resource ${JSON.stringify(name)} is not registered (list the types with: cosictl get rd)`);
-    if (matches.length > 1) {
-      throw new CosiError('ambiguous', `resource type ${JSON.stringify(name)} is ambiguous: ${matches.map((d) => d.type).join(', ')} (use the full type name)`);
-    }
-    const [def] = matches;
-    if (def === undefined) throw new CosiError('internal', 'unreachable');
-    return def;
-  }
-
-  async get(type: string, id: string, opts: ReadOptions = {}): Promise<CosiResource> {
-    const def = await this.resolveType(type);
-    const req = { namespace: opts.namespace ?? def.defaultNamespace, type: def.type, id };
-    const res = await this.unary('Get', req, wire.getRequest as Codec<unknown>, wire.getResponse);
-    if (res.resource == null) throw new CosiError('internal', 'Get answered without a resource');
-    return fromWireResource(res.resource);
-  }
-
-  /** All matching resources, sorted by ID. */
-  async list(type: string, opts: ListOptions = {}): Promise<CosiResource[]> {
-    const out: CosiResource[] = [];
-    for await (const r of this.listIter(type, opts)) out.push(r);
-    return out;
-  }
-
-  /** Resources one at a time as they arrive, so a large kind is never held whole. */
-  async *listIter(type: string, opts: ListOptions = {}): AsyncGenerator<CosiResource> {
-    const def = await this.resolveType(type);
-    yield* this.stream({
-      namespace: opts.namespace ?? def.defaultNamespace,
-      type: def.type,
-      options: { labelQuery: toWireQueries(opts.labelQuery), idQuery: opts.idRegexp !== undefined ? { regexp: opts.idRegexp } : null },
-    });
-  }
-
-  /**
-   * Watches a kind (or one resource). Events arrive as an Observable; unsubscribing cancels the stream.
-   * By default the watch survives failures: it reconnects with backoff and resumes from the last bookmark,
-   * and when the server no longer has that point ("too old", or a restarted server) it lists again and
-   * emits only the difference (events marked `resync`), so the subscriber's view converges with no gap
-   * and no duplicate. Set-up errors (bad request, no permission) end the Observable with a CosiError.
-   */
-  watch(type: string, opts: WatchOptions = {}): Observable<WatchEvent> {
-    return resilientWatch(this, type, opts);
-  }
-
-  /** The Kubernetes pods' sandboxes and containers, straight from the node's container runtime (`containers -k`). */
-  containers(opts: { signal?: AbortSignal } = {}): Promise<ContainerInfo[]> {
-    return listContainers(this.machine(), opts);
-  }
-
-  /** A container's log (or the kubelet's: id `kubelet`) as chunks of whole lines; see LogsOptions. */
-  logs(id: string, opts: LogsOptions = {}): AsyncGenerator<Buffer> {
-    return streamLogs(this.machine(), id, opts);
-  }
-
-  private machine(): MachineTransport {
-    return { client: this.client, endpoint: this.endpoint, noteNode: (md) => this.noteNode(md), toError: (err) => toCosiError(err, this.endpoint) };
-  }
-
-  /** One raw Watch call: the first (empty) "ready" response is dropped; no reconnects. */
-  openWatch(
-    req: WireWatchRequest,
-    on: { ready(): void; events(events: WatchEvent[]): void; error(err: CosiError): void; end(): void },
-  ): { cancel(): void } {
-    const c = this.client.makeServerStreamRequest(
-      '/cosi.resource.State/Watch',
-      (v: WireWatchRequest) => Buffer.from(wire.watchRequest.encode(v)),
-      (b: Buffer) => b,
-      req,
-    );
-    let cancelled = false;
-    c.on('metadata', (md) => this.noteNode(md));
-    c.on('data', (b: Buffer) => {
-      const events = wire.watchResponse.decode(b).event.map(toWatchEvent);
-      if (events.length > 0) on.events(events);
-      else on.ready();
-    });
-    // The final status says how the stream ended ('error' and 'end' both fire around it, in no fixed order).
-    c.on('error', () => {});
-    c.on('status', (st: grpc.StatusObject) => {
-      if (cancelled) return;
-      if (st.code === grpc.status.OK) on.end();
-      else on.error(toCosiError(st, this.endpoint));
-    });
-    return {
-      cancel: () => {
-        cancelled = true;
-        c.cancel();
-      },
-    };
-  }
-
-  private noteNode(md: grpc.Metadata): void {
-    const v = md.get('cosi-node')[0];
-    if (typeof v === 'string' && v !== '') this.node = v;
-  }
-
-  private rawList(kind: { namespace: string; type: string }): Promise<CosiResource[]> {
-    return (async () => {
-      const out: CosiResource[] = [];
-      for await (const r of this.stream({ ...kind, options: null })) out.push(r);
-      return out;
-    })();
-  }
-
-  private async *stream(req: Parameters<typeof wire.listRequest.encode>[0]): AsyncGenerator<CosiResource> {
-    const call = this.client.makeServerStreamRequest(
-      '/cosi.resource.State/List',
-      (v: typeof req) => Buffer.from(wire.listRequest.encode(v)),
-      (b: Buffer) => b,
-      req,
-    );
-    call.on('metadata', (md) => this.noteNode(md));
-    try {
-      // grpc-js streams are async iterables: pulling one message at a time is the backpressure.
-      for await (const b of call as AsyncIterable<Buffer>) {
-        const res = wire.listResponse.decode(b);
-        if (res.resource != null) yield fromWireResource(res.resource);
-      }
-    } catch (err) {
-      throw toCosiError(err, this.endpoint);
-    } finally {
-      call.cancel();
-    }
-  }
-
-  private unary<Req, Res>(method: string, req: Req, reqCodec: Codec<unknown>, resCodec: Codec<Res>): Promise<Res> {
-    return new Promise((resolve, reject) => {
-      const call = this.client.makeUnaryRequest(
-        `/cosi.resource.State/${method}`,
-        (v: Req) => Buffer.from(reqCodec.encode(v)),
-        (b: Buffer) => resCodec.decode(b),
-        req,
-        (err, res) => (err != null ? reject(toCosiError(err, this.endpoint)) : res === undefined ? reject(new CosiError('internal', `${method} answered nothing`)) : resolve(res)),
-      );
-      call.on('metadata', (md) => this.noteNode(md));
-    });
-  }
+export interface WatchStream extends AsyncIterableIterator<WatchEvent> {
+  /** Ends the watch: cancels the stream and any pending retry; a pending next() resolves as done. */
+  close(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
-function toWatchEvent(e: WireEvent): WatchEvent {
-  return {
-    type: EVENT_TYPES[e.eventType] ?? 'errored',
-    ...(e.resource != null ? { resource: fromWireResource(e.resource) } : {}),
-    ...(e.old != null ? { old: fromWireResource(e.old) } : {}),
-    ...(e.bookmark != null ? { bookmark: new Uint8Array(e.bookmark) } : {}),
-    ...(e.error != null ? { error: e.error } : {}),
-  };
+/** A connection to one server. Every failure of its methods is a CosiError. */
+export interface CosiClient {
+  /** The endpoint dialled (host:port). */
+  readonly endpoint: string;
+  /** The node name the server reported (response header `cosi-node`), once a call has answered. */
+  readonly node: string | undefined;
+  /** Every resource definition the server has (fetched once per client, then cached). */
+  definitions(opts?: CallOptions): Promise<ResourceDefinition[]>;
+  /** Finds a type by its name or any alias, case-insensitively (`not-registered`, `ambiguous` when it cannot). */
+  resolveType(name: string, opts?: CallOptions): Promise<ResourceDefinition>;
+  get(type: string, id: string, opts?: ReadOptions): Promise<CosiResource>;
+  /** All matching resources, sorted by ID. */
+  list(type: string, opts?: ListOptions): Promise<CosiResource[]>;
+  /** Resources one at a time as they arrive, so a large kind is never held whole; pulled, like watchIter. */
+  listIter(type: string, opts?: ListOptions): AsyncGenerator<CosiResource, void, undefined>;
+  /**
+   * Watches a kind (or one resource), as an async iterable with backpressure. A consumer that stops pulling holds
+   * at most: the rest of the message being handed out (cosid's aggregated messages carry up to 512 events or
+   * 64 KiB), the 16 decoded messages grpc-js buffers per stream, and FLOW_CONTROL_WINDOW (8 MiB) of bytes in the
+   * HTTP/2 stream; past that the server stops sending (cosid parks the watcher, costing nobody else).
+   *
+   * By default the watch survives failures: it reconnects with backoff and jitter and resumes from the last
+   * bookmark; when the server no longer has that point ("too old", a restarted server) it lists again and yields
+   * only the difference (events marked `resync`), so the consumer's view converges with no gap and no duplicate.
+   * A watch without `bootstrap` (of a kind) has nothing to diff against and ends with `too-old` instead. Errors
+   * that retrying cannot mend (a bad request, `permission-denied`, `unauthenticated`, an unknown type) end it
+   * with that CosiError, as do the limits of ReconnectOptions.
+   */
+  watchIter(type: string, opts?: WatchOptions): WatchStream;
+  /** watchIter as an rxjs Observable (for its operators): subscribing starts a watch, unsubscribing ends it. */
+  watch(type: string, opts?: WatchOptions): Observable<WatchEvent>;
+  /** The Kubernetes pods' sandboxes and containers, straight from the node's container runtime (`containers -k`). */
+  containers(opts?: CallOptions): Promise<ContainerInfo[]>;
+  /**
+   * A container's log (`<ns>/<pod>:<container>[:<id>]` as containers() lists it) or the kubelet's (id `kubelet`)
+   * as chunks of whole lines, pulled: the server reads the file only as fast as the loop.
+   */
+  logs(id: string, opts?: LogsOptions): AsyncGenerator<Buffer, void, undefined>;
+  /** Closes the connection: calls in flight fail with `cancelled`, watches end. */
+  close(): void;
+  /** close(), then waits for the open watches to end. */
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 export function connect(opts: ConnectOptions): CosiClient {
-  return new CosiClient(opts.endpoint, opts);
+  return new GrpcCosiClient(opts.endpoint, opts);
 }
 
 /** Connects to a cosiconfig context's first endpoint (or the given one). */
-export function connectContext(ctx: CosiContext, endpoint?: string): CosiClient {
+export function connectContext(ctx: CosiContext, endpoint?: string, options: ClientOptions = {}): CosiClient {
   const target = endpoint ?? ctx.endpoints[0];
-  if (target === undefined) throw new CosiError('invalid-argument', `context ${JSON.stringify(ctx.name)} has no endpoints`);
-  return new CosiClient(target, { caPem: ctx.caPem, certPem: ctx.certPem, keyPem: ctx.keyPem });
+  if (target === undefined) throw new CosiError('invalid-config', `context ${JSON.stringify(ctx.name)} has no endpoints`);
+  return new GrpcCosiClient(target, { ...options, caPem: ctx.caPem, certPem: ctx.certPem, keyPem: ctx.keyPem });
 }

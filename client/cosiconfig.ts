@@ -5,6 +5,7 @@ import { chmod, mkdir, open, readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import YAML from 'yaml';
+import { CosiError, isCosiError } from '../shared/errors.js';
 
 export interface CosiContext {
   readonly name: string;
@@ -22,8 +23,9 @@ export interface CosiConfig {
   readonly source?: string;
 }
 
-export class CosiConfigError extends Error {
-  override readonly name = 'CosiConfigError';
+/** A config that cannot be read or used: a CosiError of kind `invalid-config` whose message says where and why. */
+function configError(message: string, cause?: unknown): CosiError {
+  return new CosiError('invalid-config', message, cause !== undefined ? { cause } : undefined);
 }
 
 const CREATE_HINT = 'create one with "cosictl gen pki --out DIR" and pass --cosiconfig DIR/cosiconfig (or set COSICONFIG)';
@@ -38,9 +40,9 @@ const errText = (err: unknown): string => (err instanceof Error ? (err.message.s
 
 function stringList(where: string, field: string, value: unknown): string[] {
   if (value === undefined || value === null) return [];
-  if (!Array.isArray(value)) throw new CosiConfigError(`${where}: ${field} must be a list of HOST or HOST:PORT strings`);
+  if (!Array.isArray(value)) throw configError(`${where}: ${field} must be a list of HOST or HOST:PORT strings`);
   return value.map((v, i) => {
-    if (typeof v !== 'string' || v.trim() === '') throw new CosiConfigError(`${where}: ${field}[${i}] must be a HOST or HOST:PORT string (got ${JSON.stringify(v)})`);
+    if (typeof v !== 'string' || v.trim() === '') throw configError(`${where}: ${field}[${i}] must be a HOST or HOST:PORT string (got ${JSON.stringify(v)})`);
     return v.trim();
   });
 }
@@ -49,52 +51,52 @@ const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----[\s\S]*?-----END \1-----/g;
 
 /** Decodes a base64 field strictly: Buffer.from(…, 'base64') silently skips bad characters, which would hide a damaged file. */
 function base64Field(where: string, field: string, value: unknown, what: string): string {
-  if (typeof value !== 'string' || value.trim() === '') throw new CosiConfigError(`${where} has no ${field} (the base64 of ${what})`);
+  if (typeof value !== 'string' || value.trim() === '') throw configError(`${where} has no ${field} (the base64 of ${what})`);
   if (value.trimStart().startsWith('-----BEGIN')) {
-    throw new CosiConfigError(`${where}: ${field} is a raw PEM; it must be base64-encoded (for example: base64 -w0 FILE)`);
+    throw configError(`${where}: ${field} is a raw PEM; it must be base64-encoded (for example: base64 -w0 FILE)`);
   }
   const compact = value.replace(/\s+/g, '');
-  if (compact.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(compact)) throw new CosiConfigError(`${where}: ${field} is not valid base64`);
+  if (compact.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(compact)) throw configError(`${where}: ${field} is not valid base64`);
   return Buffer.from(compact, 'base64').toString('utf8');
 }
 
 function certificates(where: string, field: string, pem: string): X509Certificate[] {
   const blocks = [...pem.matchAll(PEM_BLOCK)].filter((m) => m[1] === 'CERTIFICATE');
-  if (blocks.length === 0) throw new CosiConfigError(`${where}: ${field} does not hold a PEM certificate (-----BEGIN CERTIFICATE-----)`);
+  if (blocks.length === 0) throw configError(`${where}: ${field} does not hold a PEM certificate (-----BEGIN CERTIFICATE-----)`);
   return blocks.map((m, i) => {
     try {
       return new X509Certificate(m[0]);
     } catch (err) {
-      throw new CosiConfigError(`${where}: ${field} certificate ${i + 1} is damaged: ${errText(err)}`);
+      throw configError(`${where}: ${field} certificate ${i + 1} is damaged: ${errText(err)}`);
     }
   });
 }
 
 function privateKey(where: string, field: string, pem: string): KeyObject {
   if (![...pem.matchAll(PEM_BLOCK)].some((m) => m[1]?.endsWith('PRIVATE KEY'))) {
-    throw new CosiConfigError(`${where}: ${field} does not hold a PEM private key (-----BEGIN PRIVATE KEY-----)`);
+    throw configError(`${where}: ${field} does not hold a PEM private key (-----BEGIN PRIVATE KEY-----)`);
   }
   try {
     return createPrivateKey(pem);
   } catch (err) {
-    throw new CosiConfigError(`${where}: ${field} is not a usable private key: ${errText(err)}`);
+    throw configError(`${where}: ${field} is not a usable private key: ${errText(err)}`);
   }
 }
 
 /** Checks a context as it will be used: endpoints to dial, a CA bundle, and a client certificate that matches its key. */
 function checkContext(source: string, ctx: CosiContext): void {
   const where = `${source}: context ${JSON.stringify(ctx.name)}`;
-  if (ctx.name === '') throw new CosiConfigError(`${source}: a context has an empty name`);
-  if (ctx.endpoints.length === 0) throw new CosiConfigError(`${where} has no endpoints; add "endpoints: [HOST:PORT]" to it`);
+  if (ctx.name === '') throw configError(`${source}: a context has an empty name`);
+  if (ctx.endpoints.length === 0) throw configError(`${where} has no endpoints; add "endpoints: [HOST:PORT]" to it`);
   certificates(where, 'ca', ctx.caPem);
   const [leaf] = certificates(where, 'crt', ctx.certPem);
   const key = privateKey(where, 'key', ctx.keyPem);
-  if (leaf !== undefined && !leaf.checkPrivateKey(key)) throw new CosiConfigError(`${where}: crt and key do not belong together (the key is for another certificate)`);
+  if (leaf !== undefined && !leaf.checkPrivateKey(key)) throw configError(`${where}: crt and key do not belong together (the key is for another certificate)`);
 }
 
 function parseContext(source: string, name: string, value: unknown): CosiContext {
   const where = `${source}: context ${JSON.stringify(name)}`;
-  if (!(value instanceof Map)) throw new CosiConfigError(`${where} must be a mapping with endpoints, ca, crt and key`);
+  if (!(value instanceof Map)) throw configError(`${where} must be a mapping with endpoints, ca, crt and key`);
   const field = (k: string): unknown => value.get(k);
   const ctx: CosiContext = {
     name,
@@ -115,21 +117,21 @@ export function parseCosiConfig(text: string, source: string): CosiConfig {
     // Maps as Map: context names come from the file, and must not land on an object prototype.
     doc = YAML.parse(text, { mapAsMap: true, maxAliasCount: 10 });
   } catch (err) {
-    throw new CosiConfigError(`${source}: not valid YAML: ${errText(err)}`);
+    throw configError(`${source}: not valid YAML: ${errText(err)}`);
   }
-  if (doc === null || doc === undefined) throw new CosiConfigError(`${source}: the file is empty; ${CREATE_HINT}`);
-  if (!(doc instanceof Map)) throw new CosiConfigError(`${source}: expected a mapping with "context" and "contexts", not a ${Array.isArray(doc) ? 'list' : typeof doc}`);
+  if (doc === null || doc === undefined) throw configError(`${source}: the file is empty; ${CREATE_HINT}`);
+  if (!(doc instanceof Map)) throw configError(`${source}: expected a mapping with "context" and "contexts", not a ${Array.isArray(doc) ? 'list' : typeof doc}`);
   const contextsRaw: unknown = doc.get('contexts');
   if (!(contextsRaw instanceof Map)) {
-    throw new CosiConfigError(`${source}: no "contexts" mapping (name -> endpoints, ca, crt, key); ${CREATE_HINT}`);
+    throw configError(`${source}: no "contexts" mapping (name -> endpoints, ca, crt, key); ${CREATE_HINT}`);
   }
   const contexts = new Map<string, CosiContext>();
   for (const [name, value] of contextsRaw) {
-    if (typeof name !== 'string' || name === '') throw new CosiConfigError(`${source}: context names must be non-empty strings (got ${JSON.stringify(name)})`);
+    if (typeof name !== 'string' || name === '') throw configError(`${source}: context names must be non-empty strings (got ${JSON.stringify(name)})`);
     contexts.set(name, parseContext(source, name, value));
   }
   const current: unknown = doc.get('context');
-  if (current !== undefined && current !== null && typeof current !== 'string') throw new CosiConfigError(`${source}: "context" must be the name of a context`);
+  if (current !== undefined && current !== null && typeof current !== 'string') throw configError(`${source}: "context" must be the name of a context`);
   // Like talosctl, a missing current context falls back to the only (here: first) one; an unknown one fails in selectContext.
   const currentContext = typeof current === 'string' && current !== '' ? current : (contexts.keys().next().value ?? '');
   return { currentContext, contexts, source };
@@ -141,9 +143,9 @@ export async function loadCosiConfig(path: string): Promise<CosiConfig> {
     text = await readFile(path, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new CosiConfigError(`no client config at ${path}: ${CREATE_HINT}`);
-    if (code === 'EISDIR') throw new CosiConfigError(`${path} is a folder: pass the config file, for example ${join(path, 'cosiconfig')}`);
-    throw new CosiConfigError(`cannot read ${path}: ${code ?? errText(err)}`);
+    if (code === 'ENOENT') throw configError(`no client config at ${path}: ${CREATE_HINT}`);
+    if (code === 'EISDIR') throw configError(`${path} is a folder: pass the config file, for example ${join(path, 'cosiconfig')}`);
+    throw configError(`cannot read ${path}: ${code ?? errText(err)}`);
   }
   return parseCosiConfig(text, path);
 }
@@ -155,7 +157,7 @@ export function selectContext(cfg: CosiConfig, name?: string): CosiContext {
   if (ctx === undefined) {
     const known = [...cfg.contexts.keys()];
     const file = cfg.source !== undefined ? ` in ${cfg.source}` : '';
-    throw new CosiConfigError(
+    throw configError(
       known.length === 0
         ? `no contexts${file}; ${CREATE_HINT}`
         : `context ${JSON.stringify(wanted)} is not${file}; known contexts: ${known.join(', ')} (choose one with --context NAME)`,
@@ -186,9 +188,9 @@ export async function upsertContext(path: string, ctx: CosiContext, opts: { make
   try {
     existing = parseCosiConfig(await readFile(path, 'utf8'), path);
   } catch (err) {
-    if (err instanceof CosiConfigError) throw err;
+    if (isCosiError(err)) throw err;
     const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'ENOENT') throw new CosiConfigError(`cannot read ${path}: ${code ?? errText(err)}`);
+    if (code !== 'ENOENT') throw configError(`cannot read ${path}: ${code ?? errText(err)}`);
   }
   const contexts = new Map(existing?.contexts ?? []);
   contexts.set(ctx.name, { name: ctx.name, endpoints: [...ctx.endpoints], nodes: [...ctx.nodes], caPem: ctx.caPem, certPem: ctx.certPem, keyPem: ctx.keyPem });

@@ -1,13 +1,28 @@
-// The public surface of the cosi-pods client library.
-export { connect, connectContext, CosiClient, FLOW_CONTROL_WINDOW } from './client.js';
-export type { ConnectOptions, LabelOperator, LabelQuery, LabelTerm, ListOptions, ReadOptions, WatchOptions } from './client.js';
+// The public surface of the cosi-pods client library. test/surface.test.ts holds it to a snapshot: a change to
+// these names or to the declarations they reach fails until the snapshot is updated on purpose.
+export { connect, connectContext, FLOW_CONTROL_WINDOW } from './client.js';
+export type {
+  CallOptions,
+  ClientLogger,
+  ClientOptions,
+  ConnectionState,
+  ConnectOptions,
+  CosiClient,
+  LabelOperator,
+  LabelQuery,
+  LabelTerm,
+  ListOptions,
+  LogsOptions,
+  ReadOptions,
+  ReconnectOptions,
+  Timers,
+  WatchOptions,
+  WatchStream,
+} from './client.js';
 export { defaultCosiConfigPath, loadCosiConfig, selectContext } from './cosiconfig.js';
 export type { CosiConfig, CosiContext } from './cosiconfig.js';
-export type { CosiResource, ResourceDefinition, WatchEvent, WatchEventType } from './resource.js';
-export type { ConnectionState, ReconnectOptions } from './watch.js';
-export type { ContainerInfo, LogsOptions } from './machine.js';
+export type { ContainerInfo, CosiResource, Json, Metadata, Phase, ResourceDefinition, WatchEvent, WatchEventType } from './resource.js';
 export { getNodes, listNodes, watchNodes } from './nodes.js';
 export type { NodeResult, NodeTarget, NodeWatchEvent } from './nodes.js';
-export { CosiError, isCosiError } from '../shared/errors.js';
+export { CosiError, isCosiError, StatusCode } from '../shared/errors.js';
 export type { ErrorKind } from '../shared/errors.js';
-export type { Metadata } from '../shared/resource.js';

@@ -1,76 +1,49 @@
-// machine.MachineService calls (Talos's Containers and Logs) for the client library.
-import * as grpc from '@grpc/grpc-js';
-import { CosiError } from '../shared/errors.js';
+// machine.MachineService calls (Talos's Containers and Logs) for the client library. Internal: the client's
+// containers() and logs() are the public way in.
+import type * as grpc from '@grpc/grpc-js';
 import { ContainerDriver, machineWire, type WireContainerInfo } from '../shared/wire.js';
+import type { CallContext } from './call.js';
+import type { ContainerInfo } from './resource.js';
 
-/** One row of `containers -k`: a pod sandbox (id `<ns>/<pod>`, podId === id) or a container in it. */
-export interface ContainerInfo {
-  /** `<ns>/<pod>` for a sandbox, `<ns>/<pod>:<container>:<short id>` for a container. */
-  readonly id: string;
-  /** `<ns>/<pod>` */
-  readonly podId: string;
-  /** The container's name (the sandbox's: its ID). */
-  readonly name: string;
-  readonly image: string;
-  /** 0 when not running. */
-  readonly pid: number;
-  /** The runtime's state: SANDBOX_READY, CONTAINER_RUNNING, CONTAINER_EXITED, ... */
-  readonly status: string;
-  readonly restartCount: number;
-  /** A static pod (the kubelet's file or HTTP source), not one from the API server. */
-  readonly staticPod: boolean;
-  /** The pod's UID. */
-  readonly podUid: string;
-  /** The runtime's full ID. */
-  readonly runtimeId: string;
-}
+export type { ContainerInfo } from './resource.js';
 
-export interface LogsOptions {
-  /** Keep streaming new lines (Ctrl-C or the signal ends it). */
-  follow?: boolean;
-  /** Start this many lines from the end (default: the whole log). */
-  tailLines?: number;
-  signal?: AbortSignal;
-}
-
-/** Who to call and how to report: the pieces of a CosiClient these calls need. */
+/** Who to call and how to report: the pieces of a client these calls need. */
 export interface MachineTransport {
-  readonly client: grpc.Client;
-  readonly endpoint: string;
+  readonly channel: grpc.Client;
   noteNode(md: grpc.Metadata): void;
-  toError(err: unknown): CosiError;
 }
 
 /** Service names as Talos's talosctl sends them. */
 const K8S_NAMESPACE = 'k8s.io';
 const SYSTEM_NAMESPACE = 'system';
 
-export function listContainers(t: MachineTransport, opts: { signal?: AbortSignal } = {}): Promise<ContainerInfo[]> {
+export function listContainers(t: MachineTransport, ctx: CallContext): Promise<ContainerInfo[]> {
   return new Promise((resolve, reject) => {
-    const call = t.client.makeUnaryRequest(
+    ctx.throwIfCancelled();
+    let stop = () => {};
+    const call = t.channel.makeUnaryRequest(
       '/machine.MachineService/Containers',
       (v: { namespace: string; driver: ContainerDriver }) => Buffer.from(machineWire.containersRequest.encode(v)),
       (b: Buffer) => machineWire.containersResponse.decode(b),
       { namespace: K8S_NAMESPACE, driver: ContainerDriver.CRI },
+      ctx.grpcOptions(),
       (err, res) => {
-        opts.signal?.removeEventListener('abort', cancel);
-        if (err != null) return reject(t.toError(err));
+        stop();
+        if (err != null) return reject(ctx.error(err));
         resolve((res?.messages ?? []).flatMap((m) => m.containers.map(fromWire)));
       },
     );
-    const cancel = () => call.cancel();
-    if (opts.signal?.aborted === true) cancel();
-    opts.signal?.addEventListener('abort', cancel);
     call.on('metadata', (md) => t.noteNode(md));
+    stop = ctx.onCancel(() => call.cancel());
   });
 }
 
 /**
  * A log as chunks of whole lines, as stored (CRI format for containers). `id` is a container ID from
  * `containers -k` (or `<ns>/<pod>:<container>` for its latest instance), or `kubelet` for the kubelet's own log.
- * Breaking out of the loop, or the signal, cancels the stream.
+ * Breaking out of the loop, the caller's signal or closing the client ends the stream; its deadline fails it.
  */
-export async function* streamLogs(t: MachineTransport, id: string, opts: LogsOptions = {}): AsyncGenerator<Buffer> {
+export async function* streamLogs(t: MachineTransport, id: string, opts: { follow?: boolean; tailLines?: number }, ctx: CallContext): AsyncGenerator<Buffer, void, undefined> {
   const system = id === 'kubelet';
   const req = {
     namespace: system ? SYSTEM_NAMESPACE : K8S_NAMESPACE,
@@ -80,24 +53,24 @@ export async function* streamLogs(t: MachineTransport, id: string, opts: LogsOpt
     // Talos's convention: a negative count means the whole log.
     tailLines: opts.tailLines ?? -1,
   };
-  const call = t.client.makeServerStreamRequest(
+  if (ctx.cancellation() !== undefined) return;
+  const call = t.channel.makeServerStreamRequest(
     '/machine.MachineService/Logs',
     (v: typeof req) => Buffer.from(machineWire.logsRequest.encode(v)),
     (b: Buffer) => b,
     req,
+    ctx.grpcOptions(),
   );
   call.on('metadata', (md) => t.noteNode(md));
-  const cancel = () => call.cancel();
-  opts.signal?.addEventListener('abort', cancel);
+  const stop = ctx.onCancel(() => call.cancel());
   try {
-    if (opts.signal?.aborted === true) return;
     // Pulling one message at a time is the backpressure: the server reads the file only as fast as this loop.
     for await (const b of call as AsyncIterable<Buffer>) yield machineWire.data.decode(b).bytes;
   } catch (err) {
-    if (opts.signal?.aborted === true) return;
-    throw t.toError(err);
+    if (ctx.cancellation() !== undefined) return;
+    throw ctx.error(err);
   } finally {
-    opts.signal?.removeEventListener('abort', cancel);
+    stop();
     call.cancel();
   }
 }

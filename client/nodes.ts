@@ -2,9 +2,8 @@
 import type { Observable } from 'rxjs';
 import { rxjs } from './rx.js';
 import { CosiError } from '../shared/errors.js';
-import type { CosiClient, ListOptions, ReadOptions, WatchOptions } from './client.js';
+import type { ConnectionState, CosiClient, ListOptions, ReadOptions, WatchOptions } from './client.js';
 import type { CosiResource, WatchEvent } from './resource.js';
-import type { ConnectionState } from './watch.js';
 
 export interface NodeTarget {
   /** The name results are labelled with (the NODE column). */

@@ -1,7 +1,24 @@
-// Resources and events as the client library hands them out.
-import YAML from 'yaml';
-import { fromWireMetadata, type Metadata } from '../shared/resource.js';
-import type { Json, WireResource } from '../shared/wire.js';
+// Resources and events as the client library hands them out. Only plain types: the conversions from the wire live
+// in convert.ts, so that nothing of the wire shows in the library's published declarations.
+
+/** A JSON value. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+export type Phase = 'running' | 'tearingDown';
+
+export interface Metadata {
+  readonly namespace: string;
+  readonly type: string;
+  readonly id: string;
+  readonly version: number;
+  readonly owner: string;
+  readonly phase: Phase;
+  readonly created: Date;
+  readonly updated: Date;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly annotations: Readonly<Record<string, string>>;
+  readonly finalizers: readonly string[];
+}
 
 export interface CosiResource {
   readonly metadata: Metadata;
@@ -25,21 +42,9 @@ export interface WatchEvent {
   readonly error?: string;
   /**
    * Set on events the client made up after the server lost its place (a restart, or a resume point older
-   * than its history): the difference between what the subscriber saw and a fresh list.
+   * than its history): the difference between what the consumer saw and a fresh list.
    */
   readonly resync?: boolean;
-}
-
-export function fromWireResource(w: WireResource): CosiResource {
-  const yamlSpec = w.spec?.yamlSpec ?? '';
-  let spec: Json = null;
-  try {
-    spec = (YAML.parse(yamlSpec) ?? null) as Json;
-  } catch {
-    // A spec the server could not render as YAML stays visible as text.
-    spec = yamlSpec;
-  }
-  return { metadata: fromWireMetadata(w.metadata), spec, yamlSpec, protoSpec: w.spec?.protoSpec ?? new Uint8Array() };
 }
 
 /** A resource definition as the client sees it (from ResourceDefinitions.meta.cosi.dev). */
@@ -53,20 +58,24 @@ export interface ResourceDefinition {
   readonly sensitive: boolean;
 }
 
-export function toDefinition(r: CosiResource): ResourceDefinition {
-  const s = r.spec !== null && typeof r.spec === 'object' && !Array.isArray(r.spec) ? r.spec : {};
-  const strings = (v: Json | undefined): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
-  const str = (v: Json | undefined): string => (typeof v === 'string' ? v : '');
-  const columns = Array.isArray(s['printColumns']) ? s['printColumns'] : [];
-  return {
-    type: str(s['type']),
-    displayType: str(s['displayType']),
-    defaultNamespace: str(s['defaultNamespace']),
-    aliases: strings(s['aliases']),
-    allAliases: strings(s['allAliases']),
-    printColumns: columns.flatMap((c) =>
-      c !== null && typeof c === 'object' && !Array.isArray(c) ? [{ name: str(c['name']), jsonPath: str(c['jsonPath']) }] : [],
-    ),
-    sensitive: s['sensitivity'] === 1 || s['sensitivity'] === 'SENSITIVE',
-  };
+/** One row of `containers -k`: a pod sandbox (id `<ns>/<pod>`, podId === id) or a container in it. */
+export interface ContainerInfo {
+  /** `<ns>/<pod>` for a sandbox, `<ns>/<pod>:<container>:<short id>` for a container. */
+  readonly id: string;
+  /** `<ns>/<pod>` */
+  readonly podId: string;
+  /** The container's name (the sandbox's: its ID). */
+  readonly name: string;
+  readonly image: string;
+  /** 0 when not running. */
+  readonly pid: number;
+  /** The runtime's state: SANDBOX_READY, CONTAINER_RUNNING, CONTAINER_EXITED, ... */
+  readonly status: string;
+  readonly restartCount: number;
+  /** A static pod (the kubelet's file or HTTP source), not one from the API server. */
+  readonly staticPod: boolean;
+  /** The pod's UID. */
+  readonly podUid: string;
+  /** The runtime's full ID. */
+  readonly runtimeId: string;
 }

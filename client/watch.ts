@@ -1,162 +1,360 @@
-// A watch that survives failures: reconnect with backoff, resume from the last bookmark, and when the server
-// cannot resume ("too old", a restart), list again and emit only the difference. The subscriber's view
-// converges with no gap and no duplicate.
+// A watch that survives failures, as an async iterable with backpressure: reconnect with backoff and jitter, resume
+// from the last bookmark, and when the server cannot resume ("too old", a restart) list again and yield only the
+// difference. The consumer's view converges with no gap and no duplicate. The rxjs Observable is built on it.
+import './dispose.js';
 import type { Observable } from 'rxjs';
+import { CosiError, StatusCode, type ErrorKind } from '../shared/errors.js';
+import { checkMs } from './call.js';
+import type { CallOptions, ClientLogger, ConnectionState, ReconnectOptions, Timers, WatchOptions, WatchStream } from './client.js';
+import type { WatchRequest } from './convert.js';
+import type { CosiResource, ResourceDefinition, WatchEvent } from './resource.js';
 import { rxjs } from './rx.js';
-import { CosiError } from '../shared/errors.js';
-import type { CosiClient, WatchOptions } from './client.js';
-import { toWireQueries } from './client.js';
-import type { CosiResource, WatchEvent } from './resource.js';
 
-export type ConnectionState = 'connecting' | 'streaming' | 'reconnecting' | 'resyncing' | 'closed';
-
-export interface ReconnectOptions {
-  /** First delay after a failure (default 1 s); doubles per failed attempt... */
-  initialDelayMs?: number;
-  /** ...up to this (default 30 s). */
-  maxDelayMs?: number;
-  /** Told of every change of connection state (with the reason for reconnecting/resyncing). */
-  onState?: (state: ConnectionState, detail?: string) => void;
+/** What the watch needs from a client (grpc-client.ts implements it; tests can script one). */
+export interface WatchTransport {
+  readonly endpoint: string;
+  readonly log: ClientLogger | undefined;
+  /** Aborted when the client is closed. */
+  readonly closed: AbortSignal;
+  resolveType(type: string, opts: CallOptions): Promise<ResourceDefinition>;
+  /**
+   * One Watch call, no reconnects: each message's events, pulled ([] is the server's "ready" marker). Ends when the
+   * server ends the call with OK or when `signal` aborts; any other end is thrown as a CosiError.
+   */
+  watchOnce(req: WatchRequest, signal: AbortSignal): AsyncIterable<readonly WatchEvent[]>;
+  /** Registers an open watch so that closing the client can wait for it; returns the unregistration. */
+  trackWatch(w: WatchStream): () => void;
 }
 
-// Failures worth retrying: the server or the network went away, or asked us to come back later.
-const RETRYABLE = new Set(['unavailable', 'cancelled', 'deadline-exceeded', 'internal', 'resource-exhausted', 'unauthenticated']);
+// Failures worth retrying: the server or the network went away, or asked us to come back later. Anything else
+// (a bad request, a missing role, bad credentials, an unknown type) would fail the same way again.
+const RETRYABLE: ReadonlySet<ErrorKind> = new Set<ErrorKind>(['unavailable', 'cancelled', 'deadline-exceeded', 'internal', 'unknown', 'resource-exhausted', 'aborted']);
 
-export function resilientWatch(client: CosiClient, type: string, opts: WatchOptions): Observable<WatchEvent> {
-  const reconnect = opts.reconnect ?? true;
+const realTimers: Timers = {
+  now: () => Date.now(),
+  setTimeout: (callback, ms) => setTimeout(callback, ms),
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
+
+/** The reconnect settings with their defaults applied and checked. */
+interface Policy {
+  readonly enabled: boolean;
+  readonly initialDelayMs: number;
+  readonly maxDelayMs: number;
+  readonly jitter: number;
+  readonly maxRetries: number;
+  readonly maxElapsedMs: number;
+  readonly onState: ((state: ConnectionState, detail?: string) => void) | undefined;
+  readonly timers: Timers;
+  readonly random: () => number;
+}
+
+function policyOf(reconnect: boolean | ReconnectOptions | undefined): Policy {
   const ro: ReconnectOptions = typeof reconnect === 'object' ? reconnect : {};
-  const initialDelay = ro.initialDelayMs ?? 1000;
-  const maxDelay = ro.maxDelayMs ?? 30_000;
+  const jitter = ro.jitter ?? 0.5;
+  if (typeof jitter !== 'number' || !(jitter >= 0 && jitter <= 1)) throw new CosiError('invalid-argument', `reconnect.jitter must be between 0 and 1, not ${String(jitter)}`);
+  const maxRetries = ro.maxRetries ?? Infinity;
+  if (typeof maxRetries !== 'number' || !(maxRetries >= 0)) throw new CosiError('invalid-argument', `reconnect.maxRetries must be 0 or more, not ${String(maxRetries)}`);
+  const initialDelayMs = checkMs('reconnect.initialDelayMs', ro.initialDelayMs, 1000);
+  const maxDelayMs = checkMs('reconnect.maxDelayMs', ro.maxDelayMs, 30_000);
+  if (!Number.isFinite(initialDelayMs) || !Number.isFinite(maxDelayMs)) throw new CosiError('invalid-argument', 'reconnect delays must be finite');
+  return {
+    enabled: reconnect !== false,
+    initialDelayMs,
+    maxDelayMs: Math.max(initialDelayMs, maxDelayMs),
+    jitter,
+    maxRetries,
+    maxElapsedMs: checkMs('reconnect.maxElapsedMs', ro.maxElapsedMs, Infinity),
+    onState: ro.onState,
+    timers: ro.timers ?? realTimers,
+    random: ro.random ?? Math.random,
+  };
+}
+
+/** Waits `ms` on the policy's clock; an abort ends the wait early. */
+function sleep(timers: Timers, ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => {
+      timers.clearTimeout(handle);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const handle = timers.setTimeout(done, ms);
+    signal.addEventListener('abort', done);
+  });
+}
+
+/**
+ * The resilient watch: message batches of events for the consumer (each non-empty). Returns when `stop` aborts or
+ * the server ends the watch; throws a CosiError when it gives up.
+ */
+async function* resilientBatches(t: WatchTransport, type: string, opts: WatchOptions, p: Policy, stop: AbortSignal): AsyncGenerator<readonly WatchEvent[], void, undefined> {
   // Only a watch that starts from a full picture (bootstrap, or one resource) can be re-listed and diffed.
   const tracksView = opts.bootstrap === true || opts.id !== undefined;
+  let bookmark: Uint8Array | undefined;
+  let bootstrapped = false;
+  let state: ConnectionState | undefined;
+  const view = new Map<string, CosiResource>();
+  // While resyncing: the fresh picture being collected, yielded as a difference once complete.
+  let resync: Map<string, CosiResource> | undefined;
+  // Failures in a row (reset by a stream that stayed up maxDelayMs), and when the row began.
+  let failures = 0;
+  let failingSince: number | undefined;
+  // When the current attempt reached 'streaming'.
+  let healthySince: number | undefined;
 
-  return new (rxjs().Observable)<WatchEvent>((subscriber) => {
-    let closed = false;
-    let current: { cancel(): void } | undefined;
-    let timer: NodeJS.Timeout | undefined;
-    let delay = initialDelay;
-    let bookmark: Uint8Array | undefined;
-    let bootstrapped = false;
-    let state: ConnectionState | undefined;
-    const view = new Map<string, CosiResource>();
-    // While resyncing: the fresh picture being collected, emitted as a difference once complete.
-    let resync: Map<string, CosiResource> | undefined;
+  const setState = (s: ConnectionState, detail?: string) => {
+    if (s === state && detail === undefined) return;
+    state = s;
+    t.log?.debug(`watch ${s}`, { endpoint: t.endpoint, type, ...(detail !== undefined ? { detail } : {}) });
+    p.onState?.(s, detail);
+  };
+  const streaming = () => {
+    healthySince = p.timers.now();
+    setState('streaming');
+  };
 
-    const setState = (s: ConnectionState, detail?: string) => {
-      if (s === state && detail === undefined) return;
-      state = s;
-      ro.onState?.(s, detail);
-    };
+  const record = (e: WatchEvent, out: WatchEvent[]) => {
+    if (tracksView && e.resource !== undefined) {
+      if (e.type === 'destroyed') view.delete(e.resource.metadata.id);
+      else if (e.type === 'created' || e.type === 'updated') view.set(e.resource.metadata.id, e.resource);
+    }
+    if (e.type === 'bootstrapped') bootstrapped = true;
+    out.push(e);
+  };
 
-    const emit = (e: WatchEvent) => {
-      if (tracksView && e.resource !== undefined) {
-        if (e.type === 'destroyed') view.delete(e.resource.metadata.id);
-        else if (e.type === 'created' || e.type === 'updated') view.set(e.resource.metadata.id, e.resource);
+  const finishResync = (fresh: Map<string, CosiResource>, out: WatchEvent[]) => {
+    resync = undefined;
+    for (const [id, old] of [...view]) if (!fresh.has(id)) record({ type: 'destroyed', resource: old, resync: true }, out);
+    for (const [id, r] of fresh) {
+      const old = view.get(id);
+      if (old === undefined) record({ type: 'created', resource: r, resync: true }, out);
+      else if (!same(old, r)) record({ type: 'updated', resource: r, old, resync: true }, out);
+    }
+    if (opts.id === undefined && !bootstrapped) record({ type: 'bootstrapped', resync: true }, out);
+  };
+
+  /** The events of one message the consumer gets, after the bookkeeping. */
+  const consume = (events: readonly WatchEvent[]): WatchEvent[] => {
+    const out: WatchEvent[] = [];
+    for (const e of events) {
+      if (e.bookmark !== undefined) bookmark = e.bookmark;
+      if (resync !== undefined) {
+        // Collect the fresh picture: a kind's bootstrap up to BOOTSTRAPPED, or a single resource's first event.
+        if (e.type === 'created' && e.resource !== undefined) resync.set(e.resource.metadata.id, e.resource);
+        if (e.type === 'bootstrapped' || (opts.id !== undefined && (e.type === 'created' || e.type === 'destroyed'))) {
+          finishResync(resync, out);
+          streaming();
+        }
+        continue;
       }
-      if (e.type === 'bootstrapped') bootstrapped = true;
-      subscriber.next(e);
-    };
+      // A server-side "fell behind" ends the call right after; the resync that follows is the consumer's answer.
+      if (e.type === 'errored' && p.enabled) continue;
+      record(e, out);
+    }
+    return out;
+  };
 
-    const finishResync = (fresh: Map<string, CosiResource>) => {
-      resync = undefined;
-      for (const [id, old] of [...view]) if (!fresh.has(id)) emit({ type: 'destroyed', resource: old, resync: true });
-      for (const [id, r] of fresh) {
-        const old = view.get(id);
-        if (old === undefined) emit({ type: 'created', resource: r, resync: true });
-        else if (!same(old, r)) emit({ type: 'updated', resource: r, old, resync: true });
-      }
-      if (opts.id === undefined && !bootstrapped) emit({ type: 'bootstrapped', resync: true });
+  /** The request of the next attempt: a resync starts from a fresh picture, a reconnect resumes from the bookmark. */
+  const request = (def: ResourceDefinition): WatchRequest => {
+    const base = {
+      namespace: opts.namespace ?? def.defaultNamespace,
+      type: def.type,
+      ...(opts.id !== undefined ? { id: opts.id } : {}),
+      ...(opts.labelQuery !== undefined ? { labelQuery: opts.labelQuery } : {}),
+      ...(opts.idRegexp !== undefined ? { idRegexp: opts.idRegexp } : {}),
+      aggregated: opts.aggregated ?? false,
+      bootstrapBookmark: opts.bootstrapBookmark ?? false,
     };
+    if (resync !== undefined) return { ...base, bootstrap: opts.id === undefined, tailEvents: 0 };
+    if (bookmark !== undefined) return { ...base, bootstrap: false, tailEvents: 0, fromBookmark: bookmark };
+    return { ...base, bootstrap: opts.bootstrap ?? false, tailEvents: opts.tailEvents ?? 0, ...(opts.fromBookmark !== undefined ? { fromBookmark: opts.fromBookmark } : {}) };
+  };
 
-    const onReady = () => {
-      delay = initialDelay;
-      if (resync === undefined) setState('streaming');
-    };
-
-    const onEvents = (events: WatchEvent[]) => {
-      for (const e of events) {
-        if (e.bookmark !== undefined) bookmark = e.bookmark;
-        if (resync !== undefined) {
-          // Collect the fresh picture: a kind's bootstrap up to BOOTSTRAPPED, or a single resource's first event.
-          if (e.type === 'created' && e.resource !== undefined) resync.set(e.resource.metadata.id, e.resource);
-          if (e.type === 'bootstrapped' || (opts.id !== undefined && (e.type === 'created' || e.type === 'destroyed'))) {
-            finishResync(resync);
-            setState('streaming');
+  try {
+    setState('connecting');
+    for (;;) {
+      if (stop.aborted) return;
+      healthySince = undefined;
+      let fromBookmark = false;
+      try {
+        const def = await t.resolveType(type, { signal: stop });
+        if (stop.aborted) return;
+        const req = request(def);
+        fromBookmark = req.fromBookmark !== undefined;
+        for await (const events of t.watchOnce(req, stop)) {
+          if (stop.aborted) return;
+          if (events.length === 0) {
+            if (resync === undefined) streaming();
+            continue;
           }
-          continue;
+          const out = consume(events);
+          if (out.length > 0) yield out;
+          if (stop.aborted) return;
         }
-        // A server-side "fell behind" is handled below (resync); it is not the subscriber's business.
-        if (e.type === 'errored' && reconnect !== false) continue;
-        emit(e);
-      }
-    };
-
-    const onError = (err: CosiError) => {
-      current = undefined;
-      if (closed) return;
-      const lostPlace = err.kind === 'too-old' || err.kind === 'invalid-bookmark';
-      if (reconnect === false) return subscriber.error(err);
-      if (lostPlace) {
-        if (!tracksView) {
-          return subscriber.error(new CosiError('too-old', `${err.message} (this watch has no bootstrap to re-list from: watch with bootstrap to survive this)`));
+        // The server ended the watch: it is over.
+        return;
+      } catch (caught) {
+        if (stop.aborted) return;
+        const err = caught instanceof CosiError ? caught : new CosiError('internal', caught instanceof Error ? caught.message : String(caught));
+        if (!p.enabled) throw err;
+        const now = p.timers.now();
+        if (healthySince !== undefined && now - healthySince >= p.maxDelayMs) {
+          failures = 0;
+          failingSince = undefined;
         }
-        bookmark = undefined;
-        resync = new Map();
-        setState('resyncing', err.message);
-        return start();
+        failures++;
+        failingSince ??= now;
+        // The server no longer has our place. A foreign COSI server says so with a bare FAILED_PRECONDITION (its
+        // "invalid bookmark"): on a read-only watch that started from a bookmark, nothing else can be meant.
+        const lostPlace = err.kind === 'too-old' || err.kind === 'invalid-bookmark' || (fromBookmark && err.code === StatusCode.FAILED_PRECONDITION);
+        if (lostPlace && !tracksView) {
+          throw new CosiError(err.kind, `${err.message} (this watch has no bootstrap to re-list from: watch with bootstrap to survive this)`, { cause: err });
+        }
+        if (!lostPlace && !RETRYABLE.has(err.kind)) throw err;
+        // Backoff for everything, resyncs included; only the first resync of a healthy watch goes at once.
+        const base = Math.min(p.maxDelayMs, p.initialDelayMs * 2 ** Math.min(failures - 1, 52));
+        const delay = lostPlace && failures === 1 ? 0 : Math.round(base * (1 - p.jitter * p.random()));
+        if (failures > p.maxRetries || now + delay - failingSince > p.maxElapsedMs) {
+          throw new CosiError(err.kind, `${err.message} (gave up after ${failures} failed attempt${failures === 1 ? '' : 's'} in ${now - failingSince} ms)`, { cause: err });
+        }
+        if (lostPlace) {
+          bookmark = undefined;
+          resync = new Map();
+          setState('resyncing', err.message);
+        } else {
+          setState('reconnecting', err.message);
+          // A resync interrupted by a failure starts over from a fresh list.
+          if (resync !== undefined) resync = new Map();
+        }
+        t.log?.debug('watch retrying', { endpoint: t.endpoint, type, attempt: failures, delayMs: delay, reason: err.message });
+        if (delay > 0) await sleep(p.timers, delay, stop);
       }
-      if (!RETRYABLE.has(err.kind)) return subscriber.error(err);
-      setState('reconnecting', err.message);
-      // A resync interrupted by a failure starts over from a fresh list.
-      if (resync !== undefined) resync = new Map();
-      timer = setTimeout(start, delay);
-      delay = Math.min(delay * 2, maxDelay);
-    };
+    }
+  } finally {
+    setState('closed');
+  }
+}
 
-    const start = () => {
-      if (closed) return;
-      if (state === undefined) setState('connecting');
-      client.resolveType(type).then(
-        (def) => {
-          if (closed) return;
-          // A resync starts from a fresh picture; a reconnect resumes from the last bookmark; the first
-          // attempt is what the caller asked for.
-          const options =
-            resync !== undefined
-              ? { bootstrapContents: opts.id === undefined, tailEvents: 0 }
-              : bookmark !== undefined
-                ? { bootstrapContents: false, tailEvents: 0, startFromBookmark: bookmark }
-                : {
-                    bootstrapContents: opts.bootstrap ?? false,
-                    tailEvents: opts.tailEvents ?? 0,
-                    ...(opts.fromBookmark !== undefined ? { startFromBookmark: opts.fromBookmark } : {}),
-                  };
-          const req = {
-            namespace: opts.namespace ?? def.defaultNamespace,
-            type: def.type,
-            ...(opts.id !== undefined ? { id: opts.id } : {}),
-            apiVersion: 1,
-            options: {
-              ...options,
-              labelQuery: toWireQueries(opts.labelQuery),
-              idQuery: opts.idRegexp !== undefined ? { regexp: opts.idRegexp } : null,
-              aggregated: opts.aggregated ?? false,
-              bootstrapBookmark: opts.bootstrapBookmark ?? false,
-            },
-          };
-          current = client.openWatch(req, { ready: onReady, events: onEvents, error: onError, end: () => subscriber.complete() });
-        },
-        (err: unknown) => onError(err instanceof CosiError ? err : new CosiError('unavailable', String(err))),
-      );
-    };
+/** The WatchStream: the resilient batches handed out one event per pull. */
+class ResilientWatchStream implements WatchStream {
+  private readonly stop = new AbortController();
+  private readonly source: AsyncGenerator<readonly WatchEvent[], void, undefined>;
+  private batch: readonly WatchEvent[] = [];
+  private index = 0;
+  private timedOut = false;
+  private deadlineTimer: unknown;
+  private readonly detach: () => void;
 
-    start();
-    return () => {
-      closed = true;
-      clearTimeout(timer);
-      current?.cancel();
-      setState('closed');
+  constructor(
+    t: WatchTransport,
+    private readonly type: string,
+    opts: WatchOptions,
+  ) {
+    const policy = policyOf(opts.reconnect);
+    const timeoutMs = checkMs('timeoutMs', opts.timeoutMs, Infinity);
+    const abort = () => this.stop.abort();
+    opts.signal?.addEventListener('abort', abort);
+    t.closed.addEventListener('abort', abort);
+    if (opts.signal?.aborted === true || t.closed.aborted) abort();
+    if (Number.isFinite(timeoutMs)) {
+      this.deadlineTimer = policy.timers.setTimeout(() => {
+        this.timedOut = true;
+        abort();
+      }, timeoutMs);
+    }
+    const untrack = t.trackWatch(this);
+    let detached = false;
+    this.detach = () => {
+      if (detached) return;
+      detached = true;
+      opts.signal?.removeEventListener('abort', abort);
+      t.closed.removeEventListener('abort', abort);
+      if (this.deadlineTimer !== undefined) policy.timers.clearTimeout(this.deadlineTimer);
+      untrack();
     };
+    this.source = this.run(resilientBatches(t, type, opts, policy, this.stop.signal), timeoutMs);
+  }
+
+  private async *run(batches: AsyncGenerator<readonly WatchEvent[], void, undefined>, timeoutMs: number): AsyncGenerator<readonly WatchEvent[], void, undefined> {
+    try {
+      yield* batches;
+      if (this.timedOut) throw new CosiError('deadline-exceeded', `the watch of ${this.type} reached its deadline of ${timeoutMs} ms`);
+    } finally {
+      this.detach();
+    }
+  }
+
+  /** Whole batches, for the Observable (it hands them on synchronously). */
+  batches(): AsyncGenerator<readonly WatchEvent[], void, undefined> {
+    return this.source;
+  }
+
+  async next(): Promise<IteratorResult<WatchEvent, undefined>> {
+    for (;;) {
+      const e = this.batch[this.index];
+      if (e !== undefined) {
+        this.index++;
+        return { done: false, value: e };
+      }
+      const r = await this.source.next();
+      if (r.done === true) return { done: true, value: undefined };
+      this.batch = r.value;
+      this.index = 0;
+    }
+  }
+
+  async return(): Promise<IteratorResult<WatchEvent, undefined>> {
+    await this.close();
+    return { done: true, value: undefined };
+  }
+
+  async close(): Promise<void> {
+    this.stop.abort();
+    this.batch = [];
+    // A stream never iterated has no running generator whose `finally` would let go of the listeners and timer.
+    this.detach();
+    await this.source.return(undefined);
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+export function openWatchStream(t: WatchTransport, type: string, opts: WatchOptions): WatchStream {
+  return new ResilientWatchStream(t, type, opts);
+}
+
+/** The same watch as an rxjs Observable: each subscription opens its own WatchStream and pulls it as fast as it can. */
+export function observeWatch(t: WatchTransport, type: string, opts: WatchOptions): Observable<WatchEvent> {
+  return new (rxjs().Observable)<WatchEvent>((subscriber) => {
+    let stream: ResilientWatchStream;
+    try {
+      stream = new ResilientWatchStream(t, type, opts);
+    } catch (err) {
+      subscriber.error(err);
+      return undefined;
+    }
+    void (async () => {
+      try {
+        for await (const batch of stream.batches()) {
+          for (const e of batch) {
+            if (subscriber.closed) return;
+            subscriber.next(e);
+          }
+        }
+        subscriber.complete();
+      } catch (err) {
+        subscriber.error(err);
+      }
+    })();
+    return () => void stream.close();
   });
 }
 

@@ -4,15 +4,16 @@ import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import { readFileSync } from 'node:fs';
-import { Server as TlsServer, type TLSSocket } from 'node:tls';
+import type { Server as TlsServer, TLSSocket } from 'node:tls';
 import { join } from 'node:path';
 import descriptor from 'protobufjs/ext/descriptor/index.js';
 import { CosiError } from '../shared/errors.js';
 import { silentLogger, type Logger } from '../shared/log.js';
 import { PROTO_DIR } from '../shared/wire.js';
-import { Frames } from './api/frames.js';
+import { Frames } from './watch/frames.js';
 import { DEFAULT_RUNTIME, machineServiceDefinition, machineServiceHandlers, type RuntimeOptions } from './api/machine-service.js';
 import { stateServiceDefinition, stateServiceHandlers } from './api/service.js';
+import { tlsServersOf } from './grpc-internals.js';
 import { registerK8sTypes } from './resources/k8s.js';
 import { Registry } from './resources/registry.js';
 import { MemoryStore } from './store/memory.js';
@@ -90,9 +91,8 @@ export class Cosid {
       // Watches are long-lived; keep connections honest without killing idle watchers.
       'grpc.keepalive_time_ms': 60_000,
       'grpc.keepalive_timeout_ms': 20_000,
-      'grpc.http2.min_ping_interval_without_data_ms': 10_000,
-      // A client pinging more often than that twice gets GOAWAY (ENHANCE_YOUR_CALM).
-      'grpc.http2.max_ping_strikes': 2,
+      // Ping policing (grpc-go's min_ping_interval / max_ping_strikes) is not implemented by grpc-js 1.14's server:
+      // those options would be ignored, so they are not set (bench/RESULTS.md, 2026-11-30).
       'grpc.max_receive_message_length': 1 << 20,
       'grpc.max_send_message_length': 16 << 20,
       'grpc.max_concurrent_streams': 1024,
@@ -109,14 +109,23 @@ export class Cosid {
     health.addToServer(server);
     new ReflectionService(reflectionPackage()).addToServer(server);
 
-    // mTLS only: the handshake refuses clients without a certificate signed by a trusted CA.
-    const material = opts.tls instanceof TlsMaterial ? opts.tls : TlsMaterial.fromPem(opts.tls, log);
-    const creds = material.serverCredentials({ handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 10_000 });
-    const port = await new Promise<number>((resolve, reject) => {
-      server.bindAsync(opts.listen, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${opts.listen}: ${err.message}`)) : resolve(p)));
-    });
-    logHandshakeRefusals(server, log);
-    rememberPeerCertificates(server);
+    let port: number;
+    try {
+      // mTLS only: the handshake refuses clients without a certificate signed by a trusted CA.
+      const material = opts.tls instanceof TlsMaterial ? opts.tls : TlsMaterial.fromPem(opts.tls, log);
+      const creds = material.serverCredentials({ handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 10_000 });
+      port = await new Promise<number>((resolve, reject) => {
+        server.bindAsync(opts.listen, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${opts.listen}: ${err.message}`)) : resolve(p)));
+      });
+      // Both throw when the grpc-js internals they hook are missing: cosid does not serve without them.
+      const tlsServers = tlsServersOf(server);
+      logHandshakeRefusals(tlsServers, log);
+      rememberPeerCertificates(tlsServers);
+    } catch (err) {
+      server.forceShutdown();
+      machine.close();
+      throw err;
+    }
     log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName });
     return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close() });
   }
@@ -164,20 +173,14 @@ function reflectionPackage(): protoLoader.PackageDefinition {
   return merged;
 }
 
-/** grpc-js's TLS servers (internal: empty if a grpc-js release renames them, and the hooks below do nothing). */
-function tlsServersOf(server: grpc.Server): TlsServer[] {
-  const internal = server as unknown as { http2Servers?: Map<unknown, unknown> };
-  return [...(internal.http2Servers?.keys() ?? [])].filter((s): s is TlsServer => s instanceof TlsServer);
-}
-
 /**
  * Every call's roles come from its connection's client certificate, and grpc-js asks the socket for it on every call
  * (getAuthContext), which builds a new certificate object each time: a quarter of a Get's server time. A
  * connection's certificate is fixed at its handshake (HTTP/2 forbids renegotiation, TLS 1.3 has none), so each
- * socket answers with the object it built first. Without access to grpc-js's TLS servers nothing changes.
+ * socket answers with the object it built first.
  */
-function rememberPeerCertificates(server: grpc.Server): void {
-  for (const s of tlsServersOf(server)) {
+function rememberPeerCertificates(tlsServers: readonly TlsServer[]): void {
+  for (const s of tlsServers) {
     s.on('secureConnection', (socket: TLSSocket) => {
       const read = socket.getPeerCertificate.bind(socket);
       let first: ReturnType<TLSSocket['getPeerCertificate']> | undefined;
@@ -187,29 +190,67 @@ function rememberPeerCertificates(server: grpc.Server): void {
 }
 
 /**
- * grpc-js does not surface failed TLS handshakes, but its TLS servers do ('tlsClientError'): log each refusal once
- * per peer address and reason, with the subject of the certificate the peer offered (never key material).
+ * What OpenSSL says for the verification errors a client certificate can fail with (x509_txt.c). Node gives a TLS
+ * server only the code (`authorizationError`); a code not listed here is logged as it is.
  */
-function logHandshakeRefusals(server: grpc.Server, log: Logger): void {
+const VERIFY_ERRORS: Readonly<Record<string, string>> = {
+  UNABLE_TO_GET_ISSUER_CERT: 'unable to get issuer certificate',
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: 'unable to get local issuer certificate',
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: 'unable to verify the first certificate',
+  UNABLE_TO_DECRYPT_CERT_SIGNATURE: "unable to decrypt certificate's signature",
+  UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY: 'unable to decode issuer public key',
+  CERT_SIGNATURE_FAILURE: 'certificate signature failure',
+  CERT_NOT_YET_VALID: 'certificate is not yet valid',
+  CERT_HAS_EXPIRED: 'certificate has expired',
+  ERROR_IN_CERT_NOT_BEFORE_FIELD: "format error in certificate's notBefore field",
+  ERROR_IN_CERT_NOT_AFTER_FIELD: "format error in certificate's notAfter field",
+  DEPTH_ZERO_SELF_SIGNED_CERT: 'self-signed certificate',
+  SELF_SIGNED_CERT_IN_CHAIN: 'self-signed certificate in certificate chain',
+  CERT_CHAIN_TOO_LONG: 'certificate chain too long',
+  CERT_REVOKED: 'certificate revoked',
+  INVALID_CA: 'invalid CA certificate',
+  PATH_LENGTH_EXCEEDED: 'path length constraint exceeded',
+  INVALID_PURPOSE: 'unsupported certificate purpose',
+  CERT_UNTRUSTED: 'certificate not trusted',
+  CERT_REJECTED: 'certificate rejected',
+};
+
+/**
+ * grpc-js does not surface failed TLS handshakes, but its TLS servers do ('tlsClientError'): log each refusal once
+ * per peer address and reason, never key material. `reason` says why: for a refused certificate its verification
+ * error (Node itself reports those as "socket hang up" and keeps the cause in `authorizationError`), else OpenSSL's
+ * reason or Node's message; `code` is the machine-readable form. `subject` is the certificate the peer offered, or
+ * "(no certificate)". Known limit: Node releases the connection of a refused certificate before it reports the
+ * refusal, so for those the peer's address and subject are "unknown"; no public API of Node 20 reaches them.
+ */
+function logHandshakeRefusals(tlsServers: readonly TlsServer[], log: Logger): void {
   const seen = new Set<string>();
-  for (const s of tlsServersOf(server)) {
-    s.on('tlsClientError', (err: Error & { code?: string }, socket: TLSSocket) => {
-      const reason = err.code ?? err.message;
+  for (const s of tlsServers) {
+    s.on('tlsClientError', (err: Error & { code?: string; reason?: string }, socket: TLSSocket) => {
+      // A code at run time, though @types/node says Error.
+      const authorization: unknown = socket.authorizationError;
+      const verifyError = typeof authorization === 'string' ? authorization : authorization instanceof Error ? authorization.message : undefined;
+      const code = verifyError ?? err.code ?? 'unknown';
+      const reason = verifyError !== undefined ? (VERIFY_ERRORS[verifyError] ?? verifyError) : (err.reason ?? err.message);
       const address = socket.remoteAddress ?? 'unknown';
-      const key = `${address}\u0000${reason}`;
+      const key = `${address}\u0000${code}\u0000${reason}`;
       if (seen.has(key)) return;
       if (seen.size >= 10_000) seen.clear();
       seen.add(key);
-      let subject = '(no certificate)';
-      try {
-        const cert = socket.getPeerCertificate();
-        if (cert !== null && typeof cert === 'object' && 'subject' in cert && cert.subject !== undefined) {
-          subject = Object.entries(cert.subject).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`).join(', ');
-        }
-      } catch {
-        // The socket may already be gone.
-      }
-      log.warn('TLS handshake refused', { peer: address, subject, reason: err.message });
+      log.warn('TLS handshake refused', { peer: address, subject: offeredSubject(socket), reason, code });
     });
+  }
+}
+
+/** The subject of the certificate a peer offered; "unknown" once Node has released the connection. */
+function offeredSubject(socket: TLSSocket): string {
+  try {
+    // Node answers null once the connection is released, and an empty object when the peer sent no certificate.
+    const cert = socket.getPeerCertificate() as Partial<ReturnType<TLSSocket['getPeerCertificate']>> | null;
+    if (cert === null || typeof cert !== 'object') return 'unknown';
+    if (cert.subject === undefined) return '(no certificate)';
+    return Object.entries(cert.subject).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`).join(', ');
+  } catch {
+    return 'unknown';
   }
 }

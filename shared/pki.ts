@@ -1,5 +1,5 @@
-// X.509 for mTLS: a CA, server and client certificates (ECDSA P-256, SHA-256) through @peculiar/x509,
-// and `generatePki`, the files of `cosictl gen pki`.
+// X.509 for mTLS: a CA, server and client certificates (ECDSA P-256, SHA-256) through @peculiar/x509. The files of
+// `cosictl gen pki` are written by `generatePki` in client/gen-pki.ts.
 // @peculiar/x509 resolves its services through tsyringe, which throws at import time unless a Reflect
 // metadata polyfill is loaded first; reflect-metadata is a direct dependency for that reason.
 import 'reflect-metadata';
@@ -19,8 +19,6 @@ export interface KeyPairPem {
   /** PKCS#8 PEM ("PRIVATE KEY"). */
   keyPem: string;
 }
-
-/** The files written by `generatePki`. */
 
 interface Validity {
   validDays?: number;

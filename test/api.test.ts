@@ -3,14 +3,18 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { isCosiError } from '../client/index.js';
 import { reconcileStaticPods } from '../server/controllers/static-pods.js';
-import { silentLogger } from '../shared/log.js';
+import { createLogger, silentLogger } from '../shared/log.js';
 import { codecFor, wire } from '../shared/wire.js';
-import { pod, podStatus, startServer, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
+import { eventually, pod, podStatus, startServer, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
 
 let srv: TestServer;
+/** The server's log lines. */
+const lines: string[] = [];
+let startedAt: number;
 
 beforeAll(async () => {
-  srv = await startServer();
+  startedAt = Date.now();
+  srv = await startServer({ log: createLogger({ write: (l) => lines.push(l) }) });
   reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }, { id: 'kube-system-etcd', pod: pod('etcd', 'etcd', 'kube-system'), origin: 'test' }], silentLogger);
   srv.cosid.store.create({ ...STATUSES, id: 'default/nginx-test-node', spec: podStatus(true) }, TEST_OWNER);
 });
@@ -22,7 +26,10 @@ describe('Get and List', () => {
     expect(items.map((r) => r.metadata.id)).toEqual(['default-nginx', 'kube-system-etcd']);
     const [first] = items;
     expect(first?.metadata).toMatchObject({ namespace: 'k8s', type: 'StaticPods.kubernetes.talos.dev', version: 1, owner: 'k8s.StaticPodController', phase: 'running' });
-    expect(first?.metadata.created.getTime()).toBeGreaterThan(Date.now() - 60_000);
+    // Set by the store when this file's server was filled.
+    expect(first?.metadata.created.getTime()).toBeGreaterThanOrEqual(startedAt);
+    expect(first?.metadata.created.getTime()).toBeLessThanOrEqual(Date.now());
+    expect(first?.metadata.updated).toEqual(first?.metadata.created);
   });
 
   it('fills both spec forms: the raw Pod as YAML (no wrapper) and the StaticPodSpec protobuf', async () => {
@@ -80,7 +87,8 @@ describe('type resolution', () => {
     expect(String(missing)).toContain('"frobnicators" is not registered');
     const ambiguous = await c.resolveType('sps').catch((e: unknown) => e);
     expect(isCosiError(ambiguous, 'ambiguous')).toBe(true);
-    expect(String(ambiguous)).toMatch(/StaticPods\.kubernetes\.talos\.dev.*StaticPodStatuses\.kubernetes\.talos\.dev|StaticPodStatuses.*StaticPods\./);
+    // The candidates in the order of their definitions' IDs.
+    expect(String(ambiguous)).toContain('StaticPods.kubernetes.talos.dev, StaticPodStatuses.kubernetes.talos.dev');
   });
 
   it('serves resource definitions with aliases and print columns', async () => {
@@ -130,14 +138,25 @@ describe('access control', () => {
     }
   });
 
+  /** The reasons of the handshake refusals the server logged from line `from` on. */
+  const handshakeRefusals = (from: number) =>
+    lines
+      .slice(from)
+      .filter((l) => l.includes('TLS handshake refused'))
+      .map((l) => (JSON.parse(l) as { reason: string }).reason);
+
   it('refuses a certificate from another CA at the handshake', async () => {
     const foreign = await srv.foreignCert();
+    const from = lines.length;
     const err = await srv.client(foreign).list('staticpods').catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: grpc.status.UNAVAILABLE });
+    // No call reached the server (no node header): the client says so, and the server logs why, once.
+    expect(err).toMatchObject({ code: grpc.status.UNAVAILABLE, kind: 'unavailable', message: expect.stringContaining('does it trust your certificate?') });
+    await eventually(() => expect(handshakeRefusals(from)).toEqual(['unable to verify the first certificate']));
   });
 
   it('refuses a client without a certificate at the handshake', async () => {
     const raw = new grpc.Client(srv.endpoint, grpc.credentials.createSsl(Buffer.from(srv.pki.ca.certPem)));
+    const from = lines.length;
     const code = await new Promise<number>((resolve) => {
       const call = raw.makeServerStreamRequest('/cosi.resource.State/List', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(wire.listRequest.encode({ namespace: 'k8s', type: 'StaticPods.kubernetes.talos.dev' })));
       call.on('data', () => resolve(-1));
@@ -145,6 +164,7 @@ describe('access control', () => {
     });
     raw.close();
     expect(code).toBe(grpc.status.UNAVAILABLE);
+    await eventually(() => expect(handshakeRefusals(from)).toEqual(['peer did not return a certificate']));
   });
 
   it('refuses every write method with PERMISSION_DENIED, even for an admin', async () => {

@@ -12,7 +12,6 @@ import * as x509 from '@peculiar/x509';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import YAML from 'yaml';
 import {
-  CosiConfigError,
   defaultCosiConfigPath,
   loadCosiConfig,
   parseCosiConfig,
@@ -23,6 +22,7 @@ import {
   type CosiContext,
 } from '../client/cosiconfig.js';
 import { generatePki, type PkiFiles } from '../client/gen-pki.js';
+import { CosiError } from '../shared/errors.js';
 import { generateCa, issueClientCert, issueServerCert, type KeyPairPem } from '../shared/pki.js';
 
 const DAY_MS = 86_400_000;
@@ -325,7 +325,7 @@ describe('cosiconfig', () => {
 
   it('names the known contexts when asked for an unknown one', async () => {
     const cfg = await loadCosiConfig(files.cosiconfig);
-    expect(() => selectContext(cfg, 'nope')).toThrow(CosiConfigError);
+    expect(() => selectContext(cfg, 'nope')).toThrow(CosiError);
     expect(() => selectContext(cfg, 'nope')).toThrow(`context "nope" is not in ${files.cosiconfig}; known contexts: admin, reader`);
   });
 
@@ -362,14 +362,14 @@ describe('cosiconfig', () => {
       ['context not a name', damaged((d) => (d.context = ['admin'])), /^cfg: "context" must be the name of a context/],
     ])('%s', async (_label, text, message) => {
       const input = await text();
-      expect(() => parseCosiConfig(input, 'cfg')).toThrow(CosiConfigError);
+      expect(() => parseCosiConfig(input, 'cfg')).toThrow(CosiError);
       expect(() => parseCosiConfig(input, 'cfg')).toThrow(message);
     });
   });
 
   it('says how to make a config when the file is missing, and what to pass when it is a folder', async () => {
     const absent = join(root, 'absent', 'config');
-    await expect(loadCosiConfig(absent)).rejects.toThrow(CosiConfigError);
+    await expect(loadCosiConfig(absent)).rejects.toThrow(CosiError);
     await expect(loadCosiConfig(absent)).rejects.toThrow(`no client config at ${absent}: create one with "cosictl gen pki --out DIR" and pass --cosiconfig DIR/cosiconfig (or set COSICONFIG)`);
     await expect(loadCosiConfig(root)).rejects.toThrow(`${root} is a folder: pass the config file, for example ${join(root, 'cosiconfig')}`);
   });

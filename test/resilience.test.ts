@@ -51,11 +51,17 @@ describe('reconnect and resume', () => {
     const events: WatchEvent[] = [];
     subs.push(clientFor(proxy.endpoint).watch('podstatus', { bootstrap: true, reconnect: { ...FAST, onState: (s) => states.push(s) } }).subscribe((e) => events.push(e)));
     await eventually(() => expect(events.map((e) => e.type)).toEqual(['bootstrapped']));
+    const count = (state: string) => states.filter((s) => s === state).length;
+    let cuts = 0;
     for (let i = 0; i < 60; i++) {
       put(srv, `r${i % 20}`, podStatus(i % 3 === 0, { round: i }));
       if (i % 15 === 7) {
+        // Each cut hits a streaming watch, and the changes after it are made while the client knows it is cut off.
+        await eventually(() => expect(states.at(-1)).toBe('streaming'), 20_000);
+        const reconnects = count('reconnecting');
         proxy.cut();
-        await new Promise((r) => setTimeout(r, 30));
+        cuts++;
+        await eventually(() => expect(count('reconnecting')).toBeGreaterThan(reconnects), 20_000);
       }
     }
     await eventually(() => expect(events.length).toBe(61), 20_000);
@@ -64,7 +70,10 @@ describe('reconnect and resume', () => {
     const versions = new Map<string, number[]>();
     for (const e of events.slice(1)) versions.set(e.resource?.metadata.id ?? '', [...(versions.get(e.resource?.metadata.id ?? '') ?? []), e.resource?.metadata.version ?? 0]);
     for (const v of versions.values()) expect(v).toEqual([1, 2, 3]);
-    expect(states.filter((s) => s === 'reconnecting').length).toBeGreaterThanOrEqual(1);
+    // Every cut was noticed (a reconnect attempt that fails counts again, so not exactly one each).
+    expect(cuts).toBe(4);
+    expect(count('reconnecting')).toBeGreaterThanOrEqual(cuts);
+    expect(states.at(-1)).toBe('streaming');
     // The subscriber's view equals a fresh list.
     const fresh = await clientFor(srv.endpoint).list('podstatus');
     expect(follow(events)).toEqual(new Map(fresh.map((r) => [r.metadata.id, r.yamlSpec])));
@@ -107,12 +116,15 @@ function rawWatch(srv: TestServer, regexp: string) {
   const call = client.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(req));
   const events: { type: EventType; id: string; bookmark: boolean }[] = [];
   const errors: grpc.ServiceError[] = [];
+  // The first message is the empty "ready" response: the server has registered the watch.
+  const result = { call, events, errors, client, ready: false };
   call.on('data', (b: Buffer) => {
+    result.ready = true;
     for (const e of wire.watchResponse.decode(b).event) events.push({ type: e.eventType, id: e.resource?.metadata?.id ?? '', bookmark: e.bookmark != null });
   });
   call.on('error', (e: grpc.ServiceError) => errors.push(e));
   cleanups.push(() => client.close());
-  return { call, events, errors, client };
+  return result;
 }
 
 describe('slow watchers', () => {
@@ -169,7 +181,7 @@ describe('bookmarks', () => {
   it('sends a last bookmark before ending streams with UNAVAILABLE on shutdown', async () => {
     const srv = await startServer({ pki });
     const w = rawWatch(srv, '');
-    await new Promise((r) => setTimeout(r, 100));
+    await eventually(() => expect(w.ready).toBe(true));
     await srv.close();
     await eventually(() => expect(w.errors.length).toBe(1));
     expect(w.errors[0]?.code).toBe(grpc.status.UNAVAILABLE);
@@ -186,8 +198,10 @@ describe('limits', () => {
     const opened = [0, 1, 2, 3].map(() => c.watch('podstatus', { reconnect: false }).subscribe({ error: (e: unknown) => errors.push(e) }));
     await eventually(() => expect(errors.length).toBe(1));
     expect(errors[0]).toMatchObject({ code: grpc.status.RESOURCE_EXHAUSTED, message: expect.stringContaining('too many watches on this connection') });
+    await eventually(() => expect(srv.cosid.hub.stats().sessions).toBe(3));
     opened[0]?.unsubscribe();
-    await new Promise((r) => setTimeout(r, 100));
+    // The server has seen the cancellation: the watch is gone, and with it its place in the count.
+    await eventually(() => expect(srv.cosid.hub.stats().sessions).toBe(2));
     const later: unknown[] = [];
     const events: WatchEvent[] = [];
     subs.push(c.watch('podstatus', { reconnect: false, bootstrap: true }).subscribe({ next: (e) => events.push(e), error: (e: unknown) => later.push(e) }));
@@ -218,8 +232,10 @@ describe('connections per address', () => {
     await eventually(() => expect(a.ready && b.ready).toBe(true));
     const third = open(clients[2] as grpc.Client);
     await eventually(() => expect(third.code).toBe(grpc.status.RESOURCE_EXHAUSTED));
+    expect(srv.cosid.hub.stats().sessions).toBe(2);
     a.call.cancel();
-    await new Promise((r) => setTimeout(r, 100));
+    // The server has seen the cancellation: the connection's last call is gone, and with it its place in the count.
+    await eventually(() => expect(srv.cosid.hub.stats().sessions).toBe(1));
     const again = open(clients[2] as grpc.Client);
     await eventually(() => expect(again.ready).toBe(true));
     b.call.cancel();

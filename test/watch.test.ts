@@ -39,6 +39,17 @@ function collect(opts: WatchOptions): { events: WatchEvent[]; errors: unknown[];
   return { events, errors, done: () => completed || errors.length > 0 };
 }
 
+/**
+ * A watch that has started: it asks for the NOOP bookmark of its starting point, waits for it (the server sends it
+ * once the watch is registered, so every later change reaches it), and drops it from the events.
+ */
+async function collectStarted(opts: WatchOptions): Promise<ReturnType<typeof collect>> {
+  const w = collect({ ...opts, bootstrapBookmark: true });
+  await eventually(() => expect(summary(w.events)).toEqual(['noop']));
+  w.events.shift();
+  return w;
+}
+
 const store = () => srv.cosid.store;
 const put = (id: string, ready: boolean, labels?: Record<string, string>) =>
   upsert(store(), { ...STATUSES, id, spec: podStatus(ready), ...(labels ? { labels } : {}) }, TEST_OWNER);
@@ -64,8 +75,7 @@ describe('watch a kind', () => {
 
   it('turns updates into created/destroyed as resources start or stop matching a label query', async () => {
     const p = prefix();
-    const w = collect({ labelQuery: [{ terms: [{ key: 'app', op: 'equal', values: [p] }] }] });
-    await new Promise((r) => setTimeout(r, 100));
+    const w = await collectStarted({ labelQuery: [{ terms: [{ key: 'app', op: 'equal', values: [p] }] }] });
     put(`${p}/x`, false, { app: 'other' }); // never matched: not delivered
     put(`${p}/x`, false, { app: p }); // starts matching
     put(`${p}/x`, true, { app: p }); // still matching
@@ -190,8 +200,7 @@ describe('a watcher that cannot keep up', () => {
     await eventually(() => expect(stalled.messages.length + stalledAggregated.messages.length).toBe(2));
     stalled.call.pause(); // stop reading: flow control fills up and the server must stop writing
     stalledAggregated.call.pause();
-    const healthy = collect({ idRegexp: `^${p}/` });
-    await new Promise((r) => setTimeout(r, 100));
+    const healthy = await collectStarted({ idRegexp: `^${p}/` });
     const big = 'x'.repeat(4096);
     const total = 1500; // five times the history size of this server
     let sawParked = false;
@@ -268,8 +277,7 @@ describe('encoded events kept in memory', () => {
     const p = prefix();
     const id = `${p}/pod`;
     const padding = 'y'.repeat(1024);
-    const live = collect({ idRegexp: `^${p}/` });
-    await new Promise((r) => setTimeout(r, 100));
+    const live = await collectStarted({ idRegexp: `^${p}/` });
     const total = 60; // about 4 KB per event: several times the 64 KiB budget
     for (let i = 0; i < total; i++) upsert(store(), { ...STATUSES, id, spec: { ...(podStatus(i % 2 === 0) as object), padding, seq: i } }, TEST_OWNER);
     await eventually(() => expect(live.events.length).toBe(total));

@@ -1,6 +1,6 @@
 // The cosi.resource.State service: request decoding, access control, and the one place errors become statuses.
 import * as grpc from '@grpc/grpc-js';
-import { CosiError, isCosiError } from '../../shared/errors.js';
+import { CosiError, ERROR_KIND_METADATA_KEY, isCosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import type { Kind } from '../../shared/resource.js';
 import { codecFor, stateService, type WireGetRequest, type WireListRequest, type WireWatchRequest } from '../../shared/wire.js';
@@ -10,7 +10,7 @@ import type { ResourceStore } from '../store/store.js';
 import type { WatchHub } from '../watch/hub.js';
 import { planWatch } from '../watch/plan.js';
 import { authorizeRead, peerOf } from './access.js';
-import type { Frames } from './frames.js';
+import type { Frames } from '../watch/frames.js';
 import { grpcWatchSink } from './watch-sink.js';
 
 export interface StateServiceDeps {
@@ -42,10 +42,16 @@ function requestOf<T>(call: { request: T | MalformedRequest }): T {
   return call.request;
 }
 
-/** The one mapping from any thrown value to a gRPC status. */
+/**
+ * The one mapping from any thrown value to a gRPC status: the kind's code (shared/errors.ts has the table), and the
+ * kind itself as trailing metadata `cosi-error-kind`, so that kinds sharing a code (an invalid bookmark and a
+ * version conflict are both FAILED_PRECONDITION) reach the client apart.
+ */
 export function toStatus(err: unknown): Partial<grpc.StatusObject> {
-  if (isCosiError(err)) return { code: err.code, details: err.message };
-  return { code: grpc.status.INTERNAL, details: `internal error: ${err instanceof Error ? err.message : String(err)}` };
+  const e = isCosiError(err) ? err : new CosiError('internal', `internal error: ${err instanceof Error ? err.message : String(err)}`);
+  const metadata = new grpc.Metadata();
+  metadata.set(ERROR_KIND_METADATA_KEY, e.kind);
+  return { code: e.code, details: e.message, metadata };
 }
 
 /** The grpc-js service definition, with Buffer pass-through serializers: responses are pre-encoded. */

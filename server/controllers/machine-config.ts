@@ -1,5 +1,7 @@
 // Watches the machine config file and applies it: a good config reconciles the StaticPods, a bad one changes
-// nothing (the last good state stays served) and is logged and published as the MachineConfigStatus.
+// nothing (the last good state stays served) and is logged and published as the MachineConfigStatus. A config that
+// cannot be applied (a write refused) is undone (reconcileStaticPods is all or nothing); should undoing fail too, the
+// log and the status say which changes stayed.
 import { watch, type FSWatcher } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
@@ -8,7 +10,7 @@ import { MAX_CONFIG_BYTES, MachineConfigError, parseMachineConfig } from '../con
 import { CONFIG_NAMESPACE, MACHINE_CONFIG_STATUS_ID, MACHINE_CONFIG_STATUS_TYPE } from '../resources/k8s.js';
 import type { ResourceStore } from '../store/store.js';
 import { upsert } from '../store/upsert.js';
-import { reconcileStaticPods } from './static-pods.js';
+import { ReconcileError, reconcileStaticPods } from './static-pods.js';
 
 export const MACHINE_CONFIG_OWNER = 'config.MachineConfigController';
 // Editors write a file in a few steps; a short pause coalesces them without delaying the change much.
@@ -59,13 +61,33 @@ export class MachineConfigController {
       return true;
     } catch (err) {
       const message = err instanceof MachineConfigError ? err.message : `${this.path}: ${err instanceof Error ? err.message : String(err)}`;
-      this.log.error('machine config rejected; keeping the last good state', { path: this.path, reason, error: message });
+      if (err instanceof ReconcileError && !err.unchanged) {
+        // Said as it is: the store holds neither the last good state nor the new one.
+        this.log.error('machine config applied in part: the last good state is NOT kept', {
+          path: this.path,
+          reason,
+          error: message,
+          ...err.applied,
+          ...(err.uncertain !== undefined ? { uncertain: err.uncertain } : {}),
+        });
+      } else {
+        this.log.error('machine config rejected; keeping the last good state', { path: this.path, reason, error: message });
+      }
       this.publish(message);
       return false;
     }
   }
 
+  /** Publishes the MachineConfigStatus; a failure to is logged, never taken for a failure of the config. */
   private publish(error: string): void {
+    try {
+      this.writeStatus(error);
+    } catch (err) {
+      this.log.error('cannot publish the machine config status', { path: this.path, error: err });
+    }
+  }
+
+  private writeStatus(error: string): void {
     const spec = {
       path: this.path,
       lastGoodAt: this.lastGood?.at ?? null,

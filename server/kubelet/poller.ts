@@ -31,9 +31,77 @@ export interface KubeletPollerOptions {
 
 type JsonObject = { [key: string]: Json };
 
+/**
+ * Why the statuses are stale: the `reason` of their Stale condition and of the "cannot read the kubelet" warning.
+ * - KubeletTLSError: the TLS handshake failed (the kubelet's certificate, its name, or the protocol).
+ * - KubeletUnreachable: no connection, or the connection broke (refused, reset, no route, no such host).
+ * - KubeletTimeout: no complete answer within timeoutMs.
+ * - KubeletHTTPError: the kubelet answered with an HTTP status other than 200 (401 for a certificate it refuses).
+ * - KubeletBadResponse: the answer is not a PodList, is too large, or holds a status that cannot be stored.
+ * - KubeletError: the fallback, for any other failure: an error whose code is not in ERROR_CODES below (or that has
+ *   none), such as an unusable URL or client key. Its message says what it was.
+ */
+type StaleReason = 'KubeletTLSError' | 'KubeletUnreachable' | 'KubeletTimeout' | 'KubeletHTTPError' | 'KubeletBadResponse' | 'KubeletError';
+
+/**
+ * Node's error codes (err.code) and the reason each stands for; error messages are never read. An entry ending in
+ * `*` stands for every code it starts: OpenSSL's errors reach Node as ERR_SSL_<reason>.
+ */
+const ERROR_CODES: Readonly<Record<string, StaleReason>> = {
+  // The kubelet's certificate, as Node's TLS client checks it.
+  ERR_TLS_CERT_ALTNAME_INVALID: 'KubeletTLSError',
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: 'KubeletTLSError',
+  UNABLE_TO_GET_ISSUER_CERT: 'KubeletTLSError',
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: 'KubeletTLSError',
+  UNABLE_TO_DECRYPT_CERT_SIGNATURE: 'KubeletTLSError',
+  UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY: 'KubeletTLSError',
+  CERT_SIGNATURE_FAILURE: 'KubeletTLSError',
+  CERT_NOT_YET_VALID: 'KubeletTLSError',
+  CERT_HAS_EXPIRED: 'KubeletTLSError',
+  ERROR_IN_CERT_NOT_BEFORE_FIELD: 'KubeletTLSError',
+  ERROR_IN_CERT_NOT_AFTER_FIELD: 'KubeletTLSError',
+  DEPTH_ZERO_SELF_SIGNED_CERT: 'KubeletTLSError',
+  SELF_SIGNED_CERT_IN_CHAIN: 'KubeletTLSError',
+  CERT_CHAIN_TOO_LONG: 'KubeletTLSError',
+  CERT_REVOKED: 'KubeletTLSError',
+  CERT_UNTRUSTED: 'KubeletTLSError',
+  CERT_REJECTED: 'KubeletTLSError',
+  INVALID_CA: 'KubeletTLSError',
+  INVALID_PURPOSE: 'KubeletTLSError',
+  PATH_LENGTH_EXCEEDED: 'KubeletTLSError',
+  HOSTNAME_MISMATCH: 'KubeletTLSError',
+  // The handshake itself: an alert from the kubelet, a protocol or version mismatch.
+  'ERR_SSL_*': 'KubeletTLSError',
+  EPROTO: 'KubeletTLSError',
+  // No connection, or a broken one.
+  ECONNREFUSED: 'KubeletUnreachable',
+  ECONNRESET: 'KubeletUnreachable',
+  ECONNABORTED: 'KubeletUnreachable',
+  EPIPE: 'KubeletUnreachable',
+  EHOSTUNREACH: 'KubeletUnreachable',
+  EHOSTDOWN: 'KubeletUnreachable',
+  ENETUNREACH: 'KubeletUnreachable',
+  ENETDOWN: 'KubeletUnreachable',
+  EADDRNOTAVAIL: 'KubeletUnreachable',
+  ENOTFOUND: 'KubeletUnreachable',
+  EAI_AGAIN: 'KubeletUnreachable',
+  ETIMEDOUT: 'KubeletUnreachable',
+};
+
+/** The reason for an error code; KubeletError for a code the table does not list, or none. */
+function reasonOf(code: string | undefined): StaleReason {
+  if (code === undefined) return 'KubeletError';
+  const exact = ERROR_CODES[code];
+  if (exact !== undefined) return exact;
+  for (const [key, reason] of Object.entries(ERROR_CODES)) {
+    if (key.endsWith('*') && code.startsWith(key.slice(0, -1))) return reason;
+  }
+  return 'KubeletError';
+}
+
 class PollError extends Error {
   constructor(
-    readonly reason: string,
+    readonly reason: StaleReason,
     message: string,
   ) {
     super(message);
@@ -106,7 +174,7 @@ export class KubeletPoller {
       this.backoffMs = this.minBackoffMs;
       this.schedule(this.intervalMs);
     } catch (err) {
-      const e = err instanceof PollError ? err : new PollError('KubeletError', err instanceof Error ? err.message : String(err));
+      const e = err instanceof PollError ? err : classify(err);
       this.markStale(e);
       this.schedule(this.backoffMs);
       this.backoffMs = Math.min(this.backoffMs * 2, this.intervalMs);
@@ -200,7 +268,7 @@ export class KubeletPoller {
             reject(err);
           }
         });
-        res.on('error', reject);
+        res.on('error', (err: Error & { code?: string }) => reject(err instanceof PollError ? err : classify(err)));
       });
       // The whole exchange is bounded, not just the idle time between bytes.
       const deadline = setTimeout(() => req.destroy(new PollError('KubeletTimeout', `no complete answer within ${timeoutMs} ms`)), timeoutMs);
@@ -212,12 +280,11 @@ export class KubeletPoller {
   }
 }
 
-function classify(err: Error & { code?: string }): PollError {
-  const code = err.code ?? '';
-  if (/CERT|SSL|TLS|ERR_TLS|UNABLE_TO|SELF_SIGNED|HOSTNAME|ALTNAME/i.test(code) || /certificate|handshake|alert/i.test(err.message)) {
-    return new PollError('KubeletTLSError', `${code !== '' ? code + ': ' : ''}${err.message}`);
-  }
-  return new PollError('KubeletUnreachable', `${code !== '' ? code + ': ' : ''}${err.message}`);
+/** A failure as a PollError, by its error code (ERROR_CODES). */
+function classify(err: unknown): PollError {
+  const code = err !== null && typeof err === 'object' && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
+  const message = err instanceof Error ? err.message : String(err);
+  return new PollError(reasonOf(code), code !== undefined ? `${code}: ${message}` : message);
 }
 
 function parsePodList(text: string): JsonObject[] {

@@ -1,4 +1,6 @@
-// The store contract: the only way anything above reaches resources. A second backend (etcd) implements it too.
+// The store contract: the only way anything above reaches resources. One backend implements it today, in memory
+// (memory.ts); an etcd backend is issue 12. The contract has no transaction: a writer of several resources plans
+// its writes so that none fails for a reason it can foresee (see controllers/static-pods.ts).
 import { isCosiError } from '../../shared/errors.js';
 import type { Kind, Pointer, Resource } from '../../shared/resource.js';
 import type { Json } from '../../shared/wire.js';

@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import type { Logger } from '../../shared/log.js';
+import { limitHandshake } from '../grpc-internals.js';
 
 export interface TlsPaths {
   caFile: string;
@@ -75,14 +76,15 @@ export class TlsMaterial {
     return new TlsMaterial(paths, log, m);
   }
 
-  /** Server credentials that follow this material: new connections use the latest set at once. */
+  /**
+   * Server credentials that follow this material: new connections use the latest set at once. Throws when the
+   * grpc-js internal that sets the handshake timeout is missing.
+   */
   serverCredentials(opts: { handshakeTimeoutMs: number }): grpc.ServerCredentials {
     const creds = grpc.experimental.createCertificateProviderServerCredentials(this, this, true);
-    // Half-open or idle handshakes must not hold a socket for Node's default 120 s. grpc-js merges these
-    // constructor options into the TLS server's options; the method is internal, so check it is there.
-    const internal = creds as unknown as { _getConstructorOptions?: () => Record<string, unknown> };
-    const base = internal._getConstructorOptions?.bind(creds);
-    if (base !== undefined) internal._getConstructorOptions = () => ({ ...base(), handshakeTimeout: opts.handshakeTimeoutMs });
+    // Half-open or idle handshakes must not hold a socket for Node's default 120 s. This reaches a grpc-js
+    // internal, and throws when it is not there.
+    limitHandshake(creds, opts.handshakeTimeoutMs);
     return creds;
   }
 

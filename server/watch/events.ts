@@ -2,9 +2,9 @@
 // that unfiltered aggregated watchers share. The hub decides who gets what; this decides how it is encoded and kept.
 import { kindKey, type Kind, type Resource } from '../../shared/resource.js';
 import { EventType } from '../../shared/wire.js';
-import { Frames } from '../api/frames.js';
 import { getOrUndefined, type Change, type ResourceStore } from '../store/store.js';
 import { encodeBookmark } from './bookmark.js';
+import { Frames } from './frames.js';
 
 export interface EncodingLimits {
   /** Events per aggregated WatchResponse. */

@@ -4,10 +4,10 @@
 import { CosiError, isCosiError } from '../../shared/errors.js';
 import { kindKey, type Resource } from '../../shared/resource.js';
 import { EventType } from '../../shared/wire.js';
-import { Frames } from '../api/frames.js';
 import { getOrUndefined, type Change, type ResourceStore } from '../store/store.js';
 import { encodeBookmark, type Position } from './bookmark.js';
 import { EncodedEvents } from './events.js';
+import { Frames } from './frames.js';
 import type { WatchPlan } from './plan.js';
 
 /** Where a session writes: a server stream with grpc-js write()/'drain' semantics. */

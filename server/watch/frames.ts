@@ -1,5 +1,6 @@
 // Hand-framed protobuf for the hot paths: a resource is encoded once, an event once per shape,
-// and responses are concatenations of those bytes (no re-encoding per watcher).
+// and responses are concatenations of those bytes (no re-encoding per watcher). The watch layer builds its events
+// from these and the API layer above it frames Get and List answers with them, so they live here, below both.
 import jsyaml from 'js-yaml';
 import { toWireMetadata, type Resource } from '../../shared/resource.js';
 import { EventType, wire } from '../../shared/wire.js';

@@ -1,0 +1,136 @@
+// What every call carries: the caller's AbortSignal, the client's own "closed" signal, and a deadline; and the one
+// place a gRPC failure becomes a CosiError on the client.
+import * as grpc from '@grpc/grpc-js';
+import { CosiError, ERROR_KIND_METADATA_KEY, kindOfStatus, StatusCode } from '../shared/errors.js';
+import type { CallOptions } from './client.js';
+
+/** A duration option: a positive number of milliseconds, or Infinity for none. */
+export function checkMs(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || Number.isNaN(value) || value <= 0) {
+    throw new CosiError('invalid-argument', `${name} must be a positive number of milliseconds or Infinity, not ${String(value)}`);
+  }
+  return value;
+}
+
+/** Turns a gRPC failure into the library's one error type: the kind from `cosi-error-kind`, else from the code. */
+export function toCosiError(err: unknown, endpoint: string): CosiError {
+  if (err instanceof CosiError) return err;
+  const e = (err ?? {}) as { code?: unknown; details?: unknown; message?: unknown; metadata?: unknown };
+  if (typeof e.code === 'number') {
+    const md = e.metadata instanceof grpc.Metadata ? e.metadata : undefined;
+    const kindValue = md?.get(ERROR_KIND_METADATA_KEY)[0];
+    const details = typeof e.details === 'string' && e.details !== '' ? e.details : typeof e.message === 'string' ? e.message : 'unknown error';
+    // An error that carries cosid's headers came from cosid itself (its runtime is down, say): no hint.
+    const answered = kindValue !== undefined || (md?.get('cosi-node').length ?? 0) > 0;
+    const hint = e.code === StatusCode.UNAVAILABLE && !answered ? ` (is cosid running at ${endpoint}, and does it trust your certificate?)` : '';
+    return new CosiError(kindOfStatus(e.code, kindValue), `${details}${hint}`);
+  }
+  return new CosiError('internal', err instanceof Error ? err.message : String(err));
+}
+
+/**
+ * One call's cancellation and deadline. `what` names the call in messages ("Get", "List").
+ * The deadline is absolute, so the steps of one call (resolving the type, then the call) share it.
+ */
+export class CallContext {
+  readonly timeoutMs: number;
+  /** Epoch milliseconds; Infinity: none. */
+  readonly deadline: number;
+  private readonly signal: AbortSignal | undefined;
+
+  constructor(
+    readonly what: string,
+    private readonly endpoint: string,
+    opts: CallOptions,
+    defaultTimeoutMs: number,
+    private readonly closing: AbortSignal,
+  ) {
+    this.timeoutMs = checkMs('timeoutMs', opts.timeoutMs, defaultTimeoutMs);
+    this.deadline = Number.isFinite(this.timeoutMs) ? Date.now() + this.timeoutMs : Infinity;
+    this.signal = opts.signal;
+  }
+
+  /** The error of a call stopped by its caller's signal or by the client's close, if it was. */
+  cancellation(): CosiError | undefined {
+    if (this.signal?.aborted === true) {
+      const reason: unknown = this.signal.reason;
+      const why = reason instanceof Error && reason.name !== 'AbortError' ? `: ${reason.message}` : typeof reason === 'string' ? `: ${reason}` : '';
+      return new CosiError('cancelled', `${this.what} was cancelled${why}`);
+    }
+    if (this.closing.aborted) return new CosiError('cancelled', `${this.what} was cancelled: the client was closed`);
+    return undefined;
+  }
+
+  /** Whether the caller stopped the call (its signal), as opposed to the client being closed. */
+  get callerAborted(): boolean {
+    return this.signal?.aborted === true;
+  }
+
+  throwIfCancelled(): void {
+    const err = this.cancellation();
+    if (err !== undefined) throw err;
+  }
+
+  /** Runs `cancel` once when the caller aborts or the client closes; returns what stops listening. */
+  onCancel(cancel: () => void): () => void {
+    let done = false;
+    const once = () => {
+      if (done) return;
+      done = true;
+      cancel();
+    };
+    this.signal?.addEventListener('abort', once);
+    this.closing.addEventListener('abort', once);
+    if (this.signal?.aborted === true || this.closing.aborted) once();
+    return () => {
+      this.signal?.removeEventListener('abort', once);
+      this.closing.removeEventListener('abort', once);
+    };
+  }
+
+  grpcOptions(): grpc.CallOptions {
+    return Number.isFinite(this.deadline) ? { deadline: new Date(this.deadline) } : {};
+  }
+
+  /** The deadline's own error. */
+  deadlineError(): CosiError {
+    return new CosiError('deadline-exceeded', `${this.what}: no complete answer from ${this.endpoint} within ${this.timeoutMs} ms (deadline exceeded)`);
+  }
+
+  /** Waits for `p` unless the call is cancelled or its deadline passes first. */
+  race<T>(p: Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      let settled = false;
+      let stop = () => {};
+      const finish = (settle: () => void) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        stop();
+        settle();
+      };
+      stop = this.onCancel(() => finish(() => reject(this.cancellation() ?? new CosiError('cancelled', `${this.what} was cancelled`))));
+      if (settled) return stop();
+      if (Number.isFinite(this.deadline)) {
+        timer = setTimeout(() => finish(() => reject(this.deadlineError())), Math.max(0, this.deadline - Date.now()));
+        timer.unref();
+      }
+      p.then(
+        (v) => finish(() => resolve(v)),
+        (err: unknown) => finish(() => reject(this.error(err))),
+      );
+    });
+  }
+
+  /** A failure of this call as a CosiError: what cancelled it or timed it out, else the server's answer. */
+  error(err: unknown): CosiError {
+    const cancelled = this.cancellation();
+    if (cancelled !== undefined) return cancelled;
+    if (err instanceof CosiError) return err;
+    const code = (err as { code?: unknown } | null)?.code;
+    if (code === StatusCode.DEADLINE_EXCEEDED && Number.isFinite(this.deadline)) return this.deadlineError();
+    return toCosiError(err, this.endpoint);
+  }
+}

@@ -1,0 +1,262 @@
+// The CosiClient over grpc-js. Internal: users get it from connect() as the CosiClient interface, so neither this
+// class nor grpc-js's types are part of the published declarations.
+import './dispose.js';
+import { setMaxListeners } from 'node:events';
+import * as grpc from '@grpc/grpc-js';
+import type { Observable } from 'rxjs';
+import { CosiError } from '../shared/errors.js';
+import { wire, type Codec, type WireListRequest } from '../shared/wire.js';
+import { CallContext, checkMs, toCosiError } from './call.js';
+import { DEFAULT_PORT, FLOW_CONTROL_WINDOW, type CallOptions, type ClientLogger, type ConnectOptions, type CosiClient, type ListOptions, type LogsOptions, type ReadOptions, type WatchOptions, type WatchStream } from './client.js';
+import { fromWireResource, toDefinition, toWatchEvent, toWireQueries, toWireWatchRequest, type WatchRequest } from './convert.js';
+import { listContainers, streamLogs, type MachineTransport } from './machine.js';
+import type { ContainerInfo, CosiResource, ResourceDefinition, WatchEvent } from './resource.js';
+import { observeWatch, openWatchStream, type WatchTransport } from './watch.js';
+
+const DEFINITION_TYPE = 'ResourceDefinitions.meta.cosi.dev';
+const META_NAMESPACE = 'meta';
+/** The deadline of a call that produces an answer, unless the client or the call says otherwise. */
+export const DEFAULT_TIMEOUT_MS = 30_000;
+/** Keepalive pings: cosid answers a ping every 10 s at most, and waits 20 s for the answer to its own. */
+const KEEPALIVE_INTERVAL_MS = 30_000;
+const KEEPALIVE_TIMEOUT_MS = 10_000;
+
+function withPort(endpoint: string): string {
+  if (/^\[.*\]:\d+$/.test(endpoint) || /^[^:]+:\d+$/.test(endpoint)) return endpoint;
+  if (endpoint.includes(':') && !endpoint.startsWith('[')) return `[${endpoint}]:${DEFAULT_PORT}`;
+  return `${endpoint}:${DEFAULT_PORT}`;
+}
+
+export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransport {
+  readonly channel: grpc.Client;
+  readonly log: ClientLogger | undefined;
+  private readonly defaultTimeoutMs: number;
+  /** Aborted by close(): every call listens to it. */
+  private readonly closing = new AbortController();
+  private readonly watches = new Set<WatchStream>();
+  private definitionsCache: Promise<ResourceDefinition[]> | undefined;
+  private reportedNode: string | undefined;
+
+  constructor(
+    readonly endpoint: string,
+    opts: Omit<ConnectOptions, 'endpoint'>,
+  ) {
+    if (typeof endpoint !== 'string' || endpoint.trim() === '') throw new CosiError('invalid-argument', 'connect needs an endpoint (host or host:port)');
+    this.defaultTimeoutMs = checkMs('defaultTimeoutMs', opts.defaultTimeoutMs, DEFAULT_TIMEOUT_MS);
+    this.log = opts.log;
+    const channelOptions: grpc.ChannelOptions = { 'grpc.max_receive_message_length': 64 << 20, 'grpc-node.flow_control_window': FLOW_CONTROL_WINDOW };
+    if (opts.keepalive !== false) {
+      channelOptions['grpc.keepalive_time_ms'] = finite('keepalive.intervalMs', opts.keepalive?.intervalMs, KEEPALIVE_INTERVAL_MS);
+      channelOptions['grpc.keepalive_timeout_ms'] = finite('keepalive.timeoutMs', opts.keepalive?.timeoutMs, KEEPALIVE_TIMEOUT_MS);
+      // Also while no call is open: a watch between reconnects, or a client kept for later calls.
+      channelOptions['grpc.keepalive_permit_without_calls'] = 1;
+    }
+    if (opts.serverName !== undefined) channelOptions['grpc.ssl_target_name_override'] = opts.serverName;
+    try {
+      const creds = grpc.credentials.createSsl(Buffer.from(opts.caPem), Buffer.from(opts.keyPem), Buffer.from(opts.certPem));
+      this.channel = new grpc.Client(withPort(endpoint), creds, channelOptions);
+    } catch (err) {
+      throw new CosiError('invalid-argument', `cannot connect to ${endpoint}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    // Every call in flight listens for close(); hundreds of watches on one client are normal.
+    setMaxListeners(0, this.closing.signal);
+  }
+
+  get node(): string | undefined {
+    return this.reportedNode;
+  }
+
+  close(): void {
+    if (this.closing.signal.aborted) return;
+    this.log?.debug('client closing', { endpoint: this.endpoint, watches: this.watches.size });
+    this.closing.abort();
+    this.channel.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    const open = [...this.watches];
+    this.close();
+    await Promise.all(open.map((w) => w.close()));
+  }
+
+  definitions(opts: CallOptions = {}): Promise<ResourceDefinition[]> {
+    const ctx = this.context('definitions', opts);
+    return ctx.race(this.definitionsShared());
+  }
+
+  async resolveType(name: string, opts: CallOptions = {}): Promise<ResourceDefinition> {
+    return this.resolve(name, this.context('resolveType', opts));
+  }
+
+  async get(type: string, id: string, opts: ReadOptions = {}): Promise<CosiResource> {
+    const ctx = this.context('Get', opts);
+    const def = await this.resolve(type, ctx);
+    const req = { namespace: opts.namespace ?? def.defaultNamespace, type: def.type, id };
+    const res = await this.unary(ctx, 'Get', req, wire.getRequest as Codec<unknown>, wire.getResponse);
+    if (res.resource == null) throw new CosiError('internal', 'Get answered without a resource');
+    return fromWireResource(res.resource);
+  }
+
+  async list(type: string, opts: ListOptions = {}): Promise<CosiResource[]> {
+    const out: CosiResource[] = [];
+    for await (const r of this.listIter(type, opts)) out.push(r);
+    return out;
+  }
+
+  async *listIter(type: string, opts: ListOptions = {}): AsyncGenerator<CosiResource, void, undefined> {
+    const ctx = this.context('List', opts);
+    const def = await this.resolve(type, ctx);
+    yield* this.stream(ctx, {
+      namespace: opts.namespace ?? def.defaultNamespace,
+      type: def.type,
+      options: { labelQuery: toWireQueries(opts.labelQuery), idQuery: opts.idRegexp !== undefined ? { regexp: opts.idRegexp } : null },
+    });
+  }
+
+  watchIter(type: string, opts: WatchOptions = {}): WatchStream {
+    return openWatchStream(this, type, opts);
+  }
+
+  watch(type: string, opts: WatchOptions = {}): Observable<WatchEvent> {
+    return observeWatch(this, type, opts);
+  }
+
+  containers(opts: CallOptions = {}): Promise<ContainerInfo[]> {
+    return listContainers(this, this.context('Containers', opts));
+  }
+
+  logs(id: string, opts: LogsOptions = {}): AsyncGenerator<Buffer, void, undefined> {
+    // A log is paced by its reader (a pager, a slow pipe): no deadline unless the caller sets one.
+    return streamLogs(this, id, opts, this.context('Logs', opts, Infinity));
+  }
+
+  // --- WatchTransport and MachineTransport: what watch.ts and machine.ts call back into.
+
+  get closed(): AbortSignal {
+    return this.closing.signal;
+  }
+
+  trackWatch(w: WatchStream): () => void {
+    this.watches.add(w);
+    return () => this.watches.delete(w);
+  }
+
+  noteNode(md: grpc.Metadata): void {
+    const v = md.get('cosi-node')[0];
+    if (typeof v === 'string' && v !== '') this.reportedNode = v;
+  }
+
+  /** One raw Watch call, no reconnects: each message's events ([] is the "ready" marker), pulled. */
+  async *watchOnce(req: WatchRequest, signal: AbortSignal): AsyncGenerator<WatchEvent[], void, undefined> {
+    if (signal.aborted || this.closing.signal.aborted) return;
+    const call = this.channel.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(wire.watchRequest.encode(toWireWatchRequest(req))));
+    call.on('metadata', (md) => this.noteNode(md));
+    const cancel = () => call.cancel();
+    signal.addEventListener('abort', cancel);
+    this.closing.signal.addEventListener('abort', cancel);
+    try {
+      // grpc-js's stream is a Readable: its async iterator reads one message per pull, and grpc-js asks the HTTP/2
+      // stream for more only while its buffer (16 messages) has room, so a consumer that stops pulling stops the
+      // server too (HTTP/2 flow control).
+      for await (const b of call as AsyncIterable<Buffer>) yield wire.watchResponse.decode(b).event.map(toWatchEvent);
+    } catch (err) {
+      if (signal.aborted) return;
+      if (this.closing.signal.aborted) throw new CosiError('cancelled', 'the client was closed');
+      throw toCosiError(err, this.endpoint);
+    } finally {
+      signal.removeEventListener('abort', cancel);
+      this.closing.signal.removeEventListener('abort', cancel);
+      call.cancel();
+    }
+  }
+
+  // --- internals
+
+  private context(what: string, opts: CallOptions, defaultTimeoutMs = this.defaultTimeoutMs): CallContext {
+    return new CallContext(what, this.endpoint, opts, defaultTimeoutMs, this.closing.signal);
+  }
+
+  /** The definitions, fetched once for all callers with the client's own deadline; a failure is not kept. */
+  private definitionsShared(): Promise<ResourceDefinition[]> {
+    if (this.definitionsCache === undefined) {
+      const ctx = this.context('List', {});
+      const fetching = (async () => {
+        const out: ResourceDefinition[] = [];
+        for await (const r of this.stream(ctx, { namespace: META_NAMESPACE, type: DEFINITION_TYPE, options: null })) out.push(toDefinition(r));
+        return out;
+      })();
+      this.definitionsCache = fetching;
+      fetching.catch(() => {
+        if (this.definitionsCache === fetching) this.definitionsCache = undefined;
+      });
+    }
+    return this.definitionsCache;
+  }
+
+  private async resolve(name: string, ctx: CallContext): Promise<ResourceDefinition> {
+    const wanted = name.toLowerCase();
+    const defs = await ctx.race(this.definitionsShared());
+    const exact = defs.filter((d) => d.type.toLowerCase() === wanted);
+    const matches = exact.length > 0 ? exact : defs.filter((d) => d.allAliases.some((a) => a.toLowerCase() === wanted));
+    if (matches.length === 0) throw new CosiError('not-registered', `resource ${JSON.stringify(name)} is not registered (list the types with: cosictl get rd)`);
+    if (matches.length > 1) {
+      throw new CosiError('ambiguous', `resource type ${JSON.stringify(name)} is ambiguous: ${matches.map((d) => d.type).join(', ')} (use the full type name)`);
+    }
+    const [def] = matches;
+    if (def === undefined) throw new CosiError('internal', 'unreachable');
+    return def;
+  }
+
+  private async *stream(ctx: CallContext, req: WireListRequest): AsyncGenerator<CosiResource, void, undefined> {
+    ctx.throwIfCancelled();
+    const call = this.channel.makeServerStreamRequest(
+      '/cosi.resource.State/List',
+      (v: WireListRequest) => Buffer.from(wire.listRequest.encode(v)),
+      (b: Buffer) => b,
+      req,
+      ctx.grpcOptions(),
+    );
+    call.on('metadata', (md) => this.noteNode(md));
+    const stop = ctx.onCancel(() => call.cancel());
+    try {
+      // grpc-js streams are async iterables: pulling one message at a time is the backpressure.
+      for await (const b of call as AsyncIterable<Buffer>) {
+        const res = wire.listResponse.decode(b);
+        if (res.resource != null) yield fromWireResource(res.resource);
+      }
+    } catch (err) {
+      throw ctx.error(err);
+    } finally {
+      stop();
+      call.cancel();
+    }
+  }
+
+  private unary<Req, Res>(ctx: CallContext, method: string, req: Req, reqCodec: Codec<unknown>, resCodec: Codec<Res>): Promise<Res> {
+    return new Promise((resolve, reject) => {
+      ctx.throwIfCancelled();
+      let stop = () => {};
+      const call = this.channel.makeUnaryRequest(
+        `/cosi.resource.State/${method}`,
+        (v: Req) => Buffer.from(reqCodec.encode(v)),
+        (b: Buffer) => resCodec.decode(b),
+        req,
+        ctx.grpcOptions(),
+        (err, res) => {
+          stop();
+          if (err != null) reject(ctx.error(err));
+          else if (res === undefined) reject(new CosiError('internal', `${method} answered nothing`));
+          else resolve(res);
+        },
+      );
+      call.on('metadata', (md) => this.noteNode(md));
+      stop = ctx.onCancel(() => call.cancel());
+    });
+  }
+}
+
+function finite(name: string, value: number | undefined, fallback: number): number {
+  const ms = checkMs(name, value, fallback);
+  if (!Number.isFinite(ms)) throw new CosiError('invalid-argument', `${name} must be a finite number of milliseconds`);
+  return ms;
+}
