@@ -130,10 +130,10 @@ describe.skipIf(cri === null)('npm start on a real containerd', () => {
     const cli = ['dist/client/cli/main.js', '--cosiconfig', join(state, 'pki', 'cosiconfig')];
     const table = await eventually(async () => {
       const r = await run(process.execPath, [...cli, 'containers', '-k']);
-      expect(r.stdout).toMatch(/^real-node\s+k8s\.io\s+└─ default\/ticker-real-node:ticker:[0-9a-f]{12}\s+docker\.io\/cosi-pods\/busybox:latest\s+\d+\s+CONTAINER_RUNNING$/m);
+      expect(r.stdout, `containers -k said: ${r.stderr}\nnpm start said: ${stderr.slice(-2000)}`).toMatch(/^real-node\s+k8s\.io\s+└─ default\/ticker-real-node:ticker:[0-9a-f]{12}\s+docker\.io\/cosi-pods\/busybox:latest\s+\d+\s+CONTAINER_RUNNING$/m);
       expect(r.stdout).toMatch(/^real-node\s+k8s\.io\s+└─ default\/web-real-node:httpd:[0-9a-f]{12}\s+docker\.io\/cosi-pods\/busybox:latest\s+\d+\s+CONTAINER_RUNNING$/m);
       return r.stdout;
-    }, 30_000);
+    }, 60_000);
     expect(table.split('\n')[0]).toMatch(/^NODE\s+NAMESPACE\s+ID\s+IMAGE\s+PID\s+STATUS$/);
     const logs = await eventually(async () => {
       const r = await run(process.execPath, [...cli, 'logs', '-k', 'default/ticker-real-node:ticker', '--tail', '1']);

@@ -150,8 +150,9 @@ export class CriClient {
     return this.call('Version', { version: 'v1' });
   }
 
-  async listPodSandboxes(): Promise<PodSandbox[]> {
-    return (await this.call<{ items: PodSandbox[] }>('ListPodSandbox', {})).items;
+  /** All sandboxes, or those carrying every label of `labelSelector`. */
+  async listPodSandboxes(filter: { labelSelector?: Record<string, string> } = {}): Promise<PodSandbox[]> {
+    return (await this.call<{ items: PodSandbox[] }>('ListPodSandbox', { filter })).items;
   }
 
   /** The sandbox's status and, from the runtime's verbose info, its PID (0 when not known). */

@@ -174,31 +174,62 @@ export function parseContainerRef(id: string): ContainerRef {
   return idPrefix === undefined ? { namespace, pod, container } : { namespace, pod, container, idPrefix };
 }
 
+/** The kubelet's labels on a sandbox: its pod's namespace and name. */
+const POD_NAMESPACE_LABEL = 'io.kubernetes.pod.namespace';
+const POD_NAME_LABEL = 'io.kubernetes.pod.name';
+
 /**
  * The log file of a container, checked to lie inside the pod logs directory (after symlinks are resolved).
- * An unknown ID is NOT_FOUND with the IDs that exist.
+ * The kubelet labels each sandbox with its pod's namespace and name, so the runtime is asked for that pod's sandboxes
+ * and containers only (as crictl does): the cost does not grow with the number of pods. A pod without those labels
+ * (not started by a kubelet) is looked for among all; an unknown ID is NOT_FOUND with the IDs that exist.
  */
-export async function resolveContainerLog(cri: CriClient, ref: ContainerRef, podLogsDir: string): Promise<{ container: ContainerView; path: string }> {
-  const pods = await listPods(cri);
-  const podKey = `${ref.namespace}/${ref.pod}`;
-  const candidates = pods
-    .filter((p) => p.id === podKey)
-    .flatMap((p) => p.containers.map((c) => ({ p, c })))
-    .filter(({ c }) => c.name === ref.container && (ref.idPrefix === undefined || c.containerId.startsWith(ref.idPrefix)));
+export async function resolveContainerLog(cri: CriClient, ref: ContainerRef, podLogsDir: string): Promise<{ id: string; path: string }> {
+  const labelled = await cri.listPodSandboxes({ labelSelector: { [POD_NAMESPACE_LABEL]: ref.namespace, [POD_NAME_LABEL]: ref.pod } });
+  const sandboxes = labelled.filter((s) => s.metadata.namespace === ref.namespace && s.metadata.name === ref.pod);
+  const containers = (await Promise.all(sandboxes.map((s) => cri.listContainers({ podSandboxId: s.id })))).flat();
+  let candidates = pickContainers(sandboxes, containers, ref);
   if (candidates.length === 0) {
-    const known = pods.flatMap((p) => p.containers.map((c) => c.id));
-    const list = known.length === 0 ? 'there are no containers' : `containers: ${known.slice(0, 50).join(', ')}${known.length > 50 ? `, ... (${known.length} in all)` : ''}`;
-    const asked = ref.idPrefix === undefined ? `${podKey}:${ref.container}` : `${podKey}:${ref.container}:${ref.idPrefix}`;
-    throw new CosiError('not-found', `container ${asked} not found; ${list}`);
+    const pods = await listPods(cri);
+    const podKey = `${ref.namespace}/${ref.pod}`;
+    candidates = pods
+      .filter((p) => p.id === podKey)
+      .flatMap((p) => p.containers.map((c) => ({ id: c.id, containerId: c.containerId, sandboxCreatedAt: p.createdAt, createdAt: c.createdAt })))
+      .filter((c) => c.id.split(':')[1] === ref.container && (ref.idPrefix === undefined || c.containerId.startsWith(ref.idPrefix)));
+    if (candidates.length === 0) {
+      const known = pods.flatMap((p) => p.containers.map((c) => c.id));
+      const list = known.length === 0 ? 'there are no containers' : `containers: ${known.slice(0, 50).join(', ')}${known.length > 50 ? `, ... (${known.length} in all)` : ''}`;
+      const asked = ref.idPrefix === undefined ? `${podKey}:${ref.container}` : `${podKey}:${ref.container}:${ref.idPrefix}`;
+      throw new CosiError('not-found', `container ${asked} not found; ${list}`);
+    }
   }
-  if (ref.idPrefix !== undefined && new Set(candidates.map(({ c }) => c.containerId)).size > 1) {
-    throw new CosiError('invalid-argument', `container ID prefix ${ref.idPrefix} is ambiguous: ${candidates.map(({ c }) => c.id).join(', ')}`);
+  if (ref.idPrefix !== undefined && new Set(candidates.map((c) => c.containerId)).size > 1) {
+    throw new CosiError('invalid-argument', `container ID prefix ${ref.idPrefix} is ambiguous: ${candidates.map((c) => c.id).join(', ')}`);
   }
   // The latest instance: the newest sandbox's newest container.
-  const { c } = candidates.reduce((a, b) => (cmp(a.p.createdAt, b.p.createdAt) || cmp(a.c.createdAt, b.c.createdAt)) >= 0 ? a : b);
+  const c = candidates.reduce((a, b) => ((cmp(a.sandboxCreatedAt, b.sandboxCreatedAt) || cmp(a.createdAt, b.createdAt)) >= 0 ? a : b));
   const logPath = runningDetails.get(cri)?.containers.get(c.containerId)?.logPath ?? (await cri.containerStatus(c.containerId)).status.logPath;
   if (logPath === '') throw new CosiError('not-found', `container ${c.id} has no log file`);
-  return { container: c, path: await insideDir(logPath, podLogsDir) };
+  return { id: c.id, path: await insideDir(logPath, podLogsDir) };
+}
+
+interface Candidate {
+  id: string;
+  containerId: string;
+  sandboxCreatedAt: bigint;
+  createdAt: bigint;
+}
+
+function pickContainers(sandboxes: PodSandbox[], containers: Container[], ref: ContainerRef): Candidate[] {
+  const created = new Map(sandboxes.map((s) => [s.id, BigInt(s.createdAt || '0')]));
+  return containers
+    .filter((c) => c.metadata.name === ref.container && (ref.idPrefix === undefined || c.id.startsWith(ref.idPrefix)))
+    .map((c) => ({
+      id: `${ref.namespace}/${ref.pod}:${c.metadata.name}:${c.id.slice(0, SHORT_ID)}`,
+      containerId: c.id,
+      sandboxCreatedAt: created.get(c.podSandboxId) ?? 0n,
+      createdAt: BigInt(c.createdAt || '0'),
+    }));
 }
 
 /** The real path of `file`, refused unless it is inside `dir`. */
