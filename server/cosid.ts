@@ -46,6 +46,8 @@ export interface CosidOptions {
   maxConnectionsPerAddress?: number;
   /** Open watches per connection (default 256). */
   maxWatchesPerConnection?: number;
+  /** Open machine.MachineService `Logs` streams per connection (default 64). */
+  maxLogStreamsPerConnection?: number;
   /** Connections are asked to reconnect after this long (default 1 h), so new certificates and limits apply. */
   maxConnectionAgeMs?: number;
   /** How long a graceful stop waits for calls to finish before cutting them (default 5 s). */
@@ -103,7 +105,7 @@ export class Cosid {
       'grpc.max_connection_idle_ms': 300_000,
     });
     server.addService(stateServiceDefinition(), stateServiceHandlers({ store, registry, frames, hub, log, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
-    const machine = machineServiceHandlers({ runtime: { ...DEFAULT_RUNTIME, ...opts.runtime }, nodeName: opts.nodeName, log });
+    const machine = machineServiceHandlers({ runtime: { ...DEFAULT_RUNTIME, ...opts.runtime }, nodeName: opts.nodeName, log, audit: opts.audit, maxLogStreamsPerConnection: opts.maxLogStreamsPerConnection });
     server.addService(machineServiceDefinition(), machine);
     const health = new HealthImplementation({ '': 'SERVING', [STATE_SERVICE]: 'SERVING', [MACHINE_SERVICE]: 'SERVING' });
     health.addToServer(server);

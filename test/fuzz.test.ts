@@ -1,18 +1,20 @@
 // Hostile requests: the server answers every one with a documented status, keeps serving others, and its
 // memory returns to its baseline. machine.MachineService is fuzzed too: against a cosid whose runtime socket is
-// missing (the API surface: every Containers/Logs answer still documented), and against one whose (fake) runtime
-// reports log files that point outside the pod logs directory, where no answer may carry the canary planted there.
+// missing (the API surface: every Containers/Logs answer still documented), and against one on the test run's REAL
+// containerd (test/cri/global-setup.ts), which runs pods whose log files lead outside the pod logs directory
+// (test/fuzz/machine-fixture.ts): no answer may carry the canary those containers print.
 // (A longer run: npm run fuzz -- --duration 10m.)
 import { rm } from 'node:fs/promises';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { connect, type CosiClient } from '../client/index.js';
 import { reconcileStaticPods } from '../server/controllers/static-pods.js';
 import { Cosid } from '../server/cosid.js';
+import { CriClient } from '../server/runtime/cri.js';
 import { silentLogger } from '../shared/log.js';
 import { runFuzz } from './fuzz/fuzzer.js';
-import { makeMachineFixture, type MachineFixture } from './fuzz/machine-fixture.js';
+import { FUZZ_NAMESPACE, makeMachineFixture, startHostilePods, type HostilePods, type MachineFixture } from './fuzz/machine-fixture.js';
 import { makePki, pod, podStatus, STATUSES, TEST_OWNER, type TestPki } from './harness.js';
 
 setFlagsFromString('--expose-gc');
@@ -51,26 +53,42 @@ async function startCosid(pki: TestPki, runtime: { criEndpoint: string; podLogsD
   };
 }
 
+const cri = inject('cri');
+
 let pki: TestPki;
 let fixture: MachineFixture;
+let hostile: HostilePods | undefined;
 let srv: FuzzServer;
-let confined: FuzzServer;
+let confined: FuzzServer | undefined;
 beforeAll(async () => {
   pki = await makePki();
-  fixture = await makeMachineFixture({ fakeCri: true });
+  fixture = await makeMachineFixture();
   // The API surface: no runtime behind it (Containers and container Logs: UNAVAILABLE), a kubelet log to stream.
   srv = await startCosid(pki, { criEndpoint: fixture.missingCri, podLogsDir: fixture.podLogsDir, kubeletLog: fixture.kubeletLog });
   reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }], silentLogger);
   for (let i = 0; i < 20; i++) srv.cosid.store.create({ ...STATUSES, id: `default/p${i}`, spec: podStatus(i % 2 === 0), labels: { n: String(i) } }, TEST_OWNER);
-  // The confinement: a runtime whose containers' log files are symlinks, `..` paths and absolute paths outside.
-  confined = await startCosid(pki, { criEndpoint: fixture.fakeCri ?? '', podLogsDir: fixture.podLogsDir, kubeletLog: fixture.kubeletLog });
-});
+  // The confinement: the real containerd, running containers whose log files lead outside the pod logs directory.
+  if (cri !== null) {
+    hostile = await startHostilePods(cri, fixture);
+    confined = await startCosid(pki, { criEndpoint: cri.endpoint, podLogsDir: fixture.podLogsDir, kubeletLog: fixture.kubeletLog });
+  }
+}, 180_000);
 afterAll(async () => {
-  await srv?.close();
-  await confined?.close();
-  await fixture?.close();
-  if (pki !== undefined) await rm(pki.dir, { recursive: true, force: true });
-});
+  try {
+    await srv?.close();
+    await confined?.close();
+    await hostile?.close();
+  } finally {
+    await fixture?.close();
+    if (pki !== undefined) await rm(pki.dir, { recursive: true, force: true });
+  }
+  if (cri === null) return;
+  // Nothing of ours is left on the shared containerd (other test files' pods may be there: only ours).
+  const check = new CriClient(cri.endpoint);
+  const left = (await check.listPodSandboxes()).filter((s) => s.metadata.namespace === FUZZ_NAMESPACE);
+  check.close();
+  expect(left).toEqual([]);
+}, 120_000);
 
 const target = (s: FuzzServer) => ({ endpoint: s.endpoint, caPem: pki.ca.certPem, certPem: pki.admin.certPem, keyPem: pki.admin.keyPem });
 
@@ -118,9 +136,10 @@ describe('fuzzing every method', () => {
     expect(heap() - baseline).toBeLessThan(32 << 20);
   });
 
-  it('never serves a file outside the pod logs directory, whatever the ID and whatever the runtime reports', async () => {
+  it.skipIf(cri === null)('never serves a file outside the pod logs directory, whatever the ID and whatever the real runtime reports', async () => {
+    if (hostile === undefined || confined === undefined) throw new Error('no hostile pods');
     const seed = Number(process.env['FUZZ_SEED'] ?? 7) + 1;
-    const ids = [...fixture.ids.readable, ...fixture.ids.escaping, ...fixture.ids.broken];
+    const ids = [...hostile.ids.readable, ...hostile.ids.escaping, ...hostile.ids.broken];
     const report = await runFuzz(target(confined), { durationMs: 3000, seed, concurrency: 4, state: false, machine: { canary: fixture.canary, ids } });
     expect(report.findings).toEqual([]);
     const logs = report.byMethod['MachineService/Logs'] ?? {};
@@ -130,15 +149,33 @@ describe('fuzzing every method', () => {
     expect(logs['NOT_FOUND'] ?? 0).toBeGreaterThan(0);
     expect(report.logsWithData).toBeGreaterThan(0);
     expect((report.byMethod['MachineService/Containers'] ?? {})['OK'] ?? 0).toBeGreaterThan(0);
-    // Each escaping ID, asked directly: refused, and never the canary.
-    for (const id of fixture.ids.escaping) {
-      const err = await (async () => {
-        let text = '';
-        for await (const chunk of confined.client.logs(id)) text += chunk.toString('latin1');
-        return text;
-      })().catch((e: unknown) => e);
-      expect(String(err), id).not.toContain(fixture.canary);
-      expect(err, id).toMatchObject({ kind: expect.stringMatching(/^(permission-denied|not-found)$/) });
+    // Each escaping ID, asked directly (and followed): refused, and never the canary.
+    const client = confined.client;
+    for (const id of hostile.ids.escaping) {
+      for (const follow of [false, true]) {
+        const err = await (async () => {
+          let text = '';
+          for await (const chunk of client.logs(id, { follow, tailLines: -1 })) text += chunk.toString('latin1');
+          return text;
+        })().catch((e: unknown) => e);
+        expect(String(err), id).not.toContain(fixture.canary);
+        expect(err, id).toMatchObject({ kind: 'permission-denied' });
+      }
     }
+    // The broken ones: never started (no file), no log path, a directory as log path.
+    const brokenKind: Record<string, string> = { absent: 'not-found', nopath: 'not-found', isdir: 'invalid-argument' };
+    for (const id of hostile.ids.broken) {
+      const err = await (async () => {
+        for await (const chunk of client.logs(id)) return chunk.toString('latin1');
+        return '';
+      })().catch((e: unknown) => e);
+      expect(err, id).toMatchObject({ kind: brokenKind[id.split(':')[1] ?? ''] });
+    }
+    // The good one, asked directly: its lines.
+    const readable = hostile.ids.readable[0] ?? '';
+    let text = '';
+    for await (const chunk of client.logs(readable, { tailLines: -1 })) text += chunk.toString('utf8');
+    expect(text).toMatch(/^\S+ stdout F good line 1\n/);
+    expect(text).not.toContain(fixture.canary);
   });
 });

@@ -1,7 +1,8 @@
 // machine.MachineService when things go wrong: the container runtime's socket missing, a runtime that accepts and
 // hangs up, speaks garbage or never answers, a real containerd that goes away and comes back; and the log files
 // themselves: a 1 MiB line, binary bytes, truncation and a vanishing directory mid-follow, a follower that stops
-// reading. Each is answered with a documented status and cosid keeps serving the State API meanwhile.
+// reading. Each is answered with a documented status and cosid keeps serving the State API meanwhile. And the
+// service's own bounds: open Logs streams per connection, and the audit line of each call.
 import * as grpc from '@grpc/grpc-js';
 import { appendFile, mkdir, mkdtemp, open, rm, truncate, writeFile, type FileHandle } from 'node:fs/promises';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
@@ -10,8 +11,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { connect, isCosiError, type CosiClient } from '../client/index.js';
 import { reconcileStaticPods } from '../server/controllers/static-pods.js';
-import { Cosid } from '../server/cosid.js';
-import { silentLogger } from '../shared/log.js';
+import { Cosid, type CosidOptions } from '../server/cosid.js';
+import { createLogger, silentLogger } from '../shared/log.js';
 import { issueClientCert } from '../shared/pki.js';
 import { machineWire } from '../shared/wire.js';
 import { eventually, makePki, pod, podStatus, STATUSES, TEST_OWNER, type TestPki } from './harness.js';
@@ -43,13 +44,14 @@ afterAll(async () => {
 });
 
 /** A cosid with the given runtime, a static pod and its status in its store (so there is something to Get). */
-async function startCosid(runtime: { criEndpoint: string; podLogsDir: string; kubeletLog?: string }): Promise<Node> {
+async function startCosid(runtime: { criEndpoint: string; podLogsDir: string; kubeletLog?: string }, opts: Partial<CosidOptions> = {}): Promise<Node> {
   const cosid = await Cosid.start({
     listen: '127.0.0.1:0',
     tls: { caPem: pki.ca.certPem, certPem: pki.server.certPem, keyPem: pki.server.keyPem },
     nodeName: 'faulty-node',
     shutdownGraceMs: 1000,
     runtime,
+    ...opts,
   });
   reconcileStaticPods(cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }], silentLogger);
   cosid.store.create({ ...STATUSES, id: 'default/nginx-faulty-node', spec: podStatus(true) }, TEST_OWNER);
@@ -422,5 +424,93 @@ describe('hostile log files, through the service (the kubelet log: no runtime ne
       reads.restore();
       await writeFile(kubeletLog, '');
     }
+  });
+});
+
+describe('bounds of machine.MachineService (the kubelet log: no runtime needed)', () => {
+  /** A raw follow of the kubelet log on `c`'s connection: its first message and its final status, as events. */
+  const followKubelet = (c: grpc.Client) => {
+    const req = { namespace: 'system', id: 'kubelet', driver: 0, follow: true, tailLines: 1 };
+    const call = c.makeServerStreamRequest('/machine.MachineService/Logs', (v: typeof req) => Buffer.from(machineWire.logsRequest.encode(v)), (b: Buffer) => b, req);
+    call.on('error', () => {});
+    const firstData = new Promise<void>((resolve) => call.once('data', () => resolve()));
+    const status = new Promise<grpc.StatusObject>((resolve) => call.on('status', resolve));
+    /** 'streaming' once it delivers, or the status it ended with first. */
+    const outcome = Promise.race([firstData.then(() => 'streaming' as const), status]);
+    return { call, firstData, status, outcome };
+  };
+  /** A connection of its own: grpc-js otherwise shares one between clients of the same target and options. */
+  const newConnection = (endpoint: string) =>
+    new grpc.Client(endpoint, grpc.credentials.createSsl(Buffer.from(pki.ca.certPem), Buffer.from(pki.admin.keyPem), Buffer.from(pki.admin.certPem)), { 'grpc.use_local_subchannel_pool': 1 });
+
+  it('the 65th concurrent Logs stream on one connection is RESOURCE_EXHAUSTED; another connection is not; a cancelled stream gives its slot back', async () => {
+    const kubeletLog = join(dir, 'kubelet-limit.log');
+    await writeFile(kubeletLog, 'kubelet line 1\nkubelet line 2\n');
+    const n = await startCosid({ criEndpoint: `unix://${join(dir, 'none.sock')}`, podLogsDir: join(dir, 'pods-limit'), kubeletLog });
+    const conn = newConnection(n.endpoint);
+    const other = newConnection(n.endpoint);
+    const followers: ReturnType<typeof followKubelet>[] = [];
+    try {
+      for (let i = 0; i < 64; i++) followers.push(followKubelet(conn));
+      // Every one of them counted: each has streamed its first line.
+      await Promise.all(followers.map((f) => f.firstData));
+      const refused = followKubelet(conn);
+      followers.push(refused);
+      const st = await refused.status;
+      expect(grpc.status[st.code]).toBe('RESOURCE_EXHAUSTED');
+      expect(st.details).toBe('too many log streams on this connection (limit 64); close some or open another connection');
+      // The limit is per connection: another one streams.
+      const elsewhere = followKubelet(other);
+      followers.push(elsewhere);
+      expect(await elsewhere.outcome).toBe('streaming');
+      // One cancelled: once cosid has seen the cancellation, a new stream on the same connection gets its slot.
+      const first = followers[0];
+      if (first === undefined) throw new Error('no follower');
+      first.call.cancel();
+      expect(grpc.status[(await first.status).code]).toBe('CANCELLED');
+      const again = await eventually(async () => {
+        const f = followKubelet(conn);
+        followers.push(f);
+        const outcome = await f.outcome;
+        if (outcome !== 'streaming') throw new Error(`not yet given back: ${grpc.status[outcome.code]} ${outcome.details}`);
+        return f;
+      }, 20_000);
+      expect(again).toBeDefined();
+      // ... and only that one: the connection is full again.
+      const full = followKubelet(conn);
+      followers.push(full);
+      expect(grpc.status[(await full.status).code]).toBe('RESOURCE_EXHAUSTED');
+      await stateApiWorks(n.client);
+    } finally {
+      for (const f of followers) f.call.cancel();
+      conn.close();
+      other.close();
+    }
+  });
+
+  it('--audit: one line per Containers and Logs call (peer, roles, method, namespace and id, outcome, duration)', async () => {
+    const kubeletLog = join(dir, 'kubelet-audit.log');
+    await writeFile(kubeletLog, 'kubelet line 1\nkubelet line 2\n');
+    const lines: string[] = [];
+    const n = await startCosid({ criEndpoint: `unix://${join(dir, 'none.sock')}`, podLogsDir: join(dir, 'pods-audit'), kubeletLog }, { audit: true, log: createLogger({ write: (l) => lines.push(l) }) });
+    const audit = () => lines.filter((l) => l.includes('"msg":"audit"')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect((await collect(n.client.logs('kubelet', { tailLines: 1 }))).toString()).toBe('kubelet line 2\n');
+    expect(isCosiError(await caught(collect(n.client.logs('default/x-1:c'))), 'unavailable')).toBe(true);
+    expect(isCosiError(await caught(n.client.containers()), 'unavailable')).toBe(true);
+    const admin = { peer: expect.stringContaining('O=os:admin'), roles: ['os:admin'], durationMs: expect.any(Number) };
+    // Recorded before the answer goes out: there when the client has it.
+    expect(audit()).toEqual(
+      expect.arrayContaining([
+        { ...admin, ts: expect.any(String), level: 'info', msg: 'audit', method: 'Logs', namespace: 'system', id: 'kubelet', outcome: 'OK' },
+        { ...admin, ts: expect.any(String), level: 'info', msg: 'audit', method: 'Logs', namespace: 'k8s.io', id: 'default/x-1:c', outcome: 'UNAVAILABLE' },
+        { ...admin, ts: expect.any(String), level: 'info', msg: 'audit', method: 'Containers', namespace: 'k8s.io', outcome: 'UNAVAILABLE' },
+      ]),
+    );
+    // A follow the client cancels: CANCELLED, once cosid has seen it go.
+    const follower = n.client.logs('kubelet', { follow: true, tailLines: 1 });
+    expect((await follower.next()).done).toBe(false);
+    await follower.return(undefined);
+    await eventually(() => expect(audit().filter((a) => a['method'] === 'Logs' && a['outcome'] === 'CANCELLED')).toHaveLength(1), 20_000);
+    expect(audit().filter((a) => a['method'] === 'Logs')).toHaveLength(3);
   });
 });

@@ -11,7 +11,7 @@ import { CriClient } from '../runtime/cri.js';
 import { listPods, parseContainerRef, resolveContainerLog } from '../runtime/inspector.js';
 import { readLog } from '../runtime/log-file.js';
 import { authorizeRead, peerOf } from './access.js';
-import { toStatus } from './service.js';
+import { callRecorder, toStatus } from './service.js';
 
 export interface RuntimeOptions {
   /** unix:///run/containerd/containerd.sock */
@@ -23,6 +23,17 @@ export interface RuntimeOptions {
 }
 
 export const DEFAULT_RUNTIME: RuntimeOptions = { criEndpoint: 'unix:///run/containerd/containerd.sock', podLogsDir: '/var/log/pods' };
+
+export interface MachineServiceDeps {
+  runtime: RuntimeOptions;
+  /** Sent as response header `cosi-node`. */
+  nodeName: string;
+  log: Logger;
+  /** One log line per call, as the State API's (off by default). */
+  audit?: boolean;
+  /** Open `Logs` streams one connection may hold (default 64). */
+  maxLogStreamsPerConnection?: number;
+}
 
 /** Talos's namespaces: `k8s.io` for Kubernetes' containers (driver CRI), `system` for its own services. */
 const K8S_NAMESPACE = 'k8s.io';
@@ -72,9 +83,13 @@ export function machineServiceDefinition(): grpc.ServiceDefinition {
   return Object.fromEntries(methods);
 }
 
-export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName: string; log: Logger }): grpc.UntypedServiceImplementation & { close(): void } {
+export function machineServiceHandlers(deps: MachineServiceDeps): grpc.UntypedServiceImplementation & { close(): void } {
   const { runtime, nodeName, log } = deps;
   const cri = new CriClient(runtime.criEndpoint);
+  const record = callRecorder(log, deps.audit === true);
+  const maxLogStreams = deps.maxLogStreamsPerConnection ?? 64;
+  // Open Logs streams by connection (grpc-js names a connection "ip:port"); a connection at zero is forgotten.
+  const logStreamsByPeer = new Map<string, number>();
   const metadata = { hostname: nodeName };
   const header = new grpc.Metadata();
   header.set('cosi-node', nodeName);
@@ -95,6 +110,7 @@ export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName
     close: () => cri.close(),
 
     Containers(call: grpc.ServerUnaryCall<ContainersRequest, unknown>, callback: grpc.sendUnaryData<unknown>) {
+      const started = Date.now();
       void (async () => {
         try {
           authorize(call);
@@ -111,21 +127,38 @@ export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName
             }
           }
           call.sendMetadata(header);
+          record(call, 'Containers', named(call.request, ['namespace']), started);
           callback(null, { messages: [{ metadata, containers }] });
         } catch (err) {
+          record(call, 'Containers', named(call.request, ['namespace']), started, err);
           callback(withNode(toStatus(err)));
         }
       })();
     },
 
     Logs(call: grpc.ServerWritableStream<LogsRequest, unknown>) {
+      const started = Date.now();
       const abort = new AbortController();
-      call.on('cancelled', () => abort.abort());
-      call.on('close', () => abort.abort());
+      let release = () => {};
+      let finished = false;
+      /** Once per call, however it ends: its stream slot given back, the call recorded. */
+      const finish = (err?: unknown) => {
+        if (finished) return;
+        finished = true;
+        release();
+        record(call, 'Logs', named(call.request, ['namespace', 'id']), started, err);
+      };
+      const cancelled = () => {
+        abort.abort();
+        finish(new CosiError('cancelled', 'cancelled by the client'));
+      };
+      call.on('cancelled', cancelled);
+      call.on('close', cancelled);
       void (async () => {
         try {
           authorize(call);
           const req = requestOf(call);
+          release = admitLogStream(call.getPeer());
           const path = await logPathOf(req);
           // A container's log stays confined to the pod logs directory at every open, rotations included.
           const confineTo = req.namespace === K8S_NAMESPACE ? await realpath(runtime.podLogsDir) : undefined;
@@ -136,16 +169,37 @@ export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName
             // Backpressure: a client that stops reading stops the reading of the file.
             if (!call.write({ metadata, bytes: chunk })) await drained(call, abort.signal);
           }
-          if (!abort.signal.aborted) call.end();
+          if (abort.signal.aborted) return;
+          finish();
+          call.end();
         } catch (err) {
           if (abort.signal.aborted) return;
-          const status = toStatus(fileErrorAsCosi(err));
+          const cosiErr = fileErrorAsCosi(err);
+          finish(cosiErr);
+          const status = toStatus(cosiErr);
           if (status.code === grpc.status.INTERNAL) log.warn('logs failed', { id: call.request.id, error: status.details });
           call.emit('error', withNode(status));
         }
       })();
     },
   };
+
+  /** Counts a Logs stream against its connection, refused beyond the limit; returns its release (idempotent). */
+  function admitLogStream(peer: string): () => void {
+    const open = logStreamsByPeer.get(peer) ?? 0;
+    if (open >= maxLogStreams) {
+      throw new CosiError('resource-exhausted', `too many log streams on this connection (limit ${maxLogStreams}); close some or open another connection`);
+    }
+    logStreamsByPeer.set(peer, open + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const left = (logStreamsByPeer.get(peer) ?? 1) - 1;
+      if (left > 0) logStreamsByPeer.set(peer, left);
+      else logStreamsByPeer.delete(peer);
+    };
+  }
 
   async function logPathOf(req: LogsRequest): Promise<string> {
     if (req.namespace === SYSTEM_NAMESPACE) {
@@ -159,6 +213,16 @@ export function machineServiceHandlers(deps: { runtime: RuntimeOptions; nodeName
     const ref = parseContainerRef(req.id);
     return (await resolveContainerLog(cri, ref, runtime.podLogsDir)).path;
   }
+}
+
+/** The string fields a call named, for its audit line (empty for a request that did not decode). */
+function named(request: unknown, fields: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const f of fields) {
+    const v = request !== null && typeof request === 'object' ? (request as Record<string, unknown>)[f] : undefined;
+    out[f] = typeof v === 'string' ? v : '';
+  }
+  return out;
 }
 
 /** A log file that cannot be opened, as a CosiError naming it. */

@@ -54,6 +54,44 @@ export function toStatus(err: unknown): Partial<grpc.StatusObject> {
   return { code: e.code, details: e.message, metadata };
 }
 
+/** What one service records of each finished call: its method, what it named (kind, ID), its start, its error. */
+export type CallRecorder = (call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, method: string, what: Record<string, string>, started: number, err?: unknown) => void;
+
+/**
+ * The one place calls are recorded, for every service: a refusal (PERMISSION_DENIED, UNAUTHENTICATED) is logged
+ * once per peer subject and reason, and with `audit` every call gets one line: peer subject, roles, method, what it
+ * named (each value cut at 256 characters), outcome, duration.
+ */
+export function callRecorder(log: Logger, audit: boolean): CallRecorder {
+  // A bounded memory of the refusals already logged.
+  const refusalsSeen = new Set<string>();
+  return (call, method, what, started, err) => {
+    const code = err === undefined ? grpc.status.OK : (toStatus(err).code ?? grpc.status.UNKNOWN);
+    const refused = code === grpc.status.PERMISSION_DENIED || code === grpc.status.UNAUTHENTICATED;
+    // Reading the peer certificate costs real time per call: only when there is something to log.
+    if (!refused && !audit) return;
+    let peer: { subject: string; roles: readonly string[] } = { subject: '(no certificate)', roles: [] };
+    try {
+      peer = peerOf(call);
+    } catch {
+      // Without a certificate there is nothing more to say about the peer.
+    }
+    if (refused) {
+      const reason = err instanceof Error ? err.message : String(err);
+      const key = `${peer.subject}\u0000${reason}`;
+      if (!refusalsSeen.has(key)) {
+        if (refusalsSeen.size >= 10_000) refusalsSeen.clear();
+        refusalsSeen.add(key);
+        log.warn('request refused', { peer: peer.subject, roles: peer.roles, method, reason });
+      }
+    }
+    if (audit) {
+      const named = Object.fromEntries(Object.entries(what).map(([k, v]) => [k, v.slice(0, 256)]));
+      log.info('audit', { peer: peer.subject, roles: peer.roles, method, ...named, outcome: grpc.status[code] ?? String(code), durationMs: Date.now() - started });
+    }
+  };
+}
+
 /** The grpc-js service definition, with Buffer pass-through serializers: responses are pre-encoded. */
 export function stateServiceDefinition(): grpc.ServiceDefinition {
   const def: Record<string, grpc.MethodDefinition<unknown, Buffer>> = {};
@@ -111,34 +149,10 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   const watchesByPeer = new Counter();
   const header = new grpc.Metadata();
   header.set('cosi-node', deps.nodeName);
-  // Refusals are logged once per peer subject and reason (a bounded memory of what was already said).
-  const refusalsSeen = new Set<string>();
-
+  const recordCall = callRecorder(log, deps.audit === true);
   /** Audit line and refusal log for one finished call. */
-  function record(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, method: string, type: string, started: number, err?: unknown): void {
-    const code = err === undefined ? grpc.status.OK : (toStatus(err).code ?? grpc.status.UNKNOWN);
-    const refused = code === grpc.status.PERMISSION_DENIED || code === grpc.status.UNAUTHENTICATED;
-    // Reading the peer certificate costs real time per call: only when there is something to log.
-    if (!refused && deps.audit !== true) return;
-    let peer: { subject: string; roles: readonly string[] } = { subject: '(no certificate)', roles: [] };
-    try {
-      peer = peerOf(call);
-    } catch {
-      // Without a certificate there is nothing more to say about the peer.
-    }
-    if (refused) {
-      const reason = err instanceof Error ? err.message : String(err);
-      const key = `${peer.subject}\u0000${reason}`;
-      if (!refusalsSeen.has(key)) {
-        if (refusalsSeen.size >= 10_000) refusalsSeen.clear();
-        refusalsSeen.add(key);
-        log.warn('request refused', { peer: peer.subject, roles: peer.roles, method, reason });
-      }
-    }
-    if (deps.audit === true) {
-      log.info('audit', { peer: peer.subject, roles: peer.roles, method, type: type.slice(0, 256), outcome: grpc.status[code] ?? String(code), durationMs: Date.now() - started });
-    }
-  }
+  const record = (call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, method: string, type: string, started: number, err?: unknown): void =>
+    recordCall(call, method, { type }, started, err);
   const typeOf = (request: unknown): string => {
     const t = request !== null && typeof request === 'object' && 'type' in request ? (request as { type: unknown }).type : undefined;
     return typeof t === 'string' ? t : '';

@@ -57,7 +57,10 @@ const DOCUMENTED = new Set<number>([
   grpc.status.CANCELLED,
 ]);
 
-/** What machine.MachineService answers (CANCELLED and DEADLINE_EXCEEDED: the fuzzer ends follows itself). */
+/**
+ * What machine.MachineService answers (CANCELLED and DEADLINE_EXCEEDED: the fuzzer ends follows itself;
+ * RESOURCE_EXHAUSTED: too many Logs streams on one connection).
+ */
 const MACHINE_DOCUMENTED = new Set<number>([
   grpc.status.OK,
   grpc.status.INVALID_ARGUMENT,
@@ -65,6 +68,7 @@ const MACHINE_DOCUMENTED = new Set<number>([
   grpc.status.UNAVAILABLE,
   grpc.status.UNIMPLEMENTED,
   grpc.status.PERMISSION_DENIED,
+  grpc.status.RESOURCE_EXHAUSTED,
   grpc.status.CANCELLED,
   grpc.status.DEADLINE_EXCEEDED,
 ]);
