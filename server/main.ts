@@ -25,7 +25,7 @@ const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [flags]
   --cri-endpoint URL        the container runtime's CRI socket (default unix:///run/containerd/containerd.sock)
   --pod-logs-dir DIR        where the runtime writes the pods' logs (default /var/log/pods); no log outside it is served
   --kubelet-log FILE        the kubelet's own log, served as \`logs kubelet\` (default: not served)
-  --audit                   one log line per call (peer subject, roles, method, kind, outcome, duration)
+  --audit                   one log line per call (peer subject, roles, method, kind or container id, outcome, duration)
   --log-level LEVEL         debug, info, warn or error (default info)`;
 
 function duration(s: string): number {
