@@ -24,5 +24,18 @@ export type { CosiConfig, CosiContext } from './cosiconfig.js';
 export type { ContainerInfo, CosiResource, Json, Metadata, Phase, ResourceDefinition, WatchEvent, WatchEventType } from './resource.js';
 export { getNodes, listNodes, watchNodes } from './nodes.js';
 export type { NodeResult, NodeTarget, NodeWatchEvent } from './nodes.js';
+export { createInformer } from './informer.js';
+export type {
+  Informer,
+  InformerChange,
+  InformerErrorEvent,
+  InformerHandlers,
+  InformerItem,
+  InformerNodeStatus,
+  InformerOptions,
+  InformerStateEvent,
+  InformerUpdate,
+  SyncedOptions,
+} from './informer.js';
 export { CosiError, isCosiError, StatusCode } from '../shared/errors.js';
 export type { ErrorKind } from '../shared/errors.js';

@@ -62,7 +62,8 @@ function split(template: string): Part[] {
   return parts;
 }
 
-function findClose(s: string, open: number): number {
+/** The index of the "}" closing the "{" at `open`, past quoted text (filters hold "=" and "}"); -1 if none. */
+export function findClose(s: string, open: number): number {
   let quote: string | undefined;
   for (let i = open + 1; i < s.length; i++) {
     const c = s[i];

@@ -9,6 +9,7 @@ import type { CallOptions, ClientLogger, ConnectionState, ReconnectOptions, Time
 import type { WatchRequest } from './convert.js';
 import type { CosiResource, ResourceDefinition, WatchEvent } from './resource.js';
 import { rxjs } from './rx.js';
+import { sameState } from './resource-state.js';
 
 /** What the watch needs from a client (grpc-client.ts implements it; tests can script one). */
 export interface WatchTransport {
@@ -130,7 +131,7 @@ async function* resilientBatches(t: WatchTransport, type: string, opts: WatchOpt
     for (const [id, r] of fresh) {
       const old = view.get(id);
       if (old === undefined) record({ type: 'created', resource: r, resync: true }, out);
-      else if (!same(old, r)) record({ type: 'updated', resource: r, old, resync: true }, out);
+      else if (!sameState(old, r)) record({ type: 'updated', resource: r, old, resync: true }, out);
     }
     if (opts.id === undefined && !bootstrapped) record({ type: 'bootstrapped', resync: true }, out);
   };
@@ -358,15 +359,3 @@ export function observeWatch(t: WatchTransport, type: string, opts: WatchOptions
   });
 }
 
-function same(a: CosiResource, b: CosiResource): boolean {
-  const ma = a.metadata;
-  const mb = b.metadata;
-  return (
-    ma.version === mb.version &&
-    ma.owner === mb.owner &&
-    ma.phase === mb.phase &&
-    a.yamlSpec === b.yamlSpec &&
-    JSON.stringify(ma.labels) === JSON.stringify(mb.labels) &&
-    JSON.stringify(ma.annotations) === JSON.stringify(mb.annotations)
-  );
-}

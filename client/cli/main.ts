@@ -16,6 +16,8 @@ export const USAGE = `Usage:
   cosictl [global flags] containers -k [-o wide]
   cosictl [global flags] logs -k <id> [-f] [--tail N]
   cosictl [global flags] logs kubelet [-f] [--tail N]
+  cosictl [global flags] wait <type> [<id>] --for condition=NAME[=VALUE]|delete|jsonpath='{EXPR}'[=VALUE]
+        [--timeout 30s] [--namespace NS]
   cosictl gen pki --out DIR [--san HOST]... [--endpoint HOST:PORT] [--force]
   cosictl gen cert --ca-dir DIR --name NAME [--roles os:reader,...] [--ttl 365d] [--out DIR] [--endpoint HOST:PORT]
         issues a client certificate from an existing CA and adds it as context NAME to the client config
@@ -43,13 +45,24 @@ logs:
                       <namespace>/<pod>:<container> for its latest instance; without -k the only ID is kubelet
   -f, --follow        keep printing new lines until Ctrl-C
   --tail N            start N lines from the end (default: the whole log)
+
+wait:
+  <type> [<id>]       the resource, or without <id> every resource of the type that exists once each node has
+                      listed them; on every node (-n). Prints "<type>/<id> condition met" for each as it meets it
+  --for condition=Ready       its spec's condition (.conditions, else .status.conditions) has status True
+                              (condition=Ready=False for another value; names and values case-insensitive)
+  --for delete                until it is gone (at once if it does not exist)
+  --for jsonpath='{.spec.phase}'=Running   the JSONPath (on what get -o jsonpath sees) gives VALUE
+  --timeout D         give up after D (30s, 2m, 1h; default 30s; 0: check once; negative: a week): exit code 1,
+                      naming what is not met
 `;
 
-/** The flags containers and logs take, the global ones included; any other is refused rather than ignored. */
+/** The flags containers, logs and wait take, the global ones included; any other is refused rather than ignored. */
 const GLOBAL_FLAGS = ['cosiconfig', 'context', 'endpoints', 'nodes', 'help'];
 const COMMAND_FLAGS: Record<string, string[]> = {
   containers: [...GLOBAL_FLAGS, 'kubernetes', 'output'],
   logs: [...GLOBAL_FLAGS, 'kubernetes', 'follow', 'tail'],
+  wait: [...GLOBAL_FLAGS, 'namespace', 'for', 'timeout'],
 };
 
 /** Refuses a flag the command would ignore (`containers -f`, `logs -o json`). */
@@ -91,6 +104,8 @@ async function main(argv: string[]): Promise<number> {
       kubernetes: { type: 'boolean', short: 'k', default: false },
       follow: { type: 'boolean', short: 'f', default: false },
       tail: { type: 'string' },
+      for: { type: 'string' },
+      timeout: { type: 'string' },
     },
     allowPositionals: true,
     strict: true,
@@ -135,6 +150,22 @@ async function main(argv: string[]): Promise<number> {
       }
       if (values.kubernetes && id === 'kubelet') throw new UsageError("with -k the ID is a container's; the kubelet's log is cosictl logs kubelet (without -k)");
       return (await import('./logs.js')).runLogs({ ...targetOptions, id, follow: values.follow, tail: parseTail(values.tail) });
+    }
+    case 'wait': {
+      checkFlags(command, given);
+      const [type, id, ...extra] = rest;
+      if (type === undefined) throw new UsageError("wait needs a resource type, for example: cosictl wait staticpodstatus --for condition=Ready");
+      if (extra.length > 0) throw new UsageError(`wait takes a type and at most one ID; unexpected ${JSON.stringify(extra.join(' '))}`);
+      const wait = await import('./wait.js');
+      let condition;
+      let timeoutMs;
+      try {
+        condition = wait.parseWaitFor(values.for);
+        timeoutMs = wait.parseWaitTimeout(values.timeout);
+      } catch (err) {
+        throw err instanceof wait.WaitArgumentError ? new UsageError(err.message) : err;
+      }
+      return wait.runWait({ ...targetOptions, type, id, namespace: values.namespace, condition, timeoutMs });
     }
     case 'gen':
       // Loaded only when needed: X.509 generation is heavy and `get` must start fast.
