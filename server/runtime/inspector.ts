@@ -46,14 +46,18 @@ export interface PodView {
  */
 const runningDetails = new WeakMap<CriClient, { sandboxes: Map<string, { pid: number; image: string }>; containers: Map<string, { pid: number; logPath: string }> }>();
 
+function detailsOf(cri: CriClient): { sandboxes: Map<string, { pid: number; image: string }>; containers: Map<string, { pid: number; logPath: string }> } {
+  let known = runningDetails.get(cri);
+  if (known === undefined) runningDetails.set(cri, (known = { sandboxes: new Map(), containers: new Map() }));
+  return known;
+}
+
 /** Every pod sandbox and its containers (exited ones too), sandboxes by ID then age, containers by name then age. */
 export async function listPods(cri: CriClient): Promise<PodView[]> {
   const [sandboxes, containers] = await Promise.all([cri.listPodSandboxes(), cri.listContainers()]);
   const bySandbox = new Map<string, Container[]>();
   for (const c of containers) bySandbox.set(c.podSandboxId, [...(bySandbox.get(c.podSandboxId) ?? []), c]);
-  let known = runningDetails.get(cri);
-  if (known === undefined) runningDetails.set(cri, (known = { sandboxes: new Map(), containers: new Map() }));
-  const cache = known;
+  const cache = detailsOf(cri);
   // Only what is listed stays known.
   const listed = new Set([...sandboxes.map((s) => s.id), ...containers.map((c) => c.id)]);
   for (const m of [cache.sandboxes, cache.containers]) for (const id of m.keys()) if (!listed.has(id)) m.delete(id);
@@ -208,7 +212,14 @@ export async function resolveContainerLog(cri: CriClient, ref: ContainerRef, pod
   }
   // The latest instance: the newest sandbox's newest container.
   const c = candidates.reduce((a, b) => ((cmp(a.sandboxCreatedAt, b.sandboxCreatedAt) || cmp(a.createdAt, b.createdAt)) >= 0 ? a : b));
-  const logPath = runningDetails.get(cri)?.containers.get(c.containerId)?.logPath ?? (await cri.containerStatus(c.containerId)).status.logPath;
+  const known = detailsOf(cri).containers;
+  let logPath = known.get(c.containerId)?.logPath;
+  if (logPath === undefined) {
+    const st = await cri.containerStatus(c.containerId);
+    logPath = st.status.logPath;
+    // Kept for the next call (a running container's log path cannot change); listPods forgets it once it is gone.
+    if (st.status.state === 'CONTAINER_RUNNING' && st.pid > 0) known.set(c.containerId, { pid: st.pid, logPath });
+  }
   if (logPath === '') throw new CosiError('not-found', `container ${c.id} has no log file`);
   return { id: c.id, path: await insideDir(logPath, podLogsDir) };
 }
