@@ -4,13 +4,16 @@ import * as grpc from '@grpc/grpc-js';
 import { CosiError, ERROR_KIND_METADATA_KEY, kindOfStatus, StatusCode } from '../shared/errors.js';
 import type { CallOptions } from './client.js';
 
-/** A duration option: a positive number of milliseconds, or Infinity for none. */
+/** The longest delay a Node timer can wait (a longer one fires after 1 ms). */
+const MAX_TIMER_MS = 0x7fffffff;
+
+/** A duration option: a positive number of milliseconds (at most about 24.8 days, a timer's limit), or Infinity for none. */
 export function checkMs(name: string, value: number | undefined, fallback: number): number {
   if (value === undefined) return fallback;
   if (typeof value !== 'number' || Number.isNaN(value) || value <= 0) {
     throw new CosiError('invalid-argument', `${name} must be a positive number of milliseconds or Infinity, not ${String(value)}`);
   }
-  return value;
+  return value === Infinity ? Infinity : Math.min(value, MAX_TIMER_MS);
 }
 
 /** Turns a gRPC failure into the library's one error type: the kind from `cosi-error-kind`, else from the code. */

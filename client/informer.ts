@@ -174,7 +174,17 @@ class NodeView {
   error: CosiError | undefined;
   stream: WatchStream | undefined;
 
-  constructor(readonly node: string) {}
+  constructor(
+    readonly node: string,
+    /** Whether the node's client was closed (its watch then ends quietly, which is no failure of the server). */
+    readonly clientClosed: () => boolean,
+  ) {}
+}
+
+/** The library's own clients expose their "closed" signal; any other CosiClient is taken as open. */
+function closedProbe(client: unknown): () => boolean {
+  const closed = client !== null && typeof client === 'object' && 'closed' in client ? (client as { closed: unknown }).closed : undefined;
+  return closed instanceof AbortSignal ? () => closed.aborted : () => false;
 }
 
 /** A pending synced(): the nodes it waits for, and how it ends. */
@@ -202,7 +212,7 @@ class NodeInformer implements Informer {
     private readonly opts: InformerOptions,
   ) {
     this.timers = opts.reconnect?.timers ?? realTimers;
-    this.views = targets.map((t) => new NodeView(t.node));
+    this.views = targets.map((t) => new NodeView(t.node, closedProbe(t.client)));
     this.byNode = new Map(this.views.map((v) => [v.node, v]));
     this.nodes = this.views.map((v) => v.node);
     for (const [event, handler] of Object.entries(opts.handlers ?? {})) {
@@ -366,8 +376,16 @@ class NodeInformer implements Informer {
         if (this.stopped) return;
         await this.apply(v, e);
       }
-      // The watch reconnects on its own; it ends quietly only when the server itself ended it.
-      if (!this.stopped) throw new CosiError('unavailable', `the server ended the watch of ${this.type}`);
+      if (this.stopped) return;
+      if (v.clientClosed()) {
+        // The caller closed this node's client: the node is done, which is no failure to report.
+        v.error = new CosiError('cancelled', `the client of node ${v.node} was closed`);
+        v.state = 'closed';
+        for (const w of [...this.waiters]) w.check();
+        return;
+      }
+      // The watch reconnects on its own; otherwise it ends quietly only when the server itself ended it.
+      throw new CosiError('unavailable', `the server ended the watch of ${this.type}`);
     } catch (caught) {
       if (this.stopped) return;
       const err = caught instanceof CosiError ? caught : new CosiError('internal', caught instanceof Error ? caught.message : String(caught), { cause: caught });

@@ -11,7 +11,7 @@ import { CosiError } from '../shared/errors.js';
 import { silentLogger, type Logger } from '../shared/log.js';
 import { PROTO_DIR } from '../shared/wire.js';
 import { Frames } from './watch/frames.js';
-import { DEFAULT_RUNTIME, machineServiceDefinition, machineServiceHandlers, type RuntimeOptions } from './api/machine-service.js';
+import { DEFAULT_RUNTIME, machineServiceDefinition, machineService, type RuntimeOptions } from './api/machine-service.js';
 import { stateServiceDefinition, stateServiceHandlers } from './api/service.js';
 import { tlsServersOf } from './grpc-internals.js';
 import { registerK8sTypes } from './resources/k8s.js';
@@ -66,14 +66,16 @@ export class Cosid {
   private readonly server: grpc.Server;
   private readonly health: HealthImplementation;
   private readonly closeRuntime: () => void;
+  private readonly endLogs: (err: CosiError) => void;
   private stopping: Promise<void> | undefined;
 
   private constructor(
     private readonly opts: CosidOptions,
     readonly port: number,
-    parts: { store: ResourceStore; registry: Registry; hub: WatchHub; server: grpc.Server; health: HealthImplementation; closeRuntime: () => void },
+    parts: { store: ResourceStore; registry: Registry; hub: WatchHub; server: grpc.Server; health: HealthImplementation; closeRuntime: () => void; endLogs: (err: CosiError) => void },
   ) {
     this.closeRuntime = parts.closeRuntime;
+    this.endLogs = parts.endLogs;
     this.store = parts.store;
     this.registry = parts.registry;
     this.hub = parts.hub;
@@ -105,8 +107,8 @@ export class Cosid {
       'grpc.max_connection_idle_ms': 300_000,
     });
     server.addService(stateServiceDefinition(), stateServiceHandlers({ store, registry, frames, hub, log, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
-    const machine = machineServiceHandlers({ runtime: { ...DEFAULT_RUNTIME, ...opts.runtime }, nodeName: opts.nodeName, log, audit: opts.audit, maxLogStreamsPerConnection: opts.maxLogStreamsPerConnection });
-    server.addService(machineServiceDefinition(), machine);
+    const machine = machineService({ runtime: { ...DEFAULT_RUNTIME, ...opts.runtime }, nodeName: opts.nodeName, log, audit: opts.audit, maxLogStreamsPerConnection: opts.maxLogStreamsPerConnection });
+    server.addService(machineServiceDefinition(), machine.handlers);
     const health = new HealthImplementation({ '': 'SERVING', [STATE_SERVICE]: 'SERVING', [MACHINE_SERVICE]: 'SERVING' });
     health.addToServer(server);
     new ReflectionService(reflectionPackage()).addToServer(server);
@@ -129,7 +131,7 @@ export class Cosid {
       throw err;
     }
     log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName });
-    return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close() });
+    return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close(), endLogs: (err) => machine.endAll(err) });
   }
 
   /** Graceful stop: every watch ends with UNAVAILABLE, then calls finish or are cut after the grace period. */
@@ -139,6 +141,7 @@ export class Cosid {
       this.health.setStatus(STATE_SERVICE, 'NOT_SERVING');
       this.health.setStatus(MACHINE_SERVICE, 'NOT_SERVING');
       this.hub.endAll(new CosiError('unavailable', 'cosid is shutting down; reconnect and resume from your last bookmark'));
+      this.endLogs(new CosiError('unavailable', 'cosid is shutting down; follow the log again once it is back'));
       // Streams to clients that stopped reading cannot finish: after the grace period they are cut.
       const timer = setTimeout(() => {
         this.server.forceShutdown();

@@ -88,6 +88,21 @@ const put = (s: TestServer, id: string, spec: Json = podStatus(false), labels: R
 };
 
 describe('an informer on one node', () => {
+  it('its client closed by the caller: the node is closed (cancelled), no error event, nothing thrown', async () => {
+    const client = srv.client();
+    // No error handler: a reported failure would be thrown as an uncaught exception and fail the run.
+    const informer = createInformer(client, 'podstatus', { reconnect: { initialDelayMs: 20, maxDelayMs: 200, jitter: 0 } });
+    cleanups.push(() => informer.stop());
+    const states: string[] = [];
+    const closed = new Promise<void>((resolve) => informer.on('state', (e) => (states.push(e.state), e.state === 'closed' && resolve())));
+    await informer.synced();
+    client.close();
+    await closed;
+    // The watch says 'closed' first; the informer then ends the node's loop.
+    await expect.poll(() => informer.status()[0]?.error?.kind, { timeout: 20_000 }).toBe('cancelled');
+    expect(informer.status()[0]).toMatchObject({ state: 'closed', synced: true });
+  });
+
   it('lists into its cache (added each, then synced), then hears each change exactly once', async () => {
     put(srv, 'one/a');
     put(srv, 'one/b');

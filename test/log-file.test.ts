@@ -472,6 +472,29 @@ describe('following', () => {
     }
   });
 
+  it("rotation: the old file's last line is never glued to the new file's unfinished line", async () => {
+    const path = join(dir, '0.log');
+    const rotated = `${path}.20250101-000000`;
+    await writeFile(path, 'a1\n');
+    const f = follow(path, { rotationGraceMs: 60_000 });
+    try {
+      await f.until(() => f.text() === 'a1\n', 'a1');
+      await rename(path, rotated);
+      await writeFile(path, 'marker\n');
+      await f.until(() => f.text().includes('marker\n'), 'the marker of the new file');
+      // The new file's line is half written when the old file gets its last line.
+      appendFileSync(path, 'new-partial');
+      appendFileSync(rotated, 'old-last\n');
+      await f.until(() => f.text().includes('old-last\n'), "the old file's last line");
+      appendFileSync(path, '-end\n');
+      await f.until(() => f.text().includes('-end\n'), 'the end of the new line');
+      expect(f.text().split('\n').filter((l) => l !== '')).toEqual(expect.arrayContaining(['a1', 'marker', 'old-last', 'new-partial-end']));
+      expect(f.text()).not.toContain('new-partialold-last');
+    } finally {
+      await f.stop();
+    }
+  });
+
   it('its directory removed mid-follow: the generator returns a LogGone (no throw), with the last partial line', async () => {
     const logDir = join(dir, 'default_web_uid', 'web');
     await mkdir(logDir, { recursive: true });

@@ -514,3 +514,22 @@ describe('bounds of machine.MachineService (the kubelet log: no runtime needed)'
     expect(audit().filter((a) => a['method'] === 'Logs')).toHaveLength(3);
   });
 });
+
+describe('a graceful stop', () => {
+  it('ends an open follow at once with UNAVAILABLE "shutting down" (it does not wait out the grace period)', async () => {
+    const kubeletLog = join(dir, 'kubelet-stop.log');
+    await writeFile(kubeletLog, 'before the stop\n');
+    // A grace period far longer than the test's patience: the stop must not need it.
+    const n = await startCosid({ criEndpoint: `unix://${join(dir, 'none-stop.sock')}`, podLogsDir: join(dir, 'pods-stop'), kubeletLog }, { shutdownGraceMs: 60_000 });
+    const follower = n.client.logs('kubelet', { follow: true, tailLines: -1 });
+    expect((await follower.next()).value?.toString()).toBe('before the stop\n');
+    const ended = follower.next().then(
+      () => new Error('the follow ended without an error'),
+      (err: unknown) => err,
+    );
+    await n.cosid.stop();
+    const err = await ended;
+    expect(isCosiError(err, 'unavailable'), String(err)).toBe(true);
+    expect(String(err)).toContain('cosid is shutting down');
+  });
+});

@@ -83,13 +83,23 @@ export function machineServiceDefinition(): grpc.ServiceDefinition {
   return Object.fromEntries(methods);
 }
 
-export function machineServiceHandlers(deps: MachineServiceDeps): grpc.UntypedServiceImplementation & { close(): void } {
+export interface MachineService {
+  handlers: grpc.UntypedServiceImplementation;
+  /** Closes the connection to the container runtime. */
+  close(): void;
+  /** Ends every open Logs stream with `err` (a graceful stop must not wait for followers that never end). */
+  endAll(err: CosiError): void;
+}
+
+export function machineService(deps: MachineServiceDeps): MachineService {
   const { runtime, nodeName, log } = deps;
   const cri = new CriClient(runtime.criEndpoint);
   const record = callRecorder(log, deps.audit === true);
   const maxLogStreams = deps.maxLogStreamsPerConnection ?? 64;
   // Open Logs streams by connection (grpc-js names a connection "ip:port"); a connection at zero is forgotten.
   const logStreamsByPeer = new Map<string, number>();
+  /** The open Logs streams, each with the way to end it. */
+  const openLogs = new Set<(err: CosiError) => void>();
   const metadata = { hostname: nodeName };
   const header = new grpc.Metadata();
   header.set('cosi-node', nodeName);
@@ -106,9 +116,7 @@ export function machineServiceHandlers(deps: MachineServiceDeps): grpc.UntypedSe
     authorizeRead(peerOf(call), false, 'containers and logs');
   }
 
-  return {
-    close: () => cri.close(),
-
+  const handlers: grpc.UntypedServiceImplementation = {
     Containers(call: grpc.ServerUnaryCall<ContainersRequest, unknown>, callback: grpc.sendUnaryData<unknown>) {
       const started = Date.now();
       void (async () => {
@@ -154,6 +162,14 @@ export function machineServiceHandlers(deps: MachineServiceDeps): grpc.UntypedSe
       };
       call.on('cancelled', cancelled);
       call.on('close', cancelled);
+      const end = (err: CosiError) => {
+        if (abort.signal.aborted) return;
+        abort.abort();
+        finish(err);
+        call.emit('error', withNode(toStatus(err)));
+      };
+      openLogs.add(end);
+      abort.signal.addEventListener('abort', () => openLogs.delete(end));
       void (async () => {
         try {
           authorize(call);
@@ -170,10 +186,12 @@ export function machineServiceHandlers(deps: MachineServiceDeps): grpc.UntypedSe
             if (!call.write({ metadata, bytes: chunk })) await drained(call, abort.signal);
           }
           if (abort.signal.aborted) return;
+          openLogs.delete(end);
           finish();
           call.end();
         } catch (err) {
           if (abort.signal.aborted) return;
+          openLogs.delete(end);
           const cosiErr = fileErrorAsCosi(err);
           finish(cosiErr);
           const status = toStatus(cosiErr);
@@ -181,6 +199,13 @@ export function machineServiceHandlers(deps: MachineServiceDeps): grpc.UntypedSe
           call.emit('error', withNode(status));
         }
       })();
+    },
+  };
+  return {
+    handlers,
+    close: () => cri.close(),
+    endAll: (err) => {
+      for (const end of [...openLogs]) end(err);
     },
   };
 

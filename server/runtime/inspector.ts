@@ -10,6 +10,8 @@ const CONFIG_SOURCE = 'kubernetes.io/config.source';
 const STATIC_SOURCES = new Set(['file', 'http']);
 const SHORT_ID = 12;
 const STATUS_CONCURRENCY = 16;
+/** Running containers whose details are remembered between listings, at most. */
+const MAX_KNOWN = 4096;
 
 export interface ContainerView {
   /** `<ns>/<pod>:<container>:<short id>` */
@@ -133,9 +135,12 @@ function cmp(a: bigint, b: bigint): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-/** Something removed between the list and its status is shown without the details. */
+/**
+ * Something removed between the list and its status, or whose status the runtime cannot give, is shown without the
+ * details (PID 0) rather than failing the whole listing; a runtime that is down still fails it.
+ */
 function goneAsEmpty(err: unknown): undefined {
-  if (err instanceof CosiError && err.kind === 'not-found') return undefined;
+  if (err instanceof CosiError && err.kind !== 'unavailable') return undefined;
   throw err;
 }
 
@@ -218,6 +223,8 @@ export async function resolveContainerLog(cri: CriClient, ref: ContainerRef, pod
     const st = await cri.containerStatus(c.containerId);
     logPath = st.status.logPath;
     // Kept for the next call (a running container's log path cannot change); listPods forgets it once it is gone.
+    // Bounded: a client that only ever asks for logs (of a container restarting again and again) is not a leak.
+    if (known.size >= MAX_KNOWN) known.clear();
     if (st.status.state === 'CONTAINER_RUNNING' && st.pid > 0) known.set(c.containerId, { pid: st.pid, logPath });
   }
   if (logPath === '') throw new CosiError('not-found', `container ${c.id} has no log file`);
@@ -249,7 +256,8 @@ export async function insideDir(file: string, dir: string): Promise<string> {
     throw new CosiError('unavailable', `pod logs directory ${dir} does not exist`);
   });
   const real = await realpath(file).catch((err: NodeJS.ErrnoException) => {
-    throw new CosiError('not-found', `log file ${file} ${err.code === 'ENOENT' ? 'does not exist' : `cannot be read (${err.code ?? String(err)})`}`);
+    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') throw new CosiError('not-found', `log file ${file} does not exist`);
+    throw new CosiError('permission-denied', `log file ${file} cannot be read (${err.code ?? String(err)})`);
   });
   if (!real.startsWith(root + sep)) throw new CosiError('permission-denied', `log file ${file} is outside the pod logs directory ${dir}`);
   return real;

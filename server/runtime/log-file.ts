@@ -41,10 +41,16 @@ export async function* readLog(path: string, opts: ReadLogOptions): AsyncGenerat
   const pollMs = opts.pollMs ?? 1000;
   const graceMs = opts.rotationGraceMs ?? 2000;
   let current = await openLog(path, opts.confineTo);
-  let pos = opts.tailLines < 0 ? 0 : await tailOffset(current.fh, current.size, opts.tailLines);
-  let pending = Buffer.alloc(0);
+  let pos: number;
+  try {
+    pos = opts.tailLines < 0 ? 0 : await tailOffset(current.fh, current.size, opts.tailLines);
+  } catch (err) {
+    await current.fh.close();
+    throw err;
+  }
+  let pending: Buffer = Buffer.alloc(0);
   /** The file rotated away from, read until its grace ends. */
-  let previous: { fh: FileHandle; pos: number; until: number } | undefined;
+  let previous: { fh: FileHandle; pos: number; until: number; pending: Buffer } | undefined;
   const waker = opts.follow ? new ChangeWaker(dirname(path), pollMs, opts.signal) : undefined;
   const buf = Buffer.allocUnsafe(chunkBytes);
 
@@ -86,13 +92,20 @@ export async function* readLog(path: string, opts: ReadLogOptions): AsyncGenerat
       // The file rotated away from comes first: whatever the runtime wrote there (before it switched to the new
       // file) precedes every line of the new one.
       if (previous !== undefined) {
+        // Its own partial line: never glued to one of the new file.
+        const ofCurrent = pending;
+        pending = previous.pending;
         const m = await readFrom(previous.fh, previous.pos);
         previous.pos += m;
-        if (m > 0) {
-          yield* drainPending(false);
-          continue;
-        }
+        if (m > 0) yield* drainPending(false);
+        previous.pending = pending;
+        pending = ofCurrent;
+        if (m > 0) continue;
         if (Date.now() > previous.until) {
+          // Whatever it still holds is its last (unfinished) line.
+          pending = previous.pending;
+          yield* drainPending(true);
+          pending = ofCurrent;
           await previous.fh.close();
           previous = undefined;
         }
@@ -117,7 +130,7 @@ export async function* readLog(path: string, opts: ReadLogOptions): AsyncGenerat
         // Rotated: what the old file holds was read above; the rest of the stream is the new file.
         yield* drainPending(true);
         await previous?.fh.close();
-        previous = { fh: current.fh, pos, until: Date.now() + graceMs };
+        previous = { fh: current.fh, pos, until: Date.now() + graceMs, pending: Buffer.alloc(0) };
         current = await openLog(path, opts.confineTo);
         pos = 0;
         continue;
