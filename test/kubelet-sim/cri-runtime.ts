@@ -1,8 +1,8 @@
 // KUBELET SIMULATOR, real-runtime mode: runs the static pods on a real container runtime through CRI, the way the
 // kubelet does (sandbox on the node's network, the kubelet's log layout, restarts per restartPolicy with a back-off,
 // rotation by rename + ReopenContainerLog), and reports what really runs as the kubelet's PodStatus.
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { CriClient, type ContainerConfig, type ContainerStatus, type PodSandboxConfig } from '../../server/runtime/cri.js';
 import type { Json } from '../../shared/wire.js';
 
@@ -231,6 +231,11 @@ export class CriPodRuntime {
     await rename(live, rotated);
     if (c.id !== undefined) await this.cri.reopenContainerLog(c.id);
     this.log(`kubelet-simulator: rotated ${live}`);
+    // Like the kubelet, keep at most maxLogFiles per container, the live one included: the oldest rotated go.
+    const keep = Math.max(1, (this.opts.maxLogFiles ?? 5) - 1);
+    const base = basename(live);
+    const old = (await readdir(dirname(live))).filter((f) => f.startsWith(`${base}.`)).sort();
+    for (const f of old.slice(0, Math.max(0, old.length - keep))) await rm(join(dirname(live), f), { force: true });
     return rotated;
   }
 
