@@ -31,8 +31,12 @@ function shellPod(name: string, script: string, extra: Record<string, Json> = {}
 // Numbered lines, 20 a second, so order, loss and repeats can be checked.
 const counter = shellPod('counter', 'i=0; while true; do i=$((i+1)); echo "line $i"; sleep 0.05; done');
 const web = shellPod('web', 'mkdir -p /www && echo hello > /www/index.html && httpd -f -p 127.0.0.1:0 -h /www & wait');
-// Exits with 3 shortly after starting: restarted by restartPolicy Always, with a new log file each time.
-const crasher = shellPod('crasher', 'echo "started"; sleep 0.5; echo "dying" >&2; exit 3');
+// Exits with 3 shortly after its first start; restarted by restartPolicy Always (a new log file), it runs on. The
+// mark in /dev/shm outlives the container: the pod's IPC namespace, hence its shm, is the sandbox's.
+const crasher = shellPod(
+  'crasher',
+  'if [ -f /dev/shm/crashed ]; then echo "started again"; while true; do sleep 1; done; fi; touch /dev/shm/crashed; echo "started"; sleep 0.5; echo "dying" >&2; exit 3',
+);
 // One 40,000-byte line: the runtime splits it into P (partial) records and a final F record.
 const longLine = shellPod('longline', 'head -c 40000 /dev/zero | tr "\\000" x; echo; while true; do sleep 1; done');
 
@@ -167,20 +171,28 @@ describeCri('containers and logs on a real containerd', () => {
   it('restarts a crashing container: a new log file, the restart count in StaticPodStatus, the exited one readable', async () => {
     const status = await eventually(async () => {
       const r = await client.get('staticpodstatus', `default/crasher-${NODE}`);
-      const cs = (r.spec as { containerStatuses?: { restartCount: number; lastState?: { terminated?: { exitCode: number } } }[] }).containerStatuses?.[0];
-      if (cs === undefined || cs.restartCount < 1 || cs.lastState?.terminated === undefined) throw new Error(`no restart yet: ${JSON.stringify(cs)}`);
+      const cs = (r.spec as { containerStatuses?: { restartCount: number; state?: { running?: unknown }; lastState?: { terminated?: { exitCode: number } } }[] }).containerStatuses?.[0];
+      if (cs === undefined || cs.restartCount < 1 || cs.lastState?.terminated === undefined || cs.state?.running === undefined) throw new Error(`not restarted and running yet: ${JSON.stringify(cs)}`);
       return cs;
     }, 30_000);
+    expect(status.restartCount).toBe(1);
     expect(status.lastState?.terminated?.exitCode).toBe(3);
     const listed = await client.containers();
     const instances = listed.filter((c) => c.podId === `default/crasher-${NODE}` && c.name === 'crasher');
-    const exited = instances.find((c) => c.status === 'CONTAINER_EXITED');
-    expect(exited).toBeDefined();
-    expect(Math.max(...instances.map((c) => c.restartCount))).toBeGreaterThanOrEqual(1);
-    // The exited instance's own log, by its ID.
-    const text = await collect(client.logs(exited?.id ?? '', {}), () => false);
+    expect(instances.map((c) => [c.restartCount, c.status])).toEqual([
+      [0, 'CONTAINER_EXITED'],
+      [1, 'CONTAINER_RUNNING'],
+    ]);
+    // The exited instance's own log, by its ID; the latest instance's by the ID without one.
+    const text = await collect(client.logs(instances[0]?.id ?? '', {}), () => false);
     expect(text).toMatch(/ stdout F started\n/);
     expect(text).toMatch(/ stderr F dying\n/);
+    const latest = await eventually(async () => {
+      const t = await collect(client.logs(`default/crasher-${NODE}:crasher`, {}), () => false);
+      if (!t.includes('started again')) throw new Error(`not yet: ${t}`);
+      return t;
+    });
+    expect(latest).toMatch(/^\S+ stdout F started again\n$/);
     const dir = (await readdir(n.podLogsDir)).find((d) => d.startsWith(`default_crasher-${NODE}_`)) ?? '';
     const files = await readdir(join(n.podLogsDir, dir, 'crasher'));
     expect(files).toEqual(expect.arrayContaining(['0.log', '1.log']));

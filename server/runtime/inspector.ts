@@ -220,7 +220,11 @@ export async function resolveContainerLog(cri: CriClient, ref: ContainerRef, pod
   const known = detailsOf(cri).containers;
   let logPath = known.get(c.containerId)?.logPath;
   if (logPath === undefined) {
-    const st = await cri.containerStatus(c.containerId);
+    const st = await cri.containerStatus(c.containerId).catch((err: unknown) => {
+      // Removed between the listing and now (the kubelet keeps one exited instance per container).
+      if (err instanceof CosiError && err.kind !== 'unavailable') throw new CosiError('not-found', `container ${c.id} is gone: ${err.message}`);
+      throw err;
+    });
     logPath = st.status.logPath;
     // Kept for the next call (a running container's log path cannot change); listPods forgets it once it is gone.
     // Bounded: a client that only ever asks for logs (of a container restarting again and again) is not a leak.
