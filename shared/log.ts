@@ -36,3 +36,15 @@ function errorReplacer(_key: string, value: unknown): unknown {
 export function parseLevel(s: string | undefined): Level | undefined {
   return s === 'debug' || s === 'info' || s === 'warn' || s === 'error' ? s : undefined;
 }
+
+/** How many names a log line lists before it only counts (the full list is one `cosictl get` away). */
+export const LOGGED_NAMES = 5;
+
+/**
+ * A list of resource names as a log field: its count and the first few names, so a change to 1,000 static pods
+ * stays one short line instead of 30 KB.
+ */
+export function namesForLog(names: readonly string[]): { count: number; first: string[]; more?: number } {
+  const first = names.slice(0, LOGGED_NAMES);
+  return names.length > first.length ? { count: names.length, first, more: names.length - first.length } : { count: names.length, first };
+}

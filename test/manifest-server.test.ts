@@ -40,14 +40,24 @@ describe('manifest server', () => {
     const again = await fetch(server.url, { headers: { 'If-None-Match': etag ?? '' } });
     expect(again.status).toBe(304);
     expect(await again.text()).toBe('');
-    expect(lines.some((l) => l.includes('"msg":"rendered static pods"') && l.includes('"added":["default-nginx","kube-system-etcd"]'))).toBe(true);
+    expect(lines.some((l) => l.includes('"msg":"rendered static pods"') && l.includes('"added":{"count":2,"first":["default-nginx","kube-system-etcd"]}'))).toBe(true);
   });
 
   it('re-renders on change (new ETag) and logs what was added, updated and removed', async () => {
     const before = (await fetch(server.url)).headers.get('etag');
     reconcileStaticPods(store, [{ id: 'default-nginx', pod: pod('nginx', 'nginx:2'), origin: 'test' }, { id: 'default-web', pod: pod('web'), origin: 'test' }], silentLogger);
     await eventually(async () => expect((await fetch(server.url)).headers.get('etag')).not.toBe(before));
-    expect(lines.at(-1)).toContain('"added":["default-web"],"updated":["default-nginx"],"removed":["kube-system-etcd"]');
+    expect(lines.at(-1)).toContain('"added":{"count":1,"first":["default-web"]},"updated":{"count":1,"first":["default-nginx"]},"removed":{"count":1,"first":["kube-system-etcd"]}');
+  });
+
+  it('a change to many pods logs their count and the first few names, not every name', async () => {
+    const many = Array.from({ length: 1000 }, (_, i) => ({ id: `default-p${String(i).padStart(4, '0')}`, pod: pod(`p${String(i).padStart(4, '0')}`), origin: 'test' }));
+    const before = (await fetch(server.url)).headers.get('etag');
+    reconcileStaticPods(store, many, silentLogger);
+    await eventually(async () => expect((await fetch(server.url)).headers.get('etag')).not.toBe(before));
+    const line = lines.at(-1) ?? '';
+    expect(line).toContain('"added":{"count":1000,"first":["default-p0000","default-p0001","default-p0002","default-p0003","default-p0004"],"more":995}');
+    expect(line.length).toBeLessThan(600);
   });
 
   it('answers only GET /', async () => {

@@ -242,9 +242,9 @@ describe('the machine config controller says what happened', () => {
     const [line] = errors();
     expect(line).toMatchObject({
       msg: 'machine config applied in part: the last good state is NOT kept',
-      created: [],
-      updated: [],
-      destroyed: ['default-a'],
+      created: { count: 0, first: [] },
+      updated: { count: 0, first: [] },
+      destroyed: { count: 1, first: ['default-a'] },
       error: expect.stringMatching(/cannot undo the destroy of default-a: injected failure: create default-a; the store keeps these changes of the new config: destroyed default-a$/),
     });
     expect(store.list(STATIC_PODS).map((r) => [r.metadata.id, r.metadata.owner, (r.spec as { spec: { containers: { image: string }[] } }).spec.containers[0]?.image])).toEqual([

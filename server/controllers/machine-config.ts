@@ -5,7 +5,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
-import type { Logger } from '../../shared/log.js';
+import { namesForLog, type Logger } from '../../shared/log.js';
 import { MAX_CONFIG_BYTES, MachineConfigError, parseMachineConfig } from '../config/machine-config.js';
 import { CONFIG_NAMESPACE, MACHINE_CONFIG_STATUS_ID, MACHINE_CONFIG_STATUS_TYPE } from '../resources/k8s.js';
 import type { ResourceStore } from '../store/store.js';
@@ -67,7 +67,9 @@ export class MachineConfigController {
           path: this.path,
           reason,
           error: message,
-          ...err.applied,
+          created: namesForLog(err.applied.created),
+          updated: namesForLog(err.applied.updated),
+          destroyed: namesForLog(err.applied.destroyed),
           ...(err.uncertain !== undefined ? { uncertain: err.uncertain } : {}),
         });
       } else {

@@ -2,7 +2,7 @@
 // Each pod is validated as a kubelet would; an invalid one is kept visible with its reason, never served.
 // All or nothing: the whole change is planned and checked before the first write, and should a write still fail,
 // the writes already made are undone; what the store then holds is said exactly (ReconcileError).
-import type { Logger } from '../../shared/log.js';
+import { namesForLog, type Logger } from '../../shared/log.js';
 import type { Pointer, Resource } from '../../shared/resource.js';
 import type { Json } from '../../shared/wire.js';
 import type { JsonObject, StaticPodEntry } from '../config/machine-config.js';
@@ -90,7 +90,7 @@ export function reconcileStaticPods(store: ResourceStore, pods: readonly StaticP
       log.warn('invalid static pod: not served to the kubelet', { id: step.id, origin: step.origin, error: step.problem });
     }
   }
-  if (done.length > 0) log.info('static pods reconciled', { created: result.created, updated: result.updated, destroyed: result.destroyed });
+  if (done.length > 0) log.info('static pods reconciled', { created: namesForLog(result.created), updated: namesForLog(result.updated), destroyed: namesForLog(result.destroyed) });
   return result;
 }
 

@@ -2,7 +2,7 @@
 import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Logger } from '../../shared/log.js';
+import { namesForLog, type Logger } from '../../shared/log.js';
 import type { Resource } from '../../shared/resource.js';
 import {
   INVALID_LABEL,
@@ -103,7 +103,7 @@ export class ManifestServer {
     const added = [...versions.keys()].filter((id) => !before?.versions.has(id));
     const updated = [...versions].filter(([id, v]) => before?.versions.has(id) === true && before.versions.get(id) !== v).map(([id]) => id);
     const removed = [...(before?.versions.keys() ?? [])].filter((id) => !versions.has(id));
-    this.log.info('rendered static pods', { added, updated, removed, pods: versions.size });
+    this.log.info('rendered static pods', { added: namesForLog(added), updated: namesForLog(updated), removed: namesForLog(removed), pods: versions.size });
     for (const l of this.listeners) l();
   }
 
