@@ -12,6 +12,7 @@ import { listPods, parseContainerRef, resolveContainerLog } from '../runtime/ins
 import { readLog } from '../runtime/log-file.js';
 import { authorizeRead, peerOf } from './access.js';
 import { callRecorder, toStatus } from './service.js';
+import { drained, requestOf, tolerant } from './requests.js';
 
 export interface RuntimeOptions {
   /** unix:///run/containerd/containerd.sock */
@@ -55,31 +56,12 @@ interface LogsRequest {
 
 const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true, includeDirs: [PROTO_DIR] };
 
-/** A request body that did not decode. */
-class MalformedRequest {
-  constructor(readonly reason: string) {}
-}
-
-function requestOf<T>(call: { request: T | MalformedRequest }): T {
-  if (call.request instanceof MalformedRequest) throw new CosiError('invalid-argument', `malformed request: ${call.request.reason}`);
-  return call.request;
-}
-
 export function machineServiceDefinition(): grpc.ServiceDefinition {
   const def = protoLoader.loadSync(join(PROTO_DIR, 'machine', 'machine.proto'), LOADER_OPTIONS);
   const pkg = grpc.loadPackageDefinition(def) as unknown as { machine: { MachineService: grpc.ServiceClientConstructor } };
   // A request that is not valid protobuf becomes INVALID_ARGUMENT in the handler (UNIMPLEMENTED for the methods
   // cosid does not serve), not grpc-js's INTERNAL "Error deserializing request".
-  const methods = Object.entries(pkg.machine.MachineService.service).map(([name, m]) => {
-    const requestDeserialize = (b: Buffer): unknown => {
-      try {
-        return m.requestDeserialize(b);
-      } catch (err) {
-        return new MalformedRequest(err instanceof Error ? err.message : String(err));
-      }
-    };
-    return [name, { ...m, requestDeserialize }] as const;
-  });
+  const methods = Object.entries(pkg.machine.MachineService.service).map(([name, m]) => [name, { ...m, requestDeserialize: tolerant((b) => m.requestDeserialize(b)) }] as const);
   return Object.fromEntries(methods);
 }
 
@@ -259,16 +241,4 @@ function fileErrorAsCosi(err: unknown): unknown {
   if (e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'ELOOP') return new CosiError('permission-denied', `log file ${e.path ?? ''} cannot be read: ${e.code}`);
   if (e.code === 'EISDIR') return new CosiError('invalid-argument', e.message);
   return err;
-}
-
-function drained(call: grpc.ServerWritableStream<unknown, unknown>, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      call.off('drain', done);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    call.once('drain', done);
-    signal.addEventListener('abort', done);
-  });
 }

@@ -12,6 +12,7 @@ import { planWatch } from '../watch/plan.js';
 import { authorizeRead, peerOf } from './access.js';
 import type { Frames } from '../watch/frames.js';
 import { grpcWatchSink } from './watch-sink.js';
+import { drained, requestOf, tolerant } from './requests.js';
 
 export interface StateServiceDeps {
   store: ResourceStore;
@@ -31,16 +32,6 @@ export interface StateServiceDeps {
 
 const WRITE_METHODS = ['Create', 'Update', 'Destroy', 'Teardown', 'TeardownAndDestroy'] as const;
 const MAX_NAME_BYTES = 1024;
-
-/** A request body that did not decode. */
-class MalformedRequest {
-  constructor(readonly reason: string) {}
-}
-
-function requestOf<T>(call: { request: T | MalformedRequest }): T {
-  if (call.request instanceof MalformedRequest) throw new CosiError('invalid-argument', `malformed request: ${call.request.reason}`);
-  return call.request;
-}
 
 /**
  * The one mapping from any thrown value to a gRPC status: the kind's code (shared/errors.ts has the table), and the
@@ -103,13 +94,7 @@ export function stateServiceDefinition(): grpc.ServiceDefinition {
       responseStream: method.responseStream === true,
       requestSerialize: (v) => Buffer.from(req.encode(v as Record<string, unknown>)),
       // A request that is not valid protobuf becomes INVALID_ARGUMENT in the handler, not grpc-js's INTERNAL.
-      requestDeserialize: (b) => {
-        try {
-          return req.decode(b);
-        } catch (err) {
-          return new MalformedRequest(err instanceof Error ? err.message : String(err));
-        }
-      },
+      requestDeserialize: tolerant((b) => req.decode(b)),
       responseSerialize: (b) => b,
       responseDeserialize: (b) => b,
     };
@@ -203,7 +188,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           call.sendMetadata(header);
           for (const r of items) {
             if (call.cancelled) return;
-            if (!call.write(frames.single(r))) await drainOrCancel(call);
+            if (!call.write(frames.single(r))) await drained(call);
           }
           call.end();
           record(call, 'List', req.type, started);
@@ -295,16 +280,4 @@ class Counter {
 function checkName(field: string, value: string): void {
   if (value === '') throw new CosiError('invalid-argument', `${field} must not be empty`);
   if (Buffer.byteLength(value, 'utf8') > MAX_NAME_BYTES) throw new CosiError('invalid-argument', `${field} is longer than ${MAX_NAME_BYTES} bytes`);
-}
-
-function drainOrCancel(call: grpc.ServerWritableStream<unknown, Buffer>): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      call.off('drain', done);
-      call.off('cancelled', done);
-      resolve();
-    };
-    call.once('drain', done);
-    call.once('cancelled', done);
-  });
 }

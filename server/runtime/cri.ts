@@ -88,7 +88,8 @@ type Unary = (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err:
 const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true, includeDirs: [PROTO_DIR] };
 let runtimeService: grpc.ServiceClientConstructor | undefined;
 
-function serviceConstructor(): grpc.ServiceClientConstructor {
+/** runtime.v1.RuntimeService from proto/, loaded once (its `.service` is the definition a server adds). */
+export function runtimeServiceConstructor(): grpc.ServiceClientConstructor {
   if (runtimeService === undefined) {
     const def = protoLoader.loadSync(join(PROTO_DIR, 'runtime', 'v1', 'api.proto'), LOADER_OPTIONS);
     const pkg = grpc.loadPackageDefinition(def) as unknown as { runtime: { v1: { RuntimeService: grpc.ServiceClientConstructor } } };
@@ -110,7 +111,7 @@ export class CriClient {
     private readonly timeoutMs = 10_000,
   ) {
     if (!endpoint.startsWith('unix://')) throw new CosiError('invalid-argument', `CRI endpoint ${JSON.stringify(endpoint)} is not a unix:// socket`);
-    const Ctor = serviceConstructor();
+    const Ctor = runtimeServiceConstructor();
     // The runtime answers on a local socket: fail fast rather than wait for a socket that is not there.
     this.client = new Ctor(endpoint, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': 64 << 20, 'grpc.initial_reconnect_backoff_ms': 200, 'grpc.max_reconnect_backoff_ms': 2000 });
   }

@@ -4,9 +4,8 @@
 import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { CriClient, type ContainerConfig, type ContainerStatus, type PodSandboxConfig } from '../../server/runtime/cri.js';
-import type { Json } from '../../shared/wire.js';
+import { arr, obj, stringMap, type JsonObject } from './json.js';
 
-type JsonObject = { [key: string]: Json };
 
 export interface CriRuntimeOptions {
   endpoint: string;
@@ -318,18 +317,4 @@ function terminated(s: ContainerStatus): JsonObject {
 function nanosToIso(nanos: string): string | null {
   const n = BigInt(nanos || '0');
   return n === 0n ? null : new Date(Number(n / 1_000_000n)).toISOString().replace(/\.\d{3}Z$/, 'Z');
-}
-
-function obj(v: Json | undefined): JsonObject {
-  return v !== null && v !== undefined && typeof v === 'object' && !Array.isArray(v) ? v : {};
-}
-
-function arr(v: Json | undefined): Json[] {
-  return Array.isArray(v) ? v : [];
-}
-
-function stringMap(o: JsonObject): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(o)) if (typeof v === 'string') out[k] = v;
-  return out;
 }

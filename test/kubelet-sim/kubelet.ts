@@ -9,9 +9,9 @@ import YAML from 'yaml';
 import type { Json } from '../../shared/wire.js';
 import type { DesiredPod } from './cri-runtime.js';
 import { simulatedContainerId } from './sim-runtime.js';
+import { obj, stringMap, type JsonObject } from './json.js';
 
 export type FaultMode = 'stop' | 'hang' | 'garbage' | 'error' | 'wrong-kind' | 'oversized' | 'deep-status';
-type JsonObject = { [key: string]: Json };
 
 /** Where the pods run: a real container runtime (CriPodRuntime) or a simulated one (SimulatedRuntime). */
 export interface PodRuntime {
@@ -148,7 +148,7 @@ export class KubeletSimulator {
     if (runtime === undefined) return;
     const desired: DesiredPod[] = [...this.running].map(([key, p]) => {
       const [namespace, name] = key.split('/') as [string, string];
-      return { key, namespace, name, uid: p.hash, source: p.source, annotations: { ...stringValues(obj(obj(p.source['metadata'])['annotations'])), ...staticAnnotations(p) } };
+      return { key, namespace, name, uid: p.hash, source: p.source, annotations: { ...stringMap(obj(obj(p.source['metadata'])['annotations'])), ...staticAnnotations(p) } };
     });
     await runtime.apply(desired).catch((err: unknown) => this.log(`kubelet-simulator: cannot apply pods to the runtime: ${String(err)}`));
   }
@@ -398,14 +398,4 @@ function invalid(p: JsonObject): string | undefined {
 /** The annotations the kubelet puts on a static pod from its HTTP source. */
 function staticAnnotations(p: SimPod): Record<string, string> {
   return { 'kubernetes.io/config.source': 'http', 'kubernetes.io/config.hash': p.hash, 'kubernetes.io/config.mirror': p.hash, 'kubernetes.io/config.seen': p.seenAt };
-}
-
-function stringValues(o: JsonObject): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(o)) if (typeof v === 'string') out[k] = v;
-  return out;
-}
-
-function obj(v: Json | undefined): JsonObject {
-  return v !== null && v !== undefined && typeof v === 'object' && !Array.isArray(v) ? v : {};
 }

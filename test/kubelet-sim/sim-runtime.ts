@@ -4,15 +4,13 @@
 // line a second to a log file in the kubelet's real layout, so `containers -k` and `logs -k` work as they would.
 // Tests use a real containerd instead (test/cri/containerd.ts).
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
 import { createHash } from 'node:crypto';
 import { appendFile, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PROTO_DIR } from '../../shared/wire.js';
-import type { Json } from '../../shared/wire.js';
+import { runtimeServiceConstructor } from '../../server/runtime/cri.js';
 import type { DesiredPod } from './cri-runtime.js';
+import { obj } from './json.js';
 
-type JsonObject = { [key: string]: Json };
 
 export const SIMULATED_PAUSE_IMAGE = 'registry.k8s.io/pause:3.10';
 
@@ -43,9 +41,7 @@ export class SimulatedRuntime {
   static async start(opts: { socket: string; podLogsDir: string }): Promise<SimulatedRuntime> {
     await rm(opts.socket, { force: true });
     const self = new SimulatedRuntime(opts.podLogsDir, `unix://${opts.socket}`);
-    const def = protoLoader.loadSync(join(PROTO_DIR, 'runtime', 'v1', 'api.proto'), { keepCase: false, longs: String, enums: String, defaults: true, includeDirs: [PROTO_DIR] });
-    const pkg = grpc.loadPackageDefinition(def) as unknown as { runtime: { v1: { RuntimeService: grpc.ServiceClientConstructor } } };
-    self.server.addService(pkg.runtime.v1.RuntimeService.service, self.handlers());
+    self.server.addService(runtimeServiceConstructor().service, self.handlers());
     await new Promise<void>((resolve, reject) => self.server.bindAsync(self.endpoint, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())));
     self.timer = setInterval(() => void self.tick(), 1000);
     self.timer.unref();
@@ -138,8 +134,4 @@ export class SimulatedRuntime {
       }),
     };
   }
-}
-
-function obj(v: Json | undefined): JsonObject {
-  return v !== null && v !== undefined && typeof v === 'object' && !Array.isArray(v) ? v : {};
 }
