@@ -36,6 +36,8 @@ export interface CosidOptions {
   handshakeTimeoutMs?: number;
   nodeName: string;
   log?: Logger;
+  /** Where resources live (default: a new MemoryStore with historySize/historyAgeMs). Cosid closes it on stop. */
+  store?: ResourceStore;
   historySize?: number;
   historyAgeMs?: number;
   /** Overrides of the watch limits (batch sizes, idle bookmark interval). */
@@ -85,11 +87,17 @@ export class Cosid {
 
   static async start(opts: CosidOptions): Promise<Cosid> {
     const log = opts.log ?? silentLogger;
-    const store = new MemoryStore({ historySize: opts.historySize, historyAgeMs: opts.historyAgeMs });
+    const store = opts.store ?? new MemoryStore({ historySize: opts.historySize, historyAgeMs: opts.historyAgeMs });
     const registry = new Registry(store, (msg, fields) => log.debug(msg, fields));
     registerK8sTypes(registry);
+    try {
+      await registry.published();
+    } catch (err) {
+      await store.close();
+      throw new Error(`cannot write the resource definitions to the ${store.backend} store: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    }
     const frames = new Frames(registry);
-    const hub = new WatchHub(store, frames, { ...DEFAULT_WATCH_LIMITS, ...opts.watchLimits });
+    const hub = new WatchHub(store.feed, frames, { ...DEFAULT_WATCH_LIMITS, ...opts.watchLimits });
 
     const server = new grpc.Server({
       // Watches are long-lived; keep connections honest without killing idle watchers.
@@ -106,7 +114,7 @@ export class Cosid {
       // A connection with no call for this long is closed.
       'grpc.max_connection_idle_ms': 300_000,
     });
-    server.addService(stateServiceDefinition(), stateServiceHandlers({ store, registry, frames, hub, log, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
+    server.addService(stateServiceDefinition(), stateServiceHandlers({ feed: store.feed, registry, frames, hub, log, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
     const machine = machineService({ runtime: { ...DEFAULT_RUNTIME, ...opts.runtime }, nodeName: opts.nodeName, log, audit: opts.audit, maxLogStreamsPerConnection: opts.maxLogStreamsPerConnection });
     server.addService(machineServiceDefinition(), machine.handlers);
     const health = new HealthImplementation({ '': 'SERVING', [STATE_SERVICE]: 'SERVING', [MACHINE_SERVICE]: 'SERVING' });
@@ -128,9 +136,10 @@ export class Cosid {
     } catch (err) {
       server.forceShutdown();
       machine.close();
+      await store.close();
       throw err;
     }
-    log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName });
+    log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName, store: store.backend });
     return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close(), endLogs: (err) => machine.endAll(err) });
   }
 
@@ -143,15 +152,17 @@ export class Cosid {
       this.hub.endAll(new CosiError('unavailable', 'cosid is shutting down; reconnect and resume from your last bookmark'));
       this.endLogs(new CosiError('unavailable', 'cosid is shutting down; follow the log again once it is back'));
       // Streams to clients that stopped reading cannot finish: after the grace period they are cut.
+      const done = () => {
+        this.closeRuntime();
+        void this.store.close().finally(resolve);
+      };
       const timer = setTimeout(() => {
         this.server.forceShutdown();
-        this.closeRuntime();
-        resolve();
+        done();
       }, this.opts.shutdownGraceMs ?? 5000);
       this.server.tryShutdown(() => {
         clearTimeout(timer);
-        this.closeRuntime();
-        resolve();
+        done();
       });
     });
     return this.stopping;

@@ -4,8 +4,10 @@ import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { createLogger, parseLevel } from '../shared/log.js';
+import { createLogger, parseLevel, type Logger } from '../shared/log.js';
 import { CosiNode } from './node.js';
+import { EtcdStore } from './store/etcd.js';
+import type { ResourceStore } from './store/store.js';
 import { TlsMaterial } from './tls/material.js';
 
 const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [flags]
@@ -25,6 +27,13 @@ const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [flags]
   --cri-endpoint URL        the container runtime's CRI socket (default unix:///run/containerd/containerd.sock)
   --pod-logs-dir DIR        where the runtime writes the pods' logs (default /var/log/pods); no log outside it is served
   --kubelet-log FILE        the kubelet's own log, served as \`logs kubelet\` (default: not served)
+  --store KIND              where resources live: memory (default; gone when cosid stops) or etcd
+  --etcd-endpoints URLS     etcd client URLs, comma-separated (https://127.0.0.1:2379,...)
+  --etcd-ca FILE            CA that signed etcd's serving certificates
+  --etcd-cert FILE          client certificate for etcd (mutual TLS)
+  --etcd-key FILE           its key
+  --etcd-prefix PREFIX      key prefix of this node's resources (default /cosi/<node>/)
+  --etcd-insecure           plaintext to etcd, allowed only on loopback (http://127.0.0.1:PORT); for tests
   --audit                   one log line per call (peer subject, roles, method, kind or container id, outcome, duration)
   --log-level LEVEL         debug, info, warn or error (default info)`;
 
@@ -54,6 +63,13 @@ async function main(): Promise<number> {
         'cri-endpoint': { type: 'string', default: 'unix:///run/containerd/containerd.sock' },
         'pod-logs-dir': { type: 'string', default: '/var/log/pods' },
         'kubelet-log': { type: 'string' },
+        store: { type: 'string', default: 'memory' },
+        'etcd-endpoints': { type: 'string' },
+        'etcd-ca': { type: 'string' },
+        'etcd-cert': { type: 'string' },
+        'etcd-key': { type: 'string' },
+        'etcd-prefix': { type: 'string' },
+        'etcd-insecure': { type: 'boolean', default: false },
         'log-level': { type: 'string', default: 'info' },
         audit: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h' },
@@ -108,7 +124,9 @@ async function main(): Promise<number> {
         }
       : undefined;
 
+  const store = await openStore(args, nodeName, log, read);
   const node = await CosiNode.start({
+    store,
     listen: args.listen ?? '127.0.0.1:50000',
     tls,
     nodeName,
@@ -141,6 +159,36 @@ async function main(): Promise<number> {
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   return -1;
+}
+
+/** The store the flags name: memory by default, or etcd (mTLS unless --etcd-insecure on loopback). */
+async function openStore(
+  args: { store?: string; 'etcd-endpoints'?: string; 'etcd-ca'?: string; 'etcd-cert'?: string; 'etcd-key'?: string; 'etcd-prefix'?: string; 'etcd-insecure'?: boolean },
+  nodeName: string,
+  log: Logger,
+  read: (file: string, hint: string) => Promise<string>,
+): Promise<ResourceStore | undefined> {
+  const kind = args.store ?? 'memory';
+  const etcdFlags = (['etcd-endpoints', 'etcd-ca', 'etcd-cert', 'etcd-key', 'etcd-prefix'] as const).filter((f) => args[f] !== undefined);
+  if (kind === 'memory') {
+    if (etcdFlags.length > 0 || args['etcd-insecure'] === true) throw new Error(`--${etcdFlags[0] ?? 'etcd-insecure'} needs --store etcd`);
+    return undefined;
+  }
+  if (kind !== 'etcd') throw new Error(`unknown --store ${JSON.stringify(kind)}: use memory or etcd`);
+  const endpoints = (args['etcd-endpoints'] ?? '').split(',').map((e) => e.trim()).filter((e) => e !== '');
+  if (endpoints.length === 0) throw new Error('--store etcd needs --etcd-endpoints https://HOST:PORT[,...]');
+  const files = { ca: args['etcd-ca'], cert: args['etcd-cert'], key: args['etcd-key'] };
+  const given = Object.values(files).filter((f) => f !== undefined).length;
+  if (args['etcd-insecure'] === true) {
+    if (given > 0) throw new Error('--etcd-insecure and --etcd-ca/--etcd-cert/--etcd-key exclude each other');
+  } else if (given !== 3 || files.ca === undefined || files.cert === undefined || files.key === undefined) {
+    throw new Error('--store etcd needs --etcd-ca, --etcd-cert and --etcd-key (mutual TLS), or --etcd-insecure on loopback');
+  }
+  const tls =
+    files.ca !== undefined && files.cert !== undefined && files.key !== undefined
+      ? { caPem: await read(files.ca, ''), certPem: await read(files.cert, ''), keyPem: await read(files.key, '') }
+      : undefined;
+  return EtcdStore.connect({ endpoints, ...(tls !== undefined ? { tls } : {}), prefix: args['etcd-prefix'] ?? `/cosi/${nodeName}/`, log });
 }
 
 main().then(

@@ -52,6 +52,7 @@ export type ErrorKind =
   | 'resource-exhausted'
   | 'version-conflict'
   | 'phase-conflict'
+  | 'pending-finalizers'
   | 'invalid-bookmark'
   | 'aborted'
   | 'too-old'
@@ -82,7 +83,7 @@ const KINDS_BY_CODE = {
   [StatusCode.RESOURCE_EXHAUSTED]: ['resource-exhausted'],
   // COSI servers (Talos's included) answer conflicts and invalid bookmarks alike with FAILED_PRECONDITION; the COSI
   // runtime's own client reads it as a conflict, and so does this table when the server does not say.
-  [StatusCode.FAILED_PRECONDITION]: ['version-conflict', 'phase-conflict', 'invalid-bookmark'],
+  [StatusCode.FAILED_PRECONDITION]: ['version-conflict', 'phase-conflict', 'pending-finalizers', 'invalid-bookmark'],
   [StatusCode.ABORTED]: ['aborted'],
   [StatusCode.OUT_OF_RANGE]: ['too-old'],
   [StatusCode.UNIMPLEMENTED]: ['unimplemented'],

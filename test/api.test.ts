@@ -15,8 +15,8 @@ let startedAt: number;
 beforeAll(async () => {
   startedAt = Date.now();
   srv = await startServer({ log: createLogger({ write: (l) => lines.push(l) }) });
-  reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }, { id: 'kube-system-etcd', pod: pod('etcd', 'etcd', 'kube-system'), origin: 'test' }], silentLogger);
-  srv.cosid.store.create({ ...STATUSES, id: 'default/nginx-test-node', spec: podStatus(true) }, TEST_OWNER);
+  await reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }, { id: 'kube-system-etcd', pod: pod('etcd', 'etcd', 'kube-system'), origin: 'test' }], silentLogger);
+  await srv.cosid.store.create({ ...STATUSES, id: 'default/nginx-test-node', spec: podStatus(true) }, TEST_OWNER);
 });
 afterAll(() => srv.close());
 
@@ -50,7 +50,7 @@ describe('Get and List', () => {
     const c = srv.client();
     expect((await c.list('staticpods', { idRegexp: 'etcd$' })).map((r) => r.metadata.id)).toEqual(['kube-system-etcd']);
     await expect(c.list('staticpods', { idRegexp: '(?=lookahead)' })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
-    srv.cosid.store.create({ ...STATUSES, id: 'kube-system/labelled', spec: podStatus(false), labels: { tier: 'control-plane', size: '2Ki' } }, TEST_OWNER);
+    await srv.cosid.store.create({ ...STATUSES, id: 'kube-system/labelled', spec: podStatus(false), labels: { tier: 'control-plane', size: '2Ki' } }, TEST_OWNER);
     const byLabel = await c.list('podstatus', { labelQuery: [{ terms: [{ key: 'tier', op: 'equal', values: ['control-plane'] }] }] });
     expect(byLabel.map((r) => r.metadata.id)).toEqual(['kube-system/labelled']);
     const numeric = await c.list('podstatus', { labelQuery: [{ terms: [{ key: 'size', op: 'ltNumeric', values: ['3000'] }] }] });
@@ -59,7 +59,7 @@ describe('Get and List', () => {
       labelQuery: [{ terms: [{ key: 'tier', op: 'exists', invert: true }] }, { terms: [{ key: 'size', op: 'in', values: ['2Ki'] }] }],
     });
     expect(orQuery.map((r) => r.metadata.id)).toEqual(['default/nginx-test-node', 'kube-system/labelled']);
-    srv.cosid.store.destroy({ ...STATUSES, id: 'kube-system/labelled' }, TEST_OWNER);
+    await srv.cosid.store.destroy({ ...STATUSES, id: 'kube-system/labelled' }, TEST_OWNER);
   });
 
   it('answers NOT_FOUND for a missing resource, an unregistered type and a missing namespace', async () => {
@@ -129,7 +129,8 @@ describe('access control', () => {
 
   it('lets only os:admin read a sensitive type, and refuses (not filters) others', async () => {
     srv.cosid.registry.register({ type: 'Secrets.test.cosi.dev', displayType: 'Secret', defaultNamespace: 'k8s', sensitive: true });
-    srv.cosid.store.create({ namespace: 'k8s', type: 'Secrets.test.cosi.dev', id: 'token', spec: { value: 's3cret' } }, TEST_OWNER);
+    await srv.cosid.registry.published();
+    await srv.cosid.store.create({ namespace: 'k8s', type: 'Secrets.test.cosi.dev', id: 'token', spec: { value: 's3cret' } }, TEST_OWNER);
     expect((await srv.client().get('secrets', 'token')).spec).toEqual({ value: 's3cret' });
     const operator = await srv.certWithRoles(['os:operator']);
     for (const cert of [srv.pki.reader, operator]) {

@@ -15,11 +15,11 @@ describe('cosictl get staticpodstatus -w across a cosid restart', () => {
   it('prints each change once: nothing again for what did not change, then the new rows', async () => {
     const pki = await makePki();
     const port = await freePort();
-    const fill = (srv: TestServer, ids: string[]) => {
-      for (const id of ids) srv.cosid.store.create({ ...STATUSES, id, spec: podStatus(true) }, TEST_OWNER);
+    const fill = async (srv: TestServer, ids: string[]): Promise<void> => {
+      for (const id of ids) await srv.cosid.store.create({ ...STATUSES, id, spec: podStatus(true) }, TEST_OWNER);
     };
     const first = await startServer({ pki, listen: `127.0.0.1:${port}`, nodeName: 'node-1' });
-    fill(first, ['default/a-node-1', 'default/b-node-1']);
+    await fill(first, ['default/a-node-1', 'default/b-node-1']);
     const child = spawn(process.execPath, [CLI, '--cosiconfig', pki.cosiconfig, '-e', `127.0.0.1:${port}`, 'get', 'staticpodstatus', '-w'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
@@ -32,9 +32,9 @@ describe('cosictl get staticpodstatus -w across a cosid restart', () => {
     await eventually(() => expect(stderr).toContain('connection lost'));
     const second = await startServer({ pki, listen: `127.0.0.1:${port}`, nodeName: 'node-1' });
     servers.push(second);
-    fill(second, ['default/a-node-1', 'default/b-node-1']);
+    await fill(second, ['default/a-node-1', 'default/b-node-1']);
     await eventually(() => expect(stderr).toContain('listing again'), 20_000);
-    fill(second, ['default/c-node-1']);
+    await fill(second, ['default/c-node-1']);
     await eventually(() => expect(stdout).toContain('c-node-1'), 20_000);
     child.kill('SIGINT');
     expect(await exited).toBe(0);

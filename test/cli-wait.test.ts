@@ -88,12 +88,12 @@ class Cosictl {
 
 const run = (srv: TestServer, args: string[], target?: string[]) => new Cosictl(srv, args, target).result();
 
-const put = (s: TestServer, id: string, spec: Json) => {
-  const exists = s.cosid.store.list(STATUSES).some((r) => r.metadata.id === id);
-  if (exists) s.cosid.store.update({ ...STATUSES, id, spec }, TEST_OWNER);
-  else s.cosid.store.create({ ...STATUSES, id, spec }, TEST_OWNER);
+const put = async (s: TestServer, id: string, spec: Json): Promise<void> => {
+  const exists = (await s.cosid.store.list(STATUSES)).some((r) => r.metadata.id === id);
+  if (exists) await s.cosid.store.update({ ...STATUSES, id, spec }, TEST_OWNER);
+  else await s.cosid.store.create({ ...STATUSES, id, spec }, TEST_OWNER);
 };
-const remove = (s: TestServer, id: string) => s.cosid.store.destroy({ ...STATUSES, id }, TEST_OWNER);
+const remove = (s: TestServer, id: string): Promise<void> => s.cosid.store.destroy({ ...STATUSES, id }, TEST_OWNER);
 
 describe('cosictl wait for one resource', () => {
   let srv: TestServer;
@@ -102,28 +102,28 @@ describe('cosictl wait for one resource', () => {
   });
 
   it('says what it waits for, then prints "condition met" once the condition holds, and exits 0', async () => {
-    put(srv, 'default/one-node-1', podStatus(false));
+    await put(srv, 'default/one-node-1', podStatus(false));
     const c = new Cosictl(srv, ['wait', 'staticpodstatus', 'default/one-node-1', '--for', 'condition=Ready', '--timeout', '1m']);
     await c.until('stderr', 'waiting for staticpodstatus/default/one-node-1: condition Ready is False\n');
     expect(c.stdout).toBe('');
-    put(srv, 'default/one-node-1', podStatus(true));
+    await put(srv, 'default/one-node-1', podStatus(true));
     expect(await c.result()).toEqual({ code: 0, stdout: 'staticpodstatus/default/one-node-1 condition met\n', stderr: 'waiting for staticpodstatus/default/one-node-1: condition Ready is False\n' });
   });
 
   it('prints nothing but the result when the condition already holds (full type name, case-insensitive condition, --for=)', async () => {
-    put(srv, 'default/ready-node-1', podStatus(true));
+    await put(srv, 'default/ready-node-1', podStatus(true));
     expect(await run(srv, ['wait', 'StaticPodStatuses.Kubernetes.Talos.dev', 'default/ready-node-1', '--for=condition=ready'])).toEqual({ code: 0, stdout: 'staticpodstatus/default/ready-node-1 condition met\n', stderr: '' });
     expect(await run(srv, ['wait', 'podstatus', 'default/ready-node-1', '--for', 'condition=Ready=false', '--timeout', '0'])).toMatchObject({ code: 1, stdout: '', stderr: 'error: timed out waiting for the condition on staticpodstatus/default/ready-node-1\n' });
   });
 
   it('condition=NAME=VALUE waits for another status; a line on stderr for each change of it, none for other updates', async () => {
-    put(srv, 'default/flip-node-1', podStatus(true));
+    await put(srv, 'default/flip-node-1', podStatus(true));
     const c = new Cosictl(srv, ['wait', 'podstatus', 'default/flip-node-1', '--for', 'condition=Ready=False']);
     await c.until('stderr', 'condition Ready is True\n');
-    put(srv, 'default/flip-node-1', podStatus(true, { message: 'an update that leaves Ready as it is' }));
-    put(srv, 'default/flip-node-1', { conditions: [{ type: 'Ready', status: 'Unknown' }] });
+    await put(srv, 'default/flip-node-1', podStatus(true, { message: 'an update that leaves Ready as it is' }));
+    await put(srv, 'default/flip-node-1', { conditions: [{ type: 'Ready', status: 'Unknown' }] });
     await c.until('stderr', 'condition Ready is Unknown\n');
-    put(srv, 'default/flip-node-1', podStatus(false));
+    await put(srv, 'default/flip-node-1', podStatus(false));
     const r = await c.result();
     expect(r).toEqual({
       code: 0,
@@ -133,27 +133,27 @@ describe('cosictl wait for one resource', () => {
   });
 
   it("--for jsonpath='{...}'=VALUE compares what get -o jsonpath would print", async () => {
-    put(srv, 'default/phase-node-1', podStatus(false));
+    await put(srv, 'default/phase-node-1', podStatus(false));
     const c = new Cosictl(srv, ['wait', 'podstatus', 'default/phase-node-1', '--for', "jsonpath={.spec.conditions[?(@.type=='Ready')].status}=True"]);
     await c.until('stderr', `waiting for staticpodstatus/default/phase-node-1: {.spec.conditions[?(@.type=='Ready')].status} is "False"\n`);
-    put(srv, 'default/phase-node-1', podStatus(true));
+    await put(srv, 'default/phase-node-1', podStatus(true));
     expect(await c.result()).toMatchObject({ code: 0, stdout: 'staticpodstatus/default/phase-node-1 condition met\n' });
     expect(await run(srv, ['wait', 'podstatus', 'default/phase-node-1', '--for', 'jsonpath={.spec.phase}=Running'])).toMatchObject({ code: 0, stdout: 'staticpodstatus/default/phase-node-1 condition met\n' });
     expect(await run(srv, ['wait', 'podstatus', 'default/phase-node-1', '--for', 'jsonpath={.metadata.id}'])).toMatchObject({ code: 0, stdout: 'staticpodstatus/default/phase-node-1 condition met\n' });
   });
 
   it('--for delete waits until it is gone, and succeeds at once for what does not exist', async () => {
-    put(srv, 'default/doomed-node-1', podStatus(true));
+    await put(srv, 'default/doomed-node-1', podStatus(true));
     const c = new Cosictl(srv, ['wait', 'podstatus', 'default/doomed-node-1', '--for', 'delete']);
     await c.until('stderr', 'waiting for staticpodstatus/default/doomed-node-1 to be deleted\n');
-    remove(srv, 'default/doomed-node-1');
+    await remove(srv, 'default/doomed-node-1');
     expect(await c.result()).toEqual({ code: 0, stdout: 'staticpodstatus/default/doomed-node-1 condition met\n', stderr: 'waiting for staticpodstatus/default/doomed-node-1 to be deleted\n' });
     expect(await run(srv, ['wait', 'podstatus', 'default/doomed-node-1', '--for', 'delete'])).toEqual({ code: 0, stdout: '', stderr: '' });
     expect(await run(srv, ['wait', 'staticpods', '--namespace', 'meta', '--for', 'delete'])).toEqual({ code: 0, stdout: '', stderr: '' });
   });
 
   it('times out with exit code 1, naming what is not met', async () => {
-    put(srv, 'default/never-node-1', podStatus(false));
+    await put(srv, 'default/never-node-1', podStatus(false));
     // Long enough to list even on a loaded machine: the point is what it names, not when.
     const r = await run(srv, ['wait', 'podstatus', 'default/never-node-1', '--for', 'condition=Ready', '--timeout', '3s']);
     expect(r).toEqual({
@@ -197,19 +197,19 @@ describe('cosictl wait for one resource', () => {
 describe('cosictl wait for every resource of a type', () => {
   it('waits for those there are when it starts, each reported once as it meets the condition', async () => {
     const srv = await server('node-1');
-    put(srv, 'default/a-node-1', podStatus(true));
-    put(srv, 'default/b-node-1', podStatus(false));
-    put(srv, 'default/c-node-1', podStatus(false));
+    await put(srv, 'default/a-node-1', podStatus(true));
+    await put(srv, 'default/b-node-1', podStatus(false));
+    await put(srv, 'default/c-node-1', podStatus(false));
     const c = new Cosictl(srv, ['wait', 'podstatus', '--for', 'condition=Ready']);
     await c.until('stderr', 'waiting for staticpodstatus/default/c-node-1: condition Ready is False\n');
     expect(c.stdout).toBe('staticpodstatus/default/a-node-1 condition met\n');
     // One that comes later is not waited for (as kubectl lists once); one already met is not looked at again.
-    put(srv, 'default/late-node-1', podStatus(false));
-    put(srv, 'default/a-node-1', podStatus(false));
-    put(srv, 'default/b-node-1', podStatus(true));
+    await put(srv, 'default/late-node-1', podStatus(false));
+    await put(srv, 'default/a-node-1', podStatus(false));
+    await put(srv, 'default/b-node-1', podStatus(true));
     await c.until('stdout', 'staticpodstatus/default/b-node-1 condition met\n');
     expect(c.running).toBe(true);
-    put(srv, 'default/c-node-1', podStatus(true));
+    await put(srv, 'default/c-node-1', podStatus(true));
     const r = await c.result();
     expect(r.code).toBe(0);
     expect(r.stdout).toBe(['staticpodstatus/default/a-node-1 condition met', 'staticpodstatus/default/b-node-1 condition met', 'staticpodstatus/default/c-node-1 condition met', ''].join('\n'));
@@ -221,16 +221,16 @@ describe('cosictl wait for every resource of a type', () => {
     const pki = await makePki();
     const one = await server('node-1', pki);
     const two = await server('node-2', pki);
-    put(one, 'default/web-node-1', podStatus(false));
-    put(two, 'default/web-node-2', podStatus(false));
+    await put(one, 'default/web-node-1', podStatus(false));
+    await put(two, 'default/web-node-2', podStatus(false));
     const nodes = ['-n', `${one.endpoint},${two.endpoint}`];
     const c = new Cosictl(one, ['wait', 'podstatus', '--for', 'condition=Ready', '--timeout', '1m'], nodes);
     await c.until('stderr', `${one.endpoint}: waiting for staticpodstatus/default/web-node-1: condition Ready is False\n`);
     await c.until('stderr', `${two.endpoint}: waiting for staticpodstatus/default/web-node-2: condition Ready is False\n`);
-    put(one, 'default/web-node-1', podStatus(true));
+    await put(one, 'default/web-node-1', podStatus(true));
     await c.until('stdout', `${one.endpoint}: staticpodstatus/default/web-node-1 condition met\n`);
     expect(c.running).toBe(true);
-    put(two, 'default/web-node-2', podStatus(true));
+    await put(two, 'default/web-node-2', podStatus(true));
     const r = await c.result();
     expect(r.code).toBe(0);
     expect(r.stdout).toBe(`${one.endpoint}: staticpodstatus/default/web-node-1 condition met\n${two.endpoint}: staticpodstatus/default/web-node-2 condition met\n`);
@@ -238,7 +238,7 @@ describe('cosictl wait for every resource of a type', () => {
 
   it('a node that does not answer fails the wait at the timeout, named with why, while the others are reported', async () => {
     const one = await server('node-1');
-    put(one, 'default/web-node-1', podStatus(true));
+    await put(one, 'default/web-node-1', podStatus(true));
     const down = '127.0.0.1:1';
     const r = await run(one, ['wait', 'podstatus', '--for', 'condition=Ready', '--timeout', '3s'], ['-n', `${one.endpoint},${down}`]);
     expect(r.code).toBe(1);

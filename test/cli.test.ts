@@ -12,8 +12,8 @@ let srv: TestServer;
 
 beforeAll(async () => {
   srv = await startServer({ nodeName: 'node-1' });
-  reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }, { id: 'kube-system-etcd', pod: pod('etcd', 'etcd', 'kube-system'), origin: 'test' }], silentLogger);
-  srv.cosid.store.create({ ...STATUSES, id: 'default/nginx-node-1', spec: podStatus(true) }, TEST_OWNER);
+  await reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }, { id: 'kube-system-etcd', pod: pod('etcd', 'etcd', 'kube-system'), origin: 'test' }], silentLogger);
+  await srv.cosid.store.create({ ...STATUSES, id: 'default/nginx-node-1', spec: podStatus(true) }, TEST_OWNER);
 });
 afterAll(() => srv.close());
 
@@ -143,17 +143,22 @@ describe('cosictl get -w', () => {
   it('holds rows until bootstrapped, marks + and -, and exits 0 on Ctrl-C', async () => {
     const store = srv.cosid.store;
     let changed = false;
+    // The writes run while cosictl does; their outcome (undefined, or the error) is checked once it exits.
+    let writes: Promise<unknown> = Promise.resolve();
     const r = await cosictl(['get', 'podstatus', '-w'], {
       until: (out) => {
         if (!changed && out.includes('nginx-node-1')) {
           changed = true;
-          store.create({ ...STATUSES, id: 'kube-system/etcd-node-1', spec: podStatus(false) }, TEST_OWNER);
-          store.update({ ...STATUSES, id: 'kube-system/etcd-node-1', spec: podStatus(true) }, TEST_OWNER);
-          store.destroy({ ...STATUSES, id: 'kube-system/etcd-node-1' }, TEST_OWNER);
+          writes = (async () => {
+            await store.create({ ...STATUSES, id: 'kube-system/etcd-node-1', spec: podStatus(false) }, TEST_OWNER);
+            await store.update({ ...STATUSES, id: 'kube-system/etcd-node-1', spec: podStatus(true) }, TEST_OWNER);
+            await store.destroy({ ...STATUSES, id: 'kube-system/etcd-node-1' }, TEST_OWNER);
+          })().catch((err: unknown) => err);
         }
         return out.split('\n').length >= 6;
       },
     });
+    expect(await writes).toBeUndefined();
     expect(r.code).toBe(0);
     const lines = r.stdout.trimEnd().split('\n');
     expect(lines[0]).toMatch(/^NODE\s+\*\s+NAMESPACE\s+TYPE\s+ID\s+VERSION\s+READY\s+RESTARTS\s+STALE$/);

@@ -404,7 +404,7 @@ describe('backpressure end to end', () => {
     // park it.
     const big = 'x'.repeat(8192);
     const n = 1000;
-    for (let i = 0; i < n; i++) upsert(srv.cosid.store, { ...STATUSES, id: `bp/${i % 100}`, spec: podStatus(false, { padding: big, i }) }, TEST_OWNER);
+    for (let i = 0; i < n; i++) await upsert(srv.cosid.store, { ...STATUSES, id: `bp/${i % 100}`, spec: podStatus(false, { padding: big, i }) }, TEST_OWNER);
     await eventually(() => expect(srv.cosid.hub.stats().parked).toBe(1), 20_000);
     // Now drain: every change once, in order per resource.
     const got = await take(w, n);

@@ -80,10 +80,10 @@ class Example {
   }
 }
 
-const put = (s: TestServer, id: string, spec: Json, labels: Record<string, string> = {}) => {
-  const exists = s.cosid.store.list(STATUSES).some((r) => r.metadata.id === id);
-  if (exists) s.cosid.store.update({ ...STATUSES, id, spec, labels }, TEST_OWNER);
-  else s.cosid.store.create({ ...STATUSES, id, spec, labels }, TEST_OWNER);
+const put = async (s: TestServer, id: string, spec: Json, labels: Record<string, string> = {}): Promise<void> => {
+  const exists = (await s.cosid.store.list(STATUSES)).some((r) => r.metadata.id === id);
+  if (exists) await s.cosid.store.update({ ...STATUSES, id, spec, labels }, TEST_OWNER);
+  else await s.cosid.store.create({ ...STATUSES, id, spec, labels }, TEST_OWNER);
 };
 
 describe('examples/wait-ready', () => {
@@ -91,28 +91,28 @@ describe('examples/wait-ready', () => {
     const pki = await makePki();
     const one = await server('node-1', pki);
     const two = await server('node-2', pki);
-    reconcileStaticPods(one.cosid.store, [{ id: 'default-web', pod: pod('web'), origin: 'test' }, { id: 'default-db', pod: pod('db'), origin: 'test' }], silentLogger);
+    await reconcileStaticPods(one.cosid.store, [{ id: 'default-web', pod: pod('web'), origin: 'test' }, { id: 'default-db', pod: pod('db'), origin: 'test' }], silentLogger);
     // A KubeStaticPodConfig's ID is its own name, not the pod's: the status is found by the pod's name.
-    reconcileStaticPods(two.cosid.store, [{ id: 'default-web', pod: pod('web'), origin: 'test' }, { id: 'custom', pod: pod('api', 'api', 'kube-system'), origin: 'test' }], silentLogger);
-    put(one, 'default/web-node-1', podStatus(true));
-    put(one, 'default/db-node-1', podStatus(false));
+    await reconcileStaticPods(two.cosid.store, [{ id: 'default-web', pod: pod('web'), origin: 'test' }, { id: 'custom', pod: pod('api', 'api', 'kube-system'), origin: 'test' }], silentLogger);
+    await put(one, 'default/web-node-1', podStatus(true));
+    await put(one, 'default/db-node-1', podStatus(false));
     const [a, b] = [one.endpoint, two.endpoint];
 
     const ex = new Example(['--cosiconfig', pki.cosiconfig, '-n', `${a},${b}`, '--timeout', '1m']);
     await ex.line(`${a}: 1/2 ready (waiting for default/db-node-1)`);
     await ex.line(`${b}: 0/2 ready (waiting for kube-system/api-node-2 (no status yet), default/web-node-2 (no status yet))`);
-    put(one, 'default/db-node-1', podStatus(true));
+    await put(one, 'default/db-node-1', podStatus(true));
     await ex.line(`${a}: 2/2 ready`);
     // Another node's status on node-2 is not node-2's pod's.
-    put(two, 'default/web-node-1', podStatus(true));
-    put(two, 'default/web-node-2', podStatus(false));
+    await put(two, 'default/web-node-1', podStatus(true));
+    await put(two, 'default/web-node-2', podStatus(false));
     await ex.line(`${b}: 0/2 ready (waiting for kube-system/api-node-2 (no status yet), default/web-node-2)`);
     // A stale Ready proves nothing: the kubelet could not be read.
-    put(two, 'kube-system/api-node-2', podStatus(true), { [STALE_LABEL]: 'true' });
+    await put(two, 'kube-system/api-node-2', podStatus(true), { [STALE_LABEL]: 'true' });
     await ex.line(`${b}: 0/2 ready (waiting for kube-system/api-node-2 (stale: the kubelet cannot be read), default/web-node-2)`);
-    put(two, 'kube-system/api-node-2', podStatus(true));
+    await put(two, 'kube-system/api-node-2', podStatus(true));
     await ex.line(`${b}: 1/2 ready (waiting for default/web-node-2)`);
-    put(two, 'default/web-node-2', podStatus(true));
+    await put(two, 'default/web-node-2', podStatus(true));
     const r = await ex.result();
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
@@ -135,8 +135,8 @@ describe('examples/wait-ready', () => {
     const one = await server('node-1', pki);
     // A pod without containers fails validation: it is kept, labelled invalid, and never served to the kubelet.
     const invalid = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'broken' }, spec: { containers: [] } };
-    reconcileStaticPods(one.cosid.store, [{ id: 'default-web', pod: pod('web'), origin: 'test' }, { id: 'default-broken', pod: invalid, origin: 'test' }], silentLogger);
-    put(one, 'default/web-node-1', podStatus(true));
+    await reconcileStaticPods(one.cosid.store, [{ id: 'default-web', pod: pod('web'), origin: 'test' }, { id: 'default-broken', pod: invalid, origin: 'test' }], silentLogger);
+    await put(one, 'default/web-node-1', podStatus(true));
     const r = await new Example(['--cosiconfig', pki.cosiconfig, '-n', one.endpoint, '--timeout', '3s']).result();
     const line = `${one.endpoint}: 1/2 ready (waiting for default-broken (invalid: not served to the kubelet))`;
     expect(r).toEqual({ code: 1, stdout: `${line}\n`, stderr: `error: timed out after 3s:\n  ${line}\n` });

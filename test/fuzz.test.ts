@@ -65,8 +65,8 @@ beforeAll(async () => {
   fixture = await makeMachineFixture();
   // The API surface: no runtime behind it (Containers and container Logs: UNAVAILABLE), a kubelet log to stream.
   srv = await startCosid(pki, { criEndpoint: fixture.missingCri, podLogsDir: fixture.podLogsDir, kubeletLog: fixture.kubeletLog });
-  reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }], silentLogger);
-  for (let i = 0; i < 20; i++) srv.cosid.store.create({ ...STATUSES, id: `default/p${i}`, spec: podStatus(i % 2 === 0), labels: { n: String(i) } }, TEST_OWNER);
+  await reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }], silentLogger);
+  for (let i = 0; i < 20; i++) await srv.cosid.store.create({ ...STATUSES, id: `default/p${i}`, spec: podStatus(i % 2 === 0), labels: { n: String(i) } }, TEST_OWNER);
   // The confinement: the real containerd, running containers whose log files lead outside the pod logs directory.
   if (cri !== null) {
     hostile = await startHostilePods(cri, fixture);

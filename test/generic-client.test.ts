@@ -22,7 +22,7 @@ beforeAll(async () => {
   kubeletLog = join(pki.dir, 'kubelet.log');
   await writeFile(kubeletLog, '{"msg":"one"}\n{"msg":"two"}\n');
   srv = await startServer({ pki, runtime: { kubeletLog } });
-  reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }], silentLogger);
+  await reconcileStaticPods(srv.cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }], silentLogger);
 });
 afterAll(async () => {
   await srv.close();

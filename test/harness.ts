@@ -11,6 +11,7 @@ import type { Logger } from '../shared/log.js';
 import type { Json } from '../shared/wire.js';
 import type { WatchLimits } from '../server/watch/hub.js';
 import type { RuntimeOptions } from '../server/api/machine-service.js';
+import type { ResourceStore } from '../server/store/store.js';
 
 export interface TestPki {
   dir: string;
@@ -70,6 +71,8 @@ export async function startServer(
     watchLimits?: Partial<WatchLimits>;
     /** The container runtime behind machine.MachineService; default: none (a socket in the PKI dir that does not exist). */
     runtime?: Partial<RuntimeOptions>;
+    /** Opens the store for this server (default: memory with historySize/historyAgeMs); cosid closes it. */
+    store?: () => Promise<ResourceStore>;
   } = {},
 ): Promise<TestServer> {
   const pki = opts.pki ?? (await makePki());
@@ -81,6 +84,7 @@ export async function startServer(
     nodeName: opts.nodeName ?? 'test-node',
     historySize: opts.historySize,
     historyAgeMs: opts.historyAgeMs,
+    ...(opts.store !== undefined ? { store: await opts.store() } : {}),
     watchLimits: {
       ...(opts.bookmarkIntervalMs !== undefined ? { bookmarkIntervalMs: opts.bookmarkIntervalMs } : {}),
       ...(opts.maxBacklog !== undefined ? { maxBacklog: opts.maxBacklog } : {}),

@@ -81,10 +81,10 @@ beforeAll(async () => {
 });
 
 const store = () => srv.cosid.store;
-const put = (s: TestServer, id: string, spec: Json = podStatus(false), labels: Record<string, string> = {}) => {
-  const existing = s.cosid.store.list(STATUSES).find((r) => r.metadata.id === id);
-  if (existing === undefined) s.cosid.store.create({ ...STATUSES, id, spec, labels }, TEST_OWNER);
-  else s.cosid.store.update({ ...STATUSES, id, spec, labels }, TEST_OWNER);
+const put = async (s: TestServer, id: string, spec: Json = podStatus(false), labels: Record<string, string> = {}): Promise<void> => {
+  const existing = (await s.cosid.store.list(STATUSES)).find((r) => r.metadata.id === id);
+  if (existing === undefined) await s.cosid.store.create({ ...STATUSES, id, spec, labels }, TEST_OWNER);
+  else await s.cosid.store.update({ ...STATUSES, id, spec, labels }, TEST_OWNER);
 };
 
 describe('an informer on one node', () => {
@@ -104,8 +104,8 @@ describe('an informer on one node', () => {
   });
 
   it('lists into its cache (added each, then synced), then hears each change exactly once', async () => {
-    put(srv, 'one/a');
-    put(srv, 'one/b');
+    await put(srv, 'one/a');
+    await put(srv, 'one/b');
     const rec = new Recorder();
     const informer = inform(srv.client(), rec, { idRegexp: '^one/' });
     // Nothing is delivered before createInformer returns: a handler added right after it hears everything.
@@ -116,10 +116,10 @@ describe('an informer on one node', () => {
     expect(informer.hasSynced()).toBe(true);
     expect(rec.lines).toEqual(['added one/a@1', 'added one/b@1', 'synced']);
 
-    put(srv, 'one/c');
-    put(srv, 'one/a', podStatus(true));
-    store().destroy({ ...STATUSES, id: 'one/b' }, TEST_OWNER);
-    put(srv, 'one/c', podStatus(true));
+    await put(srv, 'one/c');
+    await put(srv, 'one/a', podStatus(true));
+    await store().destroy({ ...STATUSES, id: 'one/b' }, TEST_OWNER);
+    await put(srv, 'one/c', podStatus(true));
     await rec.untilLine('updated one/c@1->one/c@2');
     expect(rec.lines).toEqual(['added one/a@1', 'added one/b@1', 'synced', 'added one/c@1', 'updated one/a@1->one/a@2', 'deleted one/b@1', 'updated one/c@1->one/c@2']);
 
@@ -132,13 +132,13 @@ describe('an informer on one node', () => {
   });
 
   it('follows a label query: an update that stops matching is deleted, one that starts matching is added', async () => {
-    put(srv, 'lq/a', podStatus(false), { tier: 'a' });
-    put(srv, 'lq/b', podStatus(false), { tier: 'b' });
+    await put(srv, 'lq/a', podStatus(false), { tier: 'a' });
+    await put(srv, 'lq/b', podStatus(false), { tier: 'b' });
     const rec = new Recorder();
     const informer = inform(srv.client(), rec, { idRegexp: '^lq/', labelQuery: [{ terms: [{ key: 'tier', op: 'equal', values: ['a'] }] }] });
     await informer.synced();
-    put(srv, 'lq/a', podStatus(false), { tier: 'b' });
-    put(srv, 'lq/b', podStatus(false), { tier: 'a' });
+    await put(srv, 'lq/a', podStatus(false), { tier: 'b' });
+    await put(srv, 'lq/b', podStatus(false), { tier: 'a' });
     await rec.untilLine('added lq/b@2');
     expect(rec.lines).toEqual(['added lq/a@1', 'synced', 'deleted lq/a@2', 'added lq/b@2']);
     expect(ids(informer).map((s) => s.split(':').pop())).toEqual(['lq/b@2']);
@@ -160,15 +160,15 @@ describe('an informer on one node', () => {
     });
     const failures: string[] = [];
     informer.on('error', (e) => failures.push(`${e.error.message} / ${e.error.cause instanceof Error ? e.error.cause.message : ''}`));
-    put(srv, 'slow/a');
-    put(srv, 'slow/b');
+    await put(srv, 'slow/a');
+    await put(srv, 'slow/b');
     await rec.untilLine('start slow/a');
     // The next event waits for the handler: slow/b is not even in the cache yet.
     expect(informer.get('slow/b')).toBeUndefined();
     release();
     await rec.untilLine('end slow/b');
-    put(srv, 'slow/a', podStatus(true));
-    put(srv, 'slow/c');
+    await put(srv, 'slow/a', podStatus(true));
+    await put(srv, 'slow/c');
     await rec.untilLine('end slow/c');
     expect(rec.lines).toEqual([
       'synced',
@@ -193,7 +193,7 @@ describe('an informer on one node', () => {
     const informer = inform(client, rec, { idRegexp: '^stopped/' });
     await informer.synced();
     await informer.stop();
-    put(srv, 'stopped/a');
+    await put(srv, 'stopped/a');
     // A witness: by the time another informer on the same client has listed the write, the stopped one would
     // have heard of it.
     const witness = new Recorder();
@@ -253,9 +253,9 @@ describe('resync after "too old"', () => {
     const client = connect({ endpoint: proxy.endpoint, caPem: pki.ca.certPem, certPem: pki.admin.certPem, keyPem: pki.admin.keyPem });
     cleanups.push(() => client.close());
 
-    put(a, 'changes');
-    put(a, 'stays');
-    put(a, 'vanishes');
+    await put(a, 'changes');
+    await put(a, 'stays');
+    await put(a, 'vanishes');
     const rec = new Recorder();
     const informer = inform(client, rec);
     await informer.synced();
@@ -264,14 +264,14 @@ describe('resync after "too old"', () => {
     // The new server holds: the same "stays" (same version and content), "changes" changed, "vanishes" gone, "new".
     const b = await startServer({ pki, nodeName: 'node-1' });
     cleanups.push(() => b.close());
-    put(b, 'changes', podStatus(true));
-    put(b, 'new');
-    put(b, 'stays');
+    await put(b, 'changes', podStatus(true));
+    await put(b, 'new');
+    await put(b, 'stays');
     target = b.cosid.port;
     proxy.cut();
     await rec.untilLine('added new@1 resync');
     // A change after the resync, as a sentinel: nothing else came in between, and nothing after.
-    put(b, 'stays', podStatus(true));
+    await put(b, 'stays', podStatus(true));
     await rec.untilLine('updated stays@1->stays@2');
     expect(rec.lines).toEqual([
       'added changes@1',
@@ -298,9 +298,9 @@ describe('an informer on many nodes', () => {
   });
 
   it('keeps each node apart in one cache, keyed by node and ID', async () => {
-    put(srv, 'many/x');
-    put(other, 'many/x', podStatus(true));
-    put(other, 'many/y');
+    await put(srv, 'many/x');
+    await put(other, 'many/x', podStatus(true));
+    await put(other, 'many/y');
     const rec = new Recorder(true);
     const informer = inform(
       [
@@ -318,8 +318,8 @@ describe('an informer on many nodes', () => {
     expect(informer.get('many/x')?.spec).toEqual(podStatus(false));
     expect(informer.get('many/y')?.metadata.version).toBe(1);
 
-    other.cosid.store.destroy({ ...STATUSES, id: 'many/x' }, TEST_OWNER);
-    put(srv, 'many/x', podStatus(true));
+    await other.cosid.store.destroy({ ...STATUSES, id: 'many/x' }, TEST_OWNER);
+    await put(srv, 'many/x', podStatus(true));
     await rec.untilLine('deleted many/x@1 n2');
     await rec.untilLine('updated many/x@1->many/x@2 n1');
     expect(rec.lines.slice(5).sort()).toEqual(['deleted many/x@1 n2', 'updated many/x@1->many/x@2 n1']);
@@ -365,7 +365,7 @@ describe('an informer on many nodes', () => {
     await rec.untilLine('error denied fatal permission-denied');
     expect(rec.lines.filter((l) => l.includes('denied'))).toEqual(['error denied fatal permission-denied']);
     expect(informer.status().find((s) => s.node === 'denied')).toMatchObject({ synced: false, state: 'closed', error: { kind: 'permission-denied' } });
-    put(srv, 'many/z');
+    await put(srv, 'many/z');
     await rec.untilLine('added many/z@1 good');
   });
 });

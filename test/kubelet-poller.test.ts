@@ -56,9 +56,11 @@ async function pollAgain(poller: KubeletPoller, times: number): Promise<void> {
 /** The "cannot read the kubelet" warnings, parsed. */
 const readFailures = (lines: string[]) => lines.filter((l) => l.includes('cannot read the kubelet')).map((l) => JSON.parse(l) as { reason?: string; error?: string });
 
-function setup(overrides: { serverName?: string; certPem?: string; keyPem?: string } = {}) {
+async function setup(overrides: { serverName?: string; certPem?: string; keyPem?: string } = {}) {
   const store = new MemoryStore();
-  registerK8sTypes(new Registry(store));
+  const registry = new Registry(store);
+  registerK8sTypes(registry);
+  await registry.published();
   const lines: string[] = [];
   const poller = new KubeletPoller({
     url: sim.url,
@@ -78,24 +80,24 @@ function setup(overrides: { serverName?: string; certPem?: string; keyPem?: stri
 
 describe('kubelet poller', () => {
   it('mirrors only static pods (config.source file or http) as <namespace>/<name>', async () => {
-    const { store, poller } = setup();
+    const { store, poller } = await setup();
     poller.start();
-    await eventually(() => expect(store.list(STATUSES).map((r) => r.metadata.id)).toEqual([`default/nginx-${NODE}`]));
+    await eventually(async () => expect((await store.list(STATUSES)).map((r) => r.metadata.id)).toEqual([`default/nginx-${NODE}`]));
     poller.stop();
   });
 
   it('destroys statuses the kubelet no longer reports', async () => {
-    const { store, poller } = setup();
+    const { store, poller } = await setup();
     poller.start();
-    await eventually(() => expect(store.list(STATUSES).length).toBe(1));
+    await eventually(async () => expect((await store.list(STATUSES)).length).toBe(1));
     podList = { ...podList, items: [] };
     await sim.pollNow();
-    await eventually(() => expect(store.list(STATUSES)).toEqual([]));
+    await eventually(async () => expect(await store.list(STATUSES)).toEqual([]));
     poller.stop();
   });
 
   it('verifies the kubelet certificate against the server name, and logs a TLS failure once, not per retry', async () => {
-    const { store, lines, poller } = setup({ serverName: 'some-other-node' });
+    const { store, lines, poller } = await setup({ serverName: 'some-other-node' });
     poller.start();
     await eventually(() => expect(readFailures(lines).length).toBe(1));
     // Three more polls, each failing the same way.
@@ -106,54 +108,54 @@ describe('kubelet poller', () => {
     expect(warnings[0]?.reason).toBe('KubeletTLSError');
     // The certificate was checked against the server name the poller was given.
     expect(warnings[0]?.error).toContain('some-other-node');
-    expect(store.list(STATUSES)).toEqual([]);
+    expect(await store.list(STATUSES)).toEqual([]);
   });
 
   it('is refused by the kubelet without a certificate of the cluster CA', async () => {
     const { generateCa } = await import('../shared/pki.js');
     const other = await issueClientCert(await generateCa(), { commonName: 'intruder', organizations: ['system:masters'] });
-    const { store, lines, poller } = setup({ certPem: other.certPem, keyPem: other.keyPem });
+    const { store, lines, poller } = await setup({ certPem: other.certPem, keyPem: other.keyPem });
     poller.start();
     await eventually(() => expect(readFailures(lines).length).toBe(1));
     poller.stop();
     // Like the kubelet, the simulator completes the handshake and answers 401 to a certificate it does not trust.
     expect(readFailures(lines)[0]).toMatchObject({ reason: 'KubeletHTTPError', error: expect.stringMatching(/\b401\b/) });
-    expect(store.list(STATUSES)).toEqual([]);
+    expect(await store.list(STATUSES)).toEqual([]);
   });
 
   it('keeps the last status, marked stale, when one reported status is too deep to store, and logs it once', async () => {
-    const { store, lines, poller } = setup();
+    const { store, lines, poller } = await setup();
     poller.start();
-    await eventually(() => expect(store.list(STATUSES).length).toBe(1));
-    const good = store.list(STATUSES)[0]?.spec as { phase?: string };
+    await eventually(async () => expect((await store.list(STATUSES)).length).toBe(1));
+    const good = (await store.list(STATUSES))[0]?.spec as { phase?: string };
     sim.fail('deep-status');
-    await eventually(() => expect(store.list(STATUSES)[0]?.metadata.labels[STALE_LABEL]).toBe('true'));
-    const stale = store.list(STATUSES)[0]?.spec as { phase?: string; deep?: unknown; conditions: { type: string; reason?: string; message?: string }[] };
+    await eventually(async () => expect((await store.list(STATUSES))[0]?.metadata.labels[STALE_LABEL]).toBe('true'));
+    const stale = (await store.list(STATUSES))[0]?.spec as { phase?: string; deep?: unknown; conditions: { type: string; reason?: string; message?: string }[] };
     expect(stale.phase).toBe(good.phase);
     expect(stale.deep).toBeUndefined();
     expect(stale.conditions.find((c) => c.type === 'Stale')).toMatchObject({ reason: 'KubeletBadResponse', message: expect.stringMatching(/nested deeper than 32 levels/) });
     // Three more polls reporting the same status.
     await pollAgain(poller, 3);
     sim.recover();
-    await eventually(() => expect(store.list(STATUSES)[0]?.metadata.labels).toEqual({}));
+    await eventually(async () => expect((await store.list(STATUSES))[0]?.metadata.labels).toEqual({}));
     poller.stop();
     expect(lines.filter((l) => l.includes('cannot be stored')).length).toBe(1);
   });
 
   it('marks statuses stale on failure and clears the mark on recovery, logging each change of state once', async () => {
-    const { store, lines, poller } = setup();
+    const { store, lines, poller } = await setup();
     poller.start();
-    await eventually(() => expect(store.list(STATUSES).length).toBe(1));
+    await eventually(async () => expect((await store.list(STATUSES)).length).toBe(1));
     sim.fail('error');
-    await eventually(() => expect(store.list(STATUSES)[0]?.metadata.labels[STALE_LABEL]).toBe('true'));
-    const staleVersion = store.list(STATUSES)[0]?.metadata.version;
-    const marker = (store.list(STATUSES)[0]?.spec as { conditions: { type: string; reason?: string; message?: string }[] }).conditions.find((c) => c.type === 'Stale');
+    await eventually(async () => expect((await store.list(STATUSES))[0]?.metadata.labels[STALE_LABEL]).toBe('true'));
+    const staleVersion = (await store.list(STATUSES))[0]?.metadata.version;
+    const marker = ((await store.list(STATUSES))[0]?.spec as { conditions: { type: string; reason?: string; message?: string }[] }).conditions.find((c) => c.type === 'Stale');
     expect(marker).toMatchObject({ reason: 'KubeletHTTPError', message: expect.stringMatching(/\b500\b/) });
     // Three more polls, each failing the same way, change nothing (no version churn).
     await pollAgain(poller, 3);
-    expect(store.list(STATUSES)[0]?.metadata.version).toBe(staleVersion);
+    expect((await store.list(STATUSES))[0]?.metadata.version).toBe(staleVersion);
     sim.recover();
-    await eventually(() => expect(store.list(STATUSES)[0]?.metadata.labels).toEqual({}));
+    await eventually(async () => expect((await store.list(STATUSES))[0]?.metadata.labels).toEqual({}));
     poller.stop();
     expect(readFailures(lines).map((w) => w.reason)).toEqual(['KubeletHTTPError']);
     expect(lines.filter((l) => l.includes('kubelet status is fresh again')).length).toBe(1);
@@ -165,9 +167,11 @@ describe('kubelet poller: the reason for each fault', () => {
   type Options = ConstructorParameters<typeof KubeletPoller>[0];
 
   /** A poller that polls only when told (one poll, applied, per `poll()`), and its "cannot read the kubelet" lines. */
-  function manual(overrides: Partial<Options> = {}) {
+  async function manual(overrides: Partial<Options> = {}) {
     const store = new MemoryStore();
-    registerK8sTypes(new Registry(store));
+    const registry = new Registry(store);
+    registerK8sTypes(registry);
+    await registry.published();
     const lines: string[] = [];
     const poller = new KubeletPoller({
       url: sim.url,
@@ -188,8 +192,8 @@ describe('kubelet poller: the reason for each fault', () => {
       await poller.settled();
     };
     const failures = () => lines.filter((l) => l.includes('cannot read the kubelet')).map((l) => JSON.parse(l) as { reason: string; error: string });
-    const staleCondition = () =>
-      (store.list(STATUSES)[0]?.spec as { conditions?: { type: string; reason?: string; message?: string }[] } | undefined)?.conditions?.find((c) => c.type === 'Stale');
+    const staleCondition = async () =>
+      ((await store.list(STATUSES))[0]?.spec as { conditions?: { type: string; reason?: string; message?: string }[] } | undefined)?.conditions?.find((c) => c.type === 'Stale');
     return { store, poller, poll, failures, staleCondition };
   }
 
@@ -202,16 +206,16 @@ describe('kubelet poller: the reason for each fault', () => {
     // Refused, or reset on the connection kept alive from the poll before.
     ['the kubelet is gone', 'stop', 'KubeletUnreachable', /^(ECONNREFUSED|ECONNRESET): /],
   ] as const)('%s: %s', async (_name, fault, reason, message) => {
-    const { poller, poll, failures, staleCondition } = manual({ timeoutMs: 1000, maxBodyBytes: 1 << 20 });
+    const { poller, poll, failures, staleCondition } = await manual({ timeoutMs: 1000, maxBodyBytes: 1 << 20 });
     try {
       await poll();
       expect(failures()).toEqual([]);
-      expect(staleCondition()).toBeUndefined();
+      expect(await staleCondition()).toBeUndefined();
       sim.fail(fault);
       await poll();
       expect(failures()).toEqual([expect.objectContaining({ reason, error: expect.stringMatching(message) })]);
       // The last status stays, marked stale with the same reason.
-      expect(staleCondition()).toMatchObject({ status: 'True', reason, message: expect.stringMatching(message) });
+      expect(await staleCondition()).toMatchObject({ status: 'True', reason, message: expect.stringMatching(message) });
     } finally {
       poller.stop();
       sim.recover();
@@ -219,7 +223,7 @@ describe('kubelet poller: the reason for each fault', () => {
   });
 
   it('KubeletTLSError when the kubelet certificate does not carry the server name', async () => {
-    const { poller, poll, failures } = manual({ serverName: 'some-other-node' });
+    const { poller, poll, failures } = await manual({ serverName: 'some-other-node' });
     await poll();
     poller.stop();
     expect(failures()).toEqual([expect.objectContaining({ reason: 'KubeletTLSError', error: expect.stringMatching(/^ERR_TLS_CERT_ALTNAME_INVALID: /) })]);
@@ -227,7 +231,7 @@ describe('kubelet poller: the reason for each fault', () => {
 
   it('KubeletTLSError when the kubelet certificate is not from the CA the poller trusts', async () => {
     const { generateCa } = await import('../shared/pki.js');
-    const { poller, poll, failures } = manual({ caPem: (await generateCa({ commonName: 'another CA' })).certPem });
+    const { poller, poll, failures } = await manual({ caPem: (await generateCa({ commonName: 'another CA' })).certPem });
     await poll();
     poller.stop();
     // The kubelet sends its certificate with the CA that signed it, which the poller does not trust.
@@ -236,14 +240,14 @@ describe('kubelet poller: the reason for each fault', () => {
 
   it('KubeletUnreachable when nothing listens at the URL', async () => {
     const { freePort } = await import('./pipeline-harness.js');
-    const { poller, poll, failures } = manual({ url: `https://127.0.0.1:${await freePort()}/pods/` });
+    const { poller, poll, failures } = await manual({ url: `https://127.0.0.1:${await freePort()}/pods/` });
     await poll();
     poller.stop();
     expect(failures()).toEqual([expect.objectContaining({ reason: 'KubeletUnreachable', error: expect.stringMatching(/^ECONNREFUSED: /) })]);
   });
 
   it('KubeletError, the fallback, for a failure whose code is not a known one (here: a URL that is not https)', async () => {
-    const { poller, poll, failures } = manual({ url: sim.url.replace(/^https:/, 'http:') });
+    const { poller, poll, failures } = await manual({ url: sim.url.replace(/^https:/, 'http:') });
     await poll();
     poller.stop();
     expect(failures()).toEqual([expect.objectContaining({ reason: 'KubeletError', error: expect.stringMatching(/^ERR_INVALID_PROTOCOL: /) })]);

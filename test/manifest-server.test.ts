@@ -10,11 +10,13 @@ import { createLogger, silentLogger } from '../shared/log.js';
 import { eventually, pod } from './harness.js';
 
 const store = new MemoryStore();
-registerK8sTypes(new Registry(store));
+const registry = new Registry(store);
+registerK8sTypes(registry);
 const lines: string[] = [];
 let server: ManifestServer;
 
 beforeAll(async () => {
+  await registry.published();
   server = await ManifestServer.start({ listen: '127.0.0.1:0', store, log: createLogger({ write: (l) => lines.push(l) }) });
 });
 afterAll(() => server.stop());
@@ -27,7 +29,7 @@ describe('manifest server', () => {
   });
 
   it('serves every valid StaticPod as one PodList the Kubernetes schema accepts, with an ETag', async () => {
-    reconcileStaticPods(store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }, { id: 'kube-system-etcd', pod: pod('etcd', 'etcd', 'kube-system'), origin: 'test' }], silentLogger);
+    await reconcileStaticPods(store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }, { id: 'kube-system-etcd', pod: pod('etcd', 'etcd', 'kube-system'), origin: 'test' }], silentLogger);
     server.markReady();
     const res = await fetch(server.url);
     expect(res.status).toBe(200);
@@ -45,7 +47,7 @@ describe('manifest server', () => {
 
   it('re-renders on change (new ETag) and logs what was added, updated and removed', async () => {
     const before = (await fetch(server.url)).headers.get('etag');
-    reconcileStaticPods(store, [{ id: 'default-nginx', pod: pod('nginx', 'nginx:2'), origin: 'test' }, { id: 'default-web', pod: pod('web'), origin: 'test' }], silentLogger);
+    await reconcileStaticPods(store, [{ id: 'default-nginx', pod: pod('nginx', 'nginx:2'), origin: 'test' }, { id: 'default-web', pod: pod('web'), origin: 'test' }], silentLogger);
     await eventually(async () => expect((await fetch(server.url)).headers.get('etag')).not.toBe(before));
     expect(lines.at(-1)).toContain('"added":{"count":1,"first":["default-web"]},"updated":{"count":1,"first":["default-nginx"]},"removed":{"count":1,"first":["kube-system-etcd"]}');
   });
@@ -53,7 +55,7 @@ describe('manifest server', () => {
   it('a change to many pods logs their count and the first few names, not every name', async () => {
     const many = Array.from({ length: 1000 }, (_, i) => ({ id: `default-p${String(i).padStart(4, '0')}`, pod: pod(`p${String(i).padStart(4, '0')}`), origin: 'test' }));
     const before = (await fetch(server.url)).headers.get('etag');
-    reconcileStaticPods(store, many, silentLogger);
+    await reconcileStaticPods(store, many, silentLogger);
     await eventually(async () => expect((await fetch(server.url)).headers.get('etag')).not.toBe(before));
     const line = lines.at(-1) ?? '';
     expect(line).toContain('"added":{"count":1000,"first":["default-p0000","default-p0001","default-p0002","default-p0003","default-p0004"],"more":995}');

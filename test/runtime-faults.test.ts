@@ -53,8 +53,8 @@ async function startCosid(runtime: { criEndpoint: string; podLogsDir: string; ku
     runtime,
     ...opts,
   });
-  reconcileStaticPods(cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }], silentLogger);
-  cosid.store.create({ ...STATUSES, id: 'default/nginx-faulty-node', spec: podStatus(true) }, TEST_OWNER);
+  await reconcileStaticPods(cosid.store, [{ id: 'default-nginx', pod: pod('nginx'), origin: 'test' }], silentLogger);
+  await cosid.store.create({ ...STATUSES, id: 'default/nginx-faulty-node', spec: podStatus(true) }, TEST_OWNER);
   const endpoint = `127.0.0.1:${cosid.port}`;
   const client = connect({ endpoint, caPem: pki.ca.certPem, certPem: pki.admin.certPem, keyPem: pki.admin.keyPem });
   const node: Node = {

@@ -59,13 +59,13 @@ const summary = (events: WatchEvent[]) => events.map((e) => `${e.type}${e.resour
 describe('watch a kind', () => {
   it('bootstraps the current contents, then streams changes, every event with a bookmark', async () => {
     const p = prefix();
-    put(`${p}/a`, false);
-    put(`${p}/b`, true);
+    await put(`${p}/a`, false);
+    await put(`${p}/b`, true);
     const w = collect({ bootstrap: true, idRegexp: `^${p}/` });
     await eventually(() => expect(summary(w.events)).toEqual([`created ${p}/a@1`, `created ${p}/b@1`, 'bootstrapped']));
-    put(`${p}/a`, true);
-    del(`${p}/b`);
-    put(`${p}/c`, false);
+    await put(`${p}/a`, true);
+    await del(`${p}/b`);
+    await put(`${p}/c`, false);
     await eventually(() => expect(summary(w.events).slice(3)).toEqual([`updated ${p}/a@2`, `destroyed ${p}/b@1`, `created ${p}/c@1`]));
     expect(w.events.every((e) => e.bookmark !== undefined && e.bookmark.length > 0)).toBe(true);
     const updated = w.events[3];
@@ -76,23 +76,23 @@ describe('watch a kind', () => {
   it('turns updates into created/destroyed as resources start or stop matching a label query', async () => {
     const p = prefix();
     const w = await collectStarted({ labelQuery: [{ terms: [{ key: 'app', op: 'equal', values: [p] }] }] });
-    put(`${p}/x`, false, { app: 'other' }); // never matched: not delivered
-    put(`${p}/x`, false, { app: p }); // starts matching
-    put(`${p}/x`, true, { app: p }); // still matching
-    put(`${p}/x`, true, { app: 'other' }); // stops matching
-    put(`${p}/y`, true, { app: p });
+    await put(`${p}/x`, false, { app: 'other' }); // never matched: not delivered
+    await put(`${p}/x`, false, { app: p }); // starts matching
+    await put(`${p}/x`, true, { app: p }); // still matching
+    await put(`${p}/x`, true, { app: 'other' }); // stops matching
+    await put(`${p}/y`, true, { app: p });
     await eventually(() => expect(summary(w.events)).toEqual([`created ${p}/x@2`, `updated ${p}/x@3`, `destroyed ${p}/x@4`, `created ${p}/y@1`]));
   });
 
   it('resumes exactly after a bookmark, including one taken in the middle of a bootstrap', async () => {
     const p = prefix();
-    for (const id of ['a', 'b', 'c', 'd']) put(`${p}/${id}`, false);
+    for (const id of ['a', 'b', 'c', 'd']) await put(`${p}/${id}`, false);
     const w = collect({ bootstrap: true, idRegexp: `^${p}/` });
     await eventually(() => expect(w.events.length).toBe(5));
     // Changes while "disconnected" after the second bootstrap item.
-    put(`${p}/a`, true);
-    del(`${p}/c`);
-    put(`${p}/e`, true);
+    await put(`${p}/a`, true);
+    await del(`${p}/c`);
+    await put(`${p}/e`, true);
     const midBootstrap = w.events[1]?.bookmark;
     expect(midBootstrap).toBeDefined();
     const resumed = collect({ fromBookmark: midBootstrap, idRegexp: `^${p}/` });
@@ -107,7 +107,7 @@ describe('watch a kind', () => {
 
   it('replays the last N events with tail_events', async () => {
     const p = prefix();
-    for (let i = 0; i < 5; i++) put(`${p}/n`, i % 2 === 0);
+    for (let i = 0; i < 5; i++) await put(`${p}/n`, i % 2 === 0);
     const w = collect({ tailEvents: 2, idRegexp: `^${p}/` });
     await eventually(() => expect(summary(w.events)).toEqual([`updated ${p}/n@4`, `updated ${p}/n@5`]));
   });
@@ -116,7 +116,7 @@ describe('watch a kind', () => {
     const p = prefix();
     const w = collect({ bootstrapBookmark: true, aggregated: true, idRegexp: `^${p}/` });
     await eventually(() => expect(summary(w.events)).toEqual(['noop']));
-    for (let i = 0; i < 20; i++) put(`${p}/${i}`, true);
+    for (let i = 0; i < 20; i++) await put(`${p}/${i}`, true);
     await eventually(() => expect(w.events.length).toBe(21));
     const resumed = collect({ fromBookmark: w.events[0]?.bookmark, idRegexp: `^${p}/` });
     await eventually(() => expect(resumed.events.length).toBe(20));
@@ -126,13 +126,13 @@ describe('watch a kind', () => {
 describe('watch one resource', () => {
   it('starts with its current state and follows it', async () => {
     const p = prefix();
-    put(`${p}/one`, false);
-    put(`${p}/other`, false);
+    await put(`${p}/one`, false);
+    await put(`${p}/other`, false);
     const w = collect({ id: `${p}/one` });
     await eventually(() => expect(summary(w.events)).toEqual([`created ${p}/one@1`]));
-    put(`${p}/other`, true);
-    put(`${p}/one`, true);
-    del(`${p}/one`);
+    await put(`${p}/other`, true);
+    await put(`${p}/one`, true);
+    await del(`${p}/one`);
     await eventually(() => expect(summary(w.events)).toEqual([`created ${p}/one@1`, `updated ${p}/one@2`, `destroyed ${p}/one@2`]));
   });
 
@@ -176,7 +176,7 @@ describe('wire details', () => {
   it('sends the empty "ready" response first, and BOOTSTRAPPED only to api_version 1', async () => {
     const v1 = rawWatch(1, true);
     const v0 = rawWatch(0, true);
-    const count = store().list(STATUSES).length;
+    const count = (await store().list(STATUSES)).length;
     await eventually(() => expect(v1.messages.length).toBe(count + 2));
     await eventually(() => expect(v0.messages.length).toBe(count + 1));
     expect(v1.messages[0]?.length).toBe(0);
@@ -207,7 +207,7 @@ describe('a watcher that cannot keep up', () => {
     let maxBuffered = 0;
     let maxBufferedBytes = 0;
     for (let i = 0; i < total; i++) {
-      store().create({ ...STATUSES, id: `${p}/${String(i).padStart(5, '0')}`, spec: { ...(podStatus(true) as object), padding: big } }, TEST_OWNER);
+      await store().create({ ...STATUSES, id: `${p}/${String(i).padStart(5, '0')}`, spec: { ...(podStatus(true) as object), padding: big } }, TEST_OWNER);
       if (i % 50 === 49) {
         // Pace the writer by the healthy watcher (history holds 300): the point is the stalled one.
         await eventually(() => expect(healthy.events.length).toBeGreaterThan(i - 150), 20_000);
@@ -240,7 +240,7 @@ describe('a watcher that cannot keep up', () => {
     await eventually(() => expect(stalledAggregated.errors.length).toBe(1), 20_000);
     expect(stalledAggregated.errors[0]?.code).toBe(grpc.status.OUT_OF_RANGE);
     stalledAggregated.client.close();
-    for (let i = 0; i < total; i++) del(`${p}/${String(i).padStart(5, '0')}`);
+    for (let i = 0; i < total; i++) await del(`${p}/${String(i).padStart(5, '0')}`);
   });
 });
 
@@ -250,7 +250,7 @@ describe('aggregated watchers that fell behind at different points', () => {
     const padding = 'x'.repeat(4096);
     const total = 100;
     const ids = Array.from({ length: total }, (_, i) => `${p}/${String(i).padStart(3, '0')}`);
-    for (const id of ids) store().create({ ...STATUSES, id, spec: { ...(podStatus(true) as object), padding } }, TEST_OWNER);
+    for (const id of ids) await store().create({ ...STATUSES, id, spec: { ...(podStatus(true) as object), padding } }, TEST_OWNER);
     // Both replay the tail of history: one from the first of these creates, one from the 48th.
     const early = rawWatch(1, false, true, total);
     const late = rawWatch(1, false, true, total - 47);
@@ -268,7 +268,7 @@ describe('aggregated watchers that fell behind at different points', () => {
       w.call.cancel();
       w.client.close();
     }
-    for (const id of ids) del(id);
+    for (const id of ids) await del(id);
   });
 });
 
@@ -279,7 +279,7 @@ describe('encoded events kept in memory', () => {
     const padding = 'y'.repeat(1024);
     const live = await collectStarted({ idRegexp: `^${p}/` });
     const total = 60; // about 4 KB per event: several times the 64 KiB budget
-    for (let i = 0; i < total; i++) upsert(store(), { ...STATUSES, id, spec: { ...(podStatus(i % 2 === 0) as object), padding, seq: i } }, TEST_OWNER);
+    for (let i = 0; i < total; i++) await upsert(store(), { ...STATUSES, id, spec: { ...(podStatus(i % 2 === 0) as object), padding, seq: i } }, TEST_OWNER);
     await eventually(() => expect(live.events.length).toBe(total));
     const { cachedEventBytes } = srv.cosid.hub.stats();
     expect(cachedEventBytes).toBeGreaterThan(0);
@@ -293,6 +293,6 @@ describe('encoded events kept in memory', () => {
       Array.from({ length: total - 1 }, (_, i) => ['updated', i + 2, i + 1, i + 1]),
     );
     expect(resumed.events.map((e) => (e.old?.spec as { seq?: number }).seq)).toEqual(Array.from({ length: total - 1 }, (_, i) => i));
-    del(id);
+    await del(id);
   });
 });

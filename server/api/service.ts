@@ -2,11 +2,11 @@
 import * as grpc from '@grpc/grpc-js';
 import { CosiError, ERROR_KIND_METADATA_KEY, isCosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
-import type { Kind } from '../../shared/resource.js';
+import { describePointer, type Kind } from '../../shared/resource.js';
 import { codecFor, stateService, type WireGetRequest, type WireListRequest, type WireWatchRequest } from '../../shared/wire.js';
 import type { Registry } from '../resources/registry.js';
 import { compileSelector } from '../store/query.js';
-import type { ResourceStore } from '../store/store.js';
+import type { ChangeFeed, KindHistory } from '../store/store.js';
 import type { WatchHub } from '../watch/hub.js';
 import { planWatch } from '../watch/plan.js';
 import { authorizeRead, peerOf } from './access.js';
@@ -15,7 +15,8 @@ import { grpcWatchSink } from './watch-sink.js';
 import { drained, requestOf, tolerant } from './requests.js';
 
 export interface StateServiceDeps {
-  store: ResourceStore;
+  /** Reads (Get, List, Watch) are served from the feed: each kind's state as its watch keeps it in memory. */
+  feed: ChangeFeed;
   registry: Registry;
   frames: Frames;
   hub: WatchHub;
@@ -103,7 +104,7 @@ export function stateServiceDefinition(): grpc.ServiceDefinition {
 }
 
 export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServiceImplementation {
-  const { store, registry, frames, hub, log } = deps;
+  const { feed, registry, frames, hub, log } = deps;
   const maxWatches = deps.maxWatchesPerConnection ?? 256;
   const maxConnections = deps.maxConnectionsPerAddress ?? 64;
   // Calls in flight per connection, and connections per remote address (grpc-js names a connection "ip:port").
@@ -143,6 +144,13 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
     return typeof t === 'string' ? t : '';
   };
 
+  /** The kind's history, when it can answer now (unavailable while the backend is unreachable). */
+  async function readable(kind: Kind): Promise<KindHistory> {
+    const history = await feed.history(kind);
+    if (history.unavailable !== undefined) throw history.unavailable;
+    return history;
+  }
+
   /** Validates the kind and the caller's right to read it. */
   function checkRead(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, kind: Kind): void {
     const peer = peerOf(call);
@@ -158,21 +166,25 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   const handlers: grpc.UntypedServiceImplementation = {
     Get(call: grpc.ServerUnaryCall<WireGetRequest, Buffer>, callback: grpc.sendUnaryData<Buffer>) {
       const started = Date.now();
-      let release = () => {};
-      try {
-        release = admit(call);
-        const req = requestOf(call);
-        checkRead(call, req);
-        checkName('id', req.id);
-        call.sendMetadata(header);
-        callback(null, frames.single(store.get(req)));
-        record(call, 'Get', req.type, started);
-      } catch (err) {
-        record(call, 'Get', typeOf(call.request), started, err);
-        callback(toStatus(err));
-      } finally {
-        release();
-      }
+      void (async () => {
+        let release = () => {};
+        try {
+          release = admit(call);
+          const req = requestOf(call);
+          checkRead(call, req);
+          checkName('id', req.id);
+          const r = (await readable(req)).current(req.id);
+          if (r === undefined) throw new CosiError('not-found', `${describePointer(req)} doesn't exist`);
+          call.sendMetadata(header);
+          callback(null, frames.single(r));
+          record(call, 'Get', req.type, started);
+        } catch (err) {
+          record(call, 'Get', typeOf(call.request), started, err);
+          callback(toStatus(err));
+        } finally {
+          release();
+        }
+      })();
     },
 
     List(call: grpc.ServerWritableStream<WireListRequest, Buffer>) {
@@ -184,7 +196,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           const req = requestOf(call);
           checkRead(call, req);
           const selector = compileSelector(req.options?.labelQuery ?? [], req.options?.idQuery);
-          const items = store.list(req).filter((r) => selector.matches(r.metadata));
+          const items = (await readable(req)).list().filter((r) => selector.matches(r.metadata));
           call.sendMetadata(header);
           for (const r of items) {
             if (call.cancelled) return;
@@ -209,7 +221,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
         const req = requestOf(call);
         checkRead(call, req);
         if (req.id !== undefined) checkName('id', req.id);
-        const plan = planWatch(req, store.instance);
+        const plan = planWatch(req, feed.instance);
         const peer = call.getPeer();
         if (watchesByPeer.get(peer) >= maxWatches) {
           throw new CosiError('resource-exhausted', `too many watches on this connection (limit ${maxWatches}); close some or open another connection`);

@@ -10,6 +10,7 @@ import { MAX_CONFIG_BYTES, MachineConfigError, parseMachineConfig } from '../con
 import { CONFIG_NAMESPACE, MACHINE_CONFIG_STATUS_ID, MACHINE_CONFIG_STATUS_TYPE } from '../resources/k8s.js';
 import type { ResourceStore } from '../store/store.js';
 import { upsert } from '../store/upsert.js';
+import { untilWritten } from './retry.js';
 import { ReconcileError, reconcileStaticPods } from './static-pods.js';
 
 export const MACHINE_CONFIG_OWNER = 'config.MachineConfigController';
@@ -21,6 +22,7 @@ export class MachineConfigController {
   private timer: NodeJS.Timeout | undefined;
   private loading: Promise<boolean> = Promise.resolve(true);
   private lastGood: { at: string; pods: number; invalid: { id: string; error: string }[] } | undefined;
+  private readonly stopped = new AbortController();
 
   constructor(
     private readonly store: ResourceStore,
@@ -46,6 +48,7 @@ export class MachineConfigController {
   }
 
   stop(): void {
+    this.stopped.abort();
     clearTimeout(this.timer);
     this.watcher?.close();
   }
@@ -54,9 +57,10 @@ export class MachineConfigController {
     try {
       const config = parseMachineConfig(await readLimited(this.path), this.path);
       for (const w of config.warnings) this.log.warn(w);
-      const result = reconcileStaticPods(this.store, config.pods, this.log);
+      // The store being unreachable is no fault of the config: the reconcile waits for it and lands.
+      const result = await untilWritten('static pods of the machine config', () => reconcileStaticPods(this.store, config.pods, this.log), this.log, { signal: this.stopped.signal });
       this.lastGood = { at: new Date().toISOString(), pods: config.pods.length, invalid: result.invalid.map((i) => ({ id: i.id, error: i.message })) };
-      this.publish('');
+      await this.publish('');
       this.log.debug('machine config applied', { path: this.path, reason });
       return true;
     } catch (err) {
@@ -75,21 +79,21 @@ export class MachineConfigController {
       } else {
         this.log.error('machine config rejected; keeping the last good state', { path: this.path, reason, error: message });
       }
-      this.publish(message);
+      await this.publish(message);
       return false;
     }
   }
 
   /** Publishes the MachineConfigStatus; a failure to is logged, never taken for a failure of the config. */
-  private publish(error: string): void {
+  private async publish(error: string): Promise<void> {
     try {
-      this.writeStatus(error);
+      await untilWritten('MachineConfigStatus', () => this.writeStatus(error), this.log, { signal: this.stopped.signal });
     } catch (err) {
       this.log.error('cannot publish the machine config status', { path: this.path, error: err });
     }
   }
 
-  private writeStatus(error: string): void {
+  private writeStatus(error: string): Promise<unknown> {
     const spec = {
       path: this.path,
       lastGoodAt: this.lastGood?.at ?? null,
@@ -99,7 +103,7 @@ export class MachineConfigController {
       error,
     };
     const input = { namespace: CONFIG_NAMESPACE, type: MACHINE_CONFIG_STATUS_TYPE, id: MACHINE_CONFIG_STATUS_ID, spec };
-    upsert(this.store, input, MACHINE_CONFIG_OWNER);
+    return upsert(this.store, input, MACHINE_CONFIG_OWNER);
   }
 }
 

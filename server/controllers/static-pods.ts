@@ -56,7 +56,7 @@ type Step =
 /** A step that changed the store, with what undoes it. */
 interface Done {
   readonly step: Step;
-  readonly undo: () => void;
+  readonly undo: () => Promise<unknown>;
 }
 
 const KIND = { namespace: K8S_NAMESPACE, type: STATIC_POD_TYPE };
@@ -66,8 +66,8 @@ const KIND = { namespace: K8S_NAMESPACE, type: STATIC_POD_TYPE };
  * refused before any write (a StaticPod of that ID owned by someone else, a duplicate ID, a spec the store would
  * refuse), or a write fails unexpectedly and the writes before it are undone.
  */
-export function reconcileStaticPods(store: ResourceStore, pods: readonly StaticPodEntry[], log: Logger): ReconcileResult {
-  const steps = plan(store, pods);
+export async function reconcileStaticPods(store: ResourceStore, pods: readonly StaticPodEntry[], log: Logger): Promise<ReconcileResult> {
+  const steps = await plan(store, pods);
   const done: Done[] = [];
   const result: ReconcileResult = { created: [], updated: [], destroyed: [], invalid: [] };
   for (const step of steps) {
@@ -75,12 +75,12 @@ export function reconcileStaticPods(store: ResourceStore, pods: readonly StaticP
   }
   for (const step of steps) {
     try {
-      const d = apply(store, step);
+      const d = await apply(store, step);
       if (d !== undefined) done.push(d);
     } catch (err) {
       // A store may throw after committing (a listener failing): then the write is undone too.
-      const partial = tookEffect(store, step);
-      throw rollBack(step, err, partial !== undefined && partial !== 'unknown' ? [...done, partial] : done, partial === 'unknown');
+      const partial = await tookEffect(store, step);
+      throw await rollBack(step, err, partial !== undefined && partial !== 'unknown' ? [...done, partial] : done, partial === 'unknown');
     }
   }
   for (const { step } of done) {
@@ -95,12 +95,14 @@ export function reconcileStaticPods(store: ResourceStore, pods: readonly StaticP
 }
 
 /** Every write the reconcile needs, checked against what the store would refuse. Writes nothing. */
-function plan(store: ResourceStore, pods: readonly StaticPodEntry[]): Step[] {
+async function plan(store: ResourceStore, pods: readonly StaticPodEntry[]): Promise<Step[]> {
   const refuse = (message: string) => new ReconcileError(`${message}; no static pod was changed`, { created: [], updated: [], destroyed: [] });
   const wanted = new Set(pods.map((p) => p.id));
   // Destroys first, as watchers have always seen a pod move: its old ID goes, then the new one comes.
   const steps: Step[] = [];
-  for (const existing of store.list(KIND)) {
+  const stored = await store.list(KIND);
+  const byId = new Map(stored.map((r) => [r.metadata.id, r]));
+  for (const existing of stored) {
     if (existing.metadata.owner === STATIC_POD_OWNER && !wanted.has(existing.metadata.id)) {
       steps.push({ op: 'destroy', id: existing.metadata.id, before: existing });
     }
@@ -113,7 +115,7 @@ function plan(store: ResourceStore, pods: readonly StaticPodEntry[]): Step[] {
     const labels: Record<string, string> = problem === undefined ? {} : { [INVALID_LABEL]: 'true' };
     const input: ResourceInput = { ...KIND, id: p.id, spec: problem === undefined ? p.pod : invalidPodSpec(p.pod, problem), labels };
     if (specDepth(input.spec) > MAX_SPEC_DEPTH) throw refuse(`${p.origin}: static pod ${p.id} is nested deeper than ${MAX_SPEC_DEPTH} levels`);
-    const before = getOrUndefined(store, input);
+    const before = byId.get(p.id);
     if (before === undefined) {
       steps.push({ op: 'create', id: p.id, input, problem, origin: p.origin });
     } else if (before.metadata.owner !== STATIC_POD_OWNER) {
@@ -126,29 +128,29 @@ function plan(store: ResourceStore, pods: readonly StaticPodEntry[]): Step[] {
 }
 
 /** One write; what undoes it, or undefined when it changed nothing. */
-function apply(store: ResourceStore, step: Step): Done | undefined {
+async function apply(store: ResourceStore, step: Step): Promise<Done | undefined> {
   const pointer: Pointer = { ...KIND, id: step.id };
   switch (step.op) {
     case 'create':
-      store.create(step.input, STATIC_POD_OWNER);
+      await store.create(step.input, STATIC_POD_OWNER);
       return { step, undo: () => store.destroy(pointer, STATIC_POD_OWNER) };
     case 'update': {
-      const after = store.update(step.input, STATIC_POD_OWNER);
+      const after = await store.update(step.input, STATIC_POD_OWNER);
       if (after.metadata.version === step.before.metadata.version) return undefined;
       return { step, undo: () => store.update(inputOf(step.before), STATIC_POD_OWNER) };
     }
     case 'destroy':
-      store.destroy(pointer, STATIC_POD_OWNER);
+      await store.destroy(pointer, STATIC_POD_OWNER);
       return { step, undo: () => store.create(inputOf(step.before), STATIC_POD_OWNER) };
   }
 }
 
 /** For a write that threw: what undoes it if it reached the store all the same ('unknown': the store cannot tell). */
-function tookEffect(store: ResourceStore, step: Step): Done | undefined | 'unknown' {
+async function tookEffect(store: ResourceStore, step: Step): Promise<Done | undefined | 'unknown'> {
   const pointer: Pointer = { ...KIND, id: step.id };
   let now: Resource | undefined;
   try {
-    now = getOrUndefined(store, pointer);
+    now = await getOrUndefined(store, pointer);
   } catch {
     return 'unknown';
   }
@@ -163,7 +165,7 @@ function tookEffect(store: ResourceStore, step: Step): Done | undefined | 'unkno
 }
 
 /** Undoes `done`, newest first, after `failed` threw `err`; the error to throw says what the store holds now. */
-function rollBack(failed: Step, err: unknown, done: Done[], failedUncertain: boolean): ReconcileError {
+async function rollBack(failed: Step, err: unknown, done: Done[], failedUncertain: boolean): Promise<ReconcileError> {
   const failure = `cannot ${failed.op} static pod ${failed.id}: ${err instanceof Error ? err.message : String(err)}`;
   const why = failedUncertain ? `${failure} (and the store cannot tell whether that ${failed.op} took effect)` : failure;
   const uncertain = failedUncertain ? failed.id : undefined;
@@ -171,7 +173,7 @@ function rollBack(failed: Step, err: unknown, done: Done[], failedUncertain: boo
   const undoErrors: string[] = [];
   for (const d of [...done].reverse()) {
     try {
-      d.undo();
+      await d.undo();
     } catch (undoErr) {
       stayed.unshift(d);
       undoErrors.push(`cannot undo the ${d.step.op} of ${d.step.id}: ${undoErr instanceof Error ? undoErr.message : String(undoErr)}`);

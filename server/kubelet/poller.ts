@@ -116,6 +116,7 @@ export class KubeletPoller {
   private backoffMs: number;
   private lastSuccess: string | undefined;
   private lastProblem: string | undefined = undefined;
+  private storeDown = false;
   /** The statuses as the kubelet last reported them (without our Stale condition). */
   private readonly fresh = new Map<string, JsonObject>();
   /** Pods whose last reported status could not be stored (logged once each). */
@@ -170,18 +171,28 @@ export class KubeletPoller {
   private async pollOnce(): Promise<void> {
     try {
       const pods = await this.fetchPods();
-      this.apply(pods);
+      await this.apply(pods);
       this.backoffMs = this.minBackoffMs;
       this.schedule(this.intervalMs);
+      if (this.storeDown) this.opts.log.info('statuses written again: the store is reachable', { statuses: this.fresh.size });
+      this.storeDown = false;
     } catch (err) {
+      if (isCosiError(err, 'unavailable')) {
+        // The store, not the kubelet: nothing is stale. The next poll (soon) writes the statuses as they are then.
+        if (!this.storeDown) this.opts.log.warn('cannot write the statuses: the store is unavailable; retrying', { error: err.message });
+        this.storeDown = true;
+        this.schedule(this.backoffMs);
+        this.backoffMs = Math.min(this.backoffMs * 2, this.intervalMs);
+        return;
+      }
       const e = err instanceof PollError ? err : classify(err);
-      this.markStale(e);
+      await this.markStale(e).catch((writeErr: unknown) => this.opts.log.warn('cannot mark the statuses stale', { error: writeErr }));
       this.schedule(this.backoffMs);
       this.backoffMs = Math.min(this.backoffMs * 2, this.intervalMs);
     }
   }
 
-  private apply(pods: JsonObject[]): void {
+  private async apply(pods: JsonObject[]): Promise<void> {
     const { store, log } = this.opts;
     const seen = new Set<string>();
     for (const pod of pods) {
@@ -196,7 +207,7 @@ export class KubeletPoller {
       const status = asObject(pod['status']);
       seen.add(id);
       try {
-        this.write(id, status, {});
+        await this.write(id, status, {});
         this.fresh.set(id, status);
         this.rejected.delete(id);
       } catch (err) {
@@ -204,12 +215,12 @@ export class KubeletPoller {
         // This one status cannot be stored (too deep to encode): keep its last good one, marked stale, and go on.
         if (!this.rejected.has(id)) log.warn('kubelet reported a status that cannot be stored; keeping the last one, marked stale', { id, error: err.message });
         this.rejected.add(id);
-        this.writeStale(id, this.fresh.get(id) ?? {}, new PollError('KubeletBadResponse', err.message));
+        await this.writeStale(id, this.fresh.get(id) ?? {}, new PollError('KubeletBadResponse', err.message));
       }
     }
-    for (const r of store.list({ namespace: K8S_NAMESPACE, type: STATIC_POD_STATUS_TYPE })) {
+    for (const r of await store.list({ namespace: K8S_NAMESPACE, type: STATIC_POD_STATUS_TYPE })) {
       if (r.metadata.owner === STATUS_OWNER && !seen.has(r.metadata.id)) {
-        store.destroy(r.metadata, STATUS_OWNER);
+        await store.destroy(r.metadata, STATUS_OWNER);
         this.fresh.delete(r.metadata.id);
         this.rejected.delete(r.metadata.id);
       }
@@ -219,29 +230,29 @@ export class KubeletPoller {
     this.lastProblem = undefined;
   }
 
-  private markStale(e: PollError): void {
+  private async markStale(e: PollError): Promise<void> {
     const problem = `${e.reason}: ${e.message}`;
     if (problem !== this.lastProblem) {
       // Once per change of state, not once per retry.
       this.opts.log.warn('cannot read the kubelet; keeping the last statuses, marked stale', { url: this.opts.url, reason: e.reason, error: e.message });
       this.lastProblem = problem;
     }
-    for (const [id, status] of this.fresh) this.writeStale(id, status, e);
+    for (const [id, status] of this.fresh) await this.writeStale(id, status, e);
   }
 
   /** The last good status with a Stale condition saying why, labelled stale. */
-  private writeStale(id: string, status: JsonObject, e: PollError): void {
+  private writeStale(id: string, status: JsonObject, e: PollError): Promise<unknown> {
     const conditions = Array.isArray(status['conditions']) ? status['conditions'].filter((c) => asObject(c)['type'] !== 'Stale') : [];
     const stale = { type: 'Stale', status: 'True', reason: e.reason, message: e.message, lastProbeTime: this.lastSuccess ?? null };
-    this.write(id, { ...status, conditions: [...conditions, stale] }, { [STALE_LABEL]: 'true' });
+    return this.write(id, { ...status, conditions: [...conditions, stale] }, { [STALE_LABEL]: 'true' });
   }
 
-  private write(id: string, spec: JsonObject, labels: Record<string, string>): void {
+  private write(id: string, spec: JsonObject, labels: Record<string, string>): Promise<unknown> {
     const containers = containerIds(id, spec);
     const annotations: Record<string, string> = containers === '' ? {} : { [CONTAINERS_ANNOTATION]: containers };
     const input = { namespace: K8S_NAMESPACE, type: STATIC_POD_STATUS_TYPE, id, spec, labels, annotations };
     // An unchanged status keeps its version (the store does not commit no-op updates).
-    upsert(this.opts.store, input, STATUS_OWNER);
+    return upsert(this.opts.store, input, STATUS_OWNER);
   }
 
   private fetchPods(): Promise<JsonObject[]> {

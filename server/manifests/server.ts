@@ -11,7 +11,8 @@ import {
   STATIC_POD_SERVER_STATUS_TYPE,
   STATIC_POD_TYPE,
 } from '../resources/k8s.js';
-import type { ResourceStore } from '../store/store.js';
+import { untilWritten } from '../controllers/retry.js';
+import type { KindHistory, ResourceStore } from '../store/store.js';
 import { upsert } from '../store/upsert.js';
 
 export const MANIFEST_SERVER_OWNER = 'k8s.StaticPodServerController';
@@ -32,14 +33,11 @@ export class ManifestServer {
 
   private constructor(
     private readonly server: Server,
-    private readonly store: ResourceStore,
+    private readonly pods: KindHistory,
     private readonly log: Logger,
     readonly url: string,
   ) {
-    this.unsubscribe = store.onCommit((c) => {
-      const md = c.resource.metadata;
-      if (md.namespace === K8S_NAMESPACE && md.type === STATIC_POD_TYPE) this.scheduleRender();
-    });
+    this.unsubscribe = pods.subscribe({ committed: () => this.scheduleRender() });
   }
 
   /** Listens on a loopback address (`host:port`, port 0 picks one) and publishes the URL as StaticPodServerStatus. */
@@ -57,9 +55,18 @@ export class ManifestServer {
     });
     const addr = server.address() as AddressInfo;
     const url = `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
-    self = new ManifestServer(server, opts.store, opts.log, url);
+    try {
+      // Rendered from the StaticPods as the store's feed keeps them: while the store is unreachable the kubelet
+      // keeps getting the last manifest, so its pods stay.
+      self = new ManifestServer(server, await opts.store.feed.history({ namespace: K8S_NAMESPACE, type: STATIC_POD_TYPE }), opts.log, url);
+    } catch (err) {
+      server.close();
+      throw err;
+    }
     const input = { namespace: K8S_NAMESPACE, type: STATIC_POD_SERVER_STATUS_TYPE, id: STATIC_POD_SERVER_STATUS_ID, spec: { url } };
-    upsert(opts.store, input, MANIFEST_SERVER_OWNER);
+    void untilWritten('StaticPodServerStatus', () => upsert(opts.store, input, MANIFEST_SERVER_OWNER), opts.log).catch((err: unknown) =>
+      opts.log.error('cannot publish the StaticPodServerStatus', { error: err }),
+    );
     opts.log.info('manifest server listening', { url });
     return self;
   }
@@ -93,7 +100,7 @@ export class ManifestServer {
   }
 
   private render(): void {
-    const pods = this.store.list({ namespace: K8S_NAMESPACE, type: STATIC_POD_TYPE }).filter((r) => r.metadata.labels[INVALID_LABEL] === undefined);
+    const pods = this.pods.list().filter((r) => r.metadata.labels[INVALID_LABEL] === undefined);
     const body = Buffer.from(JSON.stringify({ apiVersion: 'v1', kind: 'PodList', items: pods.map((r) => r.spec) }));
     const etag = `"${createHash('sha256').update(body).digest('base64url')}"`;
     const versions = new Map(pods.map((r: Resource) => [r.metadata.id, r.metadata.version]));

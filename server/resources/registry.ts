@@ -1,7 +1,8 @@
 // Resource definitions: registered once, stored as resources in namespace `meta` like the reference runtime.
 import { CosiError } from '../../shared/errors.js';
 import { wire, type Json } from '../../shared/wire.js';
-import type { ResourceStore } from '../store/store.js';
+import type { ResourceInput, ResourceStore } from '../store/store.js';
+import { upsert } from '../store/upsert.js';
 
 export const META_NAMESPACE = 'meta';
 export const NAMESPACE_TYPE = 'Namespaces.meta.cosi.dev';
@@ -51,6 +52,10 @@ export class Registry {
   private readonly byType = new Map<string, Definition>();
   // Names only one type may have: type names, explicit aliases, singular and plural forms.
   private readonly claimed = new Map<string, string>();
+  private readonly namespaces = new Set<string>();
+  /** The meta resources' writes, in order; published() waits for them. */
+  private writes: Promise<void> = Promise.resolve();
+  private writeError: unknown;
 
   constructor(
     private readonly store: ResourceStore,
@@ -80,7 +85,26 @@ export class Registry {
   }
 
   registerNamespace(name: string, description: string): void {
-    this.store.create({ namespace: META_NAMESPACE, type: NAMESPACE_TYPE, id: name, spec: { description } }, META_OWNER);
+    this.namespaces.add(name);
+    this.publish({ namespace: META_NAMESPACE, type: NAMESPACE_TYPE, id: name, spec: { description } });
+  }
+
+  /** Resolves once every namespace and definition registered so far is in the store; throws the first write error. */
+  async published(): Promise<void> {
+    await this.writes;
+    if (this.writeError !== undefined) throw this.writeError as Error;
+  }
+
+  /** Written in the background (a store may be remote); an existing one from an earlier run is updated in place. */
+  private publish(input: ResourceInput): void {
+    this.writes = this.writes
+      .then(() => upsert(this.store, input, META_OWNER))
+      .then(
+        () => undefined,
+        (err: unknown) => {
+          this.writeError ??= err;
+        },
+      );
   }
 
   /** Registers a type; throws when the type or one of its unique aliases is already taken. */
@@ -114,7 +138,7 @@ export class Registry {
       encodeProto: input.encodeProto,
     };
     this.byType.set(def.type, def);
-    this.store.create({ namespace: META_NAMESPACE, type: DEFINITION_TYPE, id: def.type.toLowerCase(), spec: definitionSpec(def) }, META_OWNER);
+    this.publish({ namespace: META_NAMESPACE, type: DEFINITION_TYPE, id: def.type.toLowerCase(), spec: definitionSpec(def) });
     return def;
   }
 
@@ -123,12 +147,7 @@ export class Registry {
   }
 
   hasNamespace(name: string): boolean {
-    try {
-      this.store.get({ namespace: META_NAMESPACE, type: NAMESPACE_TYPE, id: name });
-      return true;
-    } catch {
-      return false;
-    }
+    return this.namespaces.has(name);
   }
 }
 

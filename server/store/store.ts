@@ -1,8 +1,13 @@
-// The store contract: the only way anything above reaches resources. One backend implements it today, in memory
-// (memory.ts); an etcd backend is issue 12. The contract has no transaction: a writer of several resources plans
-// its writes so that none fails for a reason it can foresee (see controllers/static-pods.ts).
-import { isCosiError } from '../../shared/errors.js';
-import type { Kind, Pointer, Resource } from '../../shared/resource.js';
+// The store contract: the only way anything above reaches resources. Two sides:
+// - ResourceStore: the authoritative reads and the writes, async because a backend may be remote (etcd.ts) or not
+//   (memory.ts). Writers (controllers) use it.
+// - ChangeFeed: each kind's current state and recent ordered changes, kept in memory and fed in revision order by
+//   the backend (for etcd, one etcd watch per kind; for memory, the store itself). The watch hub and the API's
+//   reads are served from it, synchronously, like the Kubernetes watch cache.
+// The contract has no multi-resource transaction: a writer of several resources plans its writes so that none fails
+// for a reason it can foresee (see controllers/static-pods.ts).
+import { isCosiError, type CosiError } from '../../shared/errors.js';
+import type { Kind, Phase, Pointer, Resource } from '../../shared/resource.js';
 import type { Json } from '../../shared/wire.js';
 
 export type ChangeType = 'created' | 'updated' | 'destroyed';
@@ -27,7 +32,10 @@ export function specDepth(value: Json): number {
   return max;
 }
 
-/** One committed change. Revisions are global, start at 1 and grow by one per change. */
+/**
+ * One committed change. Revisions grow with every commit of the store (memory: by one per change; etcd: the cluster
+ * revision, so a kind's changes are numbered with gaps).
+ */
 export interface Change {
   readonly revision: number;
   readonly type: ChangeType;
@@ -35,8 +43,13 @@ export interface Change {
   readonly resource: Resource;
   /** The state before an update or destroy. */
   readonly old: Resource | undefined;
-  /** Wall-clock commit time in ms (history retention by age). */
+  /** Wall-clock time in ms this process learnt of the change (history retention by age). */
   readonly committedAt: number;
+  /**
+   * Set when the backend holds a value here that does not decode: `resource` then carries only the pointer. Watches
+   * report it (ERRORED) instead of skipping it; the kind's state no longer holds the resource.
+   */
+  readonly error?: string;
 }
 
 /** What a writer supplies; versions, times and phase are the store's business. */
@@ -46,6 +59,13 @@ export interface ResourceInput extends Pointer {
   readonly annotations?: Readonly<Record<string, string>>;
 }
 
+export interface UpdateOptions {
+  /** Refuse (version-conflict) unless the resource is at this version. */
+  readonly expectedVersion?: number;
+  /** Refuse (phase-conflict) unless the resource is in this phase (default 'running', as COSI's runtime). */
+  readonly expectedPhase?: Phase;
+}
+
 export interface ChangeBatch {
   readonly changes: readonly Change[];
   /** The last revision examined; resume reading after it. */
@@ -53,43 +73,99 @@ export interface ChangeBatch {
 }
 
 export interface ResourceStore {
-  /** Identifies this store's history: bookmarks from another instance are refused. */
-  readonly instance: string;
-  /** The revision of the last commit (0 when empty). */
-  readonly revision: number;
-  /** The oldest revision history can replay from: readChanges(after >= this) works. */
-  readonly oldestRevision: number;
+  /** 'memory' or 'etcd': for logs and errors. */
+  readonly backend: string;
+  /** The watch side: every kind's state and recent changes, in memory. */
+  readonly feed: ChangeFeed;
 
-  /** Throws CosiError not-found. */
-  get(p: Pointer): Resource;
-  /** The current resources of a kind, sorted by ID. */
-  list(k: Kind): Resource[];
+  /** The resource as the backend holds it now. Throws not-found, unavailable. */
+  get(p: Pointer): Promise<Resource>;
+  /** The kind's resources as the backend holds them now, sorted by ID. Throws unavailable. */
+  list(k: Kind): Promise<Resource[]>;
 
   /** Throws already-exists, or invalid-argument for a spec nested deeper than MAX_SPEC_DEPTH. */
-  create(input: ResourceInput, owner: string): Resource;
+  create(input: ResourceInput, owner: string): Promise<Resource>;
   /**
-   * Throws not-found, owner-conflict, or invalid-argument for a spec nested deeper than MAX_SPEC_DEPTH. An update
-   * that changes nothing keeps the version and commits nothing.
+   * Throws not-found, owner-conflict, version-conflict, phase-conflict, or invalid-argument (spec too deep). An
+   * update that changes nothing keeps the version and commits nothing. Phase and finalizers are kept.
    */
-  update(input: ResourceInput, owner: string): Resource;
-  /** Throws not-found or owner-conflict. */
-  destroy(p: Pointer, owner: string): void;
+  update(input: ResourceInput, owner: string, opts?: UpdateOptions): Promise<Resource>;
+  /**
+   * Moves the resource to phase 'tearingDown' (once; a second teardown changes nothing). `destroyReady`: no
+   * finalizer is left, so destroy() will succeed. Throws not-found, owner-conflict.
+   */
+  teardown(p: Pointer, owner: string): Promise<{ resource: Resource; destroyReady: boolean }>;
+  /** Adds finalizers it does not have yet (any writer may). Throws not-found, phase-conflict while tearing down. */
+  addFinalizers(p: Pointer, finalizers: readonly string[]): Promise<Resource>;
+  /** Removes the given finalizers it has (any writer may). Throws not-found. */
+  removeFinalizers(p: Pointer, finalizers: readonly string[]): Promise<Resource>;
+  /** Throws not-found, owner-conflict, or pending-finalizers while finalizers are left. */
+  destroy(p: Pointer, owner: string): Promise<void>;
 
-  /** The resources of a kind as they were at `revision`, sorted by ID. Throws too-old. */
-  listAt(k: Kind, revision: number): Resource[];
-  /** Changes after `after`, oldest first, at most `max` matching ones (all kinds when `kind` is undefined). Throws too-old. */
-  readChanges(after: number, max: number, kind?: Kind): ChangeBatch;
+  /** Releases connections and watches; pending calls fail with unavailable. */
+  close(): Promise<void>;
+}
 
-  /** Called after every commit, synchronously; keep it cheap. Returns the unsubscribe function. */
-  onCommit(listener: (change: Change) => void): () => void;
-  /** Called for each change just before history forgets it (oldest first). Returns the unsubscribe function. */
-  onTrim(listener: (change: Change) => void): () => void;
+/** Listeners of a kind's history: called synchronously, in revision order; keep them cheap. */
+export interface HistoryListener {
+  /** A change was committed (and is now in history). */
+  committed?(change: Change): void;
+  /** History is about to forget this change (oldest first). */
+  trimmed?(change: Change): void;
+  /**
+   * The history can no longer be trusted to continue in order: the backend is unreachable ('unavailable': watchers
+   * reconnect and resume later) or its history was cut ('too-old': watchers list again).
+   */
+  lost?(error: CosiError): void;
+}
+
+/** One kind's current state and ordered recent changes, read synchronously. */
+export interface KindHistory {
+  readonly kind: Kind;
+  /** Every change of the kind up to this revision is in history (or already forgotten). */
+  readonly revision: number;
+  /** readChanges(after) works for after >= this. */
+  readonly oldestRevision: number;
+  /** Why the kind cannot be read now (the backend is unreachable), or undefined. */
+  readonly unavailable: CosiError | undefined;
+  /** The resource now, or undefined. */
+  current(id: string): Resource | undefined;
+  /** The resources now, sorted by ID. */
+  list(): Resource[];
+  /** The resources as they were at `revision`, sorted by ID. Throws too-old, invalid-bookmark (future). */
+  listAt(revision: number): Resource[];
+  /** Changes after `after`, oldest first, at most `max`. Throws too-old, invalid-bookmark (future). */
+  readChanges(after: number, max: number): ChangeBatch;
+  /** Returns the unsubscribe function. */
+  subscribe(listener: HistoryListener): () => void;
+}
+
+export interface ChangeFeed {
+  /**
+   * Names this history in bookmarks: a bookmark of another history is refused as too old. Memory: one per process.
+   * etcd: the cluster and the prefix, so a bookmark survives a restart and works on every cosid of that etcd.
+   */
+  readonly instance: string;
+  /** The kind's history, opened when first asked (etcd: its watch). Throws unavailable. */
+  history(kind: Kind): Promise<KindHistory>;
+  /**
+   * The kind's history once it holds every change committed before this call (etcd: a fence write the kind's watch
+   * must deliver). For readers that must see their own writes. Throws unavailable.
+   */
+  sync(kind: Kind): Promise<KindHistory>;
+  /**
+   * Makes a resume after `after` servable from the kind's history: a backend that still holds older history than
+   * the kind's window fetches it (etcd); one in the future is refused. Throws too-old, invalid-bookmark.
+   */
+  reach(history: KindHistory, after: number): Promise<void>;
+  /** The kind's resources at `revision` (resuming an interrupted bootstrap), sorted by ID. Throws too-old. */
+  listAt(history: KindHistory, revision: number): Promise<Resource[]>;
 }
 
 /** One resource by pointer, or undefined when it does not exist (without listing its whole kind). */
-export function getOrUndefined(store: ResourceStore, p: Pointer): Resource | undefined {
+export async function getOrUndefined(store: ResourceStore, p: Pointer): Promise<Resource | undefined> {
   try {
-    return store.get(p);
+    return await store.get(p);
   } catch (err) {
     if (isCosiError(err, 'not-found')) return undefined;
     throw err;

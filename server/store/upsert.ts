@@ -6,14 +6,14 @@ import type { ResourceInput, ResourceStore } from './store.js';
  * Creates the resource, or updates it when it exists. 'unchanged' means the update changed nothing and the store
  * kept the version. Errors other than "not found" (an owner conflict, say) are thrown, not papered over by a create.
  */
-export function upsert(store: ResourceStore, input: ResourceInput, owner: string): 'created' | 'updated' | 'unchanged' {
+export async function upsert(store: ResourceStore, input: ResourceInput, owner: string): Promise<'created' | 'updated' | 'unchanged'> {
   let before: number;
   try {
-    before = store.get(input).metadata.version;
+    before = (await store.get(input)).metadata.version;
   } catch (err) {
     if (!isCosiError(err, 'not-found')) throw err;
-    store.create(input, owner);
+    await store.create(input, owner);
     return 'created';
   }
-  return store.update(input, owner).metadata.version === before ? 'unchanged' : 'updated';
+  return (await store.update(input, owner)).metadata.version === before ? 'unchanged' : 'updated';
 }

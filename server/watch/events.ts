@@ -1,8 +1,8 @@
 // Watch events as bytes: each change encoded once for every watcher, kept within a budget, and the catch-up batches
 // that unfiltered aggregated watchers share. The hub decides who gets what; this decides how it is encoded and kept.
-import { kindKey, type Kind, type Resource } from '../../shared/resource.js';
+import { kindKey, type Resource } from '../../shared/resource.js';
 import { EventType } from '../../shared/wire.js';
-import { getOrUndefined, type Change, type ResourceStore } from '../store/store.js';
+import type { Change, KindHistory } from '../store/store.js';
 import { encodeBookmark } from './bookmark.js';
 import { Frames } from './frames.js';
 
@@ -23,8 +23,11 @@ export interface CatchUpBatch {
   readonly response?: Buffer;
 }
 
-/** How a change reaches a watcher that filters nothing. */
-const UNFILTERED: Record<Change['type'], EventType> = { created: EventType.CREATED, updated: EventType.UPDATED, destroyed: EventType.DESTROYED };
+/** How a change reaches a watcher that filters nothing (a value that does not decode is an ERRORED event). */
+export function unfiltered(c: Change): EventType {
+  if (c.error !== undefined) return EventType.ERRORED;
+  return c.type === 'created' ? EventType.CREATED : c.type === 'updated' ? EventType.UPDATED : EventType.DESTROYED;
+}
 
 export class EncodedEvents {
   /** Encoded events by change, oldest first; each entry's bytes count the single-event responses. */
@@ -35,7 +38,7 @@ export class EncodedEvents {
   private sharedBytes = 0;
 
   constructor(
-    private readonly store: ResourceStore,
+    private readonly instance: string,
     private readonly frames: Frames,
     private readonly limits: EncodingLimits,
   ) {}
@@ -50,21 +53,21 @@ export class EncodedEvents {
    * cached, which is then dropped (the event has a copy). A failure must not reach the writer, whose change is
    * committed: the sessions meet it again and end with it.
    */
-  committed(change: Change, watched: boolean): void {
+  committed(change: Change, watched: boolean, history: KindHistory): void {
     if (watched) {
       try {
-        this.change(change, UNFILTERED[change.type]);
+        this.change(change, unfiltered(change), history);
         return;
       } catch {
         // Left to the sessions.
       }
     }
-    this.forgetSuperseded(change);
+    this.forgetSuperseded(change, history);
   }
 
   /** A NOOP event carrying the bookmark of `revision`. */
   bookmark(revision: number): Buffer {
-    return this.frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(this.store.instance, { revision }));
+    return this.frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(this.instance, { revision }));
   }
 
   /** A WatchResponse holding just this encoded event; shared by every watcher that sends it alone. */
@@ -78,8 +81,8 @@ export class EncodedEvents {
    * fell behind at different points follow the same cuts after one short batch and share every batch after it.
    * Without a response the watch is caught up (through: the last revision examined).
    */
-  catchUp(kind: Kind, from: number): CatchUpBatch {
-    const prefix = `${kindKey(kind)}\n`;
+  catchUp(history: KindHistory, from: number): CatchUpBatch {
+    const prefix = `${kindKey(history.kind)}\n`;
     const cached = this.sharedBatches.get(prefix + from);
     if (cached !== undefined) return cached;
     const { maxBatchEvents, maxBatchBytes } = this.limits;
@@ -87,7 +90,7 @@ export class EncodedEvents {
     let bytes = 0;
     let through = from;
     fill: for (;;) {
-      const batch = this.store.readChanges(through, maxBatchEvents - events.length, kind);
+      const batch = history.readChanges(through, maxBatchEvents - events.length);
       if (batch.changes.length === 0) {
         // Past the last change of the kind only when there is nothing to send: a batch ends at its last change,
         // so every watcher that sent it stands at the same cursor.
@@ -95,7 +98,7 @@ export class EncodedEvents {
         break;
       }
       for (const c of batch.changes) {
-        const event = this.change(c, UNFILTERED[c.type]);
+        const event = this.change(c, unfiltered(c), history);
         events.push(event);
         bytes += event.length;
         through = c.revision;
@@ -111,7 +114,7 @@ export class EncodedEvents {
   }
 
   /** The encoded event for a change as delivered with the given type; shared by all watchers. */
-  change(change: Change, type: EventType): Buffer {
+  change(change: Change, type: EventType, history: KindHistory): Buffer {
     let entry = this.cache.get(change);
     if (entry === undefined) {
       entry = { byType: new Map(), bytes: 0 };
@@ -119,9 +122,12 @@ export class EncodedEvents {
     }
     let bytes = entry.byType.get(type);
     if (bytes === undefined) {
-      const bookmark = encodeBookmark(this.store.instance, { revision: change.revision });
-      const event = this.frames.event(type, change.resource, change.type === 'updated' ? change.old : undefined, bookmark);
-      this.forgetSuperseded(change);
+      const bookmark = encodeBookmark(this.instance, { revision: change.revision });
+      const event =
+        type === EventType.ERRORED
+          ? this.frames.event(type, undefined, undefined, bookmark, change.error)
+          : this.frames.event(type, change.resource, change.type === 'updated' ? change.old : undefined, bookmark);
+      this.forgetSuperseded(change, history);
       // One buffer: the single-event WatchResponse; the event bytes (for aggregated batches) are a view into it.
       const response = Frames.watchResponse([event]);
       bytes = response.subarray(response.length - event.length);
@@ -134,14 +140,14 @@ export class EncodedEvents {
   }
 
   /** Versions that are no longer current keep no wire encoding of their own (Get and List read current ones). */
-  private forgetSuperseded(change: Change): void {
+  private forgetSuperseded(change: Change, history: KindHistory): void {
     if (change.old !== undefined) this.frames.forget(change.old);
-    if (change.type === 'destroyed' || !this.isCurrent(change.resource)) this.frames.forget(change.resource);
+    if (change.type === 'destroyed' || !isCurrent(change.resource, history)) this.frames.forget(change.resource);
   }
+}
 
-  private isCurrent(r: Resource): boolean {
-    return getOrUndefined(this.store, r.metadata) === r;
-  }
+function isCurrent(r: Resource, history: KindHistory): boolean {
+  return history.current(r.metadata.id) === r;
 }
 
 /**

@@ -1,11 +1,11 @@
-// Watches over the store's shared history. Each watcher is only a cursor: it pulls from history when its
-// stream can take more (grpc-js backpressure), so a slow watcher costs no memory and slows nobody. How events
-// become bytes (encoded once, kept within a budget, shared batches) is events.ts.
+// Watches over each kind's shared history (the store's ChangeFeed). Each watcher is only a cursor: it pulls from
+// history when its stream can take more (grpc-js backpressure), so a slow watcher costs no memory and slows nobody.
+// How events become bytes (encoded once, kept within a budget, shared batches) is events.ts.
 import { CosiError, isCosiError } from '../../shared/errors.js';
 import { kindKey, type Resource } from '../../shared/resource.js';
 import { EventType } from '../../shared/wire.js';
-import { getOrUndefined, type Change, type ResourceStore } from '../store/store.js';
-import { encodeBookmark, type Position } from './bookmark.js';
+import type { Change, ChangeFeed, KindHistory } from '../store/store.js';
+import { encodeBookmark } from './bookmark.js';
 import { EncodedEvents } from './events.js';
 import { Frames } from './frames.js';
 import type { WatchPlan } from './plan.js';
@@ -74,31 +74,27 @@ export interface WatchStats {
 /** The longest one flush of the watch hub keeps the event loop (see WatchHub.flush). */
 const FLUSH_SLICE_MS = 5;
 
+/** The watchers of one kind, and the subscription to its history. */
+interface KindWatchers {
+  readonly history: KindHistory;
+  readonly sessions: Set<WatchSession>;
+  readonly unsubscribe: () => void;
+}
+
 export class WatchHub {
-  private readonly byKind = new Map<string, Set<WatchSession>>();
+  private readonly byKind = new Map<string, KindWatchers>();
   private readonly dirty = new Set<WatchSession>();
   private flushScheduled = false;
+  private closed = false;
   readonly events: EncodedEvents;
-  private readonly unsubscribe: () => void;
-  private readonly unsubscribeTrim: () => void;
   private readonly bookmarkTimer: NodeJS.Timeout | undefined;
 
   constructor(
-    readonly store: ResourceStore,
+    readonly feed: ChangeFeed,
     readonly frames: Frames,
     readonly limits: WatchLimits = DEFAULT_WATCH_LIMITS,
   ) {
-    this.events = new EncodedEvents(store, frames, limits);
-    this.unsubscribe = store.onCommit((c) => {
-      const sessions = this.byKind.get(kindKey(c.resource.metadata));
-      if (sessions !== undefined) for (const s of sessions) this.schedule(s);
-      this.events.committed(c, sessions !== undefined && sessions.size > 0);
-    });
-    // Lag counts only in events a watcher would receive: when history forgets a change, a watcher still
-    // before it skips it if it would not deliver it, and only loses its place if it would.
-    this.unsubscribeTrim = store.onTrim((c) => {
-      for (const set of this.byKind.values()) for (const s of [...set]) s.forgotten(c);
-    });
+    this.events = new EncodedEvents(feed.instance, frames, limits);
     if (limits.bookmarkIntervalMs > 0) {
       this.bookmarkTimer = setInterval(() => this.bookmarkIdle(), limits.bookmarkIntervalMs);
       this.bookmarkTimer.unref();
@@ -107,22 +103,78 @@ export class WatchHub {
 
   private bookmarkIdle(): void {
     const idleSince = Date.now() - this.limits.bookmarkIntervalMs;
-    for (const set of this.byKind.values()) for (const s of set) s.bookmarkIfIdle(idleSince);
+    for (const w of this.byKind.values()) for (const s of w.sessions) s.bookmarkIfIdle(idleSince);
   }
 
-  /** Starts a watch: sends the "ready" marker, then the plan's initial events, then changes as they come. */
+  /**
+   * Starts a watch: once the kind's history is open (and, for a resume, reaches back to the bookmark), sends the
+   * "ready" marker, then the plan's initial events, then changes as they come. Set-up errors end the call.
+   */
   open(plan: WatchPlan, sink: WatchSink): { close(): void } {
-    const session = new WatchSession(this, plan, sink);
-    if (session.isEnded) return { close: () => {} };
-    const key = kindKey(plan.kind);
-    let set = this.byKind.get(key);
-    if (set === undefined) {
-      set = new Set();
-      this.byKind.set(key, set);
-    }
-    set.add(session);
-    this.schedule(session);
-    return { close: () => session.close() };
+    let closed = false;
+    let session: WatchSession | undefined;
+    void this.prepare(plan).then(
+      ({ watchers, snapshot }) => {
+        if (closed) return;
+        if (this.closed) {
+          sink.end(new CosiError('unavailable', 'cosid is shutting down; reconnect and resume from your last bookmark'));
+          return;
+        }
+        session = new WatchSession(this, watchers.history, plan, sink, snapshot);
+        if (session.isEnded) return;
+        watchers.sessions.add(session);
+        this.schedule(session);
+      },
+      (err: unknown) => {
+        if (!closed) sink.end(asCosiError(err));
+      },
+    );
+    return {
+      close: () => {
+        closed = true;
+        session?.close();
+      },
+    };
+  }
+
+  /** The kind's history, reaching back to a resume's bookmark; a resumed bootstrap's snapshot. */
+  private async prepare(plan: WatchPlan): Promise<{ watchers: KindWatchers; snapshot: Resource[] | undefined }> {
+    const history = await this.feed.history(plan.kind);
+    if (history.unavailable !== undefined) throw history.unavailable;
+    let snapshot: Resource[] | undefined;
+    const from = plan.resumeFrom;
+    if (from?.bootstrapAfterId !== undefined) snapshot = await this.feed.listAt(history, from.revision);
+    else if (from !== undefined) await this.feed.reach(history, from.revision);
+    return { watchers: this.watchersOf(history), snapshot };
+  }
+
+  private watchersOf(history: KindHistory): KindWatchers {
+    const key = kindKey(history.kind);
+    let w = this.byKind.get(key);
+    if (w !== undefined) return w;
+    const sessions = new Set<WatchSession>();
+    const unsubscribe = history.subscribe({
+      committed: (c) => {
+        for (const s of sessions) this.schedule(s);
+        this.events.committed(c, sessions.size > 0, history);
+      },
+      // Lag counts only in events a watcher would receive: when history forgets a change, a watcher still
+      // before it skips it if it would not deliver it, and only loses its place if it would.
+      trimmed: (c) => {
+        for (const s of [...sessions]) s.forgotten(c);
+      },
+      // The backend went away or cut its history: every watch of the kind ends with that status (after a last
+      // bookmark when it can resume), and the clients reconnect or list again.
+      lost: (err) => {
+        for (const s of [...sessions]) {
+          if (err.kind !== 'too-old') s.bookmarkIfIdle(Number.POSITIVE_INFINITY);
+          s.finish(err);
+        }
+      },
+    });
+    w = { history, sessions, unsubscribe };
+    this.byKind.set(key, w);
+    return w;
   }
 
   stats(): WatchStats {
@@ -130,8 +182,8 @@ export class WatchHub {
     let parked = 0;
     let maxBuffered = 0;
     let maxBufferedBytes = 0;
-    for (const set of this.byKind.values()) {
-      for (const s of set) {
+    for (const w of this.byKind.values()) {
+      for (const s of w.sessions) {
         sessions++;
         if (s.parked) parked++;
         maxBuffered = Math.max(maxBuffered, s.sink.buffered());
@@ -143,20 +195,21 @@ export class WatchHub {
 
   /** Ends every watch with the given status (graceful shutdown). */
   endAll(error?: CosiError): void {
-    for (const set of [...this.byKind.values()]) {
-      for (const s of [...set]) {
+    this.closed = true;
+    for (const w of [...this.byKind.values()]) {
+      for (const s of [...w.sessions]) {
         // A last bookmark, so the client can resume from exactly here.
         s.bookmarkIfIdle(Number.POSITIVE_INFINITY);
         s.finish(error);
       }
+      w.unsubscribe();
     }
-    this.unsubscribe();
-    this.unsubscribeTrim();
+    this.byKind.clear();
     clearInterval(this.bookmarkTimer);
   }
 
   remove(session: WatchSession): void {
-    this.byKind.get(kindKey(session.plan.kind))?.delete(session);
+    this.byKind.get(kindKey(session.plan.kind))?.sessions.delete(session);
     this.dirty.delete(session);
   }
 
@@ -212,11 +265,13 @@ class WatchSession {
 
   constructor(
     private readonly hub: WatchHub,
+    private readonly history: KindHistory,
     readonly plan: WatchPlan,
     readonly sink: WatchSink,
+    snapshot: Resource[] | undefined,
   ) {
     try {
-      this.start();
+      this.start(snapshot);
     } catch (err) {
       // A set-up error is the call's status, before the "ready" marker.
       this.finish(isCosiError(err) ? err : asCosiError(err));
@@ -230,10 +285,8 @@ class WatchSession {
   /** History is forgetting `c`: skip it if this watcher would not deliver it, else this watch has lost its place. */
   forgotten(c: Change): void {
     if (this.ended || c.revision <= this.cursor) return;
-    const md = c.resource.metadata;
-    const ofKind = md.namespace === this.plan.kind.namespace && md.type === this.plan.kind.type;
     // Every older change has been forgotten already, so `c` is the next one after the cursor.
-    if (!ofKind || this.deliverAs(c) === undefined) {
+    if (this.deliverAs(c) === undefined) {
       this.cursor = c.revision;
       return;
     }
@@ -252,7 +305,7 @@ class WatchSession {
     try {
       // Move the cursor over changes this watcher would not deliver; stop at the first it would.
       for (;;) {
-        const batch = this.hub.store.readChanges(this.cursor, 256, this.plan.kind);
+        const batch = this.history.readChanges(this.cursor, 256);
         const next = batch.changes.find((c) => this.deliverAs(c) !== undefined);
         if (next !== undefined) {
           this.hub.schedule(this);
@@ -283,7 +336,7 @@ class WatchSession {
 
   /** Aggregated and unfiltered: its change events are the same as every other such watcher's of the kind. */
   private get sharesBatches(): boolean {
-    return this.plan.aggregated && this.plan.id === undefined && this.plan.selector.everything;
+    return this.plan.aggregated && this.plan.id === undefined && this.plan.selector.everything && this.sendsAll;
   }
 
   /** api_version 0 clients get no BOOTSTRAPPED, ERRORED or NOOP events. */
@@ -291,24 +344,25 @@ class WatchSession {
     return this.plan.apiVersion >= 1;
   }
 
-  private start(): void {
-    const { store, frames } = this.hub;
+  private start(snapshot: Resource[] | undefined): void {
+    const { frames } = this.hub;
+    const history = this.history;
     const plan = this.plan;
-    const now = store.revision;
+    const now = history.revision;
     if (plan.resumeFrom !== undefined) {
-      this.resume(plan.resumeFrom);
+      this.resume(plan.resumeFrom.revision, snapshot, plan.resumeFrom.bootstrapAfterId);
       return;
     }
     if (plan.id !== undefined) {
       // Single resource: its state now, then its changes.
       this.cursor = now;
-      const bookmark = encodeBookmark(store.instance, { revision: now });
+      const bookmark = encodeBookmark(this.hub.feed.instance, { revision: now });
       if (plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.events.bookmark(now));
       if (plan.tailEvents > 0) {
         this.cursor = this.tailStart(now);
         return;
       }
-      const current = getOrUndefined(store, { ...plan.kind, id: plan.id });
+      const current = history.current(plan.id);
       this.initial.push(
         current !== undefined
           ? frames.event(EventType.CREATED, current, undefined, bookmark)
@@ -317,23 +371,22 @@ class WatchSession {
       return;
     }
     if (plan.bootstrapContents) {
-      this.beginBootstrap(now, undefined, store.list(plan.kind));
+      this.beginBootstrap(now, undefined, history.list());
       return;
     }
     this.cursor = plan.tailEvents > 0 ? this.tailStart(now) : now;
     if (plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.events.bookmark(this.cursor));
   }
 
-  private resume(pos: Position): void {
-    const { store } = this.hub;
-    if (pos.bootstrapAfterId !== undefined) {
-      // Continue an interrupted bootstrap from the same snapshot, rebuilt from history.
-      this.beginBootstrap(pos.revision, pos.bootstrapAfterId, store.listAt(this.plan.kind, pos.revision));
+  private resume(revision: number, snapshot: Resource[] | undefined, bootstrapAfterId: string | undefined): void {
+    if (bootstrapAfterId !== undefined) {
+      // Continue an interrupted bootstrap from the same snapshot (the feed rebuilt it for that revision).
+      this.beginBootstrap(revision, bootstrapAfterId, snapshot ?? this.history.listAt(revision));
       return;
     }
     // Checks the position is still in history (too-old otherwise).
-    store.readChanges(pos.revision, 0, this.plan.kind);
-    this.cursor = pos.revision;
+    this.history.readChanges(revision, 0);
+    this.cursor = revision;
     if (this.plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.events.bookmark(this.cursor));
   }
 
@@ -345,12 +398,12 @@ class WatchSession {
 
   /** The revision to start from so that the last `tailEvents` deliverable changes are replayed. */
   private tailStart(now: number): number {
-    const { store } = this.hub;
-    const from = store.oldestRevision;
+    const history = this.history;
+    const from = history.oldestRevision;
     const revisions: number[] = [];
     let after = from;
     for (;;) {
-      const batch = store.readChanges(after, 4096, this.plan.kind);
+      const batch = history.readChanges(after, 4096);
       for (const c of batch.changes) if (this.deliverAs(c) !== undefined) revisions.push(c.revision);
       if (batch.through >= now || batch.changes.length === 0) break;
       after = batch.through;
@@ -363,6 +416,8 @@ class WatchSession {
   private deliverAs(c: Change): EventType | undefined {
     const plan = this.plan;
     if (plan.id !== undefined && c.resource.metadata.id !== plan.id) return undefined;
+    // A value that does not decode is reported, not skipped; api_version 0 clients cannot be told (cosid logs it).
+    if (c.error !== undefined) return this.sendsAll ? EventType.ERRORED : undefined;
     const sel = plan.selector;
     if (c.type === 'created') return sel.matches(c.resource.metadata) ? EventType.CREATED : undefined;
     if (c.type === 'destroyed') return sel.matches(c.resource.metadata) ? EventType.DESTROYED : undefined;
@@ -397,7 +452,7 @@ class WatchSession {
       return Frames.watchResponse([]);
     }
     if (this.sharesBatches && this.initial.length === 0 && this.bootstrapItems === undefined && this.backlog.length === 0) {
-      const { through, response } = this.hub.events.catchUp(this.plan.kind, this.cursor);
+      const { through, response } = this.hub.events.catchUp(this.history, this.cursor);
       this.cursor = through;
       return response;
     }
@@ -422,16 +477,17 @@ class WatchSession {
       const b = this.initial.shift();
       if (b !== undefined && !add(b)) return out;
     }
-    const { store, frames } = this.hub;
+    const { frames } = this.hub;
+    const instance = this.hub.feed.instance;
     if (this.bootstrapItems !== undefined) {
       while (this.bootstrapIndex < this.bootstrapItems.length) {
         const r = this.bootstrapItems[this.bootstrapIndex++];
         if (r === undefined) continue;
-        const bookmark = encodeBookmark(store.instance, { revision: this.bootstrapRevision, bootstrapAfterId: r.metadata.id });
+        const bookmark = encodeBookmark(instance, { revision: this.bootstrapRevision, bootstrapAfterId: r.metadata.id });
         if (!add(frames.event(EventType.CREATED, r, undefined, bookmark))) return out;
       }
       this.bootstrapItems = undefined;
-      const done = encodeBookmark(store.instance, { revision: this.bootstrapRevision });
+      const done = encodeBookmark(instance, { revision: this.bootstrapRevision });
       if (this.sendsAll) {
         if (!add(frames.event(EventType.BOOTSTRAPPED, undefined, undefined, done))) return out;
         if (this.plan.bootstrapBookmark && !add(this.hub.events.bookmark(this.bootstrapRevision))) return out;
@@ -440,15 +496,15 @@ class WatchSession {
     while (this.backlog.length > 0) {
       const c = this.backlog.shift();
       const type = c === undefined ? undefined : this.deliverAs(c);
-      if (c !== undefined && type !== undefined && !add(this.hub.events.change(c, type))) return out;
+      if (c !== undefined && type !== undefined && !add(this.hub.events.change(c, type, this.history))) return out;
     }
     for (;;) {
       if (out.length >= max || bytes >= this.hub.limits.maxBatchBytes) return out;
-      const batch = store.readChanges(this.cursor, max - out.length, this.plan.kind);
+      const batch = this.history.readChanges(this.cursor, max - out.length);
       for (const c of batch.changes) {
         this.cursor = c.revision;
         const type = this.deliverAs(c);
-        if (type !== undefined && !add(this.hub.events.change(c, type))) return out;
+        if (type !== undefined && !add(this.hub.events.change(c, type, this.history))) return out;
       }
       // Changes this watcher filters out still move its cursor.
       this.cursor = Math.max(this.cursor, batch.through);
