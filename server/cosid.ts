@@ -19,6 +19,7 @@ import { Registry } from './resources/registry.js';
 import { MemoryStore } from './store/memory.js';
 import type { ResourceStore } from './store/store.js';
 import { TlsMaterial } from './tls/material.js';
+import { Metrics, serveMetrics } from './metrics.js';
 import { DEFAULT_WATCH_LIMITS, WatchHub, type WatchLimits } from './watch/hub.js';
 
 export interface TlsPem {
@@ -56,6 +57,8 @@ export interface CosidOptions {
   shutdownGraceMs?: number;
   /** The container runtime and log files behind machine.MachineService (Containers, Logs). */
   runtime?: Partial<RuntimeOptions>;
+  /** host:port to serve Prometheus metrics on (GET /metrics, plain HTTP); off when absent. */
+  metricsListen?: string;
 }
 
 const STATE_SERVICE = 'cosi.resource.State';
@@ -63,6 +66,10 @@ const MACHINE_SERVICE = 'machine.MachineService';
 
 export class Cosid {
   readonly store: ResourceStore;
+  readonly metrics: Metrics;
+  /** Where metrics are served, when they are. */
+  readonly metricsUrl: string | undefined;
+  private readonly closeMetrics: () => Promise<void>;
   readonly registry: Registry;
   readonly hub: WatchHub;
   private readonly server: grpc.Server;
@@ -74,8 +81,21 @@ export class Cosid {
   private constructor(
     private readonly opts: CosidOptions,
     readonly port: number,
-    parts: { store: ResourceStore; registry: Registry; hub: WatchHub; server: grpc.Server; health: HealthImplementation; closeRuntime: () => void; endLogs: (err: CosiError) => void },
+    parts: {
+      store: ResourceStore;
+      registry: Registry;
+      hub: WatchHub;
+      server: grpc.Server;
+      health: HealthImplementation;
+      closeRuntime: () => void;
+      endLogs: (err: CosiError) => void;
+      metrics: Metrics;
+      metricsServer: { url: string; close(): Promise<void> } | undefined;
+    },
   ) {
+    this.metrics = parts.metrics;
+    this.metricsUrl = parts.metricsServer?.url;
+    this.closeMetrics = () => parts.metricsServer?.close() ?? Promise.resolve();
     this.closeRuntime = parts.closeRuntime;
     this.endLogs = parts.endLogs;
     this.store = parts.store;
@@ -97,7 +117,15 @@ export class Cosid {
       throw new Error(`cannot write the resource definitions to the ${store.backend} store: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
     }
     const frames = new Frames(registry);
-    const hub = new WatchHub(store.feed, frames, { ...DEFAULT_WATCH_LIMITS, ...opts.watchLimits });
+    const metrics = new Metrics();
+    const hub = new WatchHub(store.feed, frames, { ...DEFAULT_WATCH_LIMITS, ...opts.watchLimits }, metrics);
+    metrics.sources.watchers = () => {
+      const s = hub.stats();
+      return { streaming: s.sessions - s.parked, parked: s.parked, lagMax: s.lagMax, lagTotal: s.lagTotal };
+    };
+    metrics.sources.kinds = () => store.feed.opened().map((h) => ({ namespace: h.kind.namespace, type: h.kind.type, resources: h.list().length, history: h.size }));
+    const material = opts.tls instanceof TlsMaterial ? opts.tls : TlsMaterial.fromPem(opts.tls, log);
+    metrics.sources.certificates = () => material.expiry();
 
     const server = new grpc.Server({
       // Watches are long-lived; keep connections honest without killing idle watchers.
@@ -114,17 +142,17 @@ export class Cosid {
       // A connection with no call for this long is closed.
       'grpc.max_connection_idle_ms': 300_000,
     });
-    server.addService(stateServiceDefinition(), stateServiceHandlers({ feed: store.feed, registry, frames, hub, log, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
-    const machine = machineService({ runtime: { ...DEFAULT_RUNTIME, ...opts.runtime }, nodeName: opts.nodeName, log, audit: opts.audit, maxLogStreamsPerConnection: opts.maxLogStreamsPerConnection });
+    server.addService(stateServiceDefinition(), stateServiceHandlers({ feed: store.feed, registry, frames, hub, log, metrics, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
+    const machine = machineService({ runtime: { ...DEFAULT_RUNTIME, ...opts.runtime }, nodeName: opts.nodeName, log, metrics, audit: opts.audit, maxLogStreamsPerConnection: opts.maxLogStreamsPerConnection });
     server.addService(machineServiceDefinition(), machine.handlers);
     const health = new HealthImplementation({ '': 'SERVING', [STATE_SERVICE]: 'SERVING', [MACHINE_SERVICE]: 'SERVING' });
     health.addToServer(server);
     new ReflectionService(reflectionPackage()).addToServer(server);
 
     let port: number;
+    let metricsServer: { url: string; close(): Promise<void> } | undefined;
     try {
       // mTLS only: the handshake refuses clients without a certificate signed by a trusted CA.
-      const material = opts.tls instanceof TlsMaterial ? opts.tls : TlsMaterial.fromPem(opts.tls, log);
       const creds = material.serverCredentials({ handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 10_000 });
       port = await new Promise<number>((resolve, reject) => {
         server.bindAsync(opts.listen, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${opts.listen}: ${err.message}`)) : resolve(p)));
@@ -133,6 +161,7 @@ export class Cosid {
       const tlsServers = tlsServersOf(server);
       logHandshakeRefusals(tlsServers, log);
       rememberPeerCertificates(tlsServers);
+      if (opts.metricsListen !== undefined) metricsServer = await serveMetrics(opts.metricsListen, metrics, log);
     } catch (err) {
       server.forceShutdown();
       machine.close();
@@ -140,7 +169,7 @@ export class Cosid {
       throw err;
     }
     log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName, store: store.backend });
-    return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close(), endLogs: (err) => machine.endAll(err) });
+    return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close(), endLogs: (err) => machine.endAll(err), metrics, metricsServer });
   }
 
   /** Graceful stop: every watch ends with UNAVAILABLE, then calls finish or are cut after the grace period. */
@@ -154,7 +183,7 @@ export class Cosid {
       // Streams to clients that stopped reading cannot finish: after the grace period they are cut.
       const done = () => {
         this.closeRuntime();
-        void this.store.close().finally(resolve);
+        void Promise.allSettled([this.store.close(), this.closeMetrics()]).then(() => resolve());
       };
       const timer = setTimeout(() => {
         this.server.forceShutdown();

@@ -34,6 +34,7 @@ const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [flags]
   --etcd-key FILE           its key
   --etcd-prefix PREFIX      key prefix of this node's resources (default /cosi/<node>/)
   --etcd-insecure           plaintext to etcd, allowed only on loopback (http://127.0.0.1:PORT); for tests
+  --metrics-listen ADDR     host:port to serve Prometheus metrics on (GET /metrics, plain HTTP; default: off)
   --audit                   one log line per call (peer subject, roles, method, kind or container id, outcome, duration)
   --log-level LEVEL         debug, info, warn or error (default info)`;
 
@@ -64,6 +65,7 @@ async function main(): Promise<number> {
         'pod-logs-dir': { type: 'string', default: '/var/log/pods' },
         'kubelet-log': { type: 'string' },
         store: { type: 'string', default: 'memory' },
+        'metrics-listen': { type: 'string' },
         'etcd-endpoints': { type: 'string' },
         'etcd-ca': { type: 'string' },
         'etcd-cert': { type: 'string' },
@@ -127,6 +129,7 @@ async function main(): Promise<number> {
   const store = await openStore(args, nodeName, log, read);
   const node = await CosiNode.start({
     store,
+    ...(args['metrics-listen'] !== undefined ? { metricsListen: args['metrics-listen'] } : {}),
     listen: args.listen ?? '127.0.0.1:50000',
     tls,
     nodeName,

@@ -12,7 +12,7 @@ export interface NodeOptions extends CosidOptions {
   /** host:port on loopback for the kubelet's staticPodURL (default 127.0.0.1:0). */
   manifestListen?: string;
   /** Kubelet status polling; off when undefined (no kubelet client credentials). */
-  kubelet?: Omit<KubeletPollerOptions, 'store' | 'log'>;
+  kubelet?: Omit<KubeletPollerOptions, 'store' | 'log' | 'onPoll'>;
 }
 
 export class CosiNode {
@@ -30,13 +30,14 @@ export class CosiNode {
     let manifests: ManifestServer | undefined;
     try {
       manifests = await ManifestServer.start({ listen: opts.manifestListen ?? '127.0.0.1:0', store: cosid.store, log });
-      const config = new MachineConfigController(cosid.store, opts.configPath, log);
+      const config = new MachineConfigController(cosid.store, opts.configPath, log, (outcome) => cosid.metrics.reload(outcome));
       if (!(await config.reload('start'))) throw new Error(`cannot start: the machine config ${opts.configPath} was rejected (see the log above)`);
       config.watch();
       manifests.markReady();
       let poller: KubeletPoller | undefined;
       if (opts.kubelet !== undefined) {
-        const p = new KubeletPoller({ ...opts.kubelet, store: cosid.store, log });
+        const p = new KubeletPoller({ ...opts.kubelet, store: cosid.store, log, onPoll: (outcome, seconds) => cosid.metrics.poll(outcome, seconds) });
+        cosid.metrics.kubeletPolled(() => p.lastGoodPoll);
         // The kubelet may pick a change up soon: look right away instead of waiting a whole interval.
         manifests.onChange(() => p.pollSoon());
         p.start();

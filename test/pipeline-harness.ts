@@ -67,7 +67,7 @@ export interface RuntimeSetup {
 
 export async function startNode(
   initialConfig: string,
-  opts: { stepMs?: number; httpCheckMs?: number; intervalMs?: number; serverName?: string; runtime?: RuntimeSetup } = {},
+  opts: { stepMs?: number; httpCheckMs?: number; intervalMs?: number; serverName?: string; runtime?: RuntimeSetup; metrics?: boolean } = {},
 ): Promise<TestNode> {
   const dir = await mkdtemp(join(tmpdir(), 'cosi-node-'));
   const podLogsDir = join(dir, 'pods');
@@ -82,6 +82,7 @@ export async function startNode(
     nodeName: NODE,
     shutdownGraceMs: 1000,
     configPath,
+    ...(opts.metrics === true ? { metricsListen: '127.0.0.1:0' } : {}),
     kubelet: {
       url: `https://127.0.0.1:${kubeletPort}/pods/`,
       caPem: kpki.ca.certPem,

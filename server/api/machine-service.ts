@@ -12,6 +12,7 @@ import { listPods, parseContainerRef, resolveContainerLog } from '../runtime/ins
 import { readLog } from '../runtime/log-file.js';
 import { authorizeRead, peerOf } from './access.js';
 import { callRecorder, toStatus } from './service.js';
+import type { Metrics } from '../metrics.js';
 import { drained, requestOf, tolerant } from './requests.js';
 
 export interface RuntimeOptions {
@@ -34,6 +35,7 @@ export interface MachineServiceDeps {
   audit?: boolean;
   /** Open `Logs` streams one connection may hold (default 64). */
   maxLogStreamsPerConnection?: number;
+  metrics?: Metrics;
 }
 
 /** Talos's namespaces: `k8s.io` for Kubernetes' containers (driver CRI), `system` for its own services. */
@@ -76,7 +78,7 @@ export interface MachineService {
 export function machineService(deps: MachineServiceDeps): MachineService {
   const { runtime, nodeName, log } = deps;
   const cri = new CriClient(runtime.criEndpoint);
-  const record = callRecorder(log, deps.audit === true);
+  const record = callRecorder(log, deps.audit === true, 'machine.MachineService', deps.metrics);
   const maxLogStreams = deps.maxLogStreamsPerConnection ?? 64;
   // Open Logs streams by connection (grpc-js names a connection "ip:port"); a connection at zero is forgotten.
   const logStreamsByPeer = new Map<string, number>();

@@ -8,6 +8,7 @@ import type { Registry } from '../resources/registry.js';
 import { compileSelector } from '../store/query.js';
 import type { ChangeFeed, KindHistory } from '../store/store.js';
 import type { WatchHub } from '../watch/hub.js';
+import type { Metrics } from '../metrics.js';
 import { planWatch } from '../watch/plan.js';
 import { authorizeRead, peerOf } from './access.js';
 import type { Frames } from '../watch/frames.js';
@@ -29,6 +30,7 @@ export interface StateServiceDeps {
   audit?: boolean;
   /** Connections (with calls in flight) one remote address may hold (default 64). */
   maxConnectionsPerAddress?: number;
+  metrics?: Metrics;
 }
 
 const WRITE_METHODS = ['Create', 'Update', 'Destroy', 'Teardown', 'TeardownAndDestroy'] as const;
@@ -54,11 +56,12 @@ export type CallRecorder = (call: Pick<grpc.ServerUnaryCall<unknown, unknown>, '
  * once per peer subject and reason, and with `audit` every call gets one line: peer subject, roles, method, what it
  * named (each value cut at 256 characters), outcome, duration.
  */
-export function callRecorder(log: Logger, audit: boolean): CallRecorder {
+export function callRecorder(log: Logger, audit: boolean, service: string, metrics?: Metrics): CallRecorder {
   // A bounded memory of the refusals already logged.
   const refusalsSeen = new Set<string>();
   return (call, method, what, started, err) => {
     const code = err === undefined ? grpc.status.OK : (toStatus(err).code ?? grpc.status.UNKNOWN);
+    metrics?.call(service, method, grpc.status[code] ?? String(code), (Date.now() - started) / 1000, isCosiError(err, 'too-old'));
     const refused = code === grpc.status.PERMISSION_DENIED || code === grpc.status.UNAUTHENTICATED;
     // Reading the peer certificate costs real time per call: only when there is something to log.
     if (!refused && !audit) return;
@@ -135,7 +138,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   const watchesByPeer = new Counter();
   const header = new grpc.Metadata();
   header.set('cosi-node', deps.nodeName);
-  const recordCall = callRecorder(log, deps.audit === true);
+  const recordCall = callRecorder(log, deps.audit === true, 'cosi.resource.State', deps.metrics);
   /** Audit line and refusal log for one finished call. */
   const record = (call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, method: string, type: string, started: number, err?: unknown): void =>
     recordCall(call, method, { type }, started, err);

@@ -28,6 +28,8 @@ export class MachineConfigController {
     private readonly store: ResourceStore,
     readonly path: string,
     private readonly log: Logger,
+    /** Told the outcome of every load: applied, rejected (nothing changed) or partial (some changes stayed). */
+    private readonly onLoad: (outcome: 'applied' | 'rejected' | 'partial') => void = () => {},
   ) {}
 
   /** Loads the file now (loads never overlap). Resolves false when the config was rejected. */
@@ -61,10 +63,12 @@ export class MachineConfigController {
       const result = await untilWritten('static pods of the machine config', () => reconcileStaticPods(this.store, config.pods, this.log), this.log, { signal: this.stopped.signal });
       this.lastGood = { at: new Date().toISOString(), pods: config.pods.length, invalid: result.invalid.map((i) => ({ id: i.id, error: i.message })) };
       await this.publish('');
+      this.onLoad('applied');
       this.log.debug('machine config applied', { path: this.path, reason });
       return true;
     } catch (err) {
       const message = err instanceof MachineConfigError ? err.message : `${this.path}: ${err instanceof Error ? err.message : String(err)}`;
+      this.onLoad(err instanceof ReconcileError && !err.unchanged ? 'partial' : 'rejected');
       if (err instanceof ReconcileError && !err.unchanged) {
         // Said as it is: the store holds neither the last good state nor the new one.
         this.log.error('machine config applied in part: the last good state is NOT kept', {

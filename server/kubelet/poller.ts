@@ -27,6 +27,8 @@ export interface KubeletPollerOptions {
   maxBodyBytes?: number;
   store: ResourceStore;
   log: Logger;
+  /** Told how long each read of the kubelet took and whether it succeeded. */
+  onPoll?: (outcome: 'ok' | 'failed', seconds: number) => void;
 }
 
 type JsonObject = { [key: string]: Json };
@@ -170,7 +172,18 @@ export class KubeletPoller {
 
   private async pollOnce(): Promise<void> {
     try {
-      const pods = await this.fetchPods();
+      const started = performance.now();
+      const took = () => (performance.now() - started) / 1000;
+      const pods = await this.fetchPods().then(
+        (p) => {
+          this.opts.onPoll?.('ok', took());
+          return p;
+        },
+        (err: unknown) => {
+          this.opts.onPoll?.('failed', took());
+          throw err;
+        },
+      );
       await this.apply(pods);
       this.backoffMs = this.minBackoffMs;
       this.schedule(this.intervalMs);
@@ -253,6 +266,11 @@ export class KubeletPoller {
     const input = { namespace: K8S_NAMESPACE, type: STATIC_POD_STATUS_TYPE, id, spec, labels, annotations };
     // An unchanged status keeps its version (the store does not commit no-op updates).
     return upsert(this.opts.store, input, STATUS_OWNER);
+  }
+
+  /** When the kubelet was last read and its statuses written (undefined: not yet). */
+  get lastGoodPoll(): Date | undefined {
+    return this.lastSuccess === undefined ? undefined : new Date(this.lastSuccess);
   }
 
   private fetchPods(): Promise<JsonObject[]> {

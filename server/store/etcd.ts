@@ -38,6 +38,7 @@ export class EtcdStore implements ResourceStore, ChangeFeed {
   readonly backend = 'etcd';
   readonly feed: ChangeFeed = this;
   private readonly kinds = new Map<string, Promise<EtcdKind>>();
+  private readonly ready = new Map<string, EtcdKind>();
   private readonly limits: HistoryLimits;
   private closed = false;
 
@@ -144,6 +145,7 @@ export class EtcdStore implements ResourceStore, ChangeFeed {
     const kinds = await Promise.allSettled([...this.kinds.values()]);
     for (const k of kinds) if (k.status === 'fulfilled') k.value.close();
     this.kinds.clear();
+    this.ready.clear();
     this.client.close();
   }
 
@@ -192,6 +194,10 @@ export class EtcdStore implements ResourceStore, ChangeFeed {
 
   // ----- ChangeFeed -----
 
+  opened(): KindHistory[] {
+    return [...this.ready.values()].map((k) => k.log);
+  }
+
   async history(kind: Kind): Promise<KindHistory> {
     return (await this.kindOf(kind)).log;
   }
@@ -223,6 +229,7 @@ export class EtcdStore implements ResourceStore, ChangeFeed {
     if (k === undefined) {
       k = EtcdKind.open(this, { namespace: kind.namespace, type: kind.type }, this.limits);
       this.kinds.set(key, k);
+      k.then((opened) => this.ready.set(key, opened), () => undefined);
       // A kind that could not be opened (etcd unreachable) is tried again by the next reader.
       k.catch(() => this.kinds.delete(key));
     }

@@ -100,6 +100,10 @@ export class KindLog implements KindHistory {
     return { changes, through: i < this.history.length ? (last?.revision ?? after) : this.rev };
   }
 
+  countAfter(revision: number): number {
+    return this.history.length - Math.max(this.start, this.firstAfter(revision));
+  }
+
   subscribe(listener: HistoryListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);

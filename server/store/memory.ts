@@ -37,6 +37,10 @@ export class MemoryStore implements ResourceStore, ChangeFeed {
     return log;
   }
 
+  opened(): KindHistory[] {
+    return [...this.kinds.values()];
+  }
+
   history(kind: Kind): Promise<KindHistory> {
     return Promise.resolve(this.log(kind));
   }

@@ -126,6 +126,8 @@ export interface KindHistory {
   readonly revision: number;
   /** readChanges(after) works for after >= this. */
   readonly oldestRevision: number;
+  /** Changes held in history now. */
+  readonly size: number;
   /** Why the kind cannot be read now (the backend is unreachable), or undefined. */
   readonly unavailable: CosiError | undefined;
   /** The resource now, or undefined. */
@@ -136,6 +138,8 @@ export interface KindHistory {
   listAt(revision: number): Resource[];
   /** Changes after `after`, oldest first, at most `max`. Throws too-old, invalid-bookmark (future). */
   readChanges(after: number, max: number): ChangeBatch;
+  /** How many changes held come after `revision` (a watcher's lag). */
+  countAfter(revision: number): number;
   /** Returns the unsubscribe function. */
   subscribe(listener: HistoryListener): () => void;
 }
@@ -148,6 +152,8 @@ export interface ChangeFeed {
   readonly instance: string;
   /** The kind's history, opened when first asked (etcd: its watch). Throws unavailable. */
   history(kind: Kind): Promise<KindHistory>;
+  /** The histories opened so far (metrics). */
+  opened(): KindHistory[];
   /**
    * The kind's history once it holds every change committed before this call (etcd: a fence write the kind's watch
    * must deliver). For readers that must see their own writes. Throws unavailable.

@@ -61,6 +61,16 @@ export class TlsMaterial {
     this.current = initial;
   }
 
+  /** When the serving certificate and each trusted CA stop being valid (for metrics). */
+  expiry(): { server: Date | undefined; cas: { subject: string; notAfter: Date }[] } {
+    const [cert] = parseBundle(this.current.cert.toString('utf8'), this.paths.certFile);
+    const cas = parseBundle(this.current.ca.toString('utf8'), this.paths.caFile);
+    return {
+      server: cert === undefined ? undefined : new Date(cert.validTo),
+      cas: cas.map((c) => ({ subject: c.subject.replace(/\n/g, ', '), notAfter: new Date(c.validTo) })),
+    };
+  }
+
   /** Reads and checks the files; fails when they are not a usable set. */
   static async load(paths: TlsPaths, log: Logger): Promise<TlsMaterial> {
     const m = await readMaterial(paths);

@@ -21,6 +21,8 @@ export interface CatchUpBatch {
   /** The watcher's cursor after sending it. */
   readonly through: number;
   readonly response?: Buffer;
+  /** Events in the response. */
+  readonly events: number;
 }
 
 /** How a change reaches a watcher that filters nothing (a value that does not decode is an ERRORED event). */
@@ -106,8 +108,8 @@ export class EncodedEvents {
       }
     }
     const [only] = events;
-    if (only === undefined) return { through };
-    const result = { through, response: events.length === 1 ? this.response(only) : Frames.watchResponse(events) };
+    if (only === undefined) return { through, events: 0 };
+    const result = { through, events: events.length, response: events.length === 1 ? this.response(only) : Frames.watchResponse(events) };
     this.sharedBatches.set(prefix + from, result);
     this.sharedBytes = dropOldest(this.sharedBatches, (b) => b.response?.length ?? 0, this.sharedBytes + result.response.length, this.limits.sharedBatchBytes, prefix + from);
     return result;

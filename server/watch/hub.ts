@@ -9,6 +9,7 @@ import { encodeBookmark } from './bookmark.js';
 import { EncodedEvents } from './events.js';
 import { Frames } from './frames.js';
 import type { WatchPlan } from './plan.js';
+import type { WatchMetrics } from '../metrics.js';
 
 /** Where a session writes: a server stream with grpc-js write()/'drain' semantics. */
 export interface WatchSink {
@@ -63,6 +64,9 @@ export interface WatchStats {
   sessions: number;
   /** Sessions waiting for their stream to drain. */
   parked: number;
+  /** Changes in history not yet sent: the most of any one watcher (of its kind, filtered or not), and the total. */
+  lagMax: number;
+  lagTotal: number;
   /** The most messages any one watch has waiting in its stream: bounded by the stream's high-water mark. */
   maxBuffered: number;
   /** The most bytes any one watch has waiting in its stream: about maxBufferedBytes at most. */
@@ -70,6 +74,8 @@ export interface WatchStats {
   /** Bytes of encoded events kept (at most eventCacheBytes plus the newest event). */
   cachedEventBytes: number;
 }
+
+const NO_METRICS: WatchMetrics = { sent() {}, overrun() {} };
 
 /** The longest one flush of the watch hub keeps the event loop (see WatchHub.flush). */
 const FLUSH_SLICE_MS = 5;
@@ -93,6 +99,7 @@ export class WatchHub {
     readonly feed: ChangeFeed,
     readonly frames: Frames,
     readonly limits: WatchLimits = DEFAULT_WATCH_LIMITS,
+    readonly metrics: WatchMetrics = NO_METRICS,
   ) {
     this.events = new EncodedEvents(feed.instance, frames, limits);
     if (limits.bookmarkIntervalMs > 0) {
@@ -182,15 +189,20 @@ export class WatchHub {
     let parked = 0;
     let maxBuffered = 0;
     let maxBufferedBytes = 0;
+    let lagMax = 0;
+    let lagTotal = 0;
     for (const w of this.byKind.values()) {
       for (const s of w.sessions) {
         sessions++;
         if (s.parked) parked++;
+        const lag = s.lag();
+        lagMax = Math.max(lagMax, lag);
+        lagTotal += lag;
         maxBuffered = Math.max(maxBuffered, s.sink.buffered());
         maxBufferedBytes = Math.max(maxBufferedBytes, s.sink.bufferedBytes());
       }
     }
-    return { sessions, parked, maxBuffered, maxBufferedBytes, cachedEventBytes: this.events.cachedBytes };
+    return { sessions, parked, lagMax, lagTotal, maxBuffered, maxBufferedBytes, cachedEventBytes: this.events.cachedBytes };
   }
 
   /** Ends every watch with the given status (graceful shutdown). */
@@ -282,6 +294,12 @@ class WatchSession {
     return this.ended;
   }
 
+  /** Changes held that this watcher has not been sent (or skipped) yet. */
+  lag(): number {
+    const bootstrapLeft = this.bootstrapItems === undefined ? 0 : this.bootstrapItems.length - this.bootstrapIndex;
+    return this.backlog.length + bootstrapLeft + this.history.countAfter(this.cursor);
+  }
+
   /** History is forgetting `c`: skip it if this watcher would not deliver it, else this watch has lost its place. */
   forgotten(c: Change): void {
     if (this.ended || c.revision <= this.cursor) return;
@@ -296,6 +314,7 @@ class WatchSession {
       return;
     }
     this.backlog = [];
+    this.hub.metrics.overrun();
     this.finish(new CosiError('too-old', `watch fell behind by more than ${this.hub.limits.maxBacklog} events beyond the kept history; list again and watch from there`));
   }
 
@@ -318,11 +337,12 @@ class WatchSession {
       this.finish(asCosiError(err));
       return;
     }
-    this.write(Frames.watchResponse([this.hub.events.bookmark(this.cursor)]));
+    this.write(Frames.watchResponse([this.hub.events.bookmark(this.cursor)]), 1);
   }
 
-  private write(message: Buffer): boolean {
+  private write(message: Buffer, events: number): boolean {
     this.lastSentAt = Date.now();
+    this.hub.metrics.sent('full', events, message.length);
     const ok = this.sink.write(message);
     if (!ok) {
       this.parked = true;
@@ -434,9 +454,9 @@ class WatchSession {
     if (this.ended || this.parked) return;
     try {
       for (let turn = 0; turn < this.hub.limits.messagesPerTurn; turn++) {
-        const message = this.nextMessage();
-        if (message === undefined) return;
-        if (!this.write(message)) return;
+        const next = this.nextMessage();
+        if (next === undefined) return;
+        if (!this.write(next.message, next.events)) return;
       }
       // More to send: yield to the other sessions and come back.
       this.hub.schedule(this);
@@ -446,21 +466,21 @@ class WatchSession {
   }
 
   /** The next WatchResponse: first the empty "ready" marker, then events; undefined when caught up. */
-  private nextMessage(): Buffer | undefined {
+  private nextMessage(): { message: Buffer; events: number } | undefined {
     if (!this.readySent) {
       this.readySent = true;
-      return Frames.watchResponse([]);
+      return { message: Frames.watchResponse([]), events: 0 };
     }
     if (this.sharesBatches && this.initial.length === 0 && this.bootstrapItems === undefined && this.backlog.length === 0) {
-      const { through, response } = this.hub.events.catchUp(this.history, this.cursor);
+      const { through, response, events } = this.hub.events.catchUp(this.history, this.cursor);
       this.cursor = through;
-      return response;
+      return response === undefined ? undefined : { message: response, events };
     }
     const batch = this.nextBatch();
     if (batch.length === 0) return undefined;
     const [only] = batch;
     // The common case (one event, not aggregated) writes the same shared bytes to every watcher: no copy.
-    return batch.length === 1 && only !== undefined ? this.hub.events.response(only) : Frames.watchResponse(batch);
+    return { message: batch.length === 1 && only !== undefined ? this.hub.events.response(only) : Frames.watchResponse(batch), events: batch.length };
   }
 
   /** The events of the next WatchResponse (one unless aggregated); empty when caught up. */
