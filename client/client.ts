@@ -103,6 +103,14 @@ export interface WatchOptions extends ListOptions {
   bootstrapBookmark?: boolean;
   /** Let the server pack events that piled up into one message: the same events one by one here, fewer messages. */
   aggregated?: boolean;
+  /**
+   * How the server encodes events. `lean` (cosid's request metadata `cosi-event-form: lean`): about a quarter of
+   * the bytes, each resource with its YAML spec only (`protoSpec` is empty) and no old resource, which the library
+   * fills in from its own view. `full`: the COSI reference's form, `protoSpec` and the server's `old` included.
+   * Default: lean for a watch that keeps a view (bootstrap, or one resource), full otherwise (where the library
+   * would have no old resource to fill in).
+   */
+  eventForm?: 'lean' | 'full';
   /** Reconnect, resume and resync after failures (default true); see CosiClient.watchIter. */
   reconnect?: boolean | ReconnectOptions;
 }

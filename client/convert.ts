@@ -51,6 +51,8 @@ export interface WatchRequest {
   readonly idRegexp?: string;
   readonly aggregated: boolean;
   readonly bootstrapBookmark: boolean;
+  /** Ask for lean events (request metadata, not a request field: generic clients never send it). */
+  readonly lean?: boolean;
 }
 
 export function toWireWatchRequest(r: WatchRequest): WireWatchRequest {

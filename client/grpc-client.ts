@@ -5,7 +5,7 @@ import { setMaxListeners } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import type { Observable } from 'rxjs';
 import { CosiError } from '../shared/errors.js';
-import { wire, type Codec, type WireListRequest } from '../shared/wire.js';
+import { EVENT_FORM_METADATA_KEY, wire, type Codec, type WireListRequest } from '../shared/wire.js';
 import { CallContext, checkMs, toCosiError } from './call.js';
 import { DEFAULT_PORT, FLOW_CONTROL_WINDOW, type CallOptions, type ClientLogger, type ConnectOptions, type CosiClient, type ListOptions, type LogsOptions, type ReadOptions, type WatchOptions, type WatchStream } from './client.js';
 import { fromWireResource, toDefinition, toWatchEvent, toWireQueries, toWireWatchRequest, type WatchRequest } from './convert.js';
@@ -149,7 +149,9 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
   /** One raw Watch call, no reconnects: each message's events ([] is the "ready" marker), pulled. */
   async *watchOnce(req: WatchRequest, signal: AbortSignal): AsyncGenerator<WatchEvent[], void, undefined> {
     if (signal.aborted || this.closing.signal.aborted) return;
-    const call = this.channel.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(wire.watchRequest.encode(toWireWatchRequest(req))));
+    const metadata = new grpc.Metadata();
+    if (req.lean === true) metadata.set(EVENT_FORM_METADATA_KEY, 'lean');
+    const call = this.channel.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(wire.watchRequest.encode(toWireWatchRequest(req))), metadata);
     call.on('metadata', (md) => this.noteNode(md));
     const cancel = () => call.cancel();
     signal.addEventListener('abort', cancel);

@@ -116,8 +116,14 @@ async function* resilientBatches(t: WatchTransport, type: string, opts: WatchOpt
     setState('streaming');
   };
 
+  const lean = opts.eventForm === undefined ? tracksView : opts.eventForm === 'lean';
   const record = (e: WatchEvent, out: WatchEvent[]) => {
-    if (tracksView && e.resource !== undefined) {
+    // A lean event carries no old resource: the view has it (a lean watch without a view has none to give).
+    if (lean && e.type === 'updated' && e.old === undefined && e.resource !== undefined) {
+      const old = view.get(e.resource.metadata.id);
+      if (old !== undefined) e = { ...e, old };
+    }
+    if ((tracksView || lean) && e.resource !== undefined) {
       if (e.type === 'destroyed') view.delete(e.resource.metadata.id);
       else if (e.type === 'created' || e.type === 'updated') view.set(e.resource.metadata.id, e.resource);
     }
@@ -167,6 +173,7 @@ async function* resilientBatches(t: WatchTransport, type: string, opts: WatchOpt
       ...(opts.idRegexp !== undefined ? { idRegexp: opts.idRegexp } : {}),
       aggregated: opts.aggregated ?? false,
       bootstrapBookmark: opts.bootstrapBookmark ?? false,
+      lean,
     };
     if (resync !== undefined) return { ...base, bootstrap: opts.id === undefined, tailEvents: 0 };
     if (bookmark !== undefined) return { ...base, bootstrap: false, tailEvents: 0, fromBookmark: bookmark };

@@ -13,7 +13,7 @@ import { PROTO_DIR } from '../shared/wire.js';
 import { Frames } from './watch/frames.js';
 import { DEFAULT_RUNTIME, machineServiceDefinition, machineService, type RuntimeOptions } from './api/machine-service.js';
 import { stateServiceDefinition, stateServiceHandlers } from './api/service.js';
-import { tlsServersOf } from './grpc-internals.js';
+import { installFramedWrites, rememberAcceptedEncodings, tlsServersOf } from './grpc-internals.js';
 import { registerK8sTypes } from './resources/k8s.js';
 import { Registry } from './resources/registry.js';
 import { MemoryStore } from './store/memory.js';
@@ -59,6 +59,8 @@ export interface CosidOptions {
   runtime?: Partial<RuntimeOptions>;
   /** host:port to serve Prometheus metrics on (GET /metrics, plain HTTP); off when absent. */
   metricsListen?: string;
+  /** Compress the watch messages many watchers share, for clients that accept gzip (default true). */
+  watchCompression?: boolean;
 }
 
 const STATE_SERVICE = 'cosi.resource.State';
@@ -107,6 +109,8 @@ export class Cosid {
 
   static async start(opts: CosidOptions): Promise<Cosid> {
     const log = opts.log ?? silentLogger;
+    // Watch messages are framed (and compressed) once for all watchers; grpc-js must pass them through.
+    installFramedWrites();
     const store = opts.store ?? new MemoryStore({ historySize: opts.historySize, historyAgeMs: opts.historyAgeMs });
     const registry = new Registry(store, (msg, fields) => log.debug(msg, fields));
     registerK8sTypes(registry);
@@ -142,7 +146,7 @@ export class Cosid {
       // A connection with no call for this long is closed.
       'grpc.max_connection_idle_ms': 300_000,
     });
-    server.addService(stateServiceDefinition(), stateServiceHandlers({ feed: store.feed, registry, frames, hub, log, metrics, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
+    server.addService(stateServiceDefinition(), stateServiceHandlers({ feed: store.feed, registry, frames, hub, log, metrics, watchCompression: opts.watchCompression, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
     const machine = machineService({ runtime: { ...DEFAULT_RUNTIME, ...opts.runtime }, nodeName: opts.nodeName, log, metrics, audit: opts.audit, maxLogStreamsPerConnection: opts.maxLogStreamsPerConnection });
     server.addService(machineServiceDefinition(), machine.handlers);
     const health = new HealthImplementation({ '': 'SERVING', [STATE_SERVICE]: 'SERVING', [MACHINE_SERVICE]: 'SERVING' });
@@ -161,6 +165,7 @@ export class Cosid {
       const tlsServers = tlsServersOf(server);
       logHandshakeRefusals(tlsServers, log);
       rememberPeerCertificates(tlsServers);
+      rememberAcceptedEncodings(tlsServers);
       if (opts.metricsListen !== undefined) metricsServer = await serveMetrics(opts.metricsListen, metrics, log);
     } catch (err) {
       server.forceShutdown();

@@ -51,3 +51,66 @@ export function limitHandshake(creds: grpc.ServerCredentials, handshakeTimeoutMs
   if (options === null || typeof options !== 'object') throw missing('ServerCredentials#_getConstructorOptions', 'returns no TLS server options');
   internal._getConstructorOptions = () => ({ ...(base.call(creds) as object), handshakeTimeout: handshakeTimeoutMs });
 }
+
+/** Messages cosid framed itself (see framed()): grpc-js sends them as they are. */
+const FRAMED = new WeakSet<Buffer>();
+let framedWritesInstalled = false;
+
+/**
+ * Lets cosid hand grpc-js whole gRPC messages (the 5-byte prefix and the payload) that it built once and shares
+ * among watchers: grpc-js otherwise copies every message into a new buffer per call, and has no response
+ * compression at all, so a message compressed once for many watchers (flag 1) could not be sent. grpc-js frames a
+ * message in the private BaseServerInterceptingCall#serializeMessage; it is wrapped to pass through the buffers
+ * made by framed(), and to frame everything else as before. Throws when that method is missing.
+ */
+export function installFramedWrites(): void {
+  if (framedWritesInstalled) return;
+  let proto: { serializeMessage?: unknown } | undefined;
+  try {
+    const mod = createRequire(import.meta.url)('@grpc/grpc-js/build/src/server-interceptors.js') as { BaseServerInterceptingCall?: { prototype?: { serializeMessage?: unknown } } };
+    proto = mod.BaseServerInterceptingCall?.prototype;
+  } catch {
+    proto = undefined;
+  }
+  const original = proto?.serializeMessage;
+  if (proto === undefined || typeof original !== 'function') throw missing('BaseServerInterceptingCall#serializeMessage', 'is missing');
+  proto.serializeMessage = function serializeMessage(this: unknown, value: unknown): unknown {
+    return Buffer.isBuffer(value) && FRAMED.has(value) ? value : (original as (v: unknown) => unknown).call(this, value);
+  };
+  framedWritesInstalled = true;
+}
+
+/** A gRPC message: flag (1: compressed with the stream's grpc-encoding), length, payload. */
+export function framed(payload: Buffer, compressed: boolean): Buffer {
+  const out = Buffer.allocUnsafe(payload.length + 5);
+  out.writeUInt8(compressed ? 1 : 0, 0);
+  out.writeUInt32BE(payload.length, 1);
+  payload.copy(out, 5);
+  FRAMED.add(out);
+  return out;
+}
+
+/** Each HTTP/2 request's grpc-accept-encoding, by its stream (grpc-js drops the header from the call's metadata). */
+const ACCEPTED = new WeakMap<object, string>();
+
+/** Remembers what each call's client accepts (see acceptsGzip); call once per TLS server. */
+export function rememberAcceptedEncodings(tlsServers: readonly TlsServer[]): void {
+  for (const s of tlsServers) {
+    s.on('stream', (stream: object, headers: Record<string, unknown>) => {
+      const v = headers['grpc-accept-encoding'];
+      ACCEPTED.set(stream, typeof v === 'string' ? v : Array.isArray(v) ? v.join(',') : '');
+    });
+  }
+}
+
+/**
+ * Whether the client of this call accepts gzip-compressed messages (grpc-accept-encoding). The call's HTTP/2 stream
+ * is the private `call.stream` of the object grpc-js hands the handler as `call.call`; throws when it is missing.
+ */
+export function acceptsGzip(call: object): boolean {
+  const inner = (call as { call?: { stream?: unknown } }).call;
+  const stream = inner?.stream;
+  if (stream === null || typeof stream !== 'object') throw missing('ServerWritableStreamImpl#call.stream', 'is missing (the HTTP/2 stream of a call)');
+  const accepted = ACCEPTED.get(stream) ?? '';
+  return accepted.split(',').some((e) => e.trim() === 'gzip');
+}

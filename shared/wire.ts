@@ -271,3 +271,9 @@ function fromValue(v: WireValue): Json {
   if (v.boolValue != null) return v.boolValue;
   return null;
 }
+
+/**
+ * Request metadata with which a client asks a Watch for lean events (`lean`; `full` or absent: the reference's
+ * form). Ours, so generic COSI clients (talosctl) never send it and always get the full form.
+ */
+export const EVENT_FORM_METADATA_KEY = 'cosi-event-form';

@@ -73,6 +73,8 @@ export async function startServer(
     runtime?: Partial<RuntimeOptions>;
     /** Opens the store for this server (default: memory with historySize/historyAgeMs); cosid closes it. */
     store?: () => Promise<ResourceStore>;
+    /** Compress shared watch messages for clients that accept gzip (default true). */
+    watchCompression?: boolean;
   } = {},
 ): Promise<TestServer> {
   const pki = opts.pki ?? (await makePki());
@@ -85,6 +87,7 @@ export async function startServer(
     historySize: opts.historySize,
     historyAgeMs: opts.historyAgeMs,
     ...(opts.store !== undefined ? { store: await opts.store() } : {}),
+    ...(opts.watchCompression !== undefined ? { watchCompression: opts.watchCompression } : {}),
     watchLimits: {
       ...(opts.bookmarkIntervalMs !== undefined ? { bookmarkIntervalMs: opts.bookmarkIntervalMs } : {}),
       ...(opts.maxBacklog !== undefined ? { maxBacklog: opts.maxBacklog } : {}),

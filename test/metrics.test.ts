@@ -59,8 +59,8 @@ describe('metrics', () => {
     expect(m.get('cosi_watch_lag_events{stat="max"}')).toBe(0);
     expect(m.get('cosi_watch_lag_events{stat="total"}')).toBe(0);
     // The bootstrap: one created event and BOOTSTRAPPED.
-    expect(m.get('cosi_watch_events_sent_total{form="full"}')).toBe(2);
-    const bytes = m.get('cosi_watch_bytes_sent_total{form="full"}') ?? 0;
+    expect(m.get('cosi_watch_events_sent_total{form="lean+gzip"}')).toBe(2);
+    const bytes = m.get('cosi_watch_bytes_sent_total{form="lean+gzip"}') ?? 0;
     expect(bytes).toBeGreaterThan(0);
     expect(m.get('cosi_store_resources{namespace="k8s",type="StaticPods.kubernetes.talos.dev"}')).toBe(1);
     expect(m.get('cosi_store_resources{namespace="k8s",type="StaticPodStatuses.kubernetes.talos.dev"}')).toBe(1);
@@ -97,8 +97,8 @@ describe('metrics', () => {
     m = await scrape(url);
     expect(m.get(`cosi_grpc_call_duration_seconds_count{${STATE},method="Get",code="OK"}`)).toBe(gets + 3);
     expect(m.get(`cosi_grpc_call_duration_seconds_count{${STATE},method="Get",code="NOT_FOUND"}`)).toBe(1);
-    expect(m.get('cosi_watch_events_sent_total{form="full"}')).toBe(3);
-    expect(m.get('cosi_watch_bytes_sent_total{form="full"}')).toBeGreaterThan(bytes);
+    expect(m.get('cosi_watch_events_sent_total{form="lean+gzip"}')).toBe(3);
+    expect(m.get('cosi_watch_bytes_sent_total{form="lean+gzip"}')).toBeGreaterThan(bytes);
     expect(m.get('cosi_config_reloads_total{outcome="applied"}')).toBe(2);
     expect(m.get('cosi_store_resources{namespace="k8s",type="StaticPods.kubernetes.talos.dev"}')).toBe(2);
     expect(m.get('cosi_watch_too_old_total')).toBe(1);

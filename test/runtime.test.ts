@@ -237,7 +237,14 @@ describeCri('containers and logs on a real containerd', () => {
   });
 
   it('a pod removed from the machine config leaves containers -k, and a follow of its log ends', async () => {
-    const follow = collect(client.logs(`default/counter-${NODE}:counter`, { tailLines: 0, follow: true }), () => false);
+    // The pod goes only once the follower has its first line: then the follow is known to be live.
+    let firstLine: (() => void) | undefined;
+    const following = new Promise<void>((resolve) => (firstLine = resolve));
+    const follow = collect(client.logs(`default/counter-${NODE}:counter`, { tailLines: 0, follow: true }), (text) => {
+      if (text.includes('\n')) firstLine?.();
+      return false;
+    });
+    await following;
     await n.writeConfig(machineConfig([web, crasher, longLine]));
     await n.node.config.reload('test');
     await eventually(async () => {

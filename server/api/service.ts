@@ -3,7 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import { CosiError, ERROR_KIND_METADATA_KEY, isCosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { describePointer, type Kind } from '../../shared/resource.js';
-import { codecFor, stateService, type WireGetRequest, type WireListRequest, type WireWatchRequest } from '../../shared/wire.js';
+import { codecFor, EVENT_FORM_METADATA_KEY, stateService, type WireGetRequest, type WireListRequest, type WireWatchRequest } from '../../shared/wire.js';
 import type { Registry } from '../resources/registry.js';
 import { compileSelector } from '../store/query.js';
 import type { ChangeFeed, KindHistory } from '../store/store.js';
@@ -11,7 +11,8 @@ import type { WatchHub } from '../watch/hub.js';
 import type { Metrics } from '../metrics.js';
 import { planWatch } from '../watch/plan.js';
 import { authorizeRead, peerOf } from './access.js';
-import type { Frames } from '../watch/frames.js';
+import type { EventForm, Frames } from '../watch/frames.js';
+import { acceptsGzip } from '../grpc-internals.js';
 import { grpcWatchSink } from './watch-sink.js';
 import { drained, requestOf, tolerant } from './requests.js';
 
@@ -31,6 +32,8 @@ export interface StateServiceDeps {
   /** Connections (with calls in flight) one remote address may hold (default 64). */
   maxConnectionsPerAddress?: number;
   metrics?: Metrics;
+  /** Compress shared watch messages for clients that accept gzip (default true). */
+  watchCompression?: boolean;
 }
 
 const WRITE_METHODS = ['Create', 'Update', 'Destroy', 'Teardown', 'TeardownAndDestroy'] as const;
@@ -138,6 +141,9 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   const watchesByPeer = new Counter();
   const header = new grpc.Metadata();
   header.set('cosi-node', deps.nodeName);
+  // Watches whose client accepts gzip get the messages many watchers share compressed (once for all of them).
+  const gzipHeader = header.clone();
+  gzipHeader.set('grpc-encoding', 'gzip');
   const recordCall = callRecorder(log, deps.audit === true, 'cosi.resource.State', deps.metrics);
   /** Audit line and refusal log for one finished call. */
   const record = (call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, method: string, type: string, started: number, err?: unknown): void =>
@@ -224,7 +230,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
         const req = requestOf(call);
         checkRead(call, req);
         if (req.id !== undefined) checkName('id', req.id);
-        const plan = planWatch(req, feed.instance);
+        const plan = { ...planWatch(req, feed.instance), form: eventFormOf(call.metadata), gzip: deps.watchCompression !== false && acceptsGzip(call) };
         const peer = call.getPeer();
         if (watchesByPeer.get(peer) >= maxWatches) {
           throw new CosiError('resource-exhausted', `too many watches on this connection (limit ${maxWatches}); close some or open another connection`);
@@ -237,7 +243,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           counted = false;
           watchesByPeer.down(peer);
         };
-        call.sendMetadata(header);
+        call.sendMetadata(plan.gzip ? gzipHeader : header);
         const watch = hub.open(
           plan,
           grpcWatchSink(call, hub.limits.maxBufferedBytes, (error) => {
@@ -290,6 +296,13 @@ class Counter {
     else this.counts.delete(key);
     return Math.max(0, n);
   }
+}
+
+function eventFormOf(metadata: grpc.Metadata): EventForm {
+  const [value] = metadata.get(EVENT_FORM_METADATA_KEY);
+  if (value === undefined || value === 'full') return 'full';
+  if (value === 'lean') return 'lean';
+  throw new CosiError('invalid-argument', `${EVENT_FORM_METADATA_KEY} must be "lean" or "full", not ${JSON.stringify(String(value))}`);
 }
 
 function checkName(field: string, value: string): void {

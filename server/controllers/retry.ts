@@ -1,4 +1,5 @@
 // Writes that must not be lost while the store is unreachable: retried with backoff until they land.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { isCosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 
@@ -28,12 +29,9 @@ export async function untilWritten<T>(what: string, write: () => Promise<T>, log
       if (!isCosiError(err, 'unavailable') || opts.signal?.aborted === true) throw err;
       if (failures === 0) log.warn('store unavailable: retrying the write until it lands', { what, error: err.message });
       failures++;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, delay);
-        opts.signal?.addEventListener('abort', () => {
-          clearTimeout(timer);
-          resolve();
-        }, { once: true });
+      // Stopped while waiting: the last failure is the answer, and nothing more is written.
+      await sleep(delay, undefined, opts.signal !== undefined ? { signal: opts.signal } : {}).catch(() => {
+        throw err;
       });
       delay = Math.min(max, delay * 2);
     }

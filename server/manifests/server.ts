@@ -30,6 +30,7 @@ export class ManifestServer {
   private renderScheduled = false;
   private readonly listeners = new Set<() => void>();
   private readonly unsubscribe: () => void;
+  private readonly stopped = new AbortController();
 
   private constructor(
     private readonly server: Server,
@@ -37,7 +38,8 @@ export class ManifestServer {
     private readonly log: Logger,
     readonly url: string,
   ) {
-    this.unsubscribe = pods.subscribe({ committed: () => this.scheduleRender() });
+    // A history that started over (etcd compacted past its watch) replaced the pods without a commit.
+    this.unsubscribe = pods.subscribe({ committed: () => this.scheduleRender(), lost: () => this.scheduleRender() });
   }
 
   /** Listens on a loopback address (`host:port`, port 0 picks one) and publishes the URL as StaticPodServerStatus. */
@@ -55,20 +57,24 @@ export class ManifestServer {
     });
     const addr = server.address() as AddressInfo;
     const url = `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
+    let pods: KindHistory;
     try {
       // Rendered from the StaticPods as the store's feed keeps them: while the store is unreachable the kubelet
       // keeps getting the last manifest, so its pods stay.
-      self = new ManifestServer(server, await opts.store.feed.history({ namespace: K8S_NAMESPACE, type: STATIC_POD_TYPE }), opts.log, url);
+      pods = await opts.store.feed.history({ namespace: K8S_NAMESPACE, type: STATIC_POD_TYPE });
     } catch (err) {
       server.close();
       throw err;
     }
+    const started = new ManifestServer(server, pods, opts.log, url);
+    self = started;
     const input = { namespace: K8S_NAMESPACE, type: STATIC_POD_SERVER_STATUS_TYPE, id: STATIC_POD_SERVER_STATUS_ID, spec: { url } };
-    void untilWritten('StaticPodServerStatus', () => upsert(opts.store, input, MANIFEST_SERVER_OWNER), opts.log).catch((err: unknown) =>
-      opts.log.error('cannot publish the StaticPodServerStatus', { error: err }),
-    );
+    const { signal } = started.stopped;
+    void untilWritten('StaticPodServerStatus', () => upsert(opts.store, input, MANIFEST_SERVER_OWNER), opts.log, { signal }).catch((err: unknown) => {
+      if (!signal.aborted) opts.log.error('cannot publish the StaticPodServerStatus', { error: err });
+    });
     opts.log.info('manifest server listening', { url });
-    return self;
+    return started;
   }
 
   /** Starts serving (until then the kubelet gets 503): call once the machine config has been applied. */
@@ -84,6 +90,7 @@ export class ManifestServer {
   }
 
   async stop(): Promise<void> {
+    this.stopped.abort();
     this.unsubscribe();
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));

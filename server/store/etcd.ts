@@ -108,10 +108,11 @@ export class EtcdStore implements ResourceStore, ChangeFeed {
     return decodeOrThrow(p, kv);
   }
 
+  /** A value that does not decode is left out (and logged): one bad key must not stop every reader of the kind. */
   async list(k: Kind): Promise<Resource[]> {
     const prefix = this.kindPrefix(k);
     const res = await this.call(() => this.client.getAll().prefix(prefix).exec());
-    return sortById(res.kvs.filter((kv) => kv.key.length > Buffer.byteLength(prefix)).map((kv) => decodeOrThrow({ ...k, id: idOf(kv, prefix) }, kv)));
+    return sortById(decodeAll(k, prefix, res.kvs, this.log));
   }
 
   create(input: ResourceInput, owner: string): Promise<Resource> {
@@ -150,15 +151,38 @@ export class EtcdStore implements ResourceStore, ChangeFeed {
   }
 
   /** Read, decide (mutations.ts), then commit only if the key is still as read; another writer in between: again. */
+  /**
+   * The first attempt decides on the kind's watch cache, when it is open: the compare-and-swap on the cached
+   * mod_revision proves the cache was current, so a write costs one round trip. Anything but a successful swap
+   * (a conflict, an error, "unchanged") is decided again on an authoritative read, as every later attempt is.
+   */
   private async write(p: Pointer, m: Mutation): Promise<Resource> {
     const key = this.keyOf(p);
+    const cached = this.ready.get(kindKey(p));
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
-      const kv = await this.call(() => this.readKey(p));
-      const current = kv === undefined ? undefined : decodeOrThrow(p, kv);
-      const outcome = mutate(current, m, new Date(), storedSpecJson);
-      if (outcome === 'unchanged') return current as Resource;
+      let current: Resource | undefined;
+      let modRevision: string | undefined;
+      let outcome: ReturnType<typeof mutate>;
+      if (attempt === 0 && cached !== undefined && cached.log.unavailable === undefined) {
+        current = cached.log.current(p.id);
+        const mod = cached.modRevision(p.id);
+        if ((current === undefined) !== (mod === undefined)) continue;
+        modRevision = mod === undefined ? undefined : String(mod);
+        try {
+          outcome = mutate(current, m, new Date(), storedSpecJson);
+        } catch {
+          continue;
+        }
+        if (outcome === 'unchanged') continue;
+      } else {
+        const kv = await this.call(() => this.readKey(p));
+        current = kv === undefined ? undefined : decodeOrThrow(p, kv);
+        modRevision = kv?.mod_revision;
+        outcome = mutate(current, m, new Date(), storedSpecJson);
+        if (outcome === 'unchanged') return current as Resource;
+      }
       // Absent: its create_revision is 0. Present: nobody has written it since it was read.
-      const txn = kv === undefined ? this.client.if(key, 'Create', '==', 0) : this.client.if(key, 'Mod', '==', kv.mod_revision);
+      const txn = modRevision === undefined ? this.client.if(key, 'Create', '==', 0) : this.client.if(key, 'Mod', '==', modRevision);
       let result: Resource;
       if (outcome === 'destroy') {
         txn.then(this.client.delete().key(key));
@@ -219,7 +243,34 @@ export class EtcdStore implements ResourceStore, ChangeFeed {
     if (revision >= k.log.oldestRevision) return k.log.listAt(revision);
     const prefix = this.kindPrefix(history.kind);
     const res = await this.call(() => this.client.getAll().prefix(prefix).revision(revision).exec());
-    return sortById(res.kvs.filter((kv) => kv.key.length > Buffer.byteLength(prefix)).map((kv) => decodeOrThrow({ ...history.kind, id: idOf(kv, prefix) }, kv)));
+    return sortById(decodeAll(history.kind, prefix, res.kvs, this.log));
+  }
+
+  /**
+   * A watch of the keys under `prefix` from `start`, once etcd has confirmed it (within the call deadline: etcd3
+   * would otherwise wait for ever for an etcd that is gone).
+   */
+  async createWatch(prefix: string, start: number, onData: (res: IWatchResponse) => void, previousValues = false): Promise<Watcher> {
+    if (this.closed) throw new CosiError('unavailable', 'the etcd store is closed');
+    const builder = this.client.watch().prefix(prefix).startRevision(String(start));
+    // Previous values double what etcd sends: only a replay of history needs them (live, the log has the old state).
+    const w = (previousValues ? builder.withPreviousKV() : builder).watcher();
+    // Before the creation is confirmed: etcd3 may emit the first events in the same tick as 'connected'.
+    w.on('data', onData);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer to a watch request within ${this.callTimeoutMs} ms`)), this.callTimeoutMs);
+        w.once('connected', () => resolve());
+        w.once('error', (err: Error) => reject(err));
+      });
+      return w;
+    } catch (err) {
+      void w.cancel().catch(() => undefined);
+      throw asStoreError(err, this.opts.endpoints);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private kindOf(kind: Kind): Promise<EtcdKind> {
@@ -245,6 +296,8 @@ class EtcdKind {
   private watcher: Watcher | undefined;
   private graceTimer: NodeJS.Timeout | undefined;
   private readonly waiters: { revision: number; resolve: () => void; reject: (err: CosiError) => void }[] = [];
+  /** The etcd mod_revision of each resource the log holds: what a write's compare-and-swap compares. */
+  private readonly mods = new Map<string, number>();
   private backfills: Promise<void> = Promise.resolve();
   private closed = false;
   private readonly prefix: string;
@@ -259,36 +312,34 @@ class EtcdKind {
   }
 
   static async open(store: EtcdStore, kind: Kind, limits: HistoryLimits): Promise<EtcdKind> {
-    const { revision, items } = await EtcdKind.snapshot(store, kind);
+    const { revision, items, mods } = await EtcdKind.snapshot(store, kind);
     const k = new EtcdKind(store, new KindLog(kind, limits, revision, items));
+    for (const [id, mod] of mods) k.mods.set(id, mod);
     await k.watchFrom(revision + 1);
     return k;
   }
 
+  /** The mod_revision of the resource as the log holds it (undefined: the log holds none). */
+  modRevision(id: string): number | undefined {
+    return this.log.current(id) === undefined ? undefined : this.mods.get(id);
+  }
+
   /** The kind at one revision, from one range read. A value that does not decode is left out, and logged. */
-  private static async snapshot(store: EtcdStore, kind: Kind): Promise<{ revision: number; items: Resource[] }> {
+  private static async snapshot(store: EtcdStore, kind: Kind): Promise<{ revision: number; items: Resource[]; mods: Map<string, number> }> {
     const prefix = store.kindPrefix(kind);
     const res = await store.call(() => store.client.getAll().prefix(prefix).exec());
-    const items: Resource[] = [];
-    for (const kv of res.kvs) {
-      if (kv.key.length <= Buffer.byteLength(prefix)) continue;
-      const p = { ...kind, id: idOf(kv, prefix) };
-      const decoded = decodeValue(p, kv);
-      if (typeof decoded === 'string') store.log.error('stored value does not decode; left out', { key: kv.key.toString('utf8'), revision: Number(kv.mod_revision), error: decoded });
-      else items.push(decoded);
-    }
-    return { revision: Number(res.header.revision), items };
+    const mods = new Map(res.kvs.filter((kv) => kv.key.length > Buffer.byteLength(prefix)).map((kv) => [idOf(kv, prefix), Number(kv.mod_revision)] as const));
+    return { revision: Number(res.header.revision), items: decodeAll(kind, prefix, res.kvs, store.log), mods };
   }
 
   private async watchFrom(start: number): Promise<void> {
-    const w = await this.store.call(() => this.store.client.watch().prefix(this.prefix).startRevision(String(start)).withPreviousKV().create());
+    const w = await this.store.createWatch(this.prefix, start, (res) => this.apply(res));
     if (this.closed) {
-      void w.cancel();
+      void w.cancel().catch(() => undefined);
       return;
     }
     this.watcher = w;
     keepResumePoint(w, () => this.log.revision + 1);
-    w.on('data', (res: IWatchResponse) => this.apply(res));
     w.on('disconnected', (err: Error) => this.disconnected(err));
     w.on('connected', () => this.reconnected());
     w.on('error', (err: Error) => void this.restart(err));
@@ -297,11 +348,15 @@ class EtcdKind {
   private apply(res: IWatchResponse): void {
     for (const ev of res.events) {
       const revision = Number(ev.kv.mod_revision);
-      if (revision <= this.log.revision) continue;
+      // Older than the log: already applied. Equal: another key of the same transaction (or the fence's own).
+      if (revision < this.log.revision) continue;
       if (ev.kv.key.length <= this.prefixBytes) {
         this.log.advance(revision); // a fence
         continue;
       }
+      const id = idOf(ev.kv, this.prefix);
+      if (ev.type === 'Delete') this.mods.delete(id);
+      else this.mods.set(id, revision);
       const change = this.changeOf(ev.type, ev.kv, undefined);
       if (change !== undefined) this.log.commit(change);
       else this.log.advance(revision);
@@ -387,19 +442,21 @@ class EtcdKind {
     const limit = this.log.limits.maxSize;
     // Compacted history answers a read at that revision with an error (too-old); a watch would only be cancelled.
     await this.store.call(() => this.store.client.getAll().prefix(this.prefix).revision(after + 1).limit(1).exec());
-    const replay = await this.store.call(() => this.store.client.watch().prefix(this.prefix).startRevision(String(after + 1)).withPreviousKV().create());
+    const onData = (res: IWatchResponse) => {
+      for (const ev of res.events) {
+        const revision = Number(ev.kv.mod_revision);
+        seen = Math.max(seen, revision);
+        if (revision >= fenceRevision) return done();
+        if (ev.kv.key.length <= this.prefixBytes) continue;
+        const c = this.changeOf(ev.type, ev.kv, ev.prev_kv ?? undefined, false);
+        // All of them: the log may forget more of its oldest changes before the fence comes back.
+        if (c !== undefined) changes.push(c);
+        if (changes.length > limit) return fail(new CosiError('too-old', `more than ${limit} changes of ${this.log.kind.type} since revision ${after}; list again`));
+      }
+    };
+    const epoch = this.log.epoch;
+    const replay = await this.store.createWatch(this.prefix, after + 1, onData, true);
     try {
-      replay.on('data', (res: IWatchResponse) => {
-        for (const ev of res.events) {
-          const revision = Number(ev.kv.mod_revision);
-          seen = Math.max(seen, revision);
-          if (revision >= fenceRevision) return done();
-          if (ev.kv.key.length <= this.prefixBytes) continue;
-          const c = this.changeOf(ev.type, ev.kv, ev.prev_kv ?? undefined, false);
-          if (c !== undefined && revision <= this.log.oldestRevision) changes.push(c);
-          if (changes.length > limit) return fail(new CosiError('too-old', `more than ${limit} changes of ${this.log.kind.type} since revision ${after}; list again`));
-        }
-      });
       replay.on('error', (err: Error) => fail(asStoreError(err, [])));
       replay.on('disconnected', (err: Error) => fail(new CosiError('unavailable', `etcd went away while reading history: ${errorText(err)}`)));
       const res = await this.store.call(() => this.store.client.put(this.prefix).value(randomBytes(8).toString('hex')).exec());
@@ -410,6 +467,7 @@ class EtcdKind {
     } finally {
       void replay.cancel().catch(() => undefined);
     }
+    if (this.log.epoch !== epoch) throw new CosiError('too-old', `the history of ${this.log.kind.type} started over while revision ${after} was being fetched; list again`);
     if (!this.log.prepend(after, changes)) {
       throw new CosiError('too-old', `more than ${limit} changes of ${this.log.kind.type} since revision ${after}; list again`);
     }
@@ -442,7 +500,9 @@ class EtcdKind {
     this.store.log.warn('etcd cancelled the watch; reading the kind again', { kind: this.log.kind.type, error: errorText(err) });
     for (let delay = 100; !this.closed; delay = Math.min(delay * 2, 5000)) {
       try {
-        const { revision, items } = await EtcdKind.snapshot(this.store, this.log.kind);
+        const { revision, items, mods } = await EtcdKind.snapshot(this.store, this.log.kind);
+        this.mods.clear();
+        for (const [id, mod] of mods) this.mods.set(id, mod);
         this.log.reset(revision, items, new CosiError('too-old', `etcd compacted its history past this watch (${errorText(err)}); list again`));
         await this.watchFrom(revision + 1);
         this.settleWaiters();
@@ -477,7 +537,10 @@ function keepResumePoint(w: Watcher, next: () => number): void {
   const set = () => {
     request.start_revision = String(next());
   };
-  // After etcd3's own listeners, which move it to the header's revision.
+  // Now (etcd3 set it from the creation answer's header), just before every create request etcd3 sends on a
+  // reconnect, and after etcd3's own listeners, which move it to a header's revision.
+  set();
+  w.on('connecting', set);
   w.on('data', set);
   w.on('connected', set);
 }
@@ -542,6 +605,18 @@ function decodeValue(p: Pointer, kv: IKeyValue): Resource | string {
     finalizers: finalizers as string[],
   };
   return storedResource(md, specJson);
+}
+
+/** The resources of a range read of a kind; a value that does not decode is left out and logged. */
+function decodeAll(kind: Kind, prefix: string, kvs: readonly IKeyValue[], log: Logger): Resource[] {
+  const items: Resource[] = [];
+  for (const kv of kvs) {
+    if (kv.key.length <= Buffer.byteLength(prefix)) continue;
+    const decoded = decodeValue({ ...kind, id: idOf(kv, prefix) }, kv);
+    if (typeof decoded === 'string') log.error('stored value does not decode; left out', { key: kv.key.toString('utf8'), revision: Number(kv.mod_revision), error: decoded });
+    else items.push(decoded);
+  }
+  return items;
 }
 
 function decodeOrThrow(p: Pointer, kv: IKeyValue): Resource {

@@ -36,6 +36,8 @@ export class KindLog implements KindHistory {
   private floor: number;
   private readonly listeners = new Set<HistoryListener>();
   private lostWith: CosiError | undefined;
+  /** Grows at every reset(): work begun on the old history (a backfill) must not be applied to the new one. */
+  epoch = 0;
 
   constructor(
     readonly kind: Kind,
@@ -168,6 +170,7 @@ export class KindLog implements KindHistory {
     this.rev = revision;
     this.floor = revision;
     this.lostWith = undefined;
+    this.epoch++;
   }
 
   private firstAfter(after: number): number {

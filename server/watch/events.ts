@@ -3,8 +3,13 @@
 import { kindKey, type Resource } from '../../shared/resource.js';
 import { EventType } from '../../shared/wire.js';
 import type { Change, KindHistory } from '../store/store.js';
+import { gzipSync } from 'node:zlib';
+import { framed } from '../grpc-internals.js';
 import { encodeBookmark } from './bookmark.js';
-import { Frames } from './frames.js';
+import { Frames, type EventForm } from './frames.js';
+
+/** Messages smaller than this go uncompressed even to gzip watchers: gzip's own header would eat the gain. */
+const GZIP_MIN_BYTES = 256;
 
 export interface EncodingLimits {
   /** Events per aggregated WatchResponse. */
@@ -32,8 +37,11 @@ export function unfiltered(c: Change): EventType {
 }
 
 export class EncodedEvents {
-  /** Encoded events by change, oldest first; each entry's bytes count the single-event responses. */
-  private readonly cache = new Map<Change, { byType: Map<EventType, Buffer>; bytes: number }>();
+  /** Encoded events by change, oldest first, by event type and form; each entry's bytes count the single-event responses. */
+  private readonly cache = new Map<Change, { byShape: Map<string, Buffer>; bytes: number }>();
+  /** gRPC messages of shared responses, made once for every watcher that sends them: as they are, and gzipped. */
+  private readonly plainFrames = new WeakMap<Buffer, Buffer>();
+  private readonly gzipFrames = new WeakMap<Buffer, Buffer>();
   private cacheBytes = 0;
   private readonly responses = new WeakMap<Buffer, Buffer>();
   private readonly sharedBatches = new Map<string, CatchUpBatch>();
@@ -58,7 +66,7 @@ export class EncodedEvents {
   committed(change: Change, watched: boolean, history: KindHistory): void {
     if (watched) {
       try {
-        this.change(change, unfiltered(change), history);
+        this.change(change, unfiltered(change), history, 'full');
         return;
       } catch {
         // Left to the sessions.
@@ -72,6 +80,28 @@ export class EncodedEvents {
     return this.frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(this.instance, { revision }));
   }
 
+  /**
+   * The gRPC message of a WatchResponse. A shared one (the same bytes for many watchers: a single-event response, a
+   * shared catch-up batch) is framed once, and for gzip watchers compressed once; one only this watcher sends is
+   * framed for it and never compressed (compressing per watcher would cost more than the bytes it saves).
+   */
+  message(response: Buffer, shared: boolean, gzip: boolean): Buffer {
+    if (!shared) return framed(response, false);
+    const compress = gzip && response.length >= GZIP_MIN_BYTES;
+    const cache = compress ? this.gzipFrames : this.plainFrames;
+    let m = cache.get(response);
+    if (m === undefined) {
+      m = compress ? framed(gzipSync(response), true) : framed(response, false);
+      cache.set(response, m);
+    }
+    return m;
+  }
+
+  /** The shared single-event WatchResponse of an event encoded by change(), or undefined for any other bytes. */
+  sharedResponse(event: Buffer): Buffer | undefined {
+    return this.responses.get(event);
+  }
+
   /** A WatchResponse holding just this encoded event; shared by every watcher that sends it alone. */
   response(event: Buffer): Buffer {
     return this.responses.get(event) ?? Frames.watchResponse([event]);
@@ -83,8 +113,8 @@ export class EncodedEvents {
    * fell behind at different points follow the same cuts after one short batch and share every batch after it.
    * Without a response the watch is caught up (through: the last revision examined).
    */
-  catchUp(history: KindHistory, from: number): CatchUpBatch {
-    const prefix = `${kindKey(history.kind)}\n`;
+  catchUp(history: KindHistory, from: number, form: EventForm): CatchUpBatch {
+    const prefix = `${kindKey(history.kind)}\n${form}\n`;
     const cached = this.sharedBatches.get(prefix + from);
     if (cached !== undefined) return cached;
     const { maxBatchEvents, maxBatchBytes } = this.limits;
@@ -100,7 +130,7 @@ export class EncodedEvents {
         break;
       }
       for (const c of batch.changes) {
-        const event = this.change(c, unfiltered(c), history);
+        const event = this.change(c, unfiltered(c), history, form);
         events.push(event);
         bytes += event.length;
         through = c.revision;
@@ -116,25 +146,26 @@ export class EncodedEvents {
   }
 
   /** The encoded event for a change as delivered with the given type; shared by all watchers. */
-  change(change: Change, type: EventType, history: KindHistory): Buffer {
+  change(change: Change, type: EventType, history: KindHistory, form: EventForm): Buffer {
     let entry = this.cache.get(change);
     if (entry === undefined) {
-      entry = { byType: new Map(), bytes: 0 };
+      entry = { byShape: new Map(), bytes: 0 };
       this.cache.set(change, entry);
     }
-    let bytes = entry.byType.get(type);
+    const shape = `${type}${form}`;
+    let bytes = entry.byShape.get(shape);
     if (bytes === undefined) {
       const bookmark = encodeBookmark(this.instance, { revision: change.revision });
       const event =
         type === EventType.ERRORED
           ? this.frames.event(type, undefined, undefined, bookmark, change.error)
-          : this.frames.event(type, change.resource, change.type === 'updated' ? change.old : undefined, bookmark);
+          : this.frames.event(type, change.resource, change.type === 'updated' ? change.old : undefined, bookmark, undefined, form);
       this.forgetSuperseded(change, history);
       // One buffer: the single-event WatchResponse; the event bytes (for aggregated batches) are a view into it.
       const response = Frames.watchResponse([event]);
       bytes = response.subarray(response.length - event.length);
       this.responses.set(bytes, response);
-      entry.byType.set(type, bytes);
+      entry.byShape.set(shape, bytes);
       entry.bytes += response.length;
       this.cacheBytes = dropOldest(this.cache, (e) => e.bytes, this.cacheBytes + response.length, this.limits.eventCacheBytes, change);
     }

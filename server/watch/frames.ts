@@ -31,9 +31,18 @@ function toYaml(spec: unknown): string {
   return jsyaml.dump(spec, { noRefs: true, lineWidth: -1 });
 }
 
+/**
+ * How a watch's events are encoded. `full` is the reference's: each resource with its spec as protobuf and as YAML,
+ * an UPDATED event with the old resource too. `lean` (asked for with request metadata `cosi-event-form: lean`) is
+ * what a client that keeps its own view needs: the YAML spec only, and no old resource.
+ */
+export type EventForm = 'full' | 'lean';
+
 export class Frames {
   // One buffer per resource: its GetResponse/ListResponse framing; the Resource bytes are a view into it.
   private readonly singles = new WeakMap<Resource, { frame: Buffer; resource: Buffer }>();
+  // The lean Resource bytes (YAML spec only), for lean watchers.
+  private readonly leans = new WeakMap<Resource, Buffer>();
 
   constructor(private readonly registry: Registry) {}
 
@@ -42,9 +51,20 @@ export class Frames {
     return this.encoded(r).resource;
   }
 
+  /** cosi.resource.Resource bytes with the YAML spec only (no proto_spec), encoded once. */
+  leanResource(r: Resource): Buffer {
+    let bytes = this.leans.get(r);
+    if (bytes === undefined) {
+      bytes = Buffer.from(wire.resource.encode({ metadata: toWireMetadata(r.metadata), spec: { protoSpec: new Uint8Array(), yamlSpec: toYaml(r.spec) } }));
+      this.leans.set(r, bytes);
+    }
+    return bytes;
+  }
+
   /** Drops the cached encoding of a resource version that is no longer current (events carry their own copy). */
   forget(r: Resource): void {
     this.singles.delete(r);
+    this.leans.delete(r);
   }
 
   /** A GetResponse or ListResponse: both are { resource = 1 }. */
@@ -67,12 +87,12 @@ export class Frames {
     return e;
   }
 
-  /** cosi.resource.Event bytes. */
-  event(type: EventType, resource: Resource | undefined, old: Resource | undefined, bookmark: Uint8Array | undefined, error?: string): Buffer {
+  /** cosi.resource.Event bytes; a lean event has the lean resource and never the old one. */
+  event(type: EventType, resource: Resource | undefined, old: Resource | undefined, bookmark: Uint8Array | undefined, error?: string, form: EventForm = 'full'): Buffer {
     const parts: Buffer[] = [];
-    if (resource !== undefined) parts.push(...lengthDelimited(TAG.field1, this.resource(resource)));
+    if (resource !== undefined) parts.push(...lengthDelimited(TAG.field1, form === 'lean' ? this.leanResource(resource) : this.resource(resource)));
     if (type !== EventType.CREATED) parts.push(Buffer.of(TAG.eventType), varint(type));
-    if (old !== undefined) parts.push(...lengthDelimited(TAG.old, this.resource(old)));
+    if (old !== undefined && form === 'full') parts.push(...lengthDelimited(TAG.old, this.resource(old)));
     if (error !== undefined) parts.push(...lengthDelimited(TAG.error, Buffer.from(error, 'utf8')));
     if (bookmark !== undefined) parts.push(...lengthDelimited(TAG.bookmark, bookmark));
     return Buffer.concat(parts);

@@ -121,13 +121,14 @@ export class WatchHub {
     let closed = false;
     let session: WatchSession | undefined;
     void this.prepare(plan).then(
-      ({ watchers, snapshot }) => {
+      ({ history, snapshot }) => {
         if (closed) return;
         if (this.closed) {
           sink.end(new CosiError('unavailable', 'cosid is shutting down; reconnect and resume from your last bookmark'));
           return;
         }
-        session = new WatchSession(this, watchers.history, plan, sink, snapshot);
+        const watchers = this.watchersOf(history);
+        session = new WatchSession(this, history, plan, sink, snapshot);
         if (session.isEnded) return;
         watchers.sessions.add(session);
         this.schedule(session);
@@ -145,14 +146,15 @@ export class WatchHub {
   }
 
   /** The kind's history, reaching back to a resume's bookmark; a resumed bootstrap's snapshot. */
-  private async prepare(plan: WatchPlan): Promise<{ watchers: KindWatchers; snapshot: Resource[] | undefined }> {
+  private async prepare(plan: WatchPlan): Promise<{ history: KindHistory; snapshot: Resource[] | undefined }> {
     const history = await this.feed.history(plan.kind);
     if (history.unavailable !== undefined) throw history.unavailable;
     let snapshot: Resource[] | undefined;
     const from = plan.resumeFrom;
+    // A resumed bootstrap needs its snapshot and, after it, the changes since: both from the feed.
     if (from?.bootstrapAfterId !== undefined) snapshot = await this.feed.listAt(history, from.revision);
-    else if (from !== undefined) await this.feed.reach(history, from.revision);
-    return { watchers: this.watchersOf(history), snapshot };
+    if (from !== undefined) await this.feed.reach(history, from.revision);
+    return { history, snapshot };
   }
 
   private watchersOf(history: KindHistory): KindWatchers {
@@ -337,12 +339,14 @@ class WatchSession {
       this.finish(asCosiError(err));
       return;
     }
-    this.write(Frames.watchResponse([this.hub.events.bookmark(this.cursor)]), 1);
+    this.write(Frames.watchResponse([this.hub.events.bookmark(this.cursor)]), 1, false);
   }
 
-  private write(message: Buffer, events: number): boolean {
+  /** Writes one WatchResponse as a gRPC message (see EncodedEvents.message); false: the stream is full. */
+  private write(response: Buffer, events: number, shared: boolean): boolean {
     this.lastSentAt = Date.now();
-    this.hub.metrics.sent('full', events, message.length);
+    const message = this.hub.events.message(response, shared, this.plan.gzip);
+    this.hub.metrics.sent(this.formLabel, events, message.length);
     const ok = this.sink.write(message);
     if (!ok) {
       this.parked = true;
@@ -385,8 +389,8 @@ class WatchSession {
       const current = history.current(plan.id);
       this.initial.push(
         current !== undefined
-          ? frames.event(EventType.CREATED, current, undefined, bookmark)
-          : frames.event(EventType.DESTROYED, tombstone(plan.kind.namespace, plan.kind.type, plan.id), undefined, bookmark),
+          ? frames.event(EventType.CREATED, current, undefined, bookmark, undefined, plan.form)
+          : frames.event(EventType.DESTROYED, tombstone(plan.kind.namespace, plan.kind.type, plan.id), undefined, bookmark, undefined, plan.form),
       );
       return;
     }
@@ -456,7 +460,7 @@ class WatchSession {
       for (let turn = 0; turn < this.hub.limits.messagesPerTurn; turn++) {
         const next = this.nextMessage();
         if (next === undefined) return;
-        if (!this.write(next.message, next.events)) return;
+        if (!this.write(next.message, next.events, next.shared)) return;
       }
       // More to send: yield to the other sessions and come back.
       this.hub.schedule(this);
@@ -466,21 +470,28 @@ class WatchSession {
   }
 
   /** The next WatchResponse: first the empty "ready" marker, then events; undefined when caught up. */
-  private nextMessage(): { message: Buffer; events: number } | undefined {
+  private nextMessage(): { message: Buffer; events: number; shared: boolean } | undefined {
     if (!this.readySent) {
       this.readySent = true;
-      return { message: Frames.watchResponse([]), events: 0 };
+      return { message: Frames.watchResponse([]), events: 0, shared: false };
     }
     if (this.sharesBatches && this.initial.length === 0 && this.bootstrapItems === undefined && this.backlog.length === 0) {
-      const { through, response, events } = this.hub.events.catchUp(this.history, this.cursor);
+      const { through, response, events } = this.hub.events.catchUp(this.history, this.cursor, this.plan.form);
       this.cursor = through;
-      return response === undefined ? undefined : { message: response, events };
+      return response === undefined ? undefined : { message: response, events, shared: true };
     }
     const batch = this.nextBatch();
     if (batch.length === 0) return undefined;
     const [only] = batch;
     // The common case (one event, not aggregated) writes the same shared bytes to every watcher: no copy.
-    return { message: batch.length === 1 && only !== undefined ? this.hub.events.response(only) : Frames.watchResponse(batch), events: batch.length };
+    const response = only !== undefined && batch.length === 1 ? this.hub.events.sharedResponse(only) : undefined;
+    if (response !== undefined) return { message: response, events: 1, shared: true };
+    return { message: Frames.watchResponse(batch), events: batch.length, shared: false };
+  }
+
+  /** The form and encoding, as metrics name them. */
+  private get formLabel(): string {
+    return this.plan.gzip ? `${this.plan.form}+gzip` : this.plan.form;
   }
 
   /** The events of the next WatchResponse (one unless aggregated); empty when caught up. */
@@ -504,7 +515,7 @@ class WatchSession {
         const r = this.bootstrapItems[this.bootstrapIndex++];
         if (r === undefined) continue;
         const bookmark = encodeBookmark(instance, { revision: this.bootstrapRevision, bootstrapAfterId: r.metadata.id });
-        if (!add(frames.event(EventType.CREATED, r, undefined, bookmark))) return out;
+        if (!add(frames.event(EventType.CREATED, r, undefined, bookmark, undefined, this.plan.form))) return out;
       }
       this.bootstrapItems = undefined;
       const done = encodeBookmark(instance, { revision: this.bootstrapRevision });
@@ -516,7 +527,7 @@ class WatchSession {
     while (this.backlog.length > 0) {
       const c = this.backlog.shift();
       const type = c === undefined ? undefined : this.deliverAs(c);
-      if (c !== undefined && type !== undefined && !add(this.hub.events.change(c, type, this.history))) return out;
+      if (c !== undefined && type !== undefined && !add(this.hub.events.change(c, type, this.history, this.plan.form))) return out;
     }
     for (;;) {
       if (out.length >= max || bytes >= this.hub.limits.maxBatchBytes) return out;
@@ -524,7 +535,7 @@ class WatchSession {
       for (const c of batch.changes) {
         this.cursor = c.revision;
         const type = this.deliverAs(c);
-        if (type !== undefined && !add(this.hub.events.change(c, type, this.history))) return out;
+        if (type !== undefined && !add(this.hub.events.change(c, type, this.history, this.plan.form))) return out;
       }
       // Changes this watcher filters out still move its cursor.
       this.cursor = Math.max(this.cursor, batch.through);

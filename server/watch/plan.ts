@@ -4,6 +4,7 @@ import type { Kind } from '../../shared/resource.js';
 import type { WireWatchRequest } from '../../shared/wire.js';
 import { compileSelector, type Selector } from '../store/query.js';
 import { decodeBookmark, type Position } from './bookmark.js';
+import type { EventForm } from './frames.js';
 
 export interface WatchPlan {
   readonly kind: Kind;
@@ -17,6 +18,10 @@ export interface WatchPlan {
   readonly resumeFrom: Position | undefined;
   /** 0: no BOOTSTRAPPED, ERRORED or NOOP events. */
   readonly apiVersion: number;
+  /** How events are encoded (request metadata `cosi-event-form`; default full). */
+  readonly form: EventForm;
+  /** Shared messages go gzip-compressed (the client accepts gzip). */
+  readonly gzip: boolean;
 }
 
 export const MAX_TAIL_EVENTS = 100_000;
@@ -52,5 +57,7 @@ export function planWatch(req: WireWatchRequest, instance: string): WatchPlan {
     bootstrapBookmark: o?.bootstrapBookmark ?? false,
     resumeFrom: hasBookmark ? decodeBookmark(instance, bookmark) : undefined,
     apiVersion: req.apiVersion,
+    form: 'full',
+    gzip: false,
   };
 }
