@@ -44,6 +44,12 @@ export const LOGGED_NAMES = 5;
  * A list of resource names as a log field: its count and the first few names, so a change to 1,000 static pods
  * stays one short line instead of 30 KB.
  */
+/** The same as text, for messages: "a, b, c, d, e and 995 more". */
+export function namesForText(names: readonly string[]): string {
+  const { first, more } = namesForLog(names);
+  return more === undefined ? first.join(', ') : `${first.join(', ')} and ${more} more`;
+}
+
 export function namesForLog(names: readonly string[]): { count: number; first: string[]; more?: number } {
   const first = names.slice(0, LOGGED_NAMES);
   return names.length > first.length ? { count: names.length, first, more: names.length - first.length } : { count: names.length, first };

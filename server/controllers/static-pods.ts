@@ -2,7 +2,7 @@
 // Each pod is validated as a kubelet would; an invalid one is kept visible with its reason, never served.
 // All or nothing: the whole change is planned and checked before the first write, and should a write still fail,
 // the writes already made are undone; what the store then holds is said exactly (ReconcileError).
-import { namesForLog, type Logger } from '../../shared/log.js';
+import { namesForLog, namesForText, type Logger } from '../../shared/log.js';
 import type { Pointer, Resource } from '../../shared/resource.js';
 import type { Json } from '../../shared/wire.js';
 import type { JsonObject, StaticPodEntry } from '../config/machine-config.js';
@@ -185,7 +185,7 @@ async function rollBack(failed: Step, err: unknown, done: Done[], failedUncertai
     const undone = done.length > 0 ? `the ${done.length} change(s) made were undone` : failedUncertain ? 'no other static pod had been changed' : 'no static pod had been changed yet';
     return new ReconcileError(`${why}; ${undone}`, applied, uncertain);
   }
-  const list = (['created', 'updated', 'destroyed'] as const).filter((k) => applied[k].length > 0).map((k) => `${k} ${applied[k].join(', ')}`);
+  const list = (['created', 'updated', 'destroyed'] as const).filter((k) => applied[k].length > 0).map((k) => `${k} ${namesForText(applied[k])}`);
   return new ReconcileError(`${why}; ${undoErrors.join('; ')}; the store keeps these changes of the new config: ${list.join('; ')}`, applied, uncertain);
 }
 
