@@ -63,16 +63,18 @@ export class EncodedEvents {
    * cached, which is then dropped (the event has a copy). A failure must not reach the writer, whose change is
    * committed: the sessions meet it again and end with it.
    */
-  committed(change: Change, watched: boolean, history: KindHistory): void {
-    if (watched) {
-      try {
-        this.change(change, unfiltered(change), history, 'full');
-        return;
-      } catch {
-        // Left to the sessions.
+  committed(change: Change, forms: Iterable<EventForm>, history: KindHistory): void {
+    let encoded = false;
+    try {
+      // In each form the kind's watchers use (none watched: nothing to encode).
+      for (const form of forms) {
+        this.change(change, unfiltered(change), history, form);
+        encoded = true;
       }
+    } catch {
+      // Left to the sessions.
     }
-    this.forgetSuperseded(change, history);
+    if (!encoded) this.forgetSuperseded(change, history);
   }
 
   /** A NOOP event carrying the bookmark of `revision`. */

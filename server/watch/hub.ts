@@ -7,7 +7,7 @@ import { EventType } from '../../shared/wire.js';
 import type { Change, ChangeFeed, KindHistory } from '../store/store.js';
 import { encodeBookmark } from './bookmark.js';
 import { EncodedEvents } from './events.js';
-import { Frames } from './frames.js';
+import { Frames, type EventForm } from './frames.js';
 import type { WatchPlan } from './plan.js';
 import type { WatchMetrics } from '../metrics.js';
 
@@ -84,6 +84,8 @@ const FLUSH_SLICE_MS = 5;
 interface KindWatchers {
   readonly history: KindHistory;
   readonly sessions: Set<WatchSession>;
+  /** How many sessions use each event form: a change is encoded at commit in those forms only. */
+  readonly forms: Map<EventForm, number>;
   readonly unsubscribe: () => void;
 }
 
@@ -131,6 +133,7 @@ export class WatchHub {
         session = new WatchSession(this, history, plan, sink, snapshot);
         if (session.isEnded) return;
         watchers.sessions.add(session);
+        watchers.forms.set(plan.form, (watchers.forms.get(plan.form) ?? 0) + 1);
         this.schedule(session);
       },
       (err: unknown) => {
@@ -162,10 +165,11 @@ export class WatchHub {
     let w = this.byKind.get(key);
     if (w !== undefined) return w;
     const sessions = new Set<WatchSession>();
+    const forms = new Map<EventForm, number>();
     const unsubscribe = history.subscribe({
       committed: (c) => {
         for (const s of sessions) this.schedule(s);
-        this.events.committed(c, sessions.size > 0, history);
+        this.events.committed(c, forms.keys(), history);
       },
       // Lag counts only in events a watcher would receive: when history forgets a change, a watcher still
       // before it skips it if it would not deliver it, and only loses its place if it would.
@@ -181,7 +185,7 @@ export class WatchHub {
         }
       },
     });
-    w = { history, sessions, unsubscribe };
+    w = { history, sessions, forms, unsubscribe };
     this.byKind.set(key, w);
     return w;
   }
@@ -223,7 +227,12 @@ export class WatchHub {
   }
 
   remove(session: WatchSession): void {
-    this.byKind.get(kindKey(session.plan.kind))?.sessions.delete(session);
+    const w = this.byKind.get(kindKey(session.plan.kind));
+    if (w?.sessions.delete(session) === true) {
+      const left = (w.forms.get(session.plan.form) ?? 1) - 1;
+      if (left > 0) w.forms.set(session.plan.form, left);
+      else w.forms.delete(session.plan.form);
+    }
     this.dirty.delete(session);
   }
 
