@@ -35,6 +35,8 @@ const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [flags]
   --etcd-prefix PREFIX      key prefix of this node's resources (default /cosi/<node>/)
   --etcd-insecure           plaintext to etcd, allowed only on loopback (http://127.0.0.1:PORT); for tests
   --metrics-listen ADDR     host:port to serve Prometheus metrics on (GET /metrics, plain HTTP; default: off)
+  --watch-compression MODE  gzip (default: the watch messages many watchers share go compressed once to clients that
+                            accept gzip) or off (a client's CPU matters more than the bytes, e.g. on the same host)
   --audit                   one log line per call (peer subject, roles, method, kind or container id, outcome, duration)
   --log-level LEVEL         debug, info, warn or error (default info)`;
 
@@ -66,6 +68,7 @@ async function main(): Promise<number> {
         'kubelet-log': { type: 'string' },
         store: { type: 'string', default: 'memory' },
         'metrics-listen': { type: 'string' },
+        'watch-compression': { type: 'string', default: 'gzip' },
         'etcd-endpoints': { type: 'string' },
         'etcd-ca': { type: 'string' },
         'etcd-cert': { type: 'string' },
@@ -126,10 +129,13 @@ async function main(): Promise<number> {
         }
       : undefined;
 
+  const compression = args['watch-compression'] ?? 'gzip';
+  if (compression !== 'gzip' && compression !== 'off') throw new Error(`unknown --watch-compression ${JSON.stringify(compression)}: use gzip or off`);
   const store = await openStore(args, nodeName, log, read);
   const node = await CosiNode.start({
     store,
     ...(args['metrics-listen'] !== undefined ? { metricsListen: args['metrics-listen'] } : {}),
+    watchCompression: compression === 'gzip',
     listen: args.listen ?? '127.0.0.1:50000',
     tls,
     nodeName,
