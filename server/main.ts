@@ -95,6 +95,11 @@ async function main(): Promise<number> {
     process.stderr.write(`cosid: ${level === undefined ? 'unknown --log-level' : '--pki and --config are required'}\n${USAGE}\n`);
     return 2;
   }
+  const compression = args['watch-compression'] ?? 'gzip';
+  if (compression !== 'gzip' && compression !== 'off') {
+    process.stderr.write(`cosid: unknown --watch-compression ${JSON.stringify(compression)}: use gzip or off\n`);
+    return 2;
+  }
   const pki = args.pki;
   const log = createLogger({ level });
   const read = async (file: string, hint: string) => {
@@ -129,8 +134,6 @@ async function main(): Promise<number> {
         }
       : undefined;
 
-  const compression = args['watch-compression'] ?? 'gzip';
-  if (compression !== 'gzip' && compression !== 'off') throw new Error(`unknown --watch-compression ${JSON.stringify(compression)}: use gzip or off`);
   const store = await openStore(args, nodeName, log, read);
   const node = await CosiNode.start({
     store,
