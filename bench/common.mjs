@@ -82,6 +82,13 @@ export function procStats(pid) {
   return { cpuSeconds: ticks / 100, rss: rssPages * 4096 };
 }
 
+/** CPU seconds the whole machine spent busy (all cores, all processes; /proc/stat, not idle or iowait). */
+export function machineBusySeconds() {
+  const [, ...f] = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/);
+  const [user, nice, system, , , irq, softirq, steal] = f.map(Number);
+  return (user + nice + system + irq + softirq + steal) / 100;
+}
+
 export function percentile(sorted, p) {
   if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];

@@ -1,6 +1,14 @@
 // npm run bench [-- --quick]: cosid next to etcd (Debian's etcd-server) and the grpc-js ceiling, same machine, same
 // mTLS, same data, same client harness; prints a table with ratios and writes bench/out/results.json. Scenarios 8-10
 // (bench/runtime.mjs) run containers and logs on a private real containerd, against peers measured in the same run.
+// A second cosid, "cosid (etcd)", keeps its store on the same etcd (EtcdStore, prefix /bench-cosid/): it joins
+// scenarios 1 (Get), 2 (List) and 3 at 100 watchers, where its writer writes through etcd and the events come back
+// through its etcd watch; there etcd's own CPU is measured too. It must start: a failure ends the bench.
+// Event forms (issue 13): cosid runs with watchCompression off (the reference's full form, uncompressed: every grpc-js
+// client accepts gzip, so with compression on every watcher here would get gzip), and a second memory-backed cosid,
+// "cosid-gzip", with it on. After the other fan-out scenarios, both run the fan-out with each form (full, full+gzip,
+// lean, lean+gzip) next to the ceiling (at the full and the lean event's size) and etcd. BENCH_FORMS=1 runs only
+// these rows (BENCH_FORMS_SIZES=1,100,1000 picks the watcher counts; default 1, 100, 1000, quick 100, 1000); they are also reported in a table of their own.
 import { execFileSync, fork, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -12,18 +20,38 @@ import jsyaml from 'js-yaml';
 import { connect } from '../dist/client/index.js';
 import { serializeCosiConfig } from '../dist/client/cosiconfig.js';
 import { wire } from '../dist/shared/wire.js';
-import { CHANNEL_OPTIONS, freePort, makeBenchPki, podStatusPayload, procStats, readPem, rpc, sleep, summarize, timeProcess } from './common.mjs';
+import { CHANNEL_OPTIONS, freePort, machineBusySeconds, makeBenchPki, podStatusPayload, procStats, readPem, rpc, sleep, summarize, timeProcess } from './common.mjs';
 import { runtimeScenarios } from './runtime.mjs';
 
 const QUICK = process.argv.includes('--quick');
 // cosid's watchers use one event per message, as its client library does by default; BENCH_AGGREGATED=1 batches.
 const AGGREGATED = process.env.BENCH_AGGREGATED === '1';
+const FORMS_ONLY = process.env.BENCH_FORMS === '1';
+// BENCH_RATE overrides the fan-out write rate (default 200/s), e.g. to profile at another rate.
 const cfg = QUICK
   ? { gets: 500, concurrentGets: 3000, list: 10_000, fanout: [1, 100], churnSeconds: 4, rate: 200, stalledSeconds: 4, pipelineRuns: 10, cliRuns: 5 }
   : { gets: 2000, concurrentGets: 20_000, list: 10_000, fanout: [1, 100, 1000], churnSeconds: 10, rate: 200, stalledSeconds: 10, pipelineRuns: 30, cliRuns: 15 };
+if (process.env.BENCH_RATE) cfg.rate = Number(process.env.BENCH_RATE);
+cfg.formsFanout = process.env.BENCH_FORMS_SIZES ? process.env.BENCH_FORMS_SIZES.split(',').map(Number) : QUICK ? [100, 1000] : [1, 100, 1000];
+// The rows of scenario 3b (event forms), in the forms' table.
+const FORM_ROWS = {
+  full: { mode: 'cosid', form: 'full', label: 'cosid full' },
+  'full+gzip': { mode: 'cosid-gzip', form: 'full', label: 'cosid full+gzip' },
+  lean: { mode: 'cosid', form: 'lean', label: 'cosid lean' },
+  'lean+gzip': { mode: 'cosid-gzip', form: 'lean', label: 'cosid lean+gzip' },
+  ceiling: { mode: 'ceiling', label: 'ceiling (full size)' },
+  'ceiling-lean': { mode: 'ceiling', lean: true, label: 'ceiling (lean size)' },
+  etcd: { mode: 'etcd', label: 'etcd' },
+};
 const started = Date.now();
-const progress = (msg) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(0).padStart(4)}s] ${msg}\n`);
-const results = { machine: {}, scenarios: {} };
+// Every line carries the 1-minute load average (the machine may be shared); results.json keeps them all.
+const loadSamples = [];
+const progress = (msg) => {
+  const t = (Date.now() - started) / 1000;
+  loadSamples.push([Math.round(t), Number(loadavg()[0].toFixed(2))]);
+  process.stderr.write(`[${t.toFixed(0).padStart(4)}s load ${loadavg()[0].toFixed(1).padStart(4)}] ${msg}\n`);
+};
+const results = { machine: {}, scenarios: {}, loadAverage1m: loadSamples };
 const children = [];
 const cleanup = [];
 process.on('exit', () => children.forEach((c) => c.kill('SIGKILL')));
@@ -80,15 +108,32 @@ for (let i = 0; ; i++) {
 }
 progress(`etcd up on 127.0.0.1:${etcdPort} (mTLS)`);
 const env = { BENCH_PKI: JSON.stringify(pki) };
-// BENCH_CPU_PROF=1 profiles the cosid process (node --cpu-prof) into bench/out.
-const cosidServer = await forkServer(new URL('./servers/cosid.mjs', import.meta.url).pathname, env, process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', 'bench/out'] : []);
+// BENCH_CPU_PROF=1 profiles both cosid processes (node --cpu-prof) into bench/out (file names carry the pid).
+const cosidProf = process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', 'bench/out'] : [];
+const cosidServer = await forkServer(new URL('./servers/cosid.mjs', import.meta.url).pathname, { ...env, BENCH_WATCH_COMPRESSION: '0' }, cosidProf);
 const cosidPort = await rpc(cosidServer, { op: 'port' });
+// The same memory-backed cosid with watchCompression on (its default): the forms' +gzip rows.
+const cosidGzipServer = await forkServer(new URL('./servers/cosid.mjs', import.meta.url).pathname, env, cosidProf);
+const cosidGzipPort = await rpc(cosidGzipServer, { op: 'port' });
+const metricsUrls = { cosid: await rpc(cosidServer, { op: 'metricsUrl' }), 'cosid-gzip': await rpc(cosidGzipServer, { op: 'metricsUrl' }) };
+// The etcd-backed cosid: same server file, its store on this etcd under a prefix no other peer touches.
+const ETCD_PREFIX = '/bench-cosid/';
+// Not started for BENCH_FORMS=1 (its etcd watch would only add load to the forms' rows).
+const cosidEtcdServer = FORMS_ONLY
+  ? undefined
+  : await forkServer(new URL('./servers/cosid.mjs', import.meta.url).pathname, { ...env, BENCH_WATCH_COMPRESSION: '0', BENCH_STORE: 'etcd', BENCH_ETCD: JSON.stringify({ endpoint: `https://127.0.0.1:${etcdPort}`, prefix: ETCD_PREFIX }) }, cosidProf).catch((err) => {
+      throw new Error(`the etcd-backed cosid (BENCH_STORE=etcd) did not start (its error is above): ${err.message}`);
+    });
+if (cosidEtcdServer !== undefined && (await rpc(cosidEtcdServer, { op: 'backend' })) !== 'etcd') throw new Error('the etcd-backed cosid does not run on etcd');
+const cosidEtcdPort = cosidEtcdServer === undefined ? undefined : await rpc(cosidEtcdServer, { op: 'port' });
+if (cosidEtcdServer !== undefined) metricsUrls['cosid-etcd'] = await rpc(cosidEtcdServer, { op: 'metricsUrl' });
 const ceilingServer = await forkServer(new URL('./servers/ceiling.mjs', import.meta.url).pathname, env);
 const ceilingPort = await rpc(ceilingServer, { op: 'port' });
-progress(`cosid on 127.0.0.1:${cosidPort}, ceiling on 127.0.0.1:${ceilingPort}`);
-const pids = { cosid: cosidServer.pid, etcd: etcdProc.pid, ceiling: ceilingServer.pid };
+progress(`cosid on 127.0.0.1:${cosidPort} (pid ${cosidServer.pid}, compression off), cosid-gzip on 127.0.0.1:${cosidGzipPort} (pid ${cosidGzipServer.pid}), cosid (etcd) on 127.0.0.1:${cosidEtcdPort} (pid ${cosidEtcdServer?.pid}, prefix ${ETCD_PREFIX}), ceiling on 127.0.0.1:${ceilingPort}`);
+const pids = { cosid: cosidServer.pid, 'cosid-gzip': cosidGzipServer.pid, 'cosid-etcd': cosidEtcdServer?.pid, etcd: etcdProc.pid, ceiling: ceilingServer.pid };
 const grpcClient = (port, extra = {}) => new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(pem.caPem), Buffer.from(pem.clientKeyPem), Buffer.from(pem.clientCertPem)), { ...CHANNEL_OPTIONS, ...extra });
 const cosidRaw = grpcClient(cosidPort);
+const cosidEtcdRaw = cosidEtcdPort === undefined ? undefined : grpcClient(cosidEtcdPort);
 const ceilingRaw = grpcClient(ceilingPort);
 const unary = (client, path, body) => new Promise((res, rej) => client.makeUnaryRequest(path, (b) => b, (b) => b, body, (e, r) => (e ? rej(e) : res(r))));
 // As on the cosid side, payloads are built once; only the time stamp is new per write.
@@ -98,6 +143,18 @@ const etcdValue = (i, bytes) => {
   if (!etcdPayloads.has(key)) etcdPayloads.set(key, JSON.stringify(podStatusPayload(i, bytes)));
   return Buffer.from(`${String(Date.now()).padStart(13, '0')}|${etcdPayloads.get(key)}`);
 };
+
+// The ceiling streams messages of the size cosid sends for the same resource (a COSI resource carries its spec as
+// both YAML and protobuf; an UPDATED event carries the old resource too), so the two move the same bytes.
+const cosidSizesCache = new Map();
+const cosidSizesFor = async (bytes) => {
+  if (!cosidSizesCache.has(bytes)) cosidSizesCache.set(bytes, await rpc(cosidServer, { op: 'sizes', bytes }));
+  return cosidSizesCache.get(bytes);
+};
+if (FORMS_ONLY) {
+  await formsScenario();
+  await finishForms();
+}
 
 // ---- 1. Get -----------------------------------------------------------------------------------------------
 async function timeGets(fn, n, inFlight) {
@@ -116,14 +173,8 @@ async function timeGets(fn, n, inFlight) {
 }
 progress('scenario 1: Get (2 KB PodStatus), sequential and 64 in flight');
 await rpc(cosidServer, { op: 'load', count: 1, bytes: 2048 });
+await rpc(cosidEtcdServer, { op: 'load', count: 1, bytes: 2048 });
 await etcd.put('status/default/pod-0').value(etcdValue(0, 2048));
-// The ceiling streams messages of the size cosid sends for the same resource (a COSI resource carries its spec as
-// both YAML and protobuf; an UPDATED event carries the old resource too), so the two move the same bytes.
-const cosidSizesCache = new Map();
-const cosidSizesFor = async (bytes) => {
-  if (!cosidSizesCache.has(bytes)) cosidSizesCache.set(bytes, await rpc(cosidServer, { op: 'sizes', bytes }));
-  return cosidSizesCache.get(bytes);
-};
 const cosidSizes = await cosidSizesFor(2048);
 results.messageBytes = { etcdValue: etcdValue(0, 2048).length, cosidResource: cosidSizes.resource, cosidUpdatedEvent: cosidSizes.updatedEvent };
 progress(`  message sizes: etcd value ${results.messageBytes.etcdValue} B, cosid resource ${cosidSizes.resource} B, cosid UPDATED event ${cosidSizes.updatedEvent} B`);
@@ -131,6 +182,7 @@ await rpc(ceilingServer, { op: 'size', bytes: cosidSizes.resource });
 const getReq = Buffer.from(wire.getRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', id: 'default/pod-0' }));
 const gets = {
   cosid: () => unary(cosidRaw, '/cosi.resource.State/Get', getReq),
+  'cosid-etcd': () => unary(cosidEtcdRaw, '/cosi.resource.State/Get', getReq),
   etcd: () => etcd.get('status/default/pod-0').buffer(),
   ceiling: () => unary(ceilingRaw, '/bench.Ceiling/Get', Buffer.alloc(0)),
 };
@@ -138,12 +190,14 @@ results.scenarios.get = {};
 for (const [name, fn] of Object.entries(gets)) {
   await timeGets(fn, 200, 8); // warm up
   results.scenarios.get[name] = { sequential: await timeGets(fn, cfg.gets, 1), inFlight64: await timeGets(fn, cfg.concurrentGets, 64) };
-  progress(`  ${name}: p99 ${results.scenarios.get[name].sequential.p99.toFixed(2)} ms sequential, ${results.scenarios.get[name].inFlight64.p99.toFixed(2)} ms at 64 in flight`);
+  const g = results.scenarios.get[name];
+  progress(`  ${name}: p50 / p99 ${g.sequential.p50.toFixed(2)} / ${g.sequential.p99.toFixed(2)} ms sequential, p99 ${g.inFlight64.p99.toFixed(2)} ms and ${g.inFlight64.perSecond.toFixed(0)} calls/s at 64 in flight`);
 }
 
 // ---- 2. List 10,000 and 5. memory per 10,000 ------------------------------------------------------------
 progress(`scenario 2: List ${cfg.list} resources of 2 KB; memory per ${cfg.list} stored`);
 await rpc(cosidServer, { op: 'clear' });
+await rpc(cosidEtcdServer, { op: 'clear' });
 const rssBefore = { etcd: procStats(pids.etcd).rss };
 await rpc(cosidServer, { op: 'load', count: cfg.list, bytes: 2048 });
 for (let i = 0; i < cfg.list; i += 500) {
@@ -179,11 +233,20 @@ const lists = {
     b.writeUInt32BE(cfg.list, 0);
     return timeStream(ceilingRaw, '/bench.Ceiling/List', b);
   },
+  // Last: its 10,000 resources are written to etcd only after etcd's own memory figures were read.
+  'cosid-etcd': () => timeStream(cosidEtcdRaw, '/cosi.resource.State/List', listReq),
 };
 // The first List is reported on its own (cosid encodes each resource for the wire at its first read); the figure
 // compared is the steady state: the median of 5 after 4 warm-up runs (Node's JIT needs a few to settle).
 results.scenarios.list = {};
 for (const [name, fn] of Object.entries(lists)) {
+  if (name === 'cosid-etcd') {
+    const t0 = Date.now();
+    const loaded = await rpc(cosidEtcdServer, { op: 'load', count: cfg.list, bytes: 2048 });
+    if (loaded !== cfg.list) throw new Error(`cosid (etcd) holds ${loaded} resources after loading ${cfg.list}`);
+    results.scenarios.list.cosidEtcdLoadSeconds = (Date.now() - t0) / 1000;
+    progress(`  cosid (etcd): ${cfg.list} creates through etcd (32 in flight) in ${results.scenarios.list.cosidEtcdLoadSeconds.toFixed(1)} s`);
+  }
   const first = await fn();
   // cosid keeps each resource's wire encoding once it has been read: memory per resource after the first List too.
   if (name === 'etcd') results.scenarios.memory.perStoredAfterList.etcd = (procStats(pids.etcd).rss - rssBefore.etcd) / cfg.list;
@@ -238,14 +301,15 @@ results.scenarios.flood = { alone, underFlood, floodListsCompleted: floodLists }
 progress(`  Get p99 ${alone.p99.toFixed(1)} ms alone, ${underFlood.p99.toFixed(1)} ms while ${floodLists} lists of ${cfg.list} streamed to the flooder`);
 
 // ---- 3. Watch fan-out (and 5. memory per 1,000 idle watchers) -------------------------------------------
-async function startWorkers(mode, total, { stall = false, processes } = {}) {
-  const endpoint = mode === 'cosid' ? `127.0.0.1:${cosidPort}` : mode === 'ceiling' ? `127.0.0.1:${ceilingPort}` : `https://127.0.0.1:${etcdPort}`;
+async function startWorkers(mode, total, { stall = false, processes, form } = {}) {
+  const ports = { cosid: cosidPort, 'cosid-gzip': cosidGzipPort, 'cosid-etcd': cosidEtcdPort, ceiling: ceilingPort };
+  const endpoint = mode === 'etcd' ? `https://127.0.0.1:${etcdPort}` : `127.0.0.1:${ports[mode]}`;
   const n = processes ?? (total >= 100 ? 4 : 1);
   const workers = [];
   for (let i = 0; i < n; i++) {
     const count = Math.floor(total / n) + (i < total % n ? 1 : 0);
     if (count === 0) continue;
-    workers.push(await forkServer(new URL('./clients/watch-worker.mjs', import.meta.url).pathname, { BENCH_WORKER: JSON.stringify({ mode, endpoint, count, pki, stall, aggregated: AGGREGATED }) }, process.env.BENCH_CPU_PROF_CLIENTS && i === 0 ? ['--cpu-prof', '--cpu-prof-dir', 'bench/out'] : []));
+    workers.push(await forkServer(new URL('./clients/watch-worker.mjs', import.meta.url).pathname, { BENCH_WORKER: JSON.stringify({ mode: mode.startsWith('cosid') ? 'cosid' : mode, endpoint, count, pki, stall, aggregated: AGGREGATED, form }) }, process.env.BENCH_CPU_PROF_CLIENTS && i === 0 ? ['--cpu-prof', '--cpu-prof-dir', 'bench/out'] : []));
     workers.at(-1).count = count;
   }
   for (let i = 0; ; i++) {
@@ -258,6 +322,8 @@ async function startWorkers(mode, total, { stall = false, processes } = {}) {
 }
 async function churn(mode, rate, seconds, ids, bytes) {
   if (mode === 'cosid') return rpc(cosidServer, { op: 'churn', rate, seconds, ids });
+  if (mode === 'cosid-etcd') return rpc(cosidEtcdServer, { op: 'churn', rate, seconds, ids });
+  if (mode === 'cosid-gzip') return rpc(cosidGzipServer, { op: 'churn', rate, seconds, ids });
   if (mode === 'ceiling') return rpc(ceilingServer, { op: 'churn', rate, seconds });
   const total = Math.round(rate * seconds);
   const t0 = Date.now();
@@ -273,16 +339,33 @@ async function churn(mode, rate, seconds, ids, bytes) {
   await Promise.all(pending);
   return { written: total, writerBehindMaxMs: behind, seconds: (Date.now() - t0) / 1000 };
 }
-async function fanout(mode, watchers, { rate = cfg.rate, seconds = cfg.churnSeconds, bytes = 2048, stall = false, sampleRss = false } = {}) {
+/** cosid's watch counters by form ({ [form]: { events, bytes } }), read from its /metrics. */
+async function watchCounters(mode) {
+  const url = metricsUrls[mode];
+  if (url === undefined) return undefined;
+  const text = await (await fetch(url)).text();
+  const out = {};
+  for (const m of text.matchAll(/^cosi_watch_(events|bytes)_sent_total\{form="([^"]+)"\} (\S+)$/gm)) (out[m[2]] ??= { events: 0, bytes: 0 })[m[1]] = Number(m[3]);
+  return out;
+}
+// `form` (cosid): the event form the watchers ask for; `ceilingBytes`: the ceiling's message size (default: cosid's
+// full UPDATED event for `bytes`).
+async function fanout(mode, watchers, { rate = cfg.rate, seconds = cfg.churnSeconds, bytes = 2048, stall = false, sampleRss = false, form, ceilingBytes } = {}) {
   const serverPid = pids[mode];
-  if (mode === 'ceiling') await rpc(ceilingServer, { op: 'size', bytes: (await cosidSizesFor(bytes)).updatedEvent });
+  if (mode === 'ceiling') await rpc(ceilingServer, { op: 'size', bytes: ceilingBytes ?? (await cosidSizesFor(bytes)).updatedEvent });
   const rssIdle0 = procStats(serverPid).rss;
-  const workers = await startWorkers(mode, watchers);
-  const stalled = stall ? await startWorkers(mode, 1, { stall: true, processes: 1 }) : [];
+  const workers = await startWorkers(mode, watchers, { form });
+  const stalled = stall ? await startWorkers(mode, 1, { stall: true, processes: 1, form }) : [];
   await sleep(300);
   const rssIdle = procStats(serverPid).rss - rssIdle0;
   await Promise.all(workers.map((w) => rpc(w, { op: 'reset' })));
+  const counters0 = await watchCounters(mode);
+  const load0 = loadavg()[0];
   const cpu0 = procStats(serverPid).cpuSeconds;
+  const busy0 = machineBusySeconds();
+  const self0 = process.cpuUsage();
+  // etcd's own CPU in every run: for cosid (etcd) it is the backing store's share of the work.
+  const etcdCpu0 = procStats(pids.etcd).cpuSeconds;
   const clientCpu0 = await Promise.all(workers.map((w) => rpc(w, { op: 'report' }).then((r) => r.cpu)));
   const rss = [];
   const sampler = sampleRss ? setInterval(() => rss.push(Math.round(procStats(serverPid).rss / 2 ** 20)), 1000) : undefined;
@@ -296,7 +379,19 @@ async function fanout(mode, watchers, { rate = cfg.rate, seconds = cfg.churnSeco
   }
   clearInterval(sampler);
   const cpu = procStats(serverPid).cpuSeconds - cpu0;
+  const etcdCpu = procStats(pids.etcd).cpuSeconds - etcdCpu0;
+  const load1 = loadavg()[0];
+  const busy = machineBusySeconds() - busy0;
+  const selfCpu = process.cpuUsage(self0);
   const reports = await Promise.all(workers.map((w) => rpc(w, { op: 'report' })));
+  // Bytes per event on the wire (gRPC messages, their 5-byte framing included; not HTTP/2 or TLS), by form.
+  const counters1 = await watchCounters(mode);
+  const wire = {};
+  for (const [f, c] of Object.entries(counters1 ?? {})) {
+    const events = c.events - (counters0?.[f]?.events ?? 0);
+    const bytes = c.bytes - (counters0?.[f]?.bytes ?? 0);
+    if (events > 0) wire[f] = { events, bytes, bytesPerEvent: bytes / events };
+  }
   const received = reports.reduce((n, r) => n + r.received, 0);
   const errors = {};
   for (const r of reports) for (const [k, v] of Object.entries(r.errors)) errors[k] = (errors[k] ?? 0) + v;
@@ -310,6 +405,8 @@ async function fanout(mode, watchers, { rate = cfg.rate, seconds = cfg.churnSeco
     watchers,
     written: written.written,
     writerBehindMaxMs: Math.round(written.writerBehindMaxMs ?? 0),
+    writesPerSecond: written.written / written.seconds,
+    ...(written.writeMs !== undefined ? { writeMs: written.writeMs, eventLoopDelayMs: written.eventLoopDelayMs, profileWindowUs: written.profileWindowUs } : {}),
     expected,
     delivered: received,
     deliveredPct: (100 * received) / expected,
@@ -319,28 +416,152 @@ async function fanout(mode, watchers, { rate = cfg.rate, seconds = cfg.churnSeco
     p99: lat.p99,
     serverCpuSeconds: cpu,
     cpuSecondsPerMillion: (cpu / Math.max(1, received)) * 1e6,
+    etcdCpuSeconds: etcdCpu,
+    etcdCpuSecondsPerMillion: (etcdCpu / Math.max(1, received)) * 1e6,
     clientCpuSeconds: clientCpu,
+    clientCpuSecondsPerMillion: (clientCpu / Math.max(1, received)) * 1e6,
+    // CPU the machine spent on anything but this run (server, etcd, workers, the bench itself): other users' jobs.
+    otherCpuSeconds: busy - cpu - (mode === 'etcd' ? 0 : etcdCpu) - clientCpu - (selfCpu.user + selfCpu.system) / 1e6,
+    busyCpuSeconds: busy,
+    ...(Object.keys(wire).length > 0 ? { wire } : {}),
+    ...(mode === 'ceiling' ? { wireBytesPerEvent: (ceilingBytes ?? (await cosidSizesFor(bytes)).updatedEvent) + 5 } : {}),
+    loadAverage1m: [Number(load0.toFixed(2)), Number(load1.toFixed(2))],
     idleWatcherRssBytes: rssIdle,
     ...(sampleRss ? { rssMiBOverTime: rss } : {}),
     watchErrors: errors,
   };
 }
-const describeFanout = (r) =>
-  `${r.deliveredPct.toFixed(1)}% delivered (${r.within3sPct.toFixed(1)}% within 3 s), p50 ${r.p50} ms, p99 ${r.p99} ms, ${r.cpuSecondsPerMillion.toFixed(1)} server CPU s per million, client CPU ${r.clientCpuSeconds.toFixed(1)} s, writer at most ${r.writerBehindMaxMs} ms behind`;
+function describeFanout(r, mode) {
+  return `${r.deliveredPct.toFixed(1)}% delivered (${r.within3sPct.toFixed(1)}% within 3 s), p50 ${r.p50} ms, p99 ${r.p99} ms, ${r.cpuSecondsPerMillion.toFixed(1)} server CPU s per million${mode === 'cosid-etcd' ? ` (+ etcd ${r.etcdCpuSecondsPerMillion.toFixed(1)})` : ''}, client CPU ${r.clientCpuSeconds.toFixed(1)} s, writer at most ${r.writerBehindMaxMs} ms behind${r.writeMs !== undefined ? ` (one write p50 ${r.writeMs.p50} ms, p99 ${r.writeMs.p99} ms; event-loop delay p50 ${r.eventLoopDelayMs.p50.toFixed(1)} ms, p99 ${r.eventLoopDelayMs.p99.toFixed(1)} ms)` : ''}${r.wire !== undefined ? `, ${Object.entries(r.wire).map(([f, w]) => `${f} ${w.bytesPerEvent.toFixed(0)} B/event`).join(', ')}` : ''}, client CPU ${r.clientCpuSecondsPerMillion.toFixed(1)} s per million, other processes ${r.otherCpuSeconds.toFixed(1)} of ${r.busyCpuSeconds.toFixed(1)} busy CPU s, load ${r.loadAverage1m.join('-')}`;
+}
+
+// ---- 3b. Event forms and compression (issue 13) ------------------------------------------------------------
+// The same fan-out (2 KB PodStatus, cfg.rate updates/s of 100 resources) for each cosid event form: full and lean on
+// cosid (watchCompression off), full+gzip and lean+gzip on cosid-gzip (on), the ceiling at the size of cosid's full
+// and lean UPDATED events (uncompressed), and etcd at 1,000 watchers (and at the largest size asked, if smaller).
+// Both cosids get the same 100 resources first. The lean form's rows are interleaved with etcd's, as the targets
+// compare them.
+async function formsScenario() {
+  for (const server of [cosidServer, cosidGzipServer]) {
+    await rpc(server, { op: 'clear' });
+    await rpc(server, { op: 'load', count: 100, bytes: 2048 });
+  }
+  const sizes = await cosidSizesFor(2048);
+  results.messageBytes = { ...results.messageBytes, etcdValue: etcdValue(0, 2048).length, cosidUpdatedEvent: sizes.updatedEvent, cosidLeanUpdatedEvent: sizes.leanUpdatedEvent, cosidUpdatedEventGzipMessage: sizes.updatedEventGzipMessage, cosidLeanUpdatedEventGzipMessage: sizes.leanUpdatedEventGzipMessage };
+  progress(`scenario 3b: event forms; UPDATED event of a 2 KB PodStatus: full ${sizes.updatedEvent} B (gzip message ${sizes.updatedEventGzipMessage} B), lean ${sizes.leanUpdatedEvent} B (gzip message ${sizes.leanUpdatedEventGzipMessage} B); etcd value ${etcdValue(0, 2048).length} B`);
+  const forms = (results.scenarios.forms = { rate: cfg.rate, seconds: cfg.churnSeconds, sizes, rows: {} });
+  const largest = Math.max(...cfg.formsFanout);
+  const etcdAt = cfg.formsFanout.includes(1000) ? 1000 : largest;
+  for (const n of cfg.formsFanout) {
+    const order = ['lean', ...(n === etcdAt ? ['etcd'] : []), 'lean+gzip', 'full', 'full+gzip', 'ceiling', 'ceiling-lean'];
+    for (const name of order) {
+      const row = FORM_ROWS[name];
+      progress(`scenario 3b: ${row.label}, ${n} watchers, ${cfg.rate} updates/s for ${cfg.churnSeconds} s`);
+      const r = await fanout(row.mode, n, { form: row.form, ceilingBytes: row.lean ? sizes.leanUpdatedEvent : undefined });
+      // The bytes of the form asked for (the counters are by form: a gzip watcher's are "<form>+gzip").
+      if (row.mode.startsWith('cosid')) r.wireBytesPerEvent = r.wire?.[name]?.bytesPerEvent;
+      (forms.rows[n] ??= {})[name] = r;
+      progress(`  ${row.label}: ${describeFanout(r, row.mode)}`);
+    }
+  }
+  return forms;
+}
+
+/** The forms' table and the issue's targets for the lean form at 1,000 watchers (or the largest size run). */
+function reportForms() {
+  const forms = results.scenarios.forms;
+  const f = (v, d = 1) => (v === undefined || Number.isNaN(v) ? '-' : v.toFixed(d));
+  const header = ['watchers', 'form', 'within 3 s (%)', 'p50 (ms)', 'p99 (ms)', 'server CPU s/M', 'client CPU s/M', 'B/event (wire)', 'events/s', 'writer behind (ms)', 'others CPU s', 'load 1m'];
+  const table = [header];
+  for (const [n, rows] of Object.entries(forms.rows)) {
+    for (const [name, r] of Object.entries(rows)) {
+      table.push([n, FORM_ROWS[name].label, f(r.within3sPct), f(r.p50, 0), f(r.p99, 0), f(r.cpuSecondsPerMillion), f(r.clientCpuSecondsPerMillion), f(r.wireBytesPerEvent, 0), f(r.eventsPerSecond, 0), String(r.writerBehindMaxMs), `${f(r.otherCpuSeconds)}/${f(r.busyCpuSeconds)}`, r.loadAverage1m.join('-')]);
+    }
+  }
+  const widths = header.map((_, i) => Math.max(...table.map((r) => String(r[i]).length)));
+  process.stdout.write('\nEvent forms and compression (' + `${forms.rate} updates/s for ${forms.seconds} s; B/event: gRPC message bytes per event; etcd: not measured)\n` + table.map((r) => r.map((c, i) => String(c).padEnd(widths[i] + 2)).join('').trimEnd()).join('\n') + '\n\n');
+  const sizes = Object.keys(forms.rows).map(Number);
+  const at = sizes.includes(1000) ? 1000 : Math.max(...sizes);
+  const rows = forms.rows[at];
+  const e = rows.etcd;
+  const targetsOf = (name) => {
+    const r = rows[name];
+    return [
+      { figure: 'delivered within 3 s (%)', value: r.within3sPct, peer: 100, met: r.within3sPct >= 100, ratio: r.within3sPct / 100 },
+      // A p99 read over the delivered events alone would flatter whichever delivered less: when either side lost more
+      // than 1% of its events past the window, the comparison is not decided by the figures (missed for cosid).
+      r.deliveredPct >= 99 && e.deliveredPct >= 99
+        ? { figure: 'delivery p99 (ms) <= etcd', value: r.p99, peer: e.p99, met: r.p99 <= e.p99, ratio: r.p99 / e.p99 }
+        : { figure: `delivery p99 (ms) <= etcd (over delivered events only: cosid delivered ${r.deliveredPct.toFixed(1)}%, etcd ${e.deliveredPct.toFixed(1)}% by 3 s after the last write)`, value: r.p99, peer: e.p99, met: false, undecided: r.deliveredPct < 99 && e.deliveredPct < 99, ratio: r.p99 / e.p99 },
+      { figure: 'server CPU s per million <= etcd', value: r.cpuSecondsPerMillion, peer: e.cpuSecondsPerMillion, met: r.cpuSecondsPerMillion <= e.cpuSecondsPerMillion, ratio: r.cpuSecondsPerMillion / e.cpuSecondsPerMillion },
+    ];
+  };
+  const candidates = ['lean', 'lean+gzip'].filter((n) => rows[n] !== undefined && e !== undefined);
+  if (candidates.length === 0) return;
+  // The better lean form: more targets met; then lower server CPU per event.
+  const scored = candidates.map((name) => ({ name, targets: targetsOf(name) }));
+  scored.sort((a, b) => b.targets.filter((t) => t.met).length - a.targets.filter((t) => t.met).length || a.targets[2].value - b.targets[2].value);
+  forms.targets = { watchers: at, chosen: scored[0].name, byForm: Object.fromEntries(scored.map((x) => [x.name, x.targets])) };
+  for (const { name, targets } of scored) {
+    for (const t of targets) {
+      process.stdout.write(`${name === scored[0].name ? '*' : ' '} ${name} at ${at} watchers, ${t.figure}: ${f(t.value)} vs ${t.figure.includes('etcd') ? `etcd ${f(t.peer)}` : f(t.peer)}: ratio ${f(t.ratio, 2)}: ${t.met ? 'met' : t.undecided ? 'MISSED (undecided: both lost events)' : 'MISSED'}\n`);
+    }
+  }
+  process.stdout.write(`(* the lean form chosen: ${scored[0].name})\n\n`);
+}
+
+async function stopServers() {
+  const exited = (c) => new Promise((r) => (c.exitCode !== null ? r() : c.once('exit', r)));
+  const servers = [cosidServer, cosidGzipServer, cosidEtcdServer, ceilingServer].filter((c) => c !== undefined);
+  for (const c of servers) await rpc(c, { op: 'stop' }).catch(() => undefined);
+  await Promise.race([Promise.all(servers.map(exited)), sleep(10_000)]);
+}
+
+/** BENCH_FORMS=1: the forms' table, results-forms[-quick].json, and exit. */
+async function finishForms() {
+  reportForms();
+  mkdirSync('bench/out', { recursive: true });
+  const out = `bench/out/results-forms${QUICK ? '-quick' : ''}.json`;
+  writeFileSync(out, JSON.stringify(results, null, 2));
+  progress(`wrote ${out} (${((Date.now() - started) / 1000).toFixed(0)} s)`);
+  await stopServers();
+  etcd.close();
+  cosidRaw.close();
+  ceilingRaw.close();
+  etcdProc.kill('SIGTERM');
+  for (const c of cleanup) await c();
+  await rm(pki.dir, { recursive: true, force: true });
+  process.exit(0);
+}
+
 results.scenarios.fanout = {};
 if (process.env.BENCH_FANOUT) {
-  // Profiling aid (with BENCH_CPU_PROF=1): only cosid's fan-out at the given size.
-  progress(`  cosid: ${describeFanout(await fanout('cosid', Number(process.env.BENCH_FANOUT)))}`);
-  await rpc(cosidServer, { op: 'stop' }).catch(() => undefined);
-  await new Promise((res) => cosidServer.once('exit', res));
+  // Profiling aid (with BENCH_CPU_PROF=1): only the cosids' fan-out at the given size; BENCH_FANOUT_MODE picks which
+  // (cosid, cosid-etcd, or both comma-separated; default cosid). The List scenario above loaded their resources.
+  for (const mode of (process.env.BENCH_FANOUT_MODE ?? 'cosid').split(',')) {
+    if (mode !== 'cosid' && mode !== 'cosid-etcd') throw new Error(`BENCH_FANOUT_MODE: ${mode}? use cosid and/or cosid-etcd`);
+    const r = await fanout(mode, Number(process.env.BENCH_FANOUT));
+    progress(`  ${mode}: ${describeFanout(r, mode)}; the churn in its profile: ${r.profileWindowUs?.join('-')} us (pid ${pids[mode]})`);
+  }
+  await stopServers();
   process.exit(0);
 }
 for (const n of cfg.fanout) {
-  for (const mode of ['cosid', 'etcd', 'ceiling']) {
+  // cosid (etcd) at 100 watchers only, next to cosid (memory) in time.
+  for (const mode of n === 100 ? ['cosid', 'cosid-etcd', 'etcd', 'ceiling'] : ['cosid', 'etcd', 'ceiling']) {
     progress(`scenario 3: ${mode}, ${n} watchers, ${cfg.rate} updates/s for ${cfg.churnSeconds} s`);
     const r = await fanout(mode, n);
     (results.scenarios.fanout[n] ??= {})[mode] = r;
-    progress(`  ${mode}: ${describeFanout(r)}`);
+    progress(`  ${mode}: ${describeFanout(r, mode)}`);
+    // CPU per event depends on the event rate (fewer writes per second: fewer messages per stream write and per
+    // wake-up). When the etcd-backed writer cannot keep the schedule, cosid (memory) runs again at the rate it reached.
+    if (mode === 'cosid-etcd' && r.writesPerSecond < 0.95 * cfg.rate) {
+      const rate = Math.max(1, Math.round(r.writesPerSecond));
+      progress(`scenario 3: cosid again, ${n} watchers, at cosid (etcd)'s ${rate} writes/s`);
+      const again = await fanout('cosid', n, { rate, seconds: Math.min(cfg.churnSeconds * 2, Math.ceil((cfg.rate * cfg.churnSeconds) / rate)) });
+      results.scenarios.fanout[n].cosidAtEtcdRate = { rate, ...again };
+      progress(`  cosid at ${rate}/s: ${describeFanout(again, 'cosid')}`);
+    }
   }
 }
 
@@ -350,6 +571,9 @@ const without = await fanout('cosid', 100, { seconds: cfg.stalledSeconds, bytes:
 const withStalled = await fanout('cosid', 100, { seconds: cfg.stalledSeconds, bytes: 4096, stall: true, sampleRss: true });
 results.scenarios.stalled = { without, with: withStalled, p99Increase: withStalled.p99 / Math.max(1, without.p99) - 1 };
 progress(`  healthy p99 ${without.p99} ms without, ${withStalled.p99} ms with a stalled watcher; RSS MiB ${withStalled.rssMiBOverTime?.join(' ')}`);
+
+// ---- 3b. Event forms (defined above), after scenario 4: it reloads both memory cosids with 100 resources.
+await formsScenario();
 
 // ---- 6. The pipeline: config change to event; cosictl as a process ---------------------------------------
 progress('scenario 6: machine config change -> StaticPod event; cosictl get staticpods as a whole process');
@@ -413,25 +637,42 @@ const s = results.scenarios;
 const fmt = (v, d = 1) => (v === undefined || Number.isNaN(v) ? '-' : typeof v === 'number' ? v.toFixed(d) : String(v));
 const pair = (a, b, d = 1) => `${fmt(a, d)} / ${fmt(b, d)}`;
 const ratio = (a, b) => (typeof a !== 'number' || typeof b !== 'number' || !b ? '-' : (a / b).toFixed(2));
+// A row: [figure, cosid, etcd, ceiling, target, cosid (etcd)]; the last only where the etcd-backed cosid takes part.
+const ce = 'cosid-etcd';
 const rows = [
-  ['Get p99 sequential (ms)', s.get.cosid.sequential.p99, s.get.etcd.sequential.p99, s.get.ceiling.sequential.p99, '<= etcd'],
-  ['Get p99, 64 in flight (ms)', s.get.cosid.inFlight64.p99, s.get.etcd.inFlight64.p99, s.get.ceiling.inFlight64.p99, '<= etcd'],
-  [`List ${cfg.list} (ms)`, s.list.cosid.ms, s.list.etcd.ms, s.list.ceiling.ms, '<= etcd'],
-  [`List ${cfg.list} (MB/s)`, s.list.cosid.mbPerSecond, s.list.etcd.mbPerSecond, s.list.ceiling.mbPerSecond, ''],
-  [`List ${cfg.list}, first after loading (ms)`, s.list.cosid.firstMs, s.list.etcd.firstMs, s.list.ceiling.firstMs, ''],
+  ['Get p50 sequential (ms)', s.get.cosid.sequential.p50, s.get.etcd.sequential.p50, s.get.ceiling.sequential.p50, '(etcd) <= 1.5 x etcd', s.get[ce].sequential.p50],
+  ['Get p99 sequential (ms)', s.get.cosid.sequential.p99, s.get.etcd.sequential.p99, s.get.ceiling.sequential.p99, '<= etcd; (etcd) <= 1.5 x etcd', s.get[ce].sequential.p99],
+  ['Get p99, 64 in flight (ms)', s.get.cosid.inFlight64.p99, s.get.etcd.inFlight64.p99, s.get.ceiling.inFlight64.p99, '<= etcd; (etcd) <= 1.5 x etcd', s.get[ce].inFlight64.p99],
+  ['Get calls/s, 64 in flight', s.get.cosid.inFlight64.perSecond, s.get.etcd.inFlight64.perSecond, s.get.ceiling.inFlight64.perSecond, '', s.get[ce].inFlight64.perSecond],
+  [`List ${cfg.list} (ms)`, s.list.cosid.ms, s.list.etcd.ms, s.list.ceiling.ms, '<= etcd; (etcd) <= 1.5 x etcd', s.list[ce].ms],
+  [`List ${cfg.list} (MB/s)`, s.list.cosid.mbPerSecond, s.list.etcd.mbPerSecond, s.list.ceiling.mbPerSecond, '', s.list[ce].mbPerSecond],
+  [`List ${cfg.list}, first after loading (ms)`, s.list.cosid.firstMs, s.list.etcd.firstMs, s.list.ceiling.firstMs, '', s.list[ce].firstMs],
   ['RSS per stored resource (bytes)', s.memory.perStored.cosid, s.memory.perStored.etcd, undefined, `<= 2 x ${s.memory.perStored.specBytes}`],
   ['RSS per stored resource, after a List (bytes)', s.memory.perStoredAfterList.cosid, s.memory.perStoredAfterList.etcd, undefined, `<= 2 x ${s.memory.perStored.specBytes}`],
   ['heap + buffers per stored resource / after a List (bytes)', pair(s.memory.heapPerStored.cosid, s.memory.heapPerStoredAfterList.cosid, 0), undefined, undefined, `<= 2 x ${s.memory.perStored.specBytes}`],
 ];
 for (const n of cfg.fanout) {
   const f = s.fanout[n];
-  rows.push([`${n} watchers: delivered within 3 s (%)`, f.cosid.within3sPct, f.etcd.within3sPct, f.ceiling.within3sPct, '100']);
-  rows.push([`${n} watchers: delivery p99 (ms)`, f.cosid.p99, f.etcd.p99, f.ceiling.p99, '<= 500']);
-  rows.push([`${n} watchers: events/s`, f.cosid.eventsPerSecond, f.etcd.eventsPerSecond, f.ceiling.eventsPerSecond, '']);
-  rows.push([`${n} watchers: writer behind schedule, max (ms)`, f.cosid.writerBehindMaxMs, f.etcd.writerBehindMaxMs, f.ceiling.writerBehindMaxMs, 'writers never slowed']);
-  rows.push([`${n} watchers: server CPU s / million events`, f.cosid.cpuSecondsPerMillion, f.etcd.cpuSecondsPerMillion, f.ceiling.cpuSecondsPerMillion, '<= etcd']);
-  rows.push([`${n} watchers: client CPU s (all workers)`, f.cosid.clientCpuSeconds, f.etcd.clientCpuSeconds, f.ceiling.clientCpuSeconds, '']);
-  rows.push([`${n} idle watchers: server RSS (MiB)`, f.cosid.idleWatcherRssBytes / 2 ** 20, f.etcd.idleWatcherRssBytes / 2 ** 20, f.ceiling.idleWatcherRssBytes / 2 ** 20, n >= 1000 ? '<= 20' : '']);
+  const c = f[ce]; // undefined but at 100 watchers
+  rows.push([`${n} watchers: delivered within 3 s (%)`, f.cosid.within3sPct, f.etcd.within3sPct, f.ceiling.within3sPct, '100', c?.within3sPct]);
+  rows.push([`${n} watchers: delivery p50 (ms)`, f.cosid.p50, f.etcd.p50, f.ceiling.p50, '', c?.p50]);
+  rows.push([`${n} watchers: delivery p99 (ms)`, f.cosid.p99, f.etcd.p99, f.ceiling.p99, '<= 500', c?.p99]);
+  rows.push([`${n} watchers: events/s`, f.cosid.eventsPerSecond, f.etcd.eventsPerSecond, f.ceiling.eventsPerSecond, '', c?.eventsPerSecond]);
+  rows.push([`${n} watchers: writer behind schedule, max (ms)`, f.cosid.writerBehindMaxMs, f.etcd.writerBehindMaxMs, f.ceiling.writerBehindMaxMs, 'writers never slowed', c?.writerBehindMaxMs]);
+  rows.push([`${n} watchers: one write, p50 / p99 (ms)`, pair(f.cosid.writeMs?.p50, f.cosid.writeMs?.p99, 0), undefined, undefined, '', c === undefined ? undefined : pair(c.writeMs?.p50, c.writeMs?.p99, 0)]);
+  rows.push([`${n} watchers: event-loop delay during the churn, p50 / p99 (ms)`, pair(f.cosid.eventLoopDelayMs?.p50, f.cosid.eventLoopDelayMs?.p99), undefined, undefined, '', c === undefined ? undefined : pair(c.eventLoopDelayMs?.p50, c.eventLoopDelayMs?.p99)]);
+  rows.push([`${n} watchers: server CPU s / million events`, f.cosid.cpuSecondsPerMillion, f.etcd.cpuSecondsPerMillion, f.ceiling.cpuSecondsPerMillion, c ? '<= etcd; (etcd) <= cosid' : '<= etcd', c?.cpuSecondsPerMillion]);
+  if (c !== undefined) {
+    // etcd's CPU while cosid (etcd) ran: its writes, and its one watch of the kind. The etcd column is its own run.
+    rows.push([`${n} watchers: etcd CPU s / million events (cosid (etcd): its backing etcd)`, undefined, f.etcd.etcdCpuSecondsPerMillion, undefined, '', c.etcdCpuSecondsPerMillion]);
+    rows.push([`${n} watchers: server + backing etcd CPU s / million events`, f.cosid.cpuSecondsPerMillion, f.etcd.cpuSecondsPerMillion, f.ceiling.cpuSecondsPerMillion, '', c.cpuSecondsPerMillion + c.etcdCpuSecondsPerMillion]);
+  }
+  const m = f.cosidAtEtcdRate;
+  if (m !== undefined) {
+    rows.push([`${n} watchers: cosid at (etcd)'s ${m.rate} writes/s: server CPU s / million; p99 (ms)`, `${fmt(m.cpuSecondsPerMillion)}; ${fmt(m.p99, 0)}`, undefined, undefined, '', `${fmt(c.cpuSecondsPerMillion)}; ${fmt(c.p99, 0)}`]);
+  }
+  rows.push([`${n} watchers: client CPU s (all workers)`, f.cosid.clientCpuSeconds, f.etcd.clientCpuSeconds, f.ceiling.clientCpuSeconds, '', c?.clientCpuSeconds]);
+  rows.push([`${n} idle watchers: server RSS (MiB)`, f.cosid.idleWatcherRssBytes / 2 ** 20, f.etcd.idleWatcherRssBytes / 2 ** 20, f.ceiling.idleWatcherRssBytes / 2 ** 20, n >= 1000 ? '<= 20' : '', c === undefined ? undefined : c.idleWatcherRssBytes / 2 ** 20]);
 }
 // cosid-only figures: "a / b" in the cosid column, no peer.
 rows.push(['flood: Get p99 alone / under a List flood (ms)', pair(s.flood.alone.p99, s.flood.underFlood.p99), undefined, undefined, 'served throughout']);
@@ -455,22 +696,38 @@ if (rt.skipped !== undefined || rt.failed !== undefined) {
   rows.push([`cosictl containers -k, ${rt.containers.pods} pods, median (ms); ceiling: get staticpods`, rt.containers.cosictlContainersMedianMs, undefined, rt.containers.cosictlGetMedianMs, '< 2 x get staticpods']);
   rows.push([`Containers RPC / listPods in-process / its first listing, ${rt.containers.pods} pods, p50 (ms)`, `${pair(rt.containers.rpc.p50, rt.containers.listPods.p50)} / ${fmt(rt.containers.listPodsFirst.p50)}`, undefined, undefined, '']);
 }
-const header = ['figure', 'cosid', 'etcd', 'ceiling', 'cosid/etcd', 'cosid/ceiling', 'target'];
-const table = [header, ...rows.map(([name, c, e, x, target]) => [name, fmt(c), fmt(e), fmt(x), ratio(c, e), ratio(c, x), target])];
+const header = ['figure', 'cosid', 'cosid (etcd)', 'etcd', 'ceiling', 'cosid/etcd', 'cosid/ceiling', '(etcd)/etcd', '(etcd)/cosid', 'target'];
+const table = [header, ...rows.map(([name, c, e, x, target, d]) => [name, fmt(c), fmt(d), fmt(e), fmt(x), ratio(c, e), ratio(c, x), ratio(d, e), ratio(d, c), target])];
 const widths = header.map((_, i) => Math.max(...table.map((r) => String(r[i]).length)));
 process.stdout.write('\n' + table.map((r) => r.map((c, i) => String(c).padEnd(widths[i] + 2)).join('').trimEnd()).join('\n') + '\n\n');
+
+// The issue's targets for the store on etcd, each with its ratio (peers of the same run).
+const f100 = s.fanout[100];
+results.targets = [
+  ['Get p50 sequential', s.get[ce].sequential.p50, s.get.etcd.sequential.p50, 1.5, 'etcd'],
+  ['Get p99 sequential', s.get[ce].sequential.p99, s.get.etcd.sequential.p99, 1.5, 'etcd'],
+  ['Get p99, 64 in flight', s.get[ce].inFlight64.p99, s.get.etcd.inFlight64.p99, 1.5, 'etcd'],
+  [`List ${cfg.list} (steady-state median)`, s.list[ce].ms, s.list.etcd.ms, 1.5, 'etcd'],
+  ['100 watchers: server CPU s per million delivered', f100[ce].cpuSecondsPerMillion, f100.cosid.cpuSecondsPerMillion, 1, 'cosid (memory)'],
+  ...(f100.cosidAtEtcdRate !== undefined
+    ? [[`100 watchers: server CPU s per million delivered, both at ${f100.cosidAtEtcdRate.rate} writes/s`, f100[ce].cpuSecondsPerMillion, f100.cosidAtEtcdRate.cpuSecondsPerMillion, 1, 'cosid (memory)']]
+    : []),
+].map(([figure, value, peer, limit, peerName]) => ({ figure, value, peer, peerName, ratio: value / peer, limit, met: value / peer <= limit }));
+for (const t of results.targets) {
+  process.stdout.write(`cosid (etcd) ${t.figure}: ${fmt(t.value, 2)} vs ${t.peerName} ${fmt(t.peer, 2)}: ratio ${t.ratio.toFixed(2)} (target <= ${t.limit}): ${t.met ? 'met' : 'MISSED'}\n`);
+}
+reportForms();
+process.stdout.write(`cosid (etcd) at 100 watchers: its backing etcd used ${fmt(f100[ce].etcdCpuSeconds, 2)} CPU s (${fmt(f100[ce].etcdCpuSecondsPerMillion)} per million delivered) besides cosid's ${fmt(f100[ce].serverCpuSeconds, 2)} s\n\n`);
 mkdirSync('bench/out', { recursive: true });
 const out = `bench/out/results${QUICK ? '-quick' : ''}.json`;
 writeFileSync(out, JSON.stringify({ ...results, table }, null, 2));
 progress(`wrote ${out} (${((Date.now() - started) / 1000).toFixed(0)} s)`);
 
 // Let the servers exit by themselves (a CPU profile is written on exit).
-const exited = (c) => new Promise((r) => (c.exitCode !== null ? r() : c.once('exit', r)));
-await rpc(cosidServer, { op: 'stop' }).catch(() => undefined);
-await rpc(ceilingServer, { op: 'stop' }).catch(() => undefined);
-await Promise.race([Promise.all([exited(cosidServer), exited(ceilingServer)]), sleep(10_000)]);
+await stopServers();
 etcd.close();
 cosidRaw.close();
+cosidEtcdRaw.close();
 ceilingRaw.close();
 etcdProc.kill('SIGTERM');
 for (const c of cleanup) await c();

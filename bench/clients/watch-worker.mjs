@@ -79,8 +79,14 @@ if (cfg.mode === 'cosid' || cfg.mode === 'ceiling') {
       ? Buffer.from(wire.watchRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', apiVersion: 1, options: { bootstrapContents: false, tailEvents: 0, labelQuery: [], aggregated: cfg.aggregated, bootstrapBookmark: false } }))
       : Buffer.alloc(0);
   const path = cfg.mode === 'cosid' ? '/cosi.resource.State/Watch' : '/bench.Ceiling/Watch';
+  // cfg.form 'lean' asks cosid for lean events (request metadata, as the client library does); 'full' or absent sends
+  // none (the reference's form). Either way every event is counted and timed the same way: a lean event keeps the
+  // resource's metadata, whose `updated` is the write's time. gzipped messages are inflated by grpc-js before `data`.
+  const metadata = new grpc.Metadata();
+  if (cfg.form === 'lean') metadata.set('cosi-event-form', 'lean');
+  else if (cfg.form !== undefined && cfg.form !== 'full') throw new Error(`form ${cfg.form}? use full or lean`);
   for (let i = 0; i < cfg.count; i++) {
-    const call = client.makeServerStreamRequest(path, (b) => b, (b) => b, req);
+    const call = client.makeServerStreamRequest(path, (b) => b, (b) => b, req, metadata);
     let first = true;
     call.on('data', (b) => {
       if (first) {
