@@ -101,7 +101,10 @@ export interface WatchOptions extends ListOptions {
   fromBookmark?: Uint8Array;
   /** Ask for a noop event carrying a bookmark for the starting point. */
   bootstrapBookmark?: boolean;
-  /** Let the server pack events that piled up into one message: the same events one by one here, fewer messages. */
+  /**
+   * Let the server pack events that piled up into one message: the same events one by one here, fewer messages
+   * (default true; at 1,000 watchers it is what lets cosid keep up: bench/RESULTS.md).
+   */
   aggregated?: boolean;
   /**
    * How the server encodes events. `lean` (cosid's request metadata `cosi-event-form: lean`): about a quarter of

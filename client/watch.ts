@@ -171,7 +171,9 @@ async function* resilientBatches(t: WatchTransport, type: string, opts: WatchOpt
       ...(opts.id !== undefined ? { id: opts.id } : {}),
       ...(opts.labelQuery !== undefined ? { labelQuery: opts.labelQuery } : {}),
       ...(opts.idRegexp !== undefined ? { idRegexp: opts.idRegexp } : {}),
-      aggregated: opts.aggregated ?? false,
+      // Events that piled up come in one message (shared by every such watcher); a caught-up watch still gets each
+      // event at once. The consumer sees the same events one by one either way.
+      aggregated: opts.aggregated ?? true,
       bootstrapBookmark: opts.bootstrapBookmark ?? false,
       lean,
     };
