@@ -127,7 +127,7 @@ export class Cosid {
       const s = hub.stats();
       return { streaming: s.sessions - s.parked, parked: s.parked, lagMax: s.lagMax, lagTotal: s.lagTotal };
     };
-    metrics.sources.kinds = () => store.feed.opened().map((h) => ({ namespace: h.kind.namespace, type: h.kind.type, resources: h.list().length, history: h.size }));
+    metrics.sources.kinds = () => store.feed.opened().map((h) => ({ namespace: h.kind.namespace, type: h.kind.type, resources: h.count, history: h.size }));
     const material = opts.tls instanceof TlsMaterial ? opts.tls : TlsMaterial.fromPem(opts.tls, log);
     metrics.sources.certificates = () => material.expiry();
 

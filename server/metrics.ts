@@ -38,30 +38,21 @@ export class Metrics implements WatchMetrics {
     const registers = [this.registry];
     this.calls = new Histogram({ name: 'cosi_grpc_call_duration_seconds', help: 'gRPC calls by service, method and status code (a watch or log follow: until it ended)', labelNames: ['service', 'method', 'code'], buckets: CALL_BUCKETS, registers });
     const pending = this.pendingSent;
-    new Counter({
-      name: 'cosi_watch_events_sent_total',
-      help: 'Watch events sent, by form',
-      labelNames: ['form'],
-      registers,
-      collect() {
-        for (const [form, p] of pending) {
-          this.inc({ form }, p.events);
-          p.events = 0;
-        }
-      },
-    });
-    new Counter({
-      name: 'cosi_watch_bytes_sent_total',
-      help: 'Bytes of watch messages sent, by form',
-      labelNames: ['form'],
-      registers,
-      collect() {
-        for (const [form, p] of pending) {
-          this.inc({ form }, p.bytes);
-          p.bytes = 0;
-        }
-      },
-    });
+    const sentCounter = (field: 'events' | 'bytes', name: string, help: string) =>
+      new Counter({
+        name,
+        help,
+        labelNames: ['form'],
+        registers,
+        collect() {
+          for (const [form, p] of pending) {
+            this.inc({ form }, p[field]);
+            p[field] = 0;
+          }
+        },
+      });
+    sentCounter('events', 'cosi_watch_events_sent_total', 'Watch events sent, by form');
+    sentCounter('bytes', 'cosi_watch_bytes_sent_total', 'Bytes of watch messages sent, by form');
     this.overruns = new Counter({ name: 'cosi_watch_overruns_total', help: 'Watches ended because they fell further behind than their backlog', registers });
     this.tooOlds = new Counter({ name: 'cosi_watch_too_old_total', help: 'Watches answered "too old" (resume beyond history, or an overrun)', registers });
     this.polls = new Histogram({ name: 'cosi_kubelet_poll_duration_seconds', help: "Reads of the kubelet's /pods, by outcome", labelNames: ['outcome'], buckets: CALL_BUCKETS, registers });

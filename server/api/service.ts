@@ -6,7 +6,7 @@ import { describePointer, type Kind } from '../../shared/resource.js';
 import { codecFor, EVENT_FORM_METADATA_KEY, stateService, type WireGetRequest, type WireListRequest, type WireWatchRequest } from '../../shared/wire.js';
 import type { Registry } from '../resources/registry.js';
 import { compileSelector } from '../store/query.js';
-import type { ChangeFeed, KindHistory } from '../store/store.js';
+import { readableHistory, type ChangeFeed } from '../store/store.js';
 import type { WatchHub } from '../watch/hub.js';
 import type { Metrics } from '../metrics.js';
 import { planWatch } from '../watch/plan.js';
@@ -153,13 +153,6 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
     return typeof t === 'string' ? t : '';
   };
 
-  /** The kind's history, when it can answer now (unavailable while the backend is unreachable). */
-  async function readable(kind: Kind): Promise<KindHistory> {
-    const history = await feed.history(kind);
-    if (history.unavailable !== undefined) throw history.unavailable;
-    return history;
-  }
-
   /** Validates the kind and the caller's right to read it. */
   function checkRead(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, kind: Kind): void {
     const peer = peerOf(call);
@@ -182,7 +175,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           const req = requestOf(call);
           checkRead(call, req);
           checkName('id', req.id);
-          const r = (await readable(req)).current(req.id);
+          const r = (await readableHistory(feed, req)).current(req.id);
           if (r === undefined) throw new CosiError('not-found', `${describePointer(req)} doesn't exist`);
           call.sendMetadata(header);
           callback(null, frames.single(r));
@@ -205,7 +198,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           const req = requestOf(call);
           checkRead(call, req);
           const selector = compileSelector(req.options?.labelQuery ?? [], req.options?.idQuery);
-          const items = (await readable(req)).list().filter((r) => selector.matches(r.metadata));
+          const items = (await readableHistory(feed, req)).list().filter((r) => selector.matches(r.metadata));
           call.sendMetadata(header);
           for (const r of items) {
             if (call.cancelled) return;

@@ -11,8 +11,8 @@ import { silentLogger, type Logger } from '../../shared/log.js';
 import { describePointer, kindKey, type Kind, type Metadata, type Pointer, type Resource } from '../../shared/resource.js';
 import type { Json } from '../../shared/wire.js';
 import { historyLimits, KindLog, sortById, type HistoryLimits, type HistoryOptions } from './kind-log.js';
-import { mutate, storedResource, storedSpecJson, type Mutation } from './mutations.js';
-import type { Change, ChangeFeed, KindHistory, ResourceInput, ResourceStore, UpdateOptions } from './store.js';
+import { mutate, MutatingStore, storedResource, storedSpecJson, type Mutation } from './mutations.js';
+import type { Change, ChangeFeed, KindHistory, ResourceStore } from './store.js';
 
 export interface EtcdStoreOptions {
   /** Client URLs, e.g. https://127.0.0.1:2379. */
@@ -34,7 +34,7 @@ const FORMAT = 'cosi-resource/1';
 /** More compare-and-swap rounds than this for one write means a writer storm: the write gives up (aborted). */
 const MAX_CAS_ATTEMPTS = 64;
 
-export class EtcdStore implements ResourceStore, ChangeFeed {
+export class EtcdStore extends MutatingStore implements ResourceStore, ChangeFeed {
   readonly backend = 'etcd';
   readonly feed: ChangeFeed = this;
   private readonly kinds = new Map<string, Promise<EtcdKind>>();
@@ -49,6 +49,7 @@ export class EtcdStore implements ResourceStore, ChangeFeed {
     private readonly opts: EtcdStoreOptions,
     readonly log: Logger,
   ) {
+    super();
     this.limits = historyLimits(opts.history);
   }
 
@@ -115,31 +116,6 @@ export class EtcdStore implements ResourceStore, ChangeFeed {
     return sortById(decodeAll(k, prefix, res.kvs, this.log));
   }
 
-  create(input: ResourceInput, owner: string): Promise<Resource> {
-    return this.write(input, { op: 'create', input, owner });
-  }
-
-  update(input: ResourceInput, owner: string, opts?: UpdateOptions): Promise<Resource> {
-    return this.write(input, { op: 'update', input, owner, opts });
-  }
-
-  async teardown(p: Pointer, owner: string): Promise<{ resource: Resource; destroyReady: boolean }> {
-    const resource = await this.write(p, { op: 'teardown', pointer: p, owner });
-    return { resource, destroyReady: resource.metadata.finalizers.length === 0 };
-  }
-
-  addFinalizers(p: Pointer, finalizers: readonly string[]): Promise<Resource> {
-    return this.write(p, { op: 'add-finalizers', pointer: p, finalizers });
-  }
-
-  removeFinalizers(p: Pointer, finalizers: readonly string[]): Promise<Resource> {
-    return this.write(p, { op: 'remove-finalizers', pointer: p, finalizers });
-  }
-
-  async destroy(p: Pointer, owner: string): Promise<void> {
-    await this.write(p, { op: 'destroy', pointer: p, owner });
-  }
-
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -156,7 +132,7 @@ export class EtcdStore implements ResourceStore, ChangeFeed {
    * mod_revision proves the cache was current, so a write costs one round trip. Anything but a successful swap
    * (a conflict, an error, "unchanged") is decided again on an authoritative read, as every later attempt is.
    */
-  private async write(p: Pointer, m: Mutation): Promise<Resource> {
+  protected async apply(p: Pointer, m: Mutation): Promise<Resource> {
     const key = this.keyOf(p);
     const cached = this.ready.get(kindKey(p));
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {

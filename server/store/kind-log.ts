@@ -68,6 +68,10 @@ export class KindLog implements KindHistory {
     return this.history.length - this.start;
   }
 
+  get count(): number {
+    return this.items.size;
+  }
+
   current(id: string): Resource | undefined {
     return this.items.get(id);
   }

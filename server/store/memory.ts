@@ -3,12 +3,12 @@ import { randomBytes } from 'node:crypto';
 import { CosiError } from '../../shared/errors.js';
 import { describePointer, kindKey, type Kind, type Pointer, type Resource } from '../../shared/resource.js';
 import { historyLimits, KindLog, type HistoryLimits, type HistoryOptions } from './kind-log.js';
-import { mutate, storedResource, storedSpecJson, type Mutation } from './mutations.js';
-import type { ChangeFeed, KindHistory, ResourceInput, ResourceStore, UpdateOptions } from './store.js';
+import { mutate, MutatingStore, storedResource, storedSpecJson, type Mutation } from './mutations.js';
+import type { ChangeFeed, KindHistory, ResourceStore } from './store.js';
 
 export type MemoryStoreOptions = HistoryOptions;
 
-export class MemoryStore implements ResourceStore, ChangeFeed {
+export class MemoryStore extends MutatingStore implements ResourceStore, ChangeFeed {
   readonly backend = 'memory';
   readonly instance = randomBytes(8).toString('hex');
   readonly feed: ChangeFeed = this;
@@ -17,6 +17,7 @@ export class MemoryStore implements ResourceStore, ChangeFeed {
   private readonly limits: HistoryLimits;
 
   constructor(opts: MemoryStoreOptions = {}) {
+    super();
     this.limits = historyLimits(opts);
   }
 
@@ -68,37 +69,12 @@ export class MemoryStore implements ResourceStore, ChangeFeed {
     return Promise.resolve(this.kinds.get(kindKey(k))?.list() ?? []);
   }
 
-  create(input: ResourceInput, owner: string): Promise<Resource> {
-    return this.apply(input, { op: 'create', input, owner });
-  }
-
-  update(input: ResourceInput, owner: string, opts?: UpdateOptions): Promise<Resource> {
-    return this.apply(input, { op: 'update', input, owner, opts });
-  }
-
-  async teardown(p: Pointer, owner: string): Promise<{ resource: Resource; destroyReady: boolean }> {
-    const resource = await this.apply(p, { op: 'teardown', pointer: p, owner });
-    return { resource, destroyReady: resource.metadata.finalizers.length === 0 };
-  }
-
-  addFinalizers(p: Pointer, finalizers: readonly string[]): Promise<Resource> {
-    return this.apply(p, { op: 'add-finalizers', pointer: p, finalizers });
-  }
-
-  removeFinalizers(p: Pointer, finalizers: readonly string[]): Promise<Resource> {
-    return this.apply(p, { op: 'remove-finalizers', pointer: p, finalizers });
-  }
-
-  async destroy(p: Pointer, owner: string): Promise<void> {
-    await this.apply(p, { op: 'destroy', pointer: p, owner });
-  }
-
   close(): Promise<void> {
     return Promise.resolve();
   }
 
   /** Runs synchronously: the change is committed (and watchers told) before the returned promise settles. */
-  private apply(p: Pointer, m: Mutation): Promise<Resource> {
+  protected apply(p: Pointer, m: Mutation): Promise<Resource> {
     try {
       const log = this.log(p);
       const current = log.current(p.id);

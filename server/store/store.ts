@@ -128,6 +128,8 @@ export interface KindHistory {
   readonly oldestRevision: number;
   /** Changes held in history now. */
   readonly size: number;
+  /** Resources held now. */
+  readonly count: number;
   /** Why the kind cannot be read now (the backend is unreachable), or undefined. */
   readonly unavailable: CosiError | undefined;
   /** The resource now, or undefined. */
@@ -166,6 +168,13 @@ export interface ChangeFeed {
   reach(history: KindHistory, after: number): Promise<void>;
   /** The kind's resources at `revision` (resuming an interrupted bootstrap), sorted by ID. Throws too-old. */
   listAt(history: KindHistory, revision: number): Promise<Resource[]>;
+}
+
+/** The kind's history for a reader that needs it live: unavailable while the backend cannot be reached. */
+export async function readableHistory(feed: ChangeFeed, kind: Kind): Promise<KindHistory> {
+  const history = await feed.history(kind);
+  if (history.unavailable !== undefined) throw history.unavailable;
+  return history;
 }
 
 /** One resource by pointer, or undefined when it does not exist (without listing its whole kind). */

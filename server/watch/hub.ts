@@ -4,7 +4,7 @@
 import { CosiError, isCosiError } from '../../shared/errors.js';
 import { kindKey, type Resource } from '../../shared/resource.js';
 import { EventType } from '../../shared/wire.js';
-import type { Change, ChangeFeed, KindHistory } from '../store/store.js';
+import { readableHistory, type Change, type ChangeFeed, type KindHistory } from '../store/store.js';
 import { encodeBookmark } from './bookmark.js';
 import { EncodedEvents } from './events.js';
 import { Frames, type EventForm } from './frames.js';
@@ -150,8 +150,7 @@ export class WatchHub {
 
   /** The kind's history, reaching back to a resume's bookmark; a resumed bootstrap's snapshot. */
   private async prepare(plan: WatchPlan): Promise<{ history: KindHistory; snapshot: Resource[] | undefined }> {
-    const history = await this.feed.history(plan.kind);
-    if (history.unavailable !== undefined) throw history.unavailable;
+    const history = await readableHistory(this.feed, plan.kind);
     let snapshot: Resource[] | undefined;
     const from = plan.resumeFrom;
     // A resumed bootstrap needs its snapshot and, after it, the changes since: both from the feed.

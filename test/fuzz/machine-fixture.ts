@@ -9,6 +9,7 @@ import { mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CriClient, type ContainerConfig, type PodSandboxConfig } from '../../server/runtime/cri.js';
+import { eventually } from '../harness.js';
 
 /** The Kubernetes namespace of the hostile pods: the containerd may be shared, nobody else uses this one. */
 export const FUZZ_NAMESPACE = 'fuzz';
@@ -191,11 +192,8 @@ export async function startHostilePods(runtime: RealRuntime, fixture: MachineFix
 
 /** Waits until `check` says nothing is missing (it returns what is), or fails after DEADLINE_MS saying what. */
 async function until(check: () => Promise<string | undefined>): Promise<void> {
-  const deadline = Date.now() + DEADLINE_MS;
-  for (;;) {
+  await eventually(async () => {
     const missing = await check();
-    if (missing === undefined) return;
-    if (Date.now() > deadline) throw new Error(`hostile pods not ready after ${DEADLINE_MS} ms: ${missing}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+    if (missing !== undefined) throw new Error(`hostile pods not ready after ${DEADLINE_MS} ms: ${missing}`);
+  }, DEADLINE_MS);
 }
