@@ -12,7 +12,7 @@
 // StaticPod is never served to the kubelet, so it never becomes ready: it is shown as invalid, and the wait goes on
 // in case the machine config is fixed.
 import { parseArgs } from 'node:util';
-import { connectContext, createInformer, defaultCosiConfigPath, isCosiError, loadCosiConfig, selectContext, type CosiResource, type Informer, type Json, type NodeTarget } from '../client/index.js';
+import { connectContext, createInformer, defaultCosiConfigPath, isCosiError, loadCosiConfig, selectContext, type CosiResource, type Informer, type Json, type NodeTarget } from 'cosi-pods';
 
 const USAGE = `Usage: wait-ready [--cosiconfig FILE] [--context NAME] [-n NODE,...] [--timeout 5m]
   Waits until every static pod on every node is Ready. Nodes default to the context's nodes, else its endpoint.

@@ -110,6 +110,34 @@ describe('flags: --help and the docs agree', () => {
   }
 });
 
+// `<!-- example: examples/X.ts -->` then a code block: the file itself, which test/examples.test.ts runs.
+// UPDATE_DOCS=1 npx vitest run test/docs.test.ts copies the files into the docs.
+describe('the examples the docs show are the files the tests run', () => {
+  const EXAMPLE = /<!-- example: (examples\/[\w.-]+) -->\n```ts\n([\s\S]*?)```\n/g;
+
+  it('docs/client-library.md shows examples/read-and-watch.ts, containers-and-logs.ts and informer.ts word for word', async () => {
+    const doc = 'docs/client-library.md';
+    const text = await read(doc);
+    const shown = [...text.matchAll(EXAMPLE)];
+    expect(shown.map(([, file]) => file)).toEqual(['examples/read-and-watch.ts', 'examples/containers-and-logs.ts', 'examples/informer.ts']);
+    if (process.env['UPDATE_DOCS'] === '1') {
+      let updated = text;
+      for (const [whole, file = ''] of shown) updated = updated.replace(whole, `<!-- example: ${file} -->\n\`\`\`ts\n${await read(file)}\`\`\`\n`);
+      await writeFile(join(ROOT, doc), updated);
+      return;
+    }
+    for (const [, file = '', code] of shown) expect(code, `${doc} shows ${file} as it is (UPDATE_DOCS=1 to copy it)`).toBe(await read(file));
+  });
+
+  it('every example imports the library by its package name, as a user would', async () => {
+    for (const file of await readdir(join(ROOT, 'examples'))) {
+      if (!file.endsWith('.ts')) continue;
+      const code = await read(`examples/${file}`);
+      expect(code, file).not.toMatch(/from '\.\.\//);
+    }
+  });
+});
+
 describe('docs/architecture.md', () => {
   it('names only files and folders that exist', async () => {
     const text = await read('docs/architecture.md');
