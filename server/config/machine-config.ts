@@ -1,8 +1,19 @@
 // Reads a Talos-style multi-document machine config: the v1alpha1 document (machine.type, machine.pods,
-// cluster.*.image) and KubeStaticPodConfig documents. Unknown documents and fields are warnings, not failures.
+// cluster.*.image) and KubeStaticPodConfig documents. As Talos does, it refuses what Talos does not know: a key
+// that is no Talos key (in the v1alpha1 document's top two levels and in KubeStaticPodConfig documents) and a
+// document kind Talos has not registered. Talos documents cosid does not model are ignored with a warning.
 import YAML from 'yaml';
 import type { Json } from '../../shared/wire.js';
 import { controlPlanePods, type ControlPlaneImages } from './control-plane.js';
+import {
+  CLUSTER_KEYS,
+  closest,
+  KUBE_STATIC_POD_CONFIG_KEYS,
+  MACHINE_KEYS,
+  TALOS_DOCUMENT_API_VERSION,
+  TALOS_DOCUMENT_KINDS,
+  V1ALPHA1_KEYS,
+} from './talos-keys.js';
 
 export type JsonObject = { [key: string]: Json };
 
@@ -28,13 +39,11 @@ export class MachineConfigError extends Error {
 const MAX_ALIAS_COUNT = 100;
 export const MAX_CONFIG_BYTES = 4 << 20;
 const MAX_DEPTH = 64;
+/** How many unknown keys one message names before it only counts the rest. */
+const MAX_KEYS_NAMED = 5;
+/** Longest quoted source line in a YAML error. */
+const MAX_QUOTED_CHARS = 60;
 
-const V1ALPHA1_KEYS = new Set(['version', 'debug', 'persist', 'machine', 'cluster']);
-const MACHINE_KEYS = new Set([
-  'type', 'token', 'ca', 'acceptedCAs', 'certSANs', 'controlPlane', 'kubelet', 'pods', 'network', 'disks', 'install',
-  'files', 'env', 'time', 'sysctls', 'sysfs', 'registries', 'systemDiskEncryption', 'features', 'udev', 'logging',
-  'kernel', 'seccompProfiles', 'nodeLabels', 'nodeAnnotations', 'nodeTaints', 'baseRuntimeSpecOverrides',
-]);
 const MACHINE_TYPES = new Set(['worker', 'controlplane', 'init']);
 const DNS1123_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
@@ -50,13 +59,13 @@ export function parseMachineConfig(text: string, source: string): MachineConfig 
   };
   const warnings: string[] = [];
   const pods: StaticPodEntry[] = [];
+  const unknownKeys: string[] = [];
+  const staticPodDocs: { value: Record<string, unknown>; where: string }[] = [];
   let v1alpha1: { doc: YAML.Document.Parsed; value: Record<string, unknown> } | undefined;
+  let lines: string[] | undefined;
   for (const doc of docs) {
     const first = doc.errors[0];
-    if (first !== undefined) {
-      const pos = first.linePos?.[0];
-      throw new MachineConfigError(`${source}:${pos?.line ?? '?'}:${pos?.col ?? '?'}: ${first.message.split('\n')[0] ?? first.code}`);
-    }
+    if (first !== undefined) throw new MachineConfigError(yamlErrorMessage(source, first, (lines ??= text.split(/\r?\n/))));
     let value: unknown;
     try {
       value = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
@@ -66,21 +75,50 @@ export function parseMachineConfig(text: string, source: string): MachineConfig 
     if (value === null || value === undefined) continue;
     if (!isObject(value)) throw new MachineConfigError(`${at(doc, [])}: each document must be a mapping`);
     if (depth(value) > MAX_DEPTH) throw new MachineConfigError(`${at(doc, [])}: document is nested deeper than ${MAX_DEPTH} levels`);
-    if (value['version'] === 'v1alpha1' || ('machine' in value && !('kind' in value))) {
+    const keyAt = (key: YAML.Node | undefined): string => {
+      const pos = key?.range === undefined || key.range === null ? undefined : lineCounter.linePos(key.range[0]);
+      return pos === undefined ? at(doc, []) : `${source}:${pos.line}:${pos.col}`;
+    };
+    const kind = value['kind'];
+    if (kind === undefined) {
+      // Talos's only document without a kind is the v1alpha1 one; a kind-less document is taken for it.
+      if ('apiVersion' in value) throw new MachineConfigError(`${at(doc, [])}: document has apiVersion but no kind`);
       if (v1alpha1 !== undefined) throw new MachineConfigError(`${at(doc, [])}: more than one v1alpha1 document`);
       v1alpha1 = { doc, value };
-    } else if (value['kind'] === 'KubeStaticPodConfig') {
-      pods.push(kubeStaticPodConfig(value, at(doc, [])));
+      const top = mapEntries(doc, doc.contents);
+      unknownKeys.push(...unknownIn(top, V1ALPHA1_KEYS, '', keyAt));
+      for (const [section, known] of [['machine', MACHINE_KEYS], ['cluster', CLUSTER_KEYS]] as const) {
+        const entry = top.find((e) => e.key === section);
+        unknownKeys.push(...unknownIn(mapEntries(doc, entry?.value), known, `${section}.`, keyAt));
+      }
+      continue;
+    }
+    const kindNode = mapEntries(doc, doc.contents).find((e) => e.key === 'kind')?.value;
+    const kindAt = keyAt(YAML.isNode(kindNode) ? kindNode : undefined);
+    if (typeof kind !== 'string') throw new MachineConfigError(`${kindAt}: kind must be a string`);
+    if (!TALOS_DOCUMENT_KINDS.includes(kind)) {
+      const near = closest(kind, TALOS_DOCUMENT_KINDS);
+      throw new MachineConfigError(`${kindAt}: unknown document kind ${kind}${near === undefined ? '' : ` (did you mean ${near}?)`}: Talos refuses documents it does not know`);
+    }
+    if (value['apiVersion'] !== TALOS_DOCUMENT_API_VERSION) {
+      throw new MachineConfigError(`${kindAt}: ${kind} needs apiVersion: ${TALOS_DOCUMENT_API_VERSION} (got ${JSON.stringify(value['apiVersion'] ?? null)})`);
+    }
+    if (kind === 'KubeStaticPodConfig') {
+      unknownKeys.push(...unknownIn(mapEntries(doc, doc.contents), KUBE_STATIC_POD_CONFIG_KEYS, '', keyAt, ' in a KubeStaticPodConfig document'));
+      staticPodDocs.push({ value, where: at(doc, []) });
     } else {
-      warnings.push(`${at(doc, [])}: ignoring document ${JSON.stringify(value['kind'] ?? value['version'] ?? 'without kind')}`);
+      warnings.push(`${at(doc, [])}: ignoring the ${kind} document (a Talos document cosid does not model)`);
     }
   }
+  if (unknownKeys.length > 0) {
+    const more = unknownKeys.length - MAX_KEYS_NAMED;
+    throw new MachineConfigError(`${unknownKeys.slice(0, MAX_KEYS_NAMED).join('; ')}${more > 0 ? `; and ${more} more unknown keys` : ''}`);
+  }
+  for (const d of staticPodDocs) pods.push(kubeStaticPodConfig(d.value, d.where));
   if (v1alpha1 === undefined) throw new MachineConfigError(`${source}: no v1alpha1 machine config document (version: v1alpha1, machine: ...)`);
   const { doc, value } = v1alpha1;
-  for (const key of Object.keys(value)) if (!V1ALPHA1_KEYS.has(key)) warnings.push(`${at(doc, [key])}: ignoring unknown field ${JSON.stringify(key)}`);
   const machine = value['machine'] ?? {};
   if (!isObject(machine)) throw new MachineConfigError(`${at(doc, ['machine'])}: machine must be a mapping`);
-  for (const key of Object.keys(machine)) if (!MACHINE_KEYS.has(key)) warnings.push(`${at(doc, ['machine', key])}: ignoring unknown field "machine.${key}"`);
   const machineType = machine['type'] ?? 'worker';
   if (typeof machineType !== 'string' || !MACHINE_TYPES.has(machineType)) {
     throw new MachineConfigError(`${at(doc, ['machine', 'type'])}: machine.type must be one of worker, controlplane, init (got ${JSON.stringify(machineType)})`);
@@ -110,9 +148,64 @@ export function parseMachineConfig(text: string, source: string): MachineConfig 
   return { machineType, pods, warnings };
 }
 
+interface MapEntry {
+  key: string;
+  keyNode: YAML.Node | undefined;
+  value: unknown;
+}
+
+/** The entries of a YAML mapping node (an alias followed), or none when it is not a mapping. */
+function mapEntries(doc: YAML.Document.Parsed, node: unknown): MapEntry[] {
+  const target = YAML.isAlias(node) ? node.resolve(doc) : node;
+  if (!YAML.isMap(target)) return [];
+  return target.items.map((pair) => {
+    const keyNode = YAML.isNode(pair.key) ? pair.key : undefined;
+    const key = YAML.isScalar(pair.key) ? String(pair.key.value) : String(pair.key);
+    return { key, keyNode, value: pair.value };
+  });
+}
+
+/** "m.yaml:5:3: unknown key machine.podz (did you mean machine.pods?)" for each key that is not a known one. */
+function unknownIn(entries: MapEntry[], known: readonly string[], prefix: string, keyAt: (key: YAML.Node | undefined) => string, where = ''): string[] {
+  return entries
+    .filter((e) => !known.includes(e.key))
+    .map((e) => {
+      const near = closest(e.key, known);
+      return `${keyAt(e.keyNode)}: unknown key ${prefix}${e.key}${where}${near === undefined ? '' : ` (did you mean ${prefix}${near}?)`}`;
+    });
+}
+
+/**
+ * The yaml library's message on one line: its first line ends "at line L, column C:" before a multi-line snippet;
+ * the position goes in front (file:L:C, as every message here) and the snippet becomes the source line it points
+ * at (or, when that line is blank, as at the end of the file, the last line before it that is not).
+ */
+function yamlErrorMessage(source: string, err: YAML.YAMLError, lines: readonly string[]): string {
+  const pos = err.linePos?.[0];
+  const firstLine = err.message.split('\n')[0] ?? '';
+  const reason = firstLine.replace(/\s*at line \d+, column \d+:?\s*$/, '').trim() || err.code;
+  let context = '';
+  if (pos !== undefined) {
+    const here = lines[pos.line - 1]?.trim() ?? '';
+    if (here !== '') context = `, at ${quoteLine(here)}`;
+    else {
+      for (let i = pos.line - 2; i >= 0; i--) {
+        const before = lines[i]?.trim() ?? '';
+        if (before === '') continue;
+        context = `, after ${quoteLine(before)} (line ${i + 1})`;
+        break;
+      }
+    }
+  }
+  return `${source}:${pos?.line ?? '?'}:${pos?.col ?? '?'}: ${reason}${context}`;
+}
+
+function quoteLine(line: string): string {
+  return JSON.stringify(line.length > MAX_QUOTED_CHARS ? `${line.slice(0, MAX_QUOTED_CHARS)}...` : line);
+}
+
 function kubeStaticPodConfig(value: Record<string, unknown>, where: string): StaticPodEntry {
   const name = value['name'];
-  if (value['apiVersion'] !== 'v1alpha1') throw new MachineConfigError(`${where}: KubeStaticPodConfig needs apiVersion: v1alpha1`);
   if (typeof name !== 'string' || !DNS1123_SUBDOMAIN.test(name)) {
     throw new MachineConfigError(`${where}: KubeStaticPodConfig name ${JSON.stringify(name ?? '')} must be a DNS-1123 name (lower-case letters, digits, '-' and '.')`);
   }

@@ -3,10 +3,12 @@
 // as apimachinery's field.ErrorList prints them.
 //
 // kubernetes-models ships its validators precompiled (ajv standalone code), so nothing is compiled at run
-// time. We call the Pod schema function directly rather than `new Pod(obj).validate()`: the model constructor
-// deep-copies the input (recursively, so a deeply nested document could overflow the stack) and validate()
-// localises every error and throws; the schema function is the very one Pod.validate() runs.
-import { validate as podSchema } from 'kubernetes-models/_schemas/IoK8sApiCoreV1Pod';
+// time. We run the Pod schema on the object as it is, through the model's public validate() with the object as
+// `this`, rather than `new Pod(obj).validate()`: the model constructor deep-copies the input (recursively, so a
+// deeply nested document could overflow the stack). validate() throws ajv's ValidationError, whose `errors` are
+// the schema function's own. (Version 4.5.1 is pinned: it runs on Node 20; 5.x asks for Node 22 and is the only
+// line that exports the schema functions themselves.)
+import { Pod } from 'kubernetes-models/v1/Pod';
 import type { Json } from '../../shared/wire.js';
 
 export interface PodProblem {
@@ -80,8 +82,8 @@ interface SchemaError {
 }
 
 function schemaProblems(pod: JsonObject): PodProblem[] {
-  if (podSchema(pod)) return [];
-  const errors = lastSchemaErrors();
+  const errors = schemaErrors(pod);
+  if (errors.length === 0) return [];
   // oneOf (int-or-string, quantity) reports each failed branch at the same path, then itself: fold the
   // branches into one problem at that path.
   const oneOfPaths = [...new Set(errors.filter((e) => e.keyword === 'oneOf' || e.keyword === 'anyOf').map((e) => e.instancePath))];
@@ -127,12 +129,16 @@ function schemaProblems(pod: JsonObject): PodProblem[] {
   return out;
 }
 
-/** The errors of the last failed podSchema() call, checked one by one (its .d.ts does not declare them). */
-function lastSchemaErrors(): SchemaError[] {
-  if (!('errors' in podSchema)) return [];
-  const raw: unknown = podSchema.errors;
-  if (!Array.isArray(raw)) return [];
-  const list: unknown[] = raw;
+/** The Pod schema's errors for this object (none when it is valid), checked one by one (the .d.ts does not type them). */
+function schemaErrors(pod: JsonObject): SchemaError[] {
+  let list: unknown[] = [];
+  try {
+    Pod.prototype.validate.call(pod);
+  } catch (err) {
+    // Anything but the schema's verdict (a stack overflow on a deep object, say) is the caller's to report.
+    if (!(err instanceof Error) || !('errors' in err) || !Array.isArray(err.errors)) throw err;
+    list = err.errors;
+  }
   const out: SchemaError[] = [];
   for (const e of list) {
     if (typeof e !== 'object' || e === null) continue;
