@@ -122,6 +122,12 @@ async function main(): Promise<number> {
     process.stderr.write(`cosid: unknown --watch-compression ${JSON.stringify(compression)}: use gzip or off\n`);
     return 2;
   }
+  // Every other mistake in the flags, before any file is read.
+  const plan = storePlan(args);
+  const kc = args['kubelet-cert'];
+  const kk = args['kubelet-key'];
+  if ((kc === undefined) !== (kk === undefined)) throw new UsageError('--kubelet-cert and --kubelet-key go together');
+  const kubeletIntervalMs = duration(args['kubelet-interval'] ?? '15s');
   const pki = args.pki;
   const log = createLogger({ level });
   // grpc-js's own log lines (a failed bind says "No address added out of total 1 resolved" before cosid can say
@@ -145,9 +151,6 @@ async function main(): Promise<number> {
   tls.watch();
   const clusterCaPem = await read(tlsPaths.caFile, pkiHint);
   const nodeName = args.node ?? hostname();
-  const kc = args['kubelet-cert'];
-  const kk = args['kubelet-key'];
-  if ((kc === undefined) !== (kk === undefined)) throw new UsageError('--kubelet-cert and --kubelet-key go together');
   const configPath = args.config;
   // A machine config that cannot be read is refused before anything serves (an invalid one is the controller's:
   // it keeps the last good state and says why in MachineConfigStatus).
@@ -164,11 +167,11 @@ async function main(): Promise<number> {
           certPem: await read(kc, ''),
           keyPem: await read(kk, ''),
           serverName: args['kubelet-server-name'] ?? nodeName,
-          intervalMs: duration(args['kubelet-interval'] ?? '15s'),
+          intervalMs: kubeletIntervalMs,
         }
       : undefined;
 
-  const store = await openStore(args, nodeName, log, read);
+  const store = await openStore(plan, nodeName, log, read);
   const node = await CosiNode.start({
     store,
     ...(args['metrics-listen'] !== undefined ? { metricsListen: args['metrics-listen'] } : {}),
@@ -219,34 +222,39 @@ function readProblem(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-/** The store the flags name: memory by default, or etcd (mTLS unless --etcd-insecure on loopback). */
-async function openStore(
-  args: { store?: string; 'etcd-endpoints'?: string; 'etcd-ca'?: string; 'etcd-cert'?: string; 'etcd-key'?: string; 'etcd-prefix'?: string; 'etcd-insecure'?: boolean },
-  nodeName: string,
-  log: Logger,
-  read: (file: string, hint: string) => Promise<string>,
-): Promise<ResourceStore | undefined> {
+/** The store the flags name: memory, or etcd with its endpoints and credentials (checked before anything is read). */
+type StorePlan =
+  | { kind: 'memory' }
+  | { kind: 'etcd'; endpoints: string[]; files: { ca: string; cert: string; key: string } | undefined; prefix: string | undefined };
+
+function storePlan(args: { store?: string; 'etcd-endpoints'?: string; 'etcd-ca'?: string; 'etcd-cert'?: string; 'etcd-key'?: string; 'etcd-prefix'?: string; 'etcd-insecure'?: boolean }): StorePlan {
   const kind = args.store ?? 'memory';
   const etcdFlags = (['etcd-endpoints', 'etcd-ca', 'etcd-cert', 'etcd-key', 'etcd-prefix'] as const).filter((f) => args[f] !== undefined);
   if (kind === 'memory') {
     if (etcdFlags.length > 0 || args['etcd-insecure'] === true) throw new UsageError(`--${etcdFlags[0] ?? 'etcd-insecure'} needs --store etcd`);
-    return undefined;
+    return { kind: 'memory' };
   }
   if (kind !== 'etcd') throw new UsageError(`unknown --store ${JSON.stringify(kind)}: use memory or etcd`);
   const endpoints = (args['etcd-endpoints'] ?? '').split(',').map((e) => e.trim()).filter((e) => e !== '');
   if (endpoints.length === 0) throw new UsageError('--store etcd needs --etcd-endpoints https://HOST:PORT[,...]');
-  const files = { ca: args['etcd-ca'], cert: args['etcd-cert'], key: args['etcd-key'] };
-  const given = Object.values(files).filter((f) => f !== undefined).length;
+  const { 'etcd-ca': ca, 'etcd-cert': cert, 'etcd-key': key } = args;
+  const given = [ca, cert, key].filter((f) => f !== undefined).length;
   if (args['etcd-insecure'] === true) {
     if (given > 0) throw new UsageError('--etcd-insecure and --etcd-ca/--etcd-cert/--etcd-key exclude each other');
-  } else if (given !== 3 || files.ca === undefined || files.cert === undefined || files.key === undefined) {
+    return { kind: 'etcd', endpoints, files: undefined, prefix: args['etcd-prefix'] };
+  }
+  if (ca === undefined || cert === undefined || key === undefined) {
     throw new UsageError('--store etcd needs --etcd-ca, --etcd-cert and --etcd-key (mutual TLS), or --etcd-insecure on loopback');
   }
-  const tls =
-    files.ca !== undefined && files.cert !== undefined && files.key !== undefined
-      ? { caPem: await read(files.ca, ''), certPem: await read(files.cert, ''), keyPem: await read(files.key, '') }
-      : undefined;
-  return EtcdStore.connect({ endpoints, ...(tls !== undefined ? { tls } : {}), prefix: args['etcd-prefix'] ?? `/cosi/${nodeName}/`, log });
+  return { kind: 'etcd', endpoints, files: { ca, cert, key }, prefix: args['etcd-prefix'] };
+}
+
+/** Opens the planned store: undefined for memory (cosid makes its own), or etcd (mTLS unless --etcd-insecure on loopback). */
+async function openStore(plan: StorePlan, nodeName: string, log: Logger, read: (file: string, hint: string) => Promise<string>): Promise<ResourceStore | undefined> {
+  if (plan.kind === 'memory') return undefined;
+  const f = plan.files;
+  const tls = f !== undefined ? { caPem: await read(f.ca, ''), certPem: await read(f.cert, ''), keyPem: await read(f.key, '') } : undefined;
+  return EtcdStore.connect({ endpoints: plan.endpoints, ...(tls !== undefined ? { tls } : {}), prefix: plan.prefix ?? `/cosi/${nodeName}/`, log });
 }
 
 main().then(
