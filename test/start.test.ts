@@ -14,13 +14,22 @@ import { eventually } from './harness.js';
 
 const ROOT = process.cwd();
 const started: ChildProcess[] = [];
+const scripts: Started[] = [];
 const dirs: string[] = [];
 const clients: CosiClient[] = [];
 afterAll(async () => {
   for (const c of clients) c.close();
-  for (const c of started) if (c.exitCode === null && c.signalCode === null && c.pid !== undefined) process.kill(-c.pid, 'SIGKILL');
+  for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  // A start script a failed test left running stops as on Ctrl-C (containerd too); SIGKILL only if it does not.
+  for (const s of scripts) {
+    if (s.child.exitCode !== null || s.child.signalCode !== null) continue;
+    s.child.kill('SIGTERM');
+    const timer = setTimeout(() => s.child.kill('SIGKILL'), 30_000);
+    await s.exited;
+    clearTimeout(timer);
+  }
   for (const d of dirs) await rm(d, { recursive: true, force: true });
-});
+}, 60_000);
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -62,11 +71,12 @@ async function startScript(env: Record<string, string>, opts: { uid?: number } =
       ...env,
     },
   });
-  started.push(child);
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  return { child, state, port, stderr: () => stderr, exited };
+  const s = { child, state, port, stderr: () => stderr, exited };
+  scripts.push(s);
+  return s;
 }
 
 async function clientFor(s: Started): Promise<CosiClient> {
@@ -169,8 +179,8 @@ describe('npm start and a terminal Ctrl-C (SIGINT to the whole process group)', 
       expect(dirs).toEqual([expect.stringMatching(/^default_ticker-real-group-node_[0-9a-f]+$/)]);
       expect(readdirSync(join(s.state, 'pods', dirs[0] ?? '', 'ticker'))).toContain('0.log');
     }, 60_000);
-    const processes = childrenOf(s.child.pid ?? 0);
-    expect(processes).toHaveLength(2);
+    const processes = childrenOf(s.child.pid ?? 0).filter((p) => p !== note.pid);
+    expect(processes).toHaveLength(2); // cosid and the kubelet simulator
     expect(alive(note.pid)).toBe(true);
 
     process.kill(-(s.child.pid ?? 0), 'SIGINT');
