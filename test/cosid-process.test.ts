@@ -125,7 +125,7 @@ describe.skipIf(cri === null)('npm start on a real containerd', () => {
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    await eventually(() => expect(stderr).toContain('"msg":"cosid serving"'), 30_000);
+    await eventually(() => expect(stderr).toContain('In another terminal, try:'), 60_000);
     expect(stderr).toContain(`REAL runtime: the pods run on containerd at ${cri?.endpoint ?? ''}`);
     expect(stderr).toContain('examples/machine-config-containerd.yaml');
     const cli = ['dist/client/cli/main.js', '--cosiconfig', join(state, 'pki', 'cosiconfig')];
