@@ -159,7 +159,7 @@ export class Cosid {
       // mTLS only: the handshake refuses clients without a certificate signed by a trusted CA.
       const creds = material.serverCredentials({ handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 10_000 });
       port = await new Promise<number>((resolve, reject) => {
-        server.bindAsync(opts.listen, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${opts.listen}: ${err.message}`)) : resolve(p)));
+        server.bindAsync(opts.listen, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${opts.listen}: ${bindProblem(err)}`)) : resolve(p)));
       });
       // Both throw when the grpc-js internals they hook are missing: cosid does not serve without them.
       const tlsServers = tlsServersOf(server);
@@ -200,6 +200,24 @@ export class Cosid {
       });
     });
     return this.stopping;
+  }
+}
+
+/**
+ * Why a bind failed, in a few words. grpc-js reports it as "No address added out of total 1 resolved errors:
+ * [listen EADDRINUSE: address already in use 127.0.0.1:50000]": the system's error code says it.
+ */
+function bindProblem(err: Error): string {
+  const code = /\b(EADDRINUSE|EACCES|EADDRNOTAVAIL)\b/.exec(err.message)?.[1];
+  switch (code) {
+    case 'EADDRINUSE':
+      return 'the address is already in use (is another cosid running? choose another address with --listen)';
+    case 'EACCES':
+      return 'permission denied (ports below 1024 need root)';
+    case 'EADDRNOTAVAIL':
+      return 'this host has no such address';
+    default:
+      return err.message;
   }
 }
 

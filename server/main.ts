@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // cosid: serves the COSI State API for this node's static pods over mutual TLS.
+import * as grpc from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { format, parseArgs } from 'node:util';
 import { createLogger, parseLevel, type Logger } from '../shared/log.js';
 import { CosiNode } from './node.js';
 import { EtcdStore } from './store/etcd.js';
@@ -38,11 +40,26 @@ const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [flags]
   --watch-compression MODE  gzip (default: the watch messages many watchers share go compressed once to clients that
                             accept gzip) or off (a client's CPU matters more than the bytes, e.g. on the same host)
   --audit                   one log line per call (peer subject, roles, method, kind or container id, outcome, duration)
-  --log-level LEVEL         debug, info, warn or error (default info)`;
+  --log-level LEVEL         debug, info, warn or error (default info)
+  --version                 print cosid's version and exit
+  -h, --help                print this help and exit
+
+Exit codes: 0 stopped cleanly (SIGTERM or SIGINT), 1 cannot start or failed, 2 usage error.`;
+
+/** A mistake in the command line: exit code 2. */
+class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
+
+/** The package's version, from the package.json next to dist/. */
+function version(): string {
+  const pkg: unknown = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
+  return pkg !== null && typeof pkg === 'object' && 'version' in pkg && typeof pkg.version === 'string' ? pkg.version : 'unknown';
+}
 
 function duration(s: string): number {
   const m = /^(\d+)(ms|s|m)?$/.exec(s.trim());
-  if (m === null) throw new Error(`invalid duration ${JSON.stringify(s)}: use for example 15s or 500ms`);
+  if (m === null) throw new UsageError(`invalid duration ${JSON.stringify(s)}: use for example 15s or 500ms`);
   const n = Number(m[1]);
   return m[2] === 'ms' ? n : m[2] === 'm' ? n * 60_000 : n * 1000;
 }
@@ -78,6 +95,7 @@ async function main(): Promise<number> {
         'log-level': { type: 'string', default: 'info' },
         audit: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean' },
       },
       strict: true,
       allowPositionals: false,
@@ -90,6 +108,10 @@ async function main(): Promise<number> {
     process.stdout.write(USAGE + '\n');
     return 0;
   }
+  if (args.version === true) {
+    process.stdout.write(`cosid ${version()}\n`);
+    return 0;
+  }
   const level = parseLevel(args['log-level']);
   if (args.pki === undefined || args.config === undefined || level === undefined) {
     process.stderr.write(`cosid: ${level === undefined ? 'unknown --log-level' : '--pki and --config are required'}\n${USAGE}\n`);
@@ -100,13 +122,23 @@ async function main(): Promise<number> {
     process.stderr.write(`cosid: unknown --watch-compression ${JSON.stringify(compression)}: use gzip or off\n`);
     return 2;
   }
+  // Every other mistake in the flags, before any file is read.
+  const plan = storePlan(args);
+  const kc = args['kubelet-cert'];
+  const kk = args['kubelet-key'];
+  if ((kc === undefined) !== (kk === undefined)) throw new UsageError('--kubelet-cert and --kubelet-key go together');
+  const kubeletIntervalMs = duration(args['kubelet-interval'] ?? '15s');
   const pki = args.pki;
   const log = createLogger({ level });
+  // grpc-js's own log lines (a failed bind says "No address added out of total 1 resolved" before cosid can say
+  // why, in its words) go to the debug level; what matters reaches the log or the exit message in cosid's words.
+  const grpcLine = (message: unknown, ...rest: unknown[]) => log.debug('grpc-js', { text: format(message, ...rest) });
+  grpc.setLogger({ error: grpcLine, info: grpcLine, debug: grpcLine });
   const read = async (file: string, hint: string) => {
     try {
       return await readFile(file, 'utf8');
     } catch (err) {
-      throw new Error(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}${hint}`);
+      throw new Error(`cannot read ${file}: ${readProblem(err)}${hint}`);
     }
   };
   const pkiHint = ` (create the PKI with: cosictl gen pki --out ${pki})`;
@@ -119,9 +151,14 @@ async function main(): Promise<number> {
   tls.watch();
   const clusterCaPem = await read(tlsPaths.caFile, pkiHint);
   const nodeName = args.node ?? hostname();
-  const kc = args['kubelet-cert'];
-  const kk = args['kubelet-key'];
-  if ((kc === undefined) !== (kk === undefined)) throw new Error('--kubelet-cert and --kubelet-key go together');
+  const configPath = args.config;
+  // A machine config that cannot be read is refused before anything serves (an invalid one is the controller's:
+  // it keeps the last good state and says why in MachineConfigStatus).
+  await readFile(configPath, 'utf8').catch((err: unknown) => {
+    const code = readProblem(err);
+    const words: Record<string, string> = { ENOENT: 'no such file', EACCES: 'permission denied', EISDIR: 'a directory, not a file' };
+    throw new Error(`cannot read the machine config ${configPath}: ${words[code] !== undefined ? `${words[code]} (${code})` : code}`);
+  });
   const kubelet =
     kc !== undefined && kk !== undefined
       ? {
@@ -130,11 +167,11 @@ async function main(): Promise<number> {
           certPem: await read(kc, ''),
           keyPem: await read(kk, ''),
           serverName: args['kubelet-server-name'] ?? nodeName,
-          intervalMs: duration(args['kubelet-interval'] ?? '15s'),
+          intervalMs: kubeletIntervalMs,
         }
       : undefined;
 
-  const store = await openStore(args, nodeName, log, read);
+  const store = await openStore(plan, nodeName, log, read);
   const node = await CosiNode.start({
     store,
     ...(args['metrics-listen'] !== undefined ? { metricsListen: args['metrics-listen'] } : {}),
@@ -143,7 +180,7 @@ async function main(): Promise<number> {
     tls,
     nodeName,
     log,
-    configPath: args.config,
+    configPath,
     manifestListen: args['manifest-listen'] ?? '127.0.0.1:0',
     kubelet,
     audit: args.audit === true,
@@ -170,37 +207,54 @@ async function main(): Promise<number> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  if (process.send !== undefined) {
+    // Started with an IPC channel (npm start): say when cosid serves, and stop when the parent is gone (its end,
+    // even a SIGKILL, closes the channel).
+    process.on('disconnect', () => stop('parent gone'));
+    process.send({ event: 'serving', listen: args.listen, port: node.cosid.port, manifestUrl: node.manifests.url });
+  }
   return -1;
 }
 
-/** The store the flags name: memory by default, or etcd (mTLS unless --etcd-insecure on loopback). */
-async function openStore(
-  args: { store?: string; 'etcd-endpoints'?: string; 'etcd-ca'?: string; 'etcd-cert'?: string; 'etcd-key'?: string; 'etcd-prefix'?: string; 'etcd-insecure'?: boolean },
-  nodeName: string,
-  log: Logger,
-  read: (file: string, hint: string) => Promise<string>,
-): Promise<ResourceStore | undefined> {
+/** Why a file could not be read, short: its error code (ENOENT, EACCES, EISDIR), else the message. */
+function readProblem(err: unknown): string {
+  if (err !== null && typeof err === 'object' && 'code' in err && typeof err.code === 'string') return err.code;
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** The store the flags name: memory, or etcd with its endpoints and credentials (checked before anything is read). */
+type StorePlan =
+  | { kind: 'memory' }
+  | { kind: 'etcd'; endpoints: string[]; files: { ca: string; cert: string; key: string } | undefined; prefix: string | undefined };
+
+function storePlan(args: { store?: string; 'etcd-endpoints'?: string; 'etcd-ca'?: string; 'etcd-cert'?: string; 'etcd-key'?: string; 'etcd-prefix'?: string; 'etcd-insecure'?: boolean }): StorePlan {
   const kind = args.store ?? 'memory';
   const etcdFlags = (['etcd-endpoints', 'etcd-ca', 'etcd-cert', 'etcd-key', 'etcd-prefix'] as const).filter((f) => args[f] !== undefined);
   if (kind === 'memory') {
-    if (etcdFlags.length > 0 || args['etcd-insecure'] === true) throw new Error(`--${etcdFlags[0] ?? 'etcd-insecure'} needs --store etcd`);
-    return undefined;
+    if (etcdFlags.length > 0 || args['etcd-insecure'] === true) throw new UsageError(`--${etcdFlags[0] ?? 'etcd-insecure'} needs --store etcd`);
+    return { kind: 'memory' };
   }
-  if (kind !== 'etcd') throw new Error(`unknown --store ${JSON.stringify(kind)}: use memory or etcd`);
+  if (kind !== 'etcd') throw new UsageError(`unknown --store ${JSON.stringify(kind)}: use memory or etcd`);
   const endpoints = (args['etcd-endpoints'] ?? '').split(',').map((e) => e.trim()).filter((e) => e !== '');
-  if (endpoints.length === 0) throw new Error('--store etcd needs --etcd-endpoints https://HOST:PORT[,...]');
-  const files = { ca: args['etcd-ca'], cert: args['etcd-cert'], key: args['etcd-key'] };
-  const given = Object.values(files).filter((f) => f !== undefined).length;
+  if (endpoints.length === 0) throw new UsageError('--store etcd needs --etcd-endpoints https://HOST:PORT[,...]');
+  const { 'etcd-ca': ca, 'etcd-cert': cert, 'etcd-key': key } = args;
+  const given = [ca, cert, key].filter((f) => f !== undefined).length;
   if (args['etcd-insecure'] === true) {
-    if (given > 0) throw new Error('--etcd-insecure and --etcd-ca/--etcd-cert/--etcd-key exclude each other');
-  } else if (given !== 3 || files.ca === undefined || files.cert === undefined || files.key === undefined) {
-    throw new Error('--store etcd needs --etcd-ca, --etcd-cert and --etcd-key (mutual TLS), or --etcd-insecure on loopback');
+    if (given > 0) throw new UsageError('--etcd-insecure and --etcd-ca/--etcd-cert/--etcd-key exclude each other');
+    return { kind: 'etcd', endpoints, files: undefined, prefix: args['etcd-prefix'] };
   }
-  const tls =
-    files.ca !== undefined && files.cert !== undefined && files.key !== undefined
-      ? { caPem: await read(files.ca, ''), certPem: await read(files.cert, ''), keyPem: await read(files.key, '') }
-      : undefined;
-  return EtcdStore.connect({ endpoints, ...(tls !== undefined ? { tls } : {}), prefix: args['etcd-prefix'] ?? `/cosi/${nodeName}/`, log });
+  if (ca === undefined || cert === undefined || key === undefined) {
+    throw new UsageError('--store etcd needs --etcd-ca, --etcd-cert and --etcd-key (mutual TLS), or --etcd-insecure on loopback');
+  }
+  return { kind: 'etcd', endpoints, files: { ca, cert, key }, prefix: args['etcd-prefix'] };
+}
+
+/** Opens the planned store: undefined for memory (cosid makes its own), or etcd (mTLS unless --etcd-insecure on loopback). */
+async function openStore(plan: StorePlan, nodeName: string, log: Logger, read: (file: string, hint: string) => Promise<string>): Promise<ResourceStore | undefined> {
+  if (plan.kind === 'memory') return undefined;
+  const f = plan.files;
+  const tls = f !== undefined ? { caPem: await read(f.ca, ''), certPem: await read(f.cert, ''), keyPem: await read(f.key, '') } : undefined;
+  return EtcdStore.connect({ endpoints: plan.endpoints, ...(tls !== undefined ? { tls } : {}), prefix: plan.prefix ?? `/cosi/${nodeName}/`, log });
 }
 
 main().then(
@@ -209,6 +263,6 @@ main().then(
   },
   (err: unknown) => {
     process.stderr.write(`cosid: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(1);
+    process.exit(err instanceof UsageError ? 2 : 1);
   },
 );

@@ -1,14 +1,14 @@
 // cosid and `npm start` as processes: the printed command works, SIGTERM ends streams with a status.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type WatchEvent } from '../client/index.js';
 import { loadCosiConfig, selectContext } from '../client/cosiconfig.js';
-import { eventually } from './harness.js';
+import { eventually, makePki } from './harness.js';
 import { CriClient } from '../server/runtime/cri.js';
 
 const ROOT = process.cwd();
@@ -31,7 +31,8 @@ function freePort(): Promise<number> {
 
 function run(cmd: string, args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const c = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env } });
+    // Bounded: a cosid that should have refused to start is killed, and the test fails on what it said.
+    const c = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, timeout: 30_000 });
     let stdout = '';
     let stderr = '';
     c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -61,7 +62,7 @@ describe('npm start', () => {
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    await eventually(() => expect(stderr).toContain('"msg":"cosid serving"'), 30_000);
+    await eventually(() => expect(stderr).toContain('In another terminal, try:'), 30_000);
     const printed = /^\s+node (dist\/client\/cli\/main\.js .*get staticpods)$/m.exec(stderr)?.[1];
     expect(printed).toBeDefined();
     const out = await run(process.execPath, (printed ?? '').split(' '));
@@ -124,7 +125,7 @@ describe.skipIf(cri === null)('npm start on a real containerd', () => {
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    await eventually(() => expect(stderr).toContain('"msg":"cosid serving"'), 30_000);
+    await eventually(() => expect(stderr).toContain('In another terminal, try:'), 60_000);
     expect(stderr).toContain(`REAL runtime: the pods run on containerd at ${cri?.endpoint ?? ''}`);
     expect(stderr).toContain('examples/machine-config-containerd.yaml');
     const cli = ['dist/client/cli/main.js', '--cosiconfig', join(state, 'pki', 'cosiconfig')];
@@ -152,6 +153,64 @@ describe.skipIf(cri === null)('npm start on a real containerd', () => {
     const left = (await client.listPodSandboxes()).filter((s) => s.metadata.name.endsWith('-real-node'));
     client.close();
     expect(left).toEqual([]);
+  });
+});
+
+describe('cosid start-up failures: one line in cosid\'s words, before anything serves', () => {
+  it('a port in use: exit 1, one line naming the address, no grpc-js log line', async () => {
+    const pki = await makePki();
+    dirs.push(pki.dir);
+    const blocker = createServer();
+    const port = await new Promise<number>((resolve) => blocker.listen(0, '127.0.0.1', () => resolve((blocker.address() as AddressInfo).port)));
+    try {
+      const r = await run(process.execPath, ['dist/server/main.js', '--pki', pki.dir, '--config', 'examples/machine-config.yaml', '--listen', `127.0.0.1:${port}`]);
+      expect(r.stderr).toBe(`cosid: cannot listen on 127.0.0.1:${port}: the address is already in use (is another cosid running? choose another address with --listen)\n`);
+      expect(r.code).toBe(1);
+    } finally {
+      blocker.close();
+    }
+  });
+
+  it('a machine config that cannot be read: exit 1, one line naming the file, nothing served', async () => {
+    const pki = await makePki();
+    dirs.push(pki.dir);
+    const port = await freePort();
+    const missing = join(pki.dir, 'no-such-machine.yaml');
+    const r = await run(process.execPath, ['dist/server/main.js', '--pki', pki.dir, '--config', missing, '--listen', `127.0.0.1:${port}`]);
+    expect(r.stderr).toBe(`cosid: cannot read the machine config ${missing}: no such file (ENOENT)\n`);
+    expect(r.code).toBe(1);
+    const dir = await run(process.execPath, ['dist/server/main.js', '--pki', pki.dir, '--config', pki.dir, '--listen', `127.0.0.1:${port}`]);
+    expect(dir.stderr).toBe(`cosid: cannot read the machine config ${pki.dir}: a directory, not a file (EISDIR)\n`);
+    expect(dir.code).toBe(1);
+  });
+});
+
+describe('cosid --version, --help and usage errors', () => {
+  it('--version prints the package version and exits 0; --help prints the usage and exits 0', async () => {
+    const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+    const v = await run(process.execPath, ['dist/server/main.js', '--version']);
+    expect(v).toEqual({ code: 0, stdout: `cosid ${pkg.version}\n`, stderr: '' });
+    const h = await run(process.execPath, ['dist/server/main.js', '--help']);
+    expect(h.code).toBe(0);
+    expect(h.stderr).toBe('');
+    expect(h.stdout).toMatch(/^Usage: cosid --pki DIR --config MACHINE\.yaml \[flags\]\n/);
+    expect(h.stdout).toContain('  --version                 print cosid\'s version and exit\n');
+  });
+
+  it('every mistake in the command line exits 2 with one line saying what is wrong', async () => {
+    const pki = await makePki();
+    dirs.push(pki.dir);
+    const base = ['dist/server/main.js', '--pki', pki.dir, '--config', 'examples/machine-config.yaml', '--listen', '127.0.0.1:0'];
+    const cases: [string[], string][] = [
+      [['--store', 'disk'], 'cosid: unknown --store "disk": use memory or etcd\n'],
+      [['--kubelet-cert', join(pki.dir, 'admin.crt')], 'cosid: --kubelet-cert and --kubelet-key go together\n'],
+      [['--kubelet-interval', 'soon'], 'cosid: invalid duration "soon": use for example 15s or 500ms\n'],
+      [['--etcd-insecure'], 'cosid: --etcd-insecure needs --store etcd\n'],
+    ];
+    for (const [extra, message] of cases) {
+      const r = await run(process.execPath, [...base, ...extra]);
+      expect({ args: extra, code: r.code, stderr: r.stderr }).toEqual({ args: extra, code: 2, stderr: message });
+    }
   });
 });
 

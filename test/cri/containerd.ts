@@ -15,7 +15,11 @@ export const CRI_NAMESPACE = 'k8s.io';
 
 export const APT_INSTALL = 'apt-get install -y containerd runc busybox-static umoci';
 
-export type CriPrerequisites = { ok: true } | { ok: false; reason: string };
+/** When not ok: the reason in one line, and apart: whether root is missing, and the Debian packages to install. */
+export type CriPrerequisites = { ok: true } | { ok: false; reason: string; notRoot: boolean; packages: string[] };
+
+/** The Debian package of each binary the real runtime needs. */
+const PACKAGE_OF: Readonly<Record<string, string>> = { containerd: 'containerd', 'containerd-shim-runc-v2': 'containerd', ctr: 'containerd', runc: 'runc', umoci: 'umoci', tar: 'tar', umount: 'mount' };
 
 export interface ContainerdOptions {
   /** Private directory (created if missing, removed by stop()); keep it short: it holds the unix socket. */
@@ -87,12 +91,15 @@ export function criPrerequisites(): CriPrerequisites {
   const problems: string[] = [];
   const uid = process.getuid?.();
   if (uid !== 0) problems.push(`must run as root (uid 0), running as uid ${uid ?? 'unknown'}`);
-  const missing: string[] = BINARIES.filter((b) => which(b) === undefined);
+  const missingBinaries: string[] = BINARIES.filter((b) => which(b) === undefined);
+  const missing = [...missingBinaries];
+  const packages = new Set(missingBinaries.map((b) => PACKAGE_OF[b] ?? b));
   if (!fs.existsSync(BUSYBOX)) missing.push(`${BUSYBOX} (busybox-static)`);
   else if (!isStaticElf(BUSYBOX)) problems.push(`${BUSYBOX} is not statically linked (install busybox-static)`);
+  if (!fs.existsSync(BUSYBOX) || !isStaticElf(BUSYBOX)) packages.add('busybox-static');
   if (missing.length > 0) problems.push(`missing ${missing.join(', ')}`);
   if (problems.length === 0) return { ok: true };
-  return { ok: false, reason: `real containerd unavailable: ${problems.join('; ')}; install with: ${APT_INSTALL}` };
+  return { ok: false, reason: `real containerd unavailable: ${problems.join('; ')}; install with: ${APT_INSTALL}`, notRoot: uid !== 0, packages: [...packages] };
 }
 
 function run(cmd: string, args: string[], timeoutMs = 60_000): Promise<string> {

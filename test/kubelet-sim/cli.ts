@@ -27,6 +27,9 @@ export async function runSimulatorCli(argv: string[]): Promise<void> {
       'cgroup-parent': { type: 'string' },
       // The kubelet's own log (served by cosid as `logs kubelet`): every line also goes to this file.
       'log-file': { type: 'string' },
+      // Serve, but poll the static pod URL only once the parent process says so over its IPC channel (npm start
+      // says so when cosid serves it): no "cannot fetch" while cosid starts.
+      'poll-when-told': { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -59,14 +62,37 @@ export async function runSimulatorCli(argv: string[]): Promise<void> {
     stepMs: Number(values['step-ms']),
     httpCheckFrequencyMs: Number(values['http-check-ms']),
     log,
+    holdPolling: values['poll-when-told'] === true,
     ...(runtime !== undefined ? { runtime } : {}),
   });
   // The sync timer is unref'd: hold the process open until a signal.
   const keepAlive = setInterval(() => {}, 1 << 30);
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(sig, () => {
-      clearInterval(keepAlive);
-      void sim.stop().then(() => process.exit(0));
+  let stopping = false;
+  const stop = (why: string) => {
+    // One stop, whatever comes after: a terminal's Ctrl-C reaches the whole process group, and a parent may
+    // forward the same signal; the pods must be removed before the process ends.
+    if (stopping) return;
+    stopping = true;
+    log(`kubelet-simulator: stopping (${why}): removing the pods`);
+    clearInterval(keepAlive);
+    void sim.stop().then(
+      () => {
+        log('kubelet-simulator: stopped');
+        process.exit(0);
+      },
+      (err: unknown) => {
+        log(`kubelet-simulator: stopping failed: ${err instanceof Error ? err.message : String(err)}`);
+        process.exit(1);
+      },
+    );
+  };
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => stop(sig));
+  if (process.send !== undefined) {
+    // Started by npm start: it says when to poll, and its end (even a SIGKILL) closes the channel: stop then.
+    process.on('message', (m: unknown) => {
+      if (m === 'poll') sim.startPolling();
     });
+    process.on('disconnect', () => stop('the parent process is gone'));
+    process.send({ event: 'listening', url: sim.url });
   }
 }

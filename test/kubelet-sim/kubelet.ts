@@ -39,6 +39,8 @@ export interface KubeletSimulatorOptions {
   runtime?: PodRuntime;
   /** How often the runtime's containers are looked at (the kubelet's PLEG relists every 1 s; default 1000 ms). */
   runtimeSyncMs?: number;
+  /** Serve, but do not poll the static pod URL until startPolling() (npm start: until cosid serves it). */
+  holdPolling?: boolean;
 }
 
 interface SimPod {
@@ -58,6 +60,9 @@ export class KubeletSimulator {
   private timer: NodeJS.Timeout | undefined;
   private runtimeTimer: NodeJS.Timeout | undefined;
   private stopped = false;
+  private polling = false;
+  /** The poll of the static pod URL in flight, if any. */
+  private syncing: Promise<void> | undefined;
   private readonly sockets = new Set<Socket>();
   private readonly stepMs: number;
   private readonly log: (line: string) => void;
@@ -85,9 +90,16 @@ export class KubeletSimulator {
     self = new KubeletSimulator(opts, server, host, port);
     self.track(server);
     self.log(`kubelet-simulator: serving https://${host}:${port}/pods/ for node ${opts.nodeName}; static pods from ${opts.staticPodURL}`);
-    self.scheduleSync(0);
+    if (opts.holdPolling !== true) self.startPolling();
     self.scheduleRuntimeSync();
     return self;
+  }
+
+  /** Starts polling the static pod URL (now, then every httpCheckFrequencyMs); once. */
+  startPolling(): void {
+    if (this.polling) return;
+    this.polling = true;
+    this.scheduleSync(0);
   }
 
 
@@ -128,6 +140,8 @@ export class KubeletSimulator {
     clearTimeout(this.timer);
     clearTimeout(this.runtimeTimer);
     this.closeListener();
+    // A poll in flight must not start pods after they are removed: it applies nothing once stopped.
+    await this.syncing;
     await this.opts.runtime?.stopAll();
   }
 
@@ -145,7 +159,7 @@ export class KubeletSimulator {
 
   private async applyToRuntime(): Promise<void> {
     const runtime = this.opts.runtime;
-    if (runtime === undefined) return;
+    if (runtime === undefined || this.stopped) return;
     const desired: DesiredPod[] = [...this.running].map(([key, p]) => {
       const [namespace, name] = key.split('/') as [string, string];
       return { key, namespace, name, uid: p.hash, source: p.source, annotations: { ...stringMap(obj(obj(p.source['metadata'])['annotations'])), ...staticAnnotations(p) } };
@@ -168,7 +182,13 @@ export class KubeletSimulator {
 
   private scheduleSync(ms: number): void {
     if (this.stopped) return;
-    this.timer = setTimeout(() => void this.sync().finally(() => this.scheduleSync(this.opts.httpCheckFrequencyMs ?? 20_000)), ms);
+    this.timer = setTimeout(() => {
+      const run = this.sync().finally(() => {
+        if (this.syncing === run) this.syncing = undefined;
+        this.scheduleSync(this.opts.httpCheckFrequencyMs ?? 20_000);
+      });
+      this.syncing = run;
+    }, ms);
     this.timer.unref();
   }
 

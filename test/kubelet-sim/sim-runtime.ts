@@ -31,24 +31,31 @@ export class SimulatedRuntime {
   private readonly pods = new Map<string, SimulatedPod>();
   private readonly server = new grpc.Server();
   private timer: NodeJS.Timeout | undefined;
+  /** The log lines being written, if any; stopAll waits for them before removing the logs. */
+  private ticking: Promise<void> | undefined;
+  private stopped = false;
 
   private constructor(
     private readonly podLogsDir: string,
+    private readonly socket: string,
     readonly endpoint: string,
   ) {}
 
   /** Serves the CRI on `socket` (a path) and writes logs under `podLogsDir`. */
   static async start(opts: { socket: string; podLogsDir: string }): Promise<SimulatedRuntime> {
     await rm(opts.socket, { force: true });
-    const self = new SimulatedRuntime(opts.podLogsDir, `unix://${opts.socket}`);
+    const self = new SimulatedRuntime(opts.podLogsDir, opts.socket, `unix://${opts.socket}`);
     self.server.addService(runtimeServiceConstructor().service, self.handlers());
     await new Promise<void>((resolve, reject) => self.server.bindAsync(self.endpoint, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())));
-    self.timer = setInterval(() => void self.tick(), 1000);
+    self.timer = setInterval(() => {
+      self.ticking ??= self.tick().finally(() => (self.ticking = undefined));
+    }, 1000);
     self.timer.unref();
     return self;
   }
 
   apply(desired: DesiredPod[]): Promise<void> {
+    if (this.stopped) return Promise.resolve();
     const want = new Set(desired.map((d) => d.key));
     const work: Promise<unknown>[] = [];
     for (const [key, pod] of this.pods) {
@@ -71,11 +78,15 @@ export class SimulatedRuntime {
     return Promise.all(work).then(() => undefined);
   }
 
+  /** Removes every pod's logs, stops serving the CRI and removes its socket. */
   async stopAll(): Promise<void> {
+    this.stopped = true;
     clearInterval(this.timer);
+    await this.ticking;
     await Promise.all([...this.pods.values()].map((p) => rm(p.logDir, { recursive: true, force: true })));
     this.pods.clear();
     await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+    await rm(this.socket, { force: true });
   }
 
   private async tick(): Promise<void> {
