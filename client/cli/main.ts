@@ -11,6 +11,16 @@ process.on('warning', (w: Error & { code?: string }) => {
   if (w.code !== 'DEP0123') process.stderr.write(`${w.name}: ${w.message}\n`);
 });
 
+// `cosictl ... | head`: once the reader has gone, nothing more can be printed, and the command ends quietly with
+// exit code 0 as Unix tools do (Node ignores SIGPIPE, so the closed pipe is an EPIPE error event on the stream,
+// which would otherwise crash the process with a stack trace). Any other write error ends it with exit code 1.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(0);
+  process.stderr.write(`error: writing the output: ${err.message}\n`);
+  process.exit(1);
+});
+process.stderr.on('error', (err: NodeJS.ErrnoException) => process.exit(err.code === 'EPIPE' ? 0 : 1));
+
 export const USAGE = `Usage:
   cosictl [global flags] get <type> [<id>] [--namespace NS] [-o table|yaml|json|jsonpath=EXPR] [--json-array] [-w]
   cosictl [global flags] containers -k [-o wide]
