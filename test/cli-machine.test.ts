@@ -319,7 +319,7 @@ describe('cosictl containers -k', () => {
     const r = await cosictl(args);
     expect(r.stdout).toBe('');
     expect(r.stderr).toMatch(message);
-    expect(r.stderr).toContain("run 'cosictl --help' for usage");
+    expect(r.stderr).toContain("run 'cosictl containers --help' for usage");
     expect(r.code).toBe(2);
   });
 });

@@ -189,7 +189,7 @@ describe('cosictl wait for one resource', () => {
     const r = await run(srv, [...args]);
     expect(r.stdout).toBe('');
     expect(r.stderr).toMatch(message);
-    expect(r.stderr).toMatch(/run 'cosictl --help' for usage\n$/);
+    expect(r.stderr).toMatch(/run 'cosictl wait --help' for usage\n$/);
     expect(r.code).toBe(2);
   });
 });

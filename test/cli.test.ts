@@ -121,9 +121,9 @@ describe('cosictl errors', () => {
     [['get', 'frobs'], /resource "frobs" is not registered/, 1],
     [['get', 'sps'], /ambiguous: .*StaticPods\.kubernetes\.talos\.dev/, 1],
     [['get', 'sp', 'missing'], /doesn't exist/, 1],
-    [['get', 'sp', '-o', 'xml'], /unknown output format "xml"/, 1],
-    [['get'], /needs a resource type/, 1],
-    [['get', 'sp', '--bogus'], /Unknown option '--bogus'[\s\S]*cosictl --help/, 2],
+    [['get', 'sp', '-o', 'xml'], /unknown output format "xml"[\s\S]*cosictl get --help/, 2],
+    [['get'], /needs a resource type[\s\S]*cosictl get --help/, 2],
+    [['get', 'sp', '--bogus'], /Unknown option '--bogus'\nrun 'cosictl get --help' for usage\n$/, 2],
     [['--context', 'nobody', 'get', 'sp'], /context "nobody"/, 1],
   ] as const)('%j', async (args, message, code) => {
     const r = await cosictl([...args]);
