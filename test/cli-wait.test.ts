@@ -236,6 +236,15 @@ describe('cosictl wait for every resource of a type', () => {
     expect(r.stdout).toBe(`${one.endpoint}: staticpodstatus/default/web-node-1 condition met\n${two.endpoint}: staticpodstatus/default/web-node-2 condition met\n`);
   });
 
+  it('a node named twice is a usage error told at once, not after the timeout', async () => {
+    const one = await server('node-1');
+    const started = Date.now();
+    const r = await run(one, ['wait', 'podstatus', '--for', 'condition=Ready', '--timeout', '1m'], ['-n', `${one.endpoint},${one.endpoint}`]);
+    expect(r).toEqual({ code: 2, stdout: '', stderr: `error: -n names ${one.endpoint} twice\nrun 'cosictl wait --help' for usage\n` });
+    // The time is the behaviour here: the process must not linger until the 1 minute timeout.
+    expect(Date.now() - started).toBeLessThan(20_000);
+  });
+
   it('a node that does not answer fails the wait at the timeout, named with why, while the others are reported', async () => {
     const one = await server('node-1');
     await put(one, 'default/web-node-1', podStatus(true));

@@ -1,8 +1,10 @@
 // cosictl as a user runs it: the compiled binary, a real cosid, real mTLS.
 import { spawn } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
+import { loadCosiConfig, serializeCosiConfig } from '../client/cosiconfig.js';
 import { reconcileStaticPods } from '../server/controllers/static-pods.js';
 import { silentLogger } from '../shared/log.js';
 import { pod, podStatus, startServer, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
@@ -108,6 +110,18 @@ describe('cosictl get', () => {
   it('reads the config named by COSICONFIG', async () => {
     const r = await cosictl(['-e', srv.endpoint, 'get', 'sp', '-o', 'jsonpath={.metadata.id}'], { withEndpoint: false, env: { COSICONFIG: srv.pki.cosiconfig } });
     expect(r.stdout).toBe('default-nginx\nkube-system-etcd\n');
+  });
+
+  it('dials a node named without a port (-n HOST) at the port of the endpoint, from -e or the context', async () => {
+    const port = srv.endpoint.slice(srv.endpoint.lastIndexOf(':') + 1);
+    const viaFlag = await cosictl(['-n', '127.0.0.1', 'get', 'sp', '-o', 'jsonpath={.node} {.metadata.id}']);
+    expect(viaFlag).toEqual({ code: 0, stdout: '127.0.0.1 default-nginx\n127.0.0.1 kube-system-etcd\n', stderr: '' });
+    // A context whose endpoint is cosid's port (not 50000), as a user's config is.
+    const cfg = await loadCosiConfig(srv.pki.cosiconfig);
+    const config = join(srv.pki.dir, `cosiconfig-port-${port}`);
+    await writeFile(config, serializeCosiConfig({ currentContext: 'admin', contexts: new Map([...cfg.contexts].map(([name, c]) => [name, { ...c, endpoints: [srv.endpoint] }])) }));
+    const viaContext = await cosictl(['--cosiconfig', config, '-n', '127.0.0.1', 'get', 'sp', 'default-nginx', '-o', 'jsonpath={.node}'], { withEndpoint: false });
+    expect(viaContext).toEqual({ code: 0, stdout: '127.0.0.1\n', stderr: '' });
   });
 
   it('uses the reader context', async () => {

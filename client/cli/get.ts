@@ -81,7 +81,7 @@ export async function openTargets(o: TargetOptions): Promise<{ targets: NodeTarg
   // Without nodes, the first endpoint is asked, and the NODE column shows the name that server reports.
   const named = nodes.length > 0;
   const twice = nodes.find((n, i) => nodes.indexOf(n) !== i);
-  if (twice !== undefined) throw new UsageError(`-n names ${twice} twice`);
+  if (twice !== undefined) throw new UsageError(o.nodes.length > 0 ? `-n names ${twice} twice` : `context ${JSON.stringify(ctx.name)} in ${configPath} names the node ${twice} twice`);
   const targets: NodeTarget[] = named
     ? nodes.map((n) => ({ node: n, client: connectContext(ctx, nodeAddress(n, endpoints)) }))
     : endpoints.slice(0, 1).map((e) => ({ node: e, client: connectContext(ctx, e) }));
