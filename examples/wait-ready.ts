@@ -15,7 +15,8 @@ import { parseArgs } from 'node:util';
 import { connectContext, createInformer, defaultCosiConfigPath, isCosiError, loadCosiConfig, selectContext, type CosiResource, type Informer, type Json, type NodeTarget } from '../client/index.js';
 
 const USAGE = `Usage: wait-ready [--cosiconfig FILE] [--context NAME] [-n NODE,...] [--timeout 5m]
-  Waits until every static pod on every node is Ready. Nodes default to the context's nodes, else its endpoint.
+  Waits until every static pod on every node is Ready. Nodes default to the context's nodes, else its endpoint;
+  a node named without a port is dialled at the port of the context's endpoint.
   Exit code 0: all ready; 1: timed out (or a node refused us); 2: usage.
 `;
 
