@@ -106,15 +106,15 @@ async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = positionals;
   const given = tokens.flatMap((t) => (t.kind === 'option' ? [{ name: t.name, rawName: t.rawName }] : []));
   if (command === undefined) {
-    if (values.version && given.length === 1) {
-      process.stdout.write(`cosictl ${version()}\n`);
-      return 0;
-    }
-    if (values.help && given.length === 1) {
+    if (values.help) {
       process.stdout.write(helpFor(undefined));
       return 0;
     }
-    if (values.help || values.version) throw new UsageError(`${values.help ? '--help' : '--version'} takes no other flags`);
+    if (values.version) {
+      process.stdout.write(`cosictl ${version()}\n`);
+      return 0;
+    }
+    // No command: the help, as a usage error.
     process.stderr.write(helpFor(undefined));
     return 2;
   }
