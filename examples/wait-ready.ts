@@ -15,7 +15,8 @@ import { parseArgs } from 'node:util';
 import { connectContext, createInformer, defaultCosiConfigPath, isCosiError, loadCosiConfig, selectContext, type CosiResource, type Informer, type Json, type NodeTarget } from 'cosi-pods';
 
 const USAGE = `Usage: wait-ready [--cosiconfig FILE] [--context NAME] [-n NODE,...] [--timeout 5m]
-  Waits until every static pod on every node is Ready. Nodes default to the context's nodes, else its endpoint.
+  Waits until every static pod on every node is Ready. Nodes default to the context's nodes, else its endpoint;
+  a node named without a port is dialled at the port of the context's endpoint.
   Exit code 0: all ready; 1: timed out (or a node refused us); 2: usage.
 `;
 
@@ -41,6 +42,18 @@ function parseDuration(value: string): number {
   let ms = 0;
   for (const m of value.matchAll(/(\d+)(ms|s|m|h)/g)) ms += Number(m[1]) * (units[m[2] ?? ''] ?? 0);
   return ms;
+}
+
+/**
+ * Where a node is dialled: as named when it names a port, else at the port of the context's first endpoint (a
+ * cosid on another port than 50000), as cosictl -n does.
+ */
+function nodeAddress(node: string, endpoints: readonly string[]): string {
+  const withPort = [/^\[[^\]]+\]:(\d+)$/, /^[^:]+:(\d+)$/];
+  if (withPort.some((re) => re.test(node))) return node;
+  const port = withPort.map((re) => re.exec(endpoints[0] ?? '')?.[1]).find((p) => p !== undefined);
+  if (port === undefined) return node;
+  return node.includes(':') && !node.startsWith('[') ? `[${node}]:${port}` : `${node}:${port}`;
 }
 
 /** What one node has to show: its StaticPods, each with the status ID it should have and whether it is ready. */
@@ -103,8 +116,10 @@ async function main(argv: string[]): Promise<number> {
   const nodes = given.length > 0 ? given : ctx.nodes.length > 0 ? ctx.nodes : ctx.endpoints.slice(0, 1);
   if (nodes.length === 0) throw new UsageError(`context ${JSON.stringify(ctx.name)} has no nodes or endpoints: pass -n`);
 
-  // One connection per node, dialled at its own address (cosid has no proxy), as cosictl -n does.
-  const targets: NodeTarget[] = nodes.map((node) => ({ node, client: connectContext(ctx, node) }));
+  // One connection per node, dialled at its own address (cosid has no proxy), as cosictl -n does: a node named
+  // without a port is dialled at the port of the context's endpoint.
+  const addressOf = new Map(nodes.map((node) => [node, nodeAddress(node, ctx.endpoints)]));
+  const targets: NodeTarget[] = nodes.map((node) => ({ node, client: connectContext(ctx, addressOf.get(node)) }));
   const clientOf = new Map(targets.map((t) => [t.node, t.client]));
   return new Promise<number>((resolve) => {
     const lines = new Map<string, string>();
@@ -140,8 +155,10 @@ async function main(argv: string[]): Promise<number> {
       updated: ({ node }: { node: string }) => update(node),
       deleted: ({ node }: { node: string }) => update(node),
       state: ({ node, state, detail }: { node: string; state: string; detail?: string }) => {
-        // Once per reason, not once per retry.
-        if (state === 'reconnecting' && told.get(node) !== detail) process.stdout.write(`${node}: not answering (${detail ?? 'unknown reason'}); retrying\n`);
+        // Once per reason, not once per retry; the wait goes on (a node may be starting) until the timeout.
+        if (state === 'reconnecting' && told.get(node) !== detail) {
+          process.stderr.write(`${node}: not answering at ${addressOf.get(node) ?? node} (${detail ?? 'unknown reason'}); retrying until the timeout (${values.timeout})\n`);
+        }
         if (state === 'reconnecting') told.set(node, detail ?? '');
         if (state === 'streaming') told.delete(node);
       },
@@ -153,7 +170,7 @@ async function main(argv: string[]): Promise<number> {
     const pods = createInformer(targets, STATIC_POD, { handlers });
     const statuses = createInformer(targets, STATIC_POD_STATUS, { handlers });
     const timer = setTimeout(() => {
-      const pending = nodes.map((n) => lines.get(n) ?? `${n}: not listed yet${told.has(n) ? ` (not answering: ${told.get(n) ?? ''})` : ''}`).filter((l) => !/: (\d+)\/\1 ready$/.test(l));
+      const pending = nodes.map((n) => lines.get(n) ?? `${n}: not listed yet${told.has(n) ? ` (not answering at ${addressOf.get(n) ?? n}: ${told.get(n) ?? ''})` : ''}`).filter((l) => !/: (\d+)\/\1 ready$/.test(l));
       finish(1, `error: timed out after ${values.timeout}:\n${pending.map((l) => `  ${l}\n`).join('')}`);
     }, timeoutMs);
   });

@@ -310,6 +310,29 @@ describe('cosictl containers -k', () => {
     expect(ours(rows)).toEqual(expectedRows(good));
   });
 
+  itCri('ends quietly with exit code 0 on a pipe whose reader has gone (cosictl containers -k | head), as logs -k does', async () => {
+    /** Runs cosictl with its stdout a pipe closed at once, or after the first chunk. */
+    const closing = (args: string[], when: 'at once' | 'after the first chunk') =>
+      new Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, [CLI, '--cosiconfig', pki.cosiconfig, '-e', endpointOf(node2), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        if (when === 'at once') child.stdout.destroy();
+        else child.stdout.once('data', () => child.stdout.destroy());
+        const kill = setTimeout(() => child.kill('SIGKILL'), 45_000);
+        child.on('close', (code, signal) => {
+          clearTimeout(kill);
+          resolve({ code, signal, stderr });
+        });
+      });
+    for (let i = 0; i < 3; i++) {
+      // The table is one write: it meets a pipe already closed.
+      expect(await closing(['containers', '-k'], 'at once')).toEqual({ code: 0, signal: null, stderr: '' });
+      // app's log holds a 200 KB line: more than a pipe holds, so the rest meets the closed pipe.
+      expect(await closing(['logs', '-k', `${NS}/app-node-2:app`], 'after the first chunk')).toEqual({ code: 0, signal: null, stderr: '' });
+    }
+  });
+
   it.each([
     [['containers'], /Kubernetes containers only: use cosictl containers -k/],
     [['containers', '-k', 'extra'], /takes no arguments/],
@@ -319,7 +342,7 @@ describe('cosictl containers -k', () => {
     const r = await cosictl(args);
     expect(r.stdout).toBe('');
     expect(r.stderr).toMatch(message);
-    expect(r.stderr).toContain("run 'cosictl --help' for usage");
+    expect(r.stderr).toContain("run 'cosictl containers --help' for usage");
     expect(r.code).toBe(2);
   });
 });

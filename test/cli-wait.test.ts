@@ -189,7 +189,7 @@ describe('cosictl wait for one resource', () => {
     const r = await run(srv, [...args]);
     expect(r.stdout).toBe('');
     expect(r.stderr).toMatch(message);
-    expect(r.stderr).toMatch(/run 'cosictl --help' for usage\n$/);
+    expect(r.stderr).toMatch(/run 'cosictl wait --help' for usage\n$/);
     expect(r.code).toBe(2);
   });
 });
@@ -234,6 +234,15 @@ describe('cosictl wait for every resource of a type', () => {
     const r = await c.result();
     expect(r.code).toBe(0);
     expect(r.stdout).toBe(`${one.endpoint}: staticpodstatus/default/web-node-1 condition met\n${two.endpoint}: staticpodstatus/default/web-node-2 condition met\n`);
+  });
+
+  it('a node named twice is a usage error told at once, not after the timeout', async () => {
+    const one = await server('node-1');
+    const started = Date.now();
+    const r = await run(one, ['wait', 'podstatus', '--for', 'condition=Ready', '--timeout', '1m'], ['-n', `${one.endpoint},${one.endpoint}`]);
+    expect(r).toEqual({ code: 2, stdout: '', stderr: `error: -n names ${one.endpoint} twice\nrun 'cosictl wait --help' for usage\n` });
+    // The time is the behaviour here: the process must not linger until the 1 minute timeout.
+    expect(Date.now() - started).toBeLessThan(20_000);
   });
 
   it('a node that does not answer fails the wait at the timeout, named with why, while the others are reported', async () => {

@@ -1,8 +1,10 @@
 // cosictl as a user runs it: the compiled binary, a real cosid, real mTLS.
 import { spawn } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
+import { loadCosiConfig, serializeCosiConfig } from '../client/cosiconfig.js';
 import { reconcileStaticPods } from '../server/controllers/static-pods.js';
 import { silentLogger } from '../shared/log.js';
 import { pod, podStatus, startServer, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
@@ -110,6 +112,18 @@ describe('cosictl get', () => {
     expect(r.stdout).toBe('default-nginx\nkube-system-etcd\n');
   });
 
+  it('dials a node named without a port (-n HOST) at the port of the endpoint, from -e or the context', async () => {
+    const port = srv.endpoint.slice(srv.endpoint.lastIndexOf(':') + 1);
+    const viaFlag = await cosictl(['-n', '127.0.0.1', 'get', 'sp', '-o', 'jsonpath={.node} {.metadata.id}']);
+    expect(viaFlag).toEqual({ code: 0, stdout: '127.0.0.1 default-nginx\n127.0.0.1 kube-system-etcd\n', stderr: '' });
+    // A context whose endpoint is cosid's port (not 50000), as a user's config is.
+    const cfg = await loadCosiConfig(srv.pki.cosiconfig);
+    const config = join(srv.pki.dir, `cosiconfig-port-${port}`);
+    await writeFile(config, serializeCosiConfig({ currentContext: 'admin', contexts: new Map([...cfg.contexts].map(([name, c]) => [name, { ...c, endpoints: [srv.endpoint] }])) }));
+    const viaContext = await cosictl(['--cosiconfig', config, '-n', '127.0.0.1', 'get', 'sp', 'default-nginx', '-o', 'jsonpath={.node}'], { withEndpoint: false });
+    expect(viaContext).toEqual({ code: 0, stdout: '127.0.0.1\n', stderr: '' });
+  });
+
   it('uses the reader context', async () => {
     const r = await cosictl(['--context', 'reader', 'get', 'sp', 'default-nginx', '-o', 'jsonpath={.metadata.id}']);
     expect(r.stdout).toBe('default-nginx\n');
@@ -121,9 +135,9 @@ describe('cosictl errors', () => {
     [['get', 'frobs'], /resource "frobs" is not registered/, 1],
     [['get', 'sps'], /ambiguous: .*StaticPods\.kubernetes\.talos\.dev/, 1],
     [['get', 'sp', 'missing'], /doesn't exist/, 1],
-    [['get', 'sp', '-o', 'xml'], /unknown output format "xml"/, 1],
-    [['get'], /needs a resource type/, 1],
-    [['get', 'sp', '--bogus'], /Unknown option '--bogus'[\s\S]*cosictl --help/, 2],
+    [['get', 'sp', '-o', 'xml'], /unknown output format "xml"[\s\S]*cosictl get --help/, 2],
+    [['get'], /needs a resource type[\s\S]*cosictl get --help/, 2],
+    [['get', 'sp', '--bogus'], /Unknown option '--bogus'\nrun 'cosictl get --help' for usage\n$/, 2],
     [['--context', 'nobody', 'get', 'sp'], /context "nobody"/, 1],
   ] as const)('%j', async (args, message, code) => {
     const r = await cosictl([...args]);

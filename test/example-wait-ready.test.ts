@@ -2,8 +2,10 @@
 // in place by the controller and their statuses written to the stores as the kubelet poller writes them; the test
 // waits for the lines the example prints, never for time to pass.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { loadCosiConfig, serializeCosiConfig } from '../client/cosiconfig.js';
 import { reconcileStaticPods } from '../server/controllers/static-pods.js';
 import { STALE_LABEL } from '../server/resources/k8s.js';
 import { silentLogger } from '../shared/log.js';
@@ -140,6 +142,28 @@ describe('examples/wait-ready', () => {
     const r = await new Example(['--cosiconfig', pki.cosiconfig, '-n', one.endpoint, '--timeout', '3s']).result();
     const line = `${one.endpoint}: 1/2 ready (waiting for default-broken (invalid: not served to the kubelet))`;
     expect(r).toEqual({ code: 1, stdout: `${line}\n`, stderr: `error: timed out after 3s:\n  ${line}\n` });
+  });
+
+  it('dials a node named without a port at the port of the context\'s endpoint, and says which address does not answer', async () => {
+    const pki = await makePki();
+    // cosid on a port of its own (not 50000), and a client config whose context dials it, as a user's does.
+    const one = await server('node-1', pki);
+    const cfg = await loadCosiConfig(pki.cosiconfig);
+    const config = join(pki.dir, 'cosiconfig-own-port');
+    await writeFile(config, serializeCosiConfig({ currentContext: 'admin', contexts: new Map([...cfg.contexts].map(([name, c]) => [name, { ...c, endpoints: [one.endpoint] }])) }));
+    await reconcileStaticPods(one.cosid.store, [{ id: 'default-web', pod: pod('web'), origin: 'test' }], silentLogger);
+    await put(one, 'default/web-node-1', podStatus(true));
+    expect(await new Example(['--cosiconfig', config, '-n', '127.0.0.1', '--timeout', '30s']).result()).toEqual({
+      code: 0,
+      stdout: '127.0.0.1: 1/1 ready\nall 1 static pod ready on 1 node\n',
+      stderr: '',
+    });
+    // A node that does not answer: told at once on stderr with the address dialled, and again at the timeout.
+    const down = await new Example(['--cosiconfig', config, '-n', '127.0.0.1,127.0.0.1:1', '--timeout', '5s']).result();
+    expect(down.code).toBe(1);
+    expect(down.stdout).toBe('127.0.0.1: 1/1 ready\n');
+    expect(down.stderr).toMatch(/^127\.0\.0\.1:1: not answering at 127\.0\.0\.1:1 \(.+\); retrying until the timeout \(5s\)\n/);
+    expect(down.stderr).toMatch(/\nerror: timed out after 5s:\n {2}127\.0\.0\.1:1: not listed yet \(not answering at 127\.0\.0\.1:1: .+\)\n$/);
   });
 
   it('exits 0 at once when a node has no static pods, and 2 on a usage error', async () => {

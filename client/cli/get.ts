@@ -5,6 +5,7 @@ import { defaultCosiConfigPath, loadCosiConfig, selectContext } from '../cosicon
 import { getNodes, listNodes, watchNodes, type NodeResult, type NodeTarget } from '../nodes.js';
 import type { CosiResource } from '../resource.js';
 import { createPrinter, parseOutputFormat, type Printer } from './output.js';
+import { UsageError } from './usage.js';
 
 export interface GetOptions {
   args: string[];
@@ -20,10 +21,15 @@ export interface GetOptions {
 
 export async function runGet(o: GetOptions): Promise<number> {
   const [typeName, id, ...extra] = o.args;
-  if (typeName === undefined) throw new Error('get needs a resource type, for example: cosictl get staticpods (list the types with: cosictl get rd)');
-  if (extra.length > 0) throw new Error(`get takes a type and at most one ID; unexpected ${JSON.stringify(extra.join(' '))}`);
-  const format = parseOutputFormat(o.output, o.jsonArray);
-  if (o.jsonArray && format.kind !== 'json') throw new Error('--json-array only applies to -o json');
+  if (typeName === undefined) throw new UsageError('get needs a resource type, for example: cosictl get staticpods (list the types with: cosictl get rd)');
+  if (extra.length > 0) throw new UsageError(`get takes a type and at most one ID; unexpected ${JSON.stringify(extra.join(' '))}`);
+  let format;
+  try {
+    format = parseOutputFormat(o.output, o.jsonArray);
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  }
+  if (o.jsonArray && format.kind !== 'json') throw new UsageError('--json-array only applies to -o json');
 
   const { targets, labelOf } = await openTargets(o);
 
@@ -71,10 +77,14 @@ export async function openTargets(o: TargetOptions): Promise<{ targets: NodeTarg
   const ctx = selectContext(await loadCosiConfig(configPath), o.context);
   const endpoints = o.endpoints.length > 0 ? o.endpoints : ctx.endpoints;
   const nodes = o.nodes.length > 0 ? o.nodes : ctx.nodes;
-  // cosid has no proxy: a named node is dialled at its own address. Without nodes, the first endpoint is
-  // asked, and the NODE column shows the name that server reports.
+  // cosid has no proxy: a named node is dialled at its own address (at the endpoint's port unless it names one).
+  // Without nodes, the first endpoint is asked, and the NODE column shows the name that server reports.
   const named = nodes.length > 0;
-  const targets: NodeTarget[] = named ? nodes.map((n) => ({ node: n, client: connectContext(ctx, n) })) : endpoints.slice(0, 1).map((e) => ({ node: e, client: connectContext(ctx, e) }));
+  const twice = nodes.find((n, i) => nodes.indexOf(n) !== i);
+  if (twice !== undefined) throw new UsageError(o.nodes.length > 0 ? `-n names ${twice} twice` : `context ${JSON.stringify(ctx.name)} in ${configPath} names the node ${twice} twice`);
+  const targets: NodeTarget[] = named
+    ? nodes.map((n) => ({ node: n, client: connectContext(ctx, nodeAddress(n, endpoints)) }))
+    : endpoints.slice(0, 1).map((e) => ({ node: e, client: connectContext(ctx, e) }));
   if (targets.length === 0) throw new Error(`context ${JSON.stringify(ctx.name)} in ${configPath} has no endpoints; pass -e HOST:PORT`);
   const label = (t: NodeTarget) => (named ? t.node : (t.client.node ?? hostOf(t.node)));
   const byNode = new Map(targets.map((t) => [t.node, t]));
@@ -154,6 +164,21 @@ function watch(targets: NodeTarget[], type: string, namespace: string, id: strin
       complete: () => finish(failures > 0 ? 1 : 0),
     });
   });
+}
+
+const WITH_PORT = [/^\[[^\]]+\]:(\d+)$/, /^[^:]+:(\d+)$/];
+
+/**
+ * Where a node named with -n is dialled: as given when it names a port, else at the port of the first endpoint
+ * (the context's, or -e's), so that a context whose cosid listens on another port than 50000 works with -n HOST.
+ */
+export function nodeAddress(node: string, endpoints: readonly string[]): string {
+  if (WITH_PORT.some((re) => re.test(node))) return node;
+  const first = endpoints[0] ?? '';
+  const port = WITH_PORT.map((re) => re.exec(first)?.[1]).find((p) => p !== undefined);
+  if (port === undefined) return node;
+  // A bare IPv6 address gets its brackets.
+  return node.includes(':') && !node.startsWith('[') ? `[${node}]:${port}` : `${node}:${port}`;
 }
 
 function hostOf(endpoint: string): string {

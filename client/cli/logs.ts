@@ -20,14 +20,10 @@ export async function runLogs(o: LogsCliOptions): Promise<number> {
   const { targets, labelOf } = await openTargets(o);
   const abort = new AbortController();
   const onSignal = () => abort.abort();
-  // Ctrl-C (or a `cosictl logs ... | head` that closed its end) cancels the streams; what arrived is printed.
-  const onStdoutError = (err: NodeJS.ErrnoException) => {
-    if (err.code !== 'EPIPE') process.stderr.write(`error: writing the output: ${err.message}\n`);
-    abort.abort();
-  };
+  // Ctrl-C cancels the streams; what arrived is printed. (A closed stdout, `cosictl logs ... | head`, ends the
+  // process quietly: main.ts.)
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
-  process.stdout.on('error', onStdoutError);
   const out = new LineMerger(stdoutWriter(abort.signal));
   let failed = 0;
   try {
@@ -51,7 +47,6 @@ export async function runLogs(o: LogsCliOptions): Promise<number> {
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
-    process.stdout.off('error', onStdoutError);
     for (const t of targets) t.client.close();
   }
 }
@@ -59,7 +54,7 @@ export async function runLogs(o: LogsCliOptions): Promise<number> {
 /** Writes to stdout, waiting for it to drain (the streams are pulled no faster than the terminal or pipe reads). */
 function stdoutWriter(signal: AbortSignal): (b: Buffer) => Promise<void> {
   return (b) => {
-    // A closed pipe: nothing more can be printed (the error handler has cancelled the streams).
+    // A closed pipe: nothing more can be printed (main.ts ends the process on its error event).
     if (process.stdout.destroyed || process.stdout.writableEnded) return Promise.resolve();
     if (process.stdout.write(b)) return Promise.resolve();
     return new Promise((resolve) => {

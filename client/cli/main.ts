@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // cosictl: a talosctl-like command line for COSI resources.
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isCosiError } from '../../shared/errors.js';
 import { runGet } from './get.js';
+import { hasHelp, helpFor, UsageError } from './usage.js';
 
 // grpc-js passes the endpoint as TLS SNI even when it is an IP address, and Node warns (DEP0123) on every dial:
 // noise for a CLI user. Other warnings still show.
@@ -11,114 +13,142 @@ process.on('warning', (w: Error & { code?: string }) => {
   if (w.code !== 'DEP0123') process.stderr.write(`${w.name}: ${w.message}\n`);
 });
 
-export const USAGE = `Usage:
-  cosictl [global flags] get <type> [<id>] [--namespace NS] [-o table|yaml|json|jsonpath=EXPR] [--json-array] [-w]
-  cosictl [global flags] containers -k [-o wide]
-  cosictl [global flags] logs -k <id> [-f] [--tail N]
-  cosictl [global flags] logs kubelet [-f] [--tail N]
-  cosictl [global flags] wait <type> [<id>] --for condition=NAME[=VALUE]|delete|jsonpath='{EXPR}'[=VALUE]
-        [--timeout 30s] [--namespace NS]
-  cosictl gen pki --out DIR [--san HOST]... [--endpoint HOST:PORT] [--force]
-  cosictl gen cert --ca-dir DIR --name NAME [--roles os:reader,...] [--ttl 365d] [--out DIR] [--endpoint HOST:PORT]
-        issues a client certificate from an existing CA and adds it as context NAME to the client config
+// `cosictl ... | head`: once the reader has gone, nothing more can be printed, and the command ends quietly with
+// exit code 0 as Unix tools do (Node ignores SIGPIPE, so the closed pipe is an EPIPE error event on the stream,
+// which would otherwise crash the process with a stack trace). Any other write error ends it with exit code 1.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(0);
+  process.stderr.write(`error: writing the output: ${err.message}\n`);
+  process.exit(1);
+});
+process.stderr.on('error', (err: NodeJS.ErrnoException) => process.exit(err.code === 'EPIPE' ? 0 : 1));
 
-Global flags:
-  --cosiconfig FILE   client config (default: $COSICONFIG, else ~/.cosi/config)
-  --context NAME      context of the client config to use (default: its current context)
-  -e, --endpoints A,B endpoints to dial (default: the context's endpoints)
-  -n, --nodes A,B     nodes to ask (default: the context's nodes, else the endpoint); fills the NODE column
-
-get:
-  <type>              a type name or any alias, case-insensitive ("staticpods", "sp", "rd", ...)
-  --namespace NS      namespace (default: the type's default namespace)
-  -o, --output FMT    table (default), yaml, json or jsonpath=EXPR (kubectl syntax, e.g. '{.spec.metadata.name}')
-  --json-array        with -o json: print one JSON array instead of a sequence of objects
-  -w, --watch         print the current resources, then every change ('+' created, '-' destroyed)
-
-containers:
-  -k, --kubernetes    the Kubernetes pods' sandboxes and containers from the node's container runtime (required:
-                      cosid serves no other containers); each container is listed under its sandbox
-  -o wide             add a RESTARTS column
-
-logs:
-  -k, --kubernetes    <id> is a container ID as containers -k lists it (<namespace>/<pod>:<container>:<id>), or
-                      <namespace>/<pod>:<container> for its latest instance; without -k the only ID is kubelet
-  -f, --follow        keep printing new lines until Ctrl-C
-  --tail N            start N lines from the end (default: the whole log)
-
-wait:
-  <type> [<id>]       the resource, or without <id> every resource of the type that exists once each node has
-                      listed them; on every node (-n). Prints "<type>/<id> condition met" for each as it meets it
-  --for condition=Ready       its spec's condition (.conditions, else .status.conditions) has status True
-                              (condition=Ready=False for another value; names and values case-insensitive)
-  --for delete                until it is gone (at once if it does not exist)
-  --for jsonpath='{.spec.phase}'=Running   the JSONPath (on what get -o jsonpath sees) gives VALUE
-  --timeout D         give up after D (30s, 2m, 1h; default 30s; 0: check once; negative: a week): exit code 1,
-                      naming what is not met
-`;
-
-/** The flags containers, logs and wait take, the global ones included; any other is refused rather than ignored. */
+/** The flags each command takes, the global ones included; any other is refused rather than ignored. */
 const GLOBAL_FLAGS = ['cosiconfig', 'context', 'endpoints', 'nodes', 'help'];
-const COMMAND_FLAGS: Record<string, string[]> = {
+const COMMAND_FLAGS: Readonly<Record<string, readonly string[]>> = {
+  get: [...GLOBAL_FLAGS, 'namespace', 'output', 'json-array', 'watch'],
   containers: [...GLOBAL_FLAGS, 'kubernetes', 'output'],
   logs: [...GLOBAL_FLAGS, 'kubernetes', 'follow', 'tail'],
   wait: [...GLOBAL_FLAGS, 'namespace', 'for', 'timeout'],
+  // gen talks to no node: only the flags it uses.
+  'gen pki': ['help', 'out', 'san', 'endpoint', 'force'],
+  'gen cert': ['help', 'cosiconfig', 'ca-dir', 'name', 'roles', 'ttl', 'out', 'endpoint'],
 };
 
-/** Refuses a flag the command would ignore (`containers -f`, `logs -o json`). */
+/** Refuses a flag the command would ignore (`containers -f`, `logs -o json`, `gen pki --name x`). */
 function checkFlags(command: string, given: { name: string; rawName: string }[]): void {
   const allowed = COMMAND_FLAGS[command] ?? [];
   const foreign = given.find((g) => !allowed.includes(g.name));
-  if (foreign !== undefined) throw new UsageError(`${foreign.rawName} does not apply to ${command}`);
+  if (foreign !== undefined) throw new UsageError(`${foreign.rawName} does not apply to ${command}`, command);
 }
 
 /** --tail N: a line count for Talos's int32 tail_lines. */
 function parseTail(value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
   const n = /^\d+$/.test(value) ? Number(value) : NaN;
-  if (!(n <= 0x7fffffff)) throw new UsageError(`--tail needs a number of lines from 0 to 2147483647, not ${JSON.stringify(value)} (leave it out for the whole log)`);
+  if (!(n <= 0x7fffffff)) throw new UsageError(`--tail needs a number of lines from 0 to 2147483647, not ${JSON.stringify(value)} (leave it out for the whole log)`, 'logs');
   return n;
 }
 
+const OPTIONS = {
+  cosiconfig: { type: 'string' },
+  context: { type: 'string' },
+  endpoints: { type: 'string', short: 'e', multiple: true },
+  nodes: { type: 'string', short: 'n', multiple: true },
+  namespace: { type: 'string' },
+  output: { type: 'string', short: 'o', default: 'table' },
+  'json-array': { type: 'boolean', default: false },
+  watch: { type: 'boolean', short: 'w', default: false },
+  out: { type: 'string' },
+  san: { type: 'string', multiple: true },
+  endpoint: { type: 'string' },
+  force: { type: 'boolean', default: false },
+  'ca-dir': { type: 'string' },
+  name: { type: 'string' },
+  roles: { type: 'string', multiple: true },
+  ttl: { type: 'string' },
+  help: { type: 'boolean', short: 'h', default: false },
+  kubernetes: { type: 'boolean', short: 'k', default: false },
+  follow: { type: 'boolean', short: 'f', default: false },
+  tail: { type: 'string' },
+  for: { type: 'string' },
+  timeout: { type: 'string' },
+  version: { type: 'boolean', default: false },
+} as const;
+
+/** The command the arguments name ("get", "gen pki"), read leniently: for the help an error points to. */
+function commandOf(positionals: readonly string[]): string | undefined {
+  const [command, sub] = positionals;
+  if (command === 'gen' && (sub === 'pki' || sub === 'cert')) return `gen ${sub}`;
+  return command !== undefined && hasHelp(command) ? command : undefined;
+}
+
+/** The package's version, read when asked (get must start fast). */
+function version(): string {
+  const pkg: unknown = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8'));
+  const v = typeof pkg === 'object' && pkg !== null && 'version' in pkg ? pkg.version : undefined;
+  return typeof v === 'string' ? v : 'unknown';
+}
+
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals, tokens } = parseArgs({
-    args: argv,
-    options: {
-      cosiconfig: { type: 'string' },
-      context: { type: 'string' },
-      endpoints: { type: 'string', short: 'e', multiple: true },
-      nodes: { type: 'string', short: 'n', multiple: true },
-      namespace: { type: 'string' },
-      output: { type: 'string', short: 'o', default: 'table' },
-      'json-array': { type: 'boolean', default: false },
-      watch: { type: 'boolean', short: 'w', default: false },
-      out: { type: 'string' },
-      san: { type: 'string', multiple: true },
-      endpoint: { type: 'string' },
-      force: { type: 'boolean', default: false },
-      'ca-dir': { type: 'string' },
-      name: { type: 'string' },
-      roles: { type: 'string', multiple: true },
-      ttl: { type: 'string' },
-      help: { type: 'boolean', short: 'h', default: false },
-      kubernetes: { type: 'boolean', short: 'k', default: false },
-      follow: { type: 'boolean', short: 'f', default: false },
-      tail: { type: 'string' },
-      for: { type: 'string' },
-      timeout: { type: 'string' },
-    },
-    allowPositionals: true,
-    strict: true,
-    tokens: true,
-  });
-  const [command, ...rest] = positionals;
-  if (values.help || command === undefined || command === 'help') {
-    process.stdout.write(USAGE);
-    return command === undefined && !values.help ? 2 : 0;
+  let parsed;
+  try {
+    parsed = parse(argv);
+  } catch (err) {
+    if (!(err instanceof Error && 'code' in err && String(err.code).startsWith('ERR_PARSE_ARGS'))) throw err;
+    // Unknown flag, missing value: point to the help of the command it was given to.
+    const loose = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: false });
+    // Node's words for an unknown flag go on to explain '--'; the first sentence says it.
+    const message = err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? (/^Unknown option '[^']*'/.exec(err.message)?.[0] ?? err.message) : err.message;
+    throw new UsageError(message, commandOf(loose.positionals));
   }
+  const { values, positionals, tokens } = parsed;
+  const [command, ...rest] = positionals;
+  const given = tokens.flatMap((t) => (t.kind === 'option' ? [{ name: t.name, rawName: t.rawName }] : []));
+  if (command === undefined) {
+    if (values.help) {
+      process.stdout.write(helpFor(undefined));
+      return 0;
+    }
+    if (values.version) {
+      process.stdout.write(`cosictl ${version()}\n`);
+      return 0;
+    }
+    // No command: the help, as a usage error.
+    process.stderr.write(helpFor(undefined));
+    return 2;
+  }
+  if (command === 'help') {
+    // cosictl help [<command> [<subcommand>]]
+    const about = rest.length === 0 ? undefined : commandOf(rest);
+    if (rest.length > 0 && (about === undefined || about.split(' ').length < rest.length)) throw new UsageError(`no help for ${JSON.stringify(rest.join(' '))}: the commands are get, containers, logs, wait, gen`);
+    process.stdout.write(helpFor(about));
+    return 0;
+  }
+  const key = commandOf(positionals);
+  if (key === undefined) throw new UsageError(`unknown command ${JSON.stringify(command)}: the commands are get, containers, logs, wait, gen`);
+  if (values.help) {
+    process.stdout.write(helpFor(key));
+    return 0;
+  }
+  if (key === 'gen') throw new UsageError(rest.length === 0 ? 'gen needs what to generate: gen pki or gen cert' : `unknown gen command ${JSON.stringify(rest[0])}: use gen pki or gen cert`, 'gen');
+  checkFlags(key, given);
+  try {
+    return await run(command, rest, values);
+  } catch (err) {
+    // A usage error of a command's own code points to that command's help.
+    throw err instanceof UsageError && err.command === undefined ? new UsageError(err.message, key) : err;
+  }
+}
+
+function parse(argv: string[]) {
+  return parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true, tokens: true });
+}
+type Values = ReturnType<typeof parse>['values'];
+
+async function run(command: string, rest: string[], values: Values): Promise<number> {
   const list = (v: string[] | undefined) => (v ?? []).flatMap((s) => s.split(',')).map((s) => s.trim()).filter((s) => s !== '');
   const targetOptions = { cosiconfig: values.cosiconfig, context: values.context, endpoints: list(values.endpoints), nodes: list(values.nodes) };
-  const given = tokens.flatMap((t) => (t.kind === 'option' ? [{ name: t.name, rawName: t.rawName }] : []));
   switch (command) {
     case 'get':
       return runGet({
@@ -133,14 +163,12 @@ async function main(argv: string[]): Promise<number> {
         watch: values.watch,
       });
     case 'containers': {
-      checkFlags(command, given);
       if (!values.kubernetes) throw new UsageError('cosid serves the Kubernetes containers only: use cosictl containers -k (--kubernetes)');
       if (rest.length > 0) throw new UsageError(`containers takes no arguments; unexpected ${JSON.stringify(rest.join(' '))}`);
       if (values.output !== 'table' && values.output !== 'wide') throw new UsageError(`containers prints a table: -o wide adds RESTARTS; -o ${JSON.stringify(values.output)} is not supported`);
       return (await import('./containers.js')).runContainers({ ...targetOptions, wide: values.output === 'wide' });
     }
     case 'logs': {
-      checkFlags(command, given);
       const [id, ...extra] = rest;
       const containerIdHelp = 'cosictl logs -k <namespace>/<pod>:<container>[:<id>] (IDs as listed by cosictl containers -k)';
       if (id === undefined) throw new UsageError(`logs needs an ID: ${containerIdHelp}, or cosictl logs kubelet`);
@@ -152,7 +180,6 @@ async function main(argv: string[]): Promise<number> {
       return (await import('./logs.js')).runLogs({ ...targetOptions, id, follow: values.follow, tail: parseTail(values.tail) });
     }
     case 'wait': {
-      checkFlags(command, given);
       const [type, id, ...extra] = rest;
       if (type === undefined) throw new UsageError("wait needs a resource type, for example: cosictl wait staticpodstatus --for condition=Ready");
       if (extra.length > 0) throw new UsageError(`wait takes a type and at most one ID; unexpected ${JSON.stringify(extra.join(' '))}`);
@@ -186,18 +213,19 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-export class UsageError extends Error {
-  override readonly name = 'UsageError';
-}
-
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
   },
   (err: unknown) => {
-    const usage = err instanceof UsageError || (err instanceof Error && 'code' in err && String(err.code).startsWith('ERR_PARSE_ARGS'));
     const msg = isCosiError(err) || err instanceof Error ? err.message : String(err);
-    process.stderr.write(`error: ${msg}\n${usage ? "run 'cosictl --help' for usage\n" : ''}`);
-    process.exitCode = usage ? 2 : 1;
+    if (err instanceof UsageError) {
+      // One line, and where to read how the command is used.
+      process.stderr.write(`error: ${msg.split('\n')[0] ?? msg}\nrun 'cosictl ${err.command !== undefined ? `${err.command} ` : ''}--help' for usage\n`);
+      process.exitCode = 2;
+      return;
+    }
+    process.stderr.write(`error: ${msg}\n`);
+    process.exitCode = 1;
   },
 );

@@ -156,8 +156,6 @@ class Wait {
   run(): Promise<number> {
     return new Promise<number>((resolve) => {
       this.resolve = resolve;
-      // Node's timers hold at most 2^31-1 ms (24.8 days); a longer wait is as good as that.
-      this.timer = setTimeout(() => this.timedOut(), Math.min(this.budgetMs, 0x7fffffff));
       this.informer = createInformer(this.targets, this.def.type, {
         namespace: this.o.namespace ?? this.def.defaultNamespace,
         // One ID: the server sends only it.
@@ -171,6 +169,10 @@ class Wait {
           error: ({ node, error }) => this.fail(`${this.multi ? `node ${this.labelOf(node)}: ` : ''}${error.message}`),
         },
       });
+      // Armed once the informer runs: an informer that cannot start rejects this promise, and no timer is left to
+      // keep the process alive after its error is printed. Node's timers hold at most 2^31-1 ms (24.8 days); a
+      // longer wait is as good as that.
+      if (!this.done) this.timer = setTimeout(() => this.timedOut(), Math.min(this.budgetMs, 0x7fffffff));
     });
   }
 

@@ -1,0 +1,183 @@
+// cosictl's help: the global help and each command's own, and the error a command's misuse raises (exit code 2).
+
+/** A command used wrongly: printed as one line and a pointer to the command's help; exit code 2. */
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+
+  /** `command`: the help to point to ("get", "gen pki"); none for the global help. */
+  constructor(
+    message: string,
+    readonly command?: string,
+  ) {
+    super(message);
+  }
+}
+
+const GLOBAL_FLAGS = `Global flags:
+  --cosiconfig FILE   client config (default: $COSICONFIG, else ~/.cosi/config)
+  --context NAME      context of the client config to use (default: its current context)
+  -e, --endpoints A,B endpoints to dial (default: the context's endpoints)
+  -n, --nodes A,B     nodes to ask (default: the context's nodes, else the first endpoint); each is dialled at its
+                      own address, at the port of the first endpoint unless it names one; fills the NODE column
+  -h, --help          help for the command
+`;
+
+const GLOBAL = `cosictl: COSI resources, containers and logs of cosid nodes, over mutual TLS (talosctl-like).
+
+Usage:
+  cosictl [global flags] <command> [flags]
+
+Commands:
+  get          print resources: one, a list, or a watch (-w)
+  containers   the Kubernetes pods' sandboxes and containers of the node's container runtime (-k)
+  logs         a container's log (-k <id>) or the kubelet's (logs kubelet)
+  wait         wait until resources meet a condition, as kubectl wait
+  gen          generate a PKI (gen pki) or a client certificate from an existing CA (gen cert)
+
+${GLOBAL_FLAGS}  --version          print cosictl's version
+
+Exit codes: 0 success, 1 failure (the error is on stderr), 2 usage error.
+Run 'cosictl <command> --help' for a command's flags.
+`;
+
+const GET = `cosictl get: print one resource, every resource of a type, or watch them.
+
+Usage:
+  cosictl [global flags] get <type> [<id>] [--namespace NS] [-o table|yaml|json|jsonpath=EXPR] [--json-array] [-w]
+
+Arguments:
+  <type>              a type name or any alias, case-insensitive ("staticpods", "sp", "rd", ...);
+                      cosictl get rd lists the types with their aliases
+  <id>                one resource (default: every resource of the type in the namespace)
+
+Flags:
+  --namespace NS      namespace (default: the type's default namespace)
+  -o, --output FMT    table (default), yaml, json or jsonpath=EXPR (kubectl syntax, e.g. '{.spec.metadata.name}')
+  --json-array        with -o json: print one JSON array instead of a sequence of objects
+  -w, --watch         print the current resources, then every change ('+' created, '-' destroyed) until Ctrl-C
+
+${GLOBAL_FLAGS}`;
+
+const CONTAINERS = `cosictl containers: the Kubernetes pods' sandboxes and containers, from each node's container runtime.
+
+Usage:
+  cosictl [global flags] containers -k [-o wide]
+
+Flags:
+  -k, --kubernetes    required: cosid serves the Kubernetes containers only; each container is listed under its
+                      sandbox
+  -o wide             add a RESTARTS column
+
+${GLOBAL_FLAGS}`;
+
+const LOGS = `cosictl logs: a container's log, or the kubelet's, each line prefixed with its node.
+
+Usage:
+  cosictl [global flags] logs -k <id> [-f] [--tail N]
+  cosictl [global flags] logs kubelet [-f] [--tail N]
+
+Flags:
+  -k, --kubernetes    <id> is a container ID as containers -k lists it (<namespace>/<pod>:<container>:<id>), or
+                      <namespace>/<pod>:<container> for its latest instance; without -k the only ID is kubelet
+  -f, --follow        keep printing new lines until Ctrl-C
+  --tail N            start N lines from the end (default: the whole log)
+
+${GLOBAL_FLAGS}`;
+
+const WAIT = `cosictl wait: until a condition holds, as kubectl wait.
+
+Usage:
+  cosictl [global flags] wait <type> [<id>] --for condition=NAME[=VALUE]|delete|jsonpath='{EXPR}'[=VALUE]
+        [--timeout 30s] [--namespace NS]
+
+Arguments:
+  <type> [<id>]       the resource, or without <id> every resource of the type that exists once each node has
+                      listed them; on every node (-n). Prints "<type>/<id> condition met" for each as it meets it
+
+Flags:
+  --for condition=Ready       its spec's condition (.conditions, else .status.conditions) has status True
+                              (condition=Ready=False for another value; names and values case-insensitive)
+  --for delete                until it is gone (at once if it does not exist)
+  --for jsonpath='{.spec.phase}'=Running   the JSONPath (on what get -o jsonpath sees) gives VALUE
+  --timeout D         give up after D (30s, 2m, 1h; default 30s; 0: check once; negative: a week): exit code 1,
+                      naming what is not met
+  --namespace NS      namespace (default: the type's default namespace)
+
+${GLOBAL_FLAGS}`;
+
+const GEN = `cosictl gen: certificates for cosid and its clients.
+
+Usage:
+  cosictl gen pki --out DIR [--san HOST]... [--endpoint HOST:PORT] [--force]
+  cosictl gen cert --ca-dir DIR --name NAME [--roles ROLE,...] [--ttl 365d] [--out DIR] [--endpoint HOST:PORT]
+        [--cosiconfig FILE]
+
+Commands:
+  pki                 a new CA, a server certificate, admin and reader client certificates and a client config
+  cert                a client certificate from an existing CA, added to a client config as a context
+
+Run 'cosictl gen pki --help' or 'cosictl gen cert --help' for their flags.
+`;
+
+const GEN_PKI = `cosictl gen pki: a new PKI for cosid and its clients.
+
+Writes into DIR: ca.crt and ca.key (a new ECDSA P-256 CA), server.crt and server.key (for cosid's --pki),
+admin.crt/.key (role os:admin), reader.crt/.key (role os:reader), and cosiconfig, a client config with the
+contexts admin (current) and reader. Keys are written mode 0600.
+
+Usage:
+  cosictl gen pki --out DIR [--san HOST]... [--endpoint HOST:PORT] [--force]
+
+Flags:
+  --out DIR           required: the folder to write into (created when missing)
+  --san HOST          another name or IP address for the server certificate, besides 127.0.0.1 and localhost;
+                      repeat it or separate with commas (the names clients dial cosid by)
+  --endpoint H:P      the endpoint the cosiconfig's contexts dial (default: 127.0.0.1:50000)
+  --force             replace the PKI already in DIR (default: refuse when DIR holds a ca.key)
+  -h, --help          this help
+`;
+
+const GEN_CERT = `cosictl gen cert: a client certificate from an existing CA, as talosctl config new does.
+
+Writes NAME.crt and NAME.key into --out, and adds the context NAME (not made current) to a client config:
+  - --cosiconfig FILE: that file (created when missing);
+  - else $COSICONFIG, else ~/.cosi/config, when that file exists;
+  - else a new config, <out>/NAME.cosiconfig, holding only that context (pass it with --cosiconfig).
+It says on stderr which files it wrote or changed.
+
+Usage:
+  cosictl gen cert --ca-dir DIR --name NAME [--roles ROLE,...] [--ttl 365d] [--out DIR] [--endpoint HOST:PORT]
+        [--cosiconfig FILE]
+
+Flags:
+  --ca-dir DIR        required: the folder with ca.crt and ca.key (as gen pki wrote them)
+  --name NAME         required: lower-case letters, digits and -; the certificate's CN, its file names and the
+                      context's name
+  --roles ROLE,...    os:admin, os:operator or os:reader, the certificate's O= values (default: os:reader)
+  --ttl D             how long it is valid: 30d, 12h or 90m (default: 365d; at most 10 years)
+  --out DIR           where to write NAME.crt and NAME.key (default: --ca-dir; created when missing)
+  --endpoint H:P      the endpoint of the new context (default: the endpoints of the config's current context, else
+                      those of <ca-dir>/cosiconfig, else 127.0.0.1:50000)
+  --cosiconfig FILE   the client config to add the context to (see above)
+  -h, --help          this help
+`;
+
+const HELP: Readonly<Record<string, string>> = {
+  get: GET,
+  containers: CONTAINERS,
+  logs: LOGS,
+  wait: WAIT,
+  gen: GEN,
+  'gen pki': GEN_PKI,
+  'gen cert': GEN_CERT,
+};
+
+/** A command's help ("get", "gen pki"), else the global help. */
+export function helpFor(command: string | undefined): string {
+  return (command !== undefined ? HELP[command] : undefined) ?? GLOBAL;
+}
+
+/** Whether `command` has help of its own. */
+export function hasHelp(command: string): boolean {
+  return HELP[command] !== undefined;
+}
