@@ -2,6 +2,8 @@
 // class nor grpc-js's types are part of the published declarations.
 import './dispose.js';
 import { setMaxListeners } from 'node:events';
+import { isIP } from 'node:net';
+import { checkServerIdentity } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type { Observable } from 'rxjs';
 import { CosiError } from '../shared/errors.js';
@@ -25,6 +27,32 @@ function withPort(endpoint: string): string {
   if (/^\[.*\]:\d+$/.test(endpoint) || /^[^:]+:\d+$/.test(endpoint)) return endpoint;
   if (endpoint.includes(':') && !endpoint.startsWith('[')) return `[${endpoint}]:${DEFAULT_PORT}`;
   return `${endpoint}:${DEFAULT_PORT}`;
+}
+
+/** The host of host:port or [v6]:port, brackets removed. */
+export function hostOf(target: string): string {
+  const bracketed = /^\[(.*)\]:\d+$/.exec(target);
+  if (bracketed?.[1] !== undefined) return bracketed[1];
+  const colon = target.lastIndexOf(':');
+  return colon < 0 ? target : target.slice(0, colon);
+}
+
+/**
+ * The TLS server name (SNI) the client sends when it verifies the server against an IP address. grpc-js always sends
+ * one: the endpoint's host, or `grpc.ssl_target_name_override`. An IP address there is against RFC 6066 and makes
+ * Node print DEP0123 in the user's process; a name from the reserved `.invalid` domain (RFC 2606) is a legal SNI
+ * that can mean nobody. cosid and Go's TLS servers (Talos's apid) ignore it; the certificate is still checked
+ * against the IP address (IP SAN), by checkServerIdentity below.
+ */
+export const IP_ENDPOINT_SNI = 'ip-address.invalid';
+
+/** How the server's certificate is checked: against `serverName`, else the endpoint's host; never SNI with an IP. */
+export function serverIdentity(target: string, serverName: string | undefined): { channelOptions: grpc.ChannelOptions; verify: grpc.VerifyOptions } {
+  const name = serverName ?? hostOf(target);
+  if (isIP(name) !== 0) {
+    return { channelOptions: { 'grpc.ssl_target_name_override': IP_ENDPOINT_SNI }, verify: { checkServerIdentity: (_sni, cert) => checkServerIdentity(name, cert) } };
+  }
+  return { channelOptions: serverName !== undefined ? { 'grpc.ssl_target_name_override': serverName } : {}, verify: {} };
 }
 
 export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransport {
@@ -51,10 +79,11 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
       // Also while no call is open: a watch between reconnects, or a client kept for later calls.
       channelOptions['grpc.keepalive_permit_without_calls'] = 1;
     }
-    if (opts.serverName !== undefined) channelOptions['grpc.ssl_target_name_override'] = opts.serverName;
+    const target = withPort(endpoint);
+    const identity = serverIdentity(target, opts.serverName);
     try {
-      const creds = grpc.credentials.createSsl(Buffer.from(opts.caPem), Buffer.from(opts.keyPem), Buffer.from(opts.certPem));
-      this.channel = new grpc.Client(withPort(endpoint), creds, channelOptions);
+      const creds = grpc.credentials.createSsl(Buffer.from(opts.caPem), Buffer.from(opts.keyPem), Buffer.from(opts.certPem), identity.verify);
+      this.channel = new grpc.Client(target, creds, { ...channelOptions, ...identity.channelOptions });
     } catch (err) {
       throw new CosiError('invalid-argument', `cannot connect to ${endpoint}: ${err instanceof Error ? err.message : String(err)}`);
     }
