@@ -8,8 +8,9 @@ import * as grpc from '@grpc/grpc-js';
 import type { Observable } from 'rxjs';
 import { CosiError } from '../shared/errors.js';
 import { EVENT_FORM_METADATA_KEY, wire, type Codec, type WireListRequest } from '../shared/wire.js';
-import { CallContext, checkMs, toCosiError } from './call.js';
+import { CallContext, checkMs, connectionFailure, toCosiError } from './call.js';
 import { DEFAULT_PORT, FLOW_CONTROL_WINDOW, type CallOptions, type ClientLogger, type ConnectOptions, type CosiClient, type ListOptions, type LogsOptions, type ReadOptions, type WatchOptions, type WatchStream } from './client.js';
+import { diagnoseConnection, type ProbeTarget } from './diagnose.js';
 import { fromWireResource, toDefinition, toWatchEvent, toWireQueries, toWireWatchRequest, type WatchRequest } from './convert.js';
 import { listContainers, streamLogs, type MachineTransport } from './machine.js';
 import type { ContainerInfo, CosiResource, ResourceDefinition, WatchEvent } from './resource.js';
@@ -64,6 +65,10 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
   private readonly watches = new Set<WatchStream>();
   private definitionsCache: Promise<ResourceDefinition[]> | undefined;
   private reportedNode: string | undefined;
+  /** Where and how to dial again to tell why a connection failed. */
+  private readonly probeTarget: ProbeTarget;
+  /** The diagnosis in flight: calls that fail together share one second dial. */
+  private diagnosing: Promise<string | undefined> | undefined;
 
   constructor(
     readonly endpoint: string,
@@ -81,6 +86,8 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
     }
     const target = withPort(endpoint);
     const identity = serverIdentity(target, opts.serverName);
+    const host = hostOf(target);
+    this.probeTarget = { target, host, port: Number(target.slice(target.lastIndexOf(':') + 1)), name: opts.serverName ?? host, caPem: opts.caPem, certPem: opts.certPem, keyPem: opts.keyPem };
     try {
       const creds = grpc.credentials.createSsl(Buffer.from(opts.caPem), Buffer.from(opts.keyPem), Buffer.from(opts.certPem), identity.verify);
       this.channel = new grpc.Client(target, creds, { ...channelOptions, ...identity.channelOptions });
@@ -193,7 +200,7 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
     } catch (err) {
       if (signal.aborted) return;
       if (this.closing.signal.aborted) throw new CosiError('cancelled', 'the client was closed');
-      throw toCosiError(err, this.endpoint);
+      throw await connectionFailure(err, toCosiError(err, this.endpoint), this.diagnose, signal);
     } finally {
       signal.removeEventListener('abort', cancel);
       this.closing.signal.removeEventListener('abort', cancel);
@@ -204,8 +211,30 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
   // --- internals
 
   private context(what: string, opts: CallOptions, defaultTimeoutMs = this.defaultTimeoutMs): CallContext {
-    return new CallContext(what, this.endpoint, opts, defaultTimeoutMs, this.closing.signal);
+    return new CallContext(what, this.endpoint, opts, defaultTimeoutMs, this.closing.signal, this.diagnose);
   }
+
+  /** Why the connection fails, in one line (client/diagnose.ts); undefined when a second dial cannot tell. */
+  private readonly diagnose = (signal: AbortSignal): Promise<string | undefined> => {
+    if (this.diagnosing === undefined) {
+      const closing = this.closing.signal;
+      const running = diagnoseConnection(this.probeTarget, closing).finally(() => {
+        if (this.diagnosing === running) this.diagnosing = undefined;
+      });
+      this.diagnosing = running;
+    }
+    const shared = this.diagnosing;
+    // The caller may stop waiting (its watch ended); the dial goes on for the others.
+    return new Promise((resolve) => {
+      const stop = () => resolve(undefined);
+      if (signal.aborted) return stop();
+      signal.addEventListener('abort', stop, { once: true });
+      void shared.then((why) => {
+        signal.removeEventListener('abort', stop);
+        resolve(why);
+      });
+    });
+  };
 
   /** The definitions, fetched once for all callers with the client's own deadline; a failure is not kept. */
   private definitionsShared(): Promise<ResourceDefinition[]> {
@@ -256,7 +285,7 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
         if (res.resource != null) yield fromWireResource(res.resource);
       }
     } catch (err) {
-      throw ctx.error(err);
+      throw await ctx.failure(err);
     } finally {
       stop();
       call.cancel();
@@ -275,7 +304,7 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
         ctx.grpcOptions(),
         (err, res) => {
           stop();
-          if (err != null) reject(ctx.error(err));
+          if (err != null) void ctx.failure(err).then(reject);
           else if (res === undefined) reject(new CosiError('internal', `${method} answered nothing`));
           else resolve(res);
         },
