@@ -31,7 +31,7 @@ function withPort(endpoint: string): string {
 }
 
 /** The host of host:port or [v6]:port, brackets removed. */
-export function hostOf(target: string): string {
+function hostOf(target: string): string {
   const bracketed = /^\[(.*)\]:\d+$/.exec(target);
   if (bracketed?.[1] !== undefined) return bracketed[1];
   const colon = target.lastIndexOf(':');
@@ -45,10 +45,10 @@ export function hostOf(target: string): string {
  * that can mean nobody. cosid and Go's TLS servers (Talos's apid) ignore it; the certificate is still checked
  * against the IP address (IP SAN), by checkServerIdentity below.
  */
-export const IP_ENDPOINT_SNI = 'ip-address.invalid';
+const IP_ENDPOINT_SNI = 'ip-address.invalid';
 
 /** How the server's certificate is checked: against `serverName`, else the endpoint's host; never SNI with an IP. */
-export function serverIdentity(target: string, serverName: string | undefined): { channelOptions: grpc.ChannelOptions; verify: grpc.VerifyOptions } {
+function serverIdentity(target: string, serverName: string | undefined): { channelOptions: grpc.ChannelOptions; verify: grpc.VerifyOptions } {
   const name = serverName ?? hostOf(target);
   if (isIP(name) !== 0) {
     return { channelOptions: { 'grpc.ssl_target_name_override': IP_ENDPOINT_SNI }, verify: { checkServerIdentity: (_sni, cert) => checkServerIdentity(name, cert) } };
