@@ -24,12 +24,35 @@ export function toCosiError(err: unknown, endpoint: string): CosiError {
     const md = e.metadata instanceof grpc.Metadata ? e.metadata : undefined;
     const kindValue = md?.get(ERROR_KIND_METADATA_KEY)[0];
     const details = typeof e.details === 'string' && e.details !== '' ? e.details : typeof e.message === 'string' ? e.message : 'unknown error';
-    // An error that carries cosid's headers came from cosid itself (its runtime is down, say): no hint.
-    const answered = kindValue !== undefined || (md?.get('cosi-node').length ?? 0) > 0;
-    const hint = e.code === StatusCode.UNAVAILABLE && !answered ? ` (is cosid running at ${endpoint}, and does it trust your certificate?)` : '';
+    // When the client could not tell why (see connectionFailure), at least where it tried.
+    const hint = isConnectionFailure(err) ? ` (cannot reach cosid at ${endpoint})` : '';
     return new CosiError(kindOfStatus(e.code, kindValue), `${details}${hint}`);
   }
   return new CosiError('internal', err instanceof Error ? err.message : String(err));
+}
+
+/**
+ * Whether a gRPC failure is the connection's rather than the server's answer: UNAVAILABLE without cosid's headers
+ * (an error that carries them came from cosid itself, its runtime being down, say).
+ */
+export function isConnectionFailure(err: unknown): boolean {
+  const e = (err ?? {}) as { code?: unknown; metadata?: unknown };
+  if (err instanceof CosiError || e.code !== StatusCode.UNAVAILABLE) return false;
+  const md = e.metadata instanceof grpc.Metadata ? e.metadata : undefined;
+  return md === undefined || (md.get(ERROR_KIND_METADATA_KEY).length === 0 && md.get('cosi-node').length === 0);
+}
+
+/** Says in one line why the connection fails (client/diagnose.ts), or undefined when it cannot tell. */
+export type ConnectionDiagnosis = (signal: AbortSignal) => Promise<string | undefined>;
+
+/**
+ * A failure as a CosiError, and when it is the connection's, the diagnosis's words instead of grpc-js's (the
+ * original error is the cause).
+ */
+export async function connectionFailure(err: unknown, converted: CosiError, diagnose: ConnectionDiagnosis, signal: AbortSignal): Promise<CosiError> {
+  if (!isConnectionFailure(err) || converted.kind !== 'unavailable') return converted;
+  const why = await diagnose(signal).catch(() => undefined);
+  return why === undefined ? converted : new CosiError('unavailable', why, { cause: converted });
 }
 
 /**
@@ -48,6 +71,7 @@ export class CallContext {
     opts: CallOptions,
     defaultTimeoutMs: number,
     private readonly closing: AbortSignal,
+    private readonly diagnose?: ConnectionDiagnosis,
   ) {
     this.timeoutMs = checkMs('timeoutMs', opts.timeoutMs, defaultTimeoutMs);
     this.deadline = Number.isFinite(this.timeoutMs) ? Date.now() + this.timeoutMs : Infinity;
@@ -125,6 +149,13 @@ export class CallContext {
         (err: unknown) => finish(() => reject(this.error(err))),
       );
     });
+  }
+
+  /** error(), with the diagnosis of a failed connection: what a call's failure is reported as. */
+  async failure(err: unknown): Promise<CosiError> {
+    const converted = this.error(err);
+    if (this.diagnose === undefined || this.cancellation() !== undefined) return converted;
+    return connectionFailure(err, converted, this.diagnose, this.closing);
   }
 
   /** A failure of this call as a CosiError: what cancelled it or timed it out, else the server's answer. */

@@ -137,7 +137,11 @@ export interface Timers {
 export interface ReconnectOptions {
   /** The delay before the first retry (default 1 s); it doubles with each failure in a row... */
   initialDelayMs?: number;
-  /** ...up to this (default 30 s). A stream that stayed up this long starts the doubling over. */
+  /**
+   * ...up to this (default 30 s). A success starts the doubling over: events handed out, a completed re-list, or a
+   * stream that stayed up this long. A server that answers "cannot resume" (a restarted cosid) is listed again at
+   * once, however long the watch waited while it was away.
+   */
   maxDelayMs?: number;
   /**
    * Each delay is drawn at random between (1 - jitter) x and 1 x its value, so that clients cut off together do

@@ -2,12 +2,15 @@
 // class nor grpc-js's types are part of the published declarations.
 import './dispose.js';
 import { setMaxListeners } from 'node:events';
+import { isIP } from 'node:net';
+import { checkServerIdentity } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type { Observable } from 'rxjs';
 import { CosiError } from '../shared/errors.js';
 import { EVENT_FORM_METADATA_KEY, wire, type Codec, type WireListRequest } from '../shared/wire.js';
-import { CallContext, checkMs, toCosiError } from './call.js';
+import { CallContext, checkMs, connectionFailure, toCosiError } from './call.js';
 import { DEFAULT_PORT, FLOW_CONTROL_WINDOW, type CallOptions, type ClientLogger, type ConnectOptions, type CosiClient, type ListOptions, type LogsOptions, type ReadOptions, type WatchOptions, type WatchStream } from './client.js';
+import { diagnoseConnection, type ProbeTarget } from './diagnose.js';
 import { fromWireResource, toDefinition, toWatchEvent, toWireQueries, toWireWatchRequest, type WatchRequest } from './convert.js';
 import { listContainers, streamLogs, type MachineTransport } from './machine.js';
 import type { ContainerInfo, CosiResource, ResourceDefinition, WatchEvent } from './resource.js';
@@ -27,6 +30,32 @@ function withPort(endpoint: string): string {
   return `${endpoint}:${DEFAULT_PORT}`;
 }
 
+/** The host of host:port or [v6]:port, brackets removed. */
+function hostOf(target: string): string {
+  const bracketed = /^\[(.*)\]:\d+$/.exec(target);
+  if (bracketed?.[1] !== undefined) return bracketed[1];
+  const colon = target.lastIndexOf(':');
+  return colon < 0 ? target : target.slice(0, colon);
+}
+
+/**
+ * The TLS server name (SNI) the client sends when it verifies the server against an IP address. grpc-js always sends
+ * one: the endpoint's host, or `grpc.ssl_target_name_override`. An IP address there is against RFC 6066 and makes
+ * Node print DEP0123 in the user's process; a name from the reserved `.invalid` domain (RFC 2606) is a legal SNI
+ * that can mean nobody. cosid and Go's TLS servers (Talos's apid) ignore it; the certificate is still checked
+ * against the IP address (IP SAN), by checkServerIdentity below.
+ */
+const IP_ENDPOINT_SNI = 'ip-address.invalid';
+
+/** How the server's certificate is checked: against `serverName`, else the endpoint's host; never SNI with an IP. */
+function serverIdentity(target: string, serverName: string | undefined): { channelOptions: grpc.ChannelOptions; verify: grpc.VerifyOptions } {
+  const name = serverName ?? hostOf(target);
+  if (isIP(name) !== 0) {
+    return { channelOptions: { 'grpc.ssl_target_name_override': IP_ENDPOINT_SNI }, verify: { checkServerIdentity: (_sni, cert) => checkServerIdentity(name, cert) } };
+  }
+  return { channelOptions: serverName !== undefined ? { 'grpc.ssl_target_name_override': serverName } : {}, verify: {} };
+}
+
 export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransport {
   readonly channel: grpc.Client;
   readonly log: ClientLogger | undefined;
@@ -36,6 +65,10 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
   private readonly watches = new Set<WatchStream>();
   private definitionsCache: Promise<ResourceDefinition[]> | undefined;
   private reportedNode: string | undefined;
+  /** Where and how to dial again to tell why a connection failed. */
+  private readonly probeTarget: ProbeTarget;
+  /** The diagnosis in flight: calls that fail together share one second dial. */
+  private diagnosing: Promise<string | undefined> | undefined;
 
   constructor(
     readonly endpoint: string,
@@ -51,10 +84,13 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
       // Also while no call is open: a watch between reconnects, or a client kept for later calls.
       channelOptions['grpc.keepalive_permit_without_calls'] = 1;
     }
-    if (opts.serverName !== undefined) channelOptions['grpc.ssl_target_name_override'] = opts.serverName;
+    const target = withPort(endpoint);
+    const identity = serverIdentity(target, opts.serverName);
+    const host = hostOf(target);
+    this.probeTarget = { target, host, port: Number(target.slice(target.lastIndexOf(':') + 1)), name: opts.serverName ?? host, caPem: opts.caPem, certPem: opts.certPem, keyPem: opts.keyPem };
     try {
-      const creds = grpc.credentials.createSsl(Buffer.from(opts.caPem), Buffer.from(opts.keyPem), Buffer.from(opts.certPem));
-      this.channel = new grpc.Client(withPort(endpoint), creds, channelOptions);
+      const creds = grpc.credentials.createSsl(Buffer.from(opts.caPem), Buffer.from(opts.keyPem), Buffer.from(opts.certPem), identity.verify);
+      this.channel = new grpc.Client(target, creds, { ...channelOptions, ...identity.channelOptions });
     } catch (err) {
       throw new CosiError('invalid-argument', `cannot connect to ${endpoint}: ${err instanceof Error ? err.message : String(err)}`);
     }
@@ -164,7 +200,7 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
     } catch (err) {
       if (signal.aborted) return;
       if (this.closing.signal.aborted) throw new CosiError('cancelled', 'the client was closed');
-      throw toCosiError(err, this.endpoint);
+      throw await connectionFailure(err, toCosiError(err, this.endpoint), this.diagnose, signal);
     } finally {
       signal.removeEventListener('abort', cancel);
       this.closing.signal.removeEventListener('abort', cancel);
@@ -175,8 +211,30 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
   // --- internals
 
   private context(what: string, opts: CallOptions, defaultTimeoutMs = this.defaultTimeoutMs): CallContext {
-    return new CallContext(what, this.endpoint, opts, defaultTimeoutMs, this.closing.signal);
+    return new CallContext(what, this.endpoint, opts, defaultTimeoutMs, this.closing.signal, this.diagnose);
   }
+
+  /** Why the connection fails, in one line (client/diagnose.ts); undefined when a second dial cannot tell. */
+  private readonly diagnose = (signal: AbortSignal): Promise<string | undefined> => {
+    if (this.diagnosing === undefined) {
+      const closing = this.closing.signal;
+      const running = diagnoseConnection(this.probeTarget, closing).finally(() => {
+        if (this.diagnosing === running) this.diagnosing = undefined;
+      });
+      this.diagnosing = running;
+    }
+    const shared = this.diagnosing;
+    // The caller may stop waiting (its watch ended); the dial goes on for the others.
+    return new Promise((resolve) => {
+      const stop = () => resolve(undefined);
+      if (signal.aborted) return stop();
+      signal.addEventListener('abort', stop, { once: true });
+      void shared.then((why) => {
+        signal.removeEventListener('abort', stop);
+        resolve(why);
+      });
+    });
+  };
 
   /** The definitions, fetched once for all callers with the client's own deadline; a failure is not kept. */
   private definitionsShared(): Promise<ResourceDefinition[]> {
@@ -227,7 +285,7 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
         if (res.resource != null) yield fromWireResource(res.resource);
       }
     } catch (err) {
-      throw ctx.error(err);
+      throw await ctx.failure(err);
     } finally {
       stop();
       call.cancel();
@@ -246,7 +304,7 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
         ctx.grpcOptions(),
         (err, res) => {
           stop();
-          if (err != null) reject(ctx.error(err));
+          if (err != null) void ctx.failure(err).then(reject);
           else if (res === undefined) reject(new CosiError('internal', `${method} answered nothing`));
           else resolve(res);
         },

@@ -29,7 +29,7 @@ export function listContainers(t: MachineTransport, ctx: CallContext): Promise<C
       ctx.grpcOptions(),
       (err, res) => {
         stop();
-        if (err != null) return reject(ctx.error(err));
+        if (err != null) return void ctx.failure(err).then(reject);
         resolve((res?.messages ?? []).flatMap((m) => m.containers.map(fromWire)));
       },
     );
@@ -68,7 +68,7 @@ export async function* streamLogs(t: MachineTransport, id: string, opts: { follo
     for await (const b of call as AsyncIterable<Buffer>) yield machineWire.data.decode(b).bytes;
   } catch (err) {
     if (ctx.cancellation() !== undefined) return;
-    throw ctx.error(err);
+    throw await ctx.failure(err);
   } finally {
     stop();
     call.cancel();

@@ -99,11 +99,19 @@ async function* resilientBatches(t: WatchTransport, type: string, opts: WatchOpt
   const view = new Map<string, CosiResource>();
   // While resyncing: the fresh picture being collected, yielded as a difference once complete.
   let resync: Map<string, CosiResource> | undefined;
-  // Failures in a row (reset by a stream that stayed up maxDelayMs), and when the row began.
+  // Failures in a row, and when the row began. A success ends the row: events handed to the consumer, a resync
+  // completed, or a stream that stayed up maxDelayMs (a quiet watch hands out nothing).
   let failures = 0;
   let failingSince: number | undefined;
+  // Whether the last failure was "cannot resume": only a second one in a row waits (a resync is not a tight loop).
+  let lastLostPlace = false;
   // When the current attempt reached 'streaming'.
   let healthySince: number | undefined;
+  const succeeded = () => {
+    failures = 0;
+    failingSince = undefined;
+    lastLostPlace = false;
+  };
 
   const setState = (s: ConnectionState, detail?: string) => {
     if (s === state && detail === undefined) return;
@@ -152,6 +160,7 @@ async function* resilientBatches(t: WatchTransport, type: string, opts: WatchOpt
         if (e.type === 'created' && e.resource !== undefined) resync.set(e.resource.metadata.id, e.resource);
         if (e.type === 'bootstrapped' || (opts.id !== undefined && (e.type === 'created' || e.type === 'destroyed'))) {
           finishResync(resync, out);
+          succeeded();
           streaming();
         }
         continue;
@@ -200,7 +209,10 @@ async function* resilientBatches(t: WatchTransport, type: string, opts: WatchOpt
             continue;
           }
           const out = consume(events);
-          if (out.length > 0) yield out;
+          if (out.length > 0) {
+            succeeded();
+            yield out;
+          }
           if (stop.aborted) return;
         }
         // The server ended the watch: it is over.
@@ -210,10 +222,7 @@ async function* resilientBatches(t: WatchTransport, type: string, opts: WatchOpt
         const err = caught instanceof CosiError ? caught : new CosiError('internal', caught instanceof Error ? caught.message : String(caught));
         if (!p.enabled) throw err;
         const now = p.timers.now();
-        if (healthySince !== undefined && now - healthySince >= p.maxDelayMs) {
-          failures = 0;
-          failingSince = undefined;
-        }
+        if (healthySince !== undefined && now - healthySince >= p.maxDelayMs) succeeded();
         failures++;
         failingSince ??= now;
         // The server no longer has our place. A foreign COSI server says so with a bare FAILED_PRECONDITION (its
@@ -223,9 +232,12 @@ async function* resilientBatches(t: WatchTransport, type: string, opts: WatchOpt
           throw new CosiError(err.kind, `${err.message} (this watch has no bootstrap to re-list from: watch with bootstrap to survive this)`, { cause: err });
         }
         if (!lostPlace && !RETRYABLE.has(err.kind)) throw err;
-        // Backoff for everything, resyncs included; only the first resync of a healthy watch goes at once.
+        // Backoff for everything but a first "cannot resume": the server answered, so it is back (a restarted cosid
+        // says "too old" to the first reconnect that reaches it), and the re-list goes at once however many
+        // attempts failed while it was away. A resync that fails that way again waits, as any failure does.
         const base = Math.min(p.maxDelayMs, p.initialDelayMs * 2 ** Math.min(failures - 1, 52));
-        const delay = lostPlace && failures === 1 ? 0 : Math.round(base * (1 - p.jitter * p.random()));
+        const delay = lostPlace && !lastLostPlace ? 0 : Math.round(base * (1 - p.jitter * p.random()));
+        lastLostPlace = lostPlace;
         if (failures > p.maxRetries || now + delay - failingSince > p.maxElapsedMs) {
           throw new CosiError(err.kind, `${err.message} (gave up after ${failures} failed attempt${failures === 1 ? '' : 's'} in ${now - failingSince} ms)`, { cause: err });
         }

@@ -151,7 +151,7 @@ describe('access control', () => {
     const from = lines.length;
     const err = await srv.client(foreign).list('staticpods').catch((e: unknown) => e);
     // No call reached the server (no node header): the client says so, and the server logs why, once.
-    expect(err).toMatchObject({ code: grpc.status.UNAVAILABLE, kind: 'unavailable', message: expect.stringContaining('does it trust your certificate?') });
+    expect(err).toMatchObject({ code: grpc.status.UNAVAILABLE, kind: 'unavailable', message: expect.stringContaining(`the server at ${srv.endpoint} refused your client certificate: it is not signed by the CA in your config`) });
     await eventually(() => expect(handshakeRefusals(from)).toEqual(['unable to verify the first certificate']));
   });
 

@@ -8,7 +8,8 @@ import type { WatchRequest } from '../client/convert.js';
 import type { ResourceDefinition, WatchEvent } from '../client/resource.js';
 import { observeWatch, openWatchStream, type WatchTransport } from '../client/watch.js';
 import { upsert } from '../server/store/upsert.js';
-import { eventually, podStatus, startServer, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
+import { eventually, makePki, podStatus, startServer, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
+import { freePort } from './pipeline-harness.js';
 
 /** A clock the test drives: timers fire only when the test says so, and the test can wait for one to be set. */
 class ManualTimers implements Timers {
@@ -276,6 +277,70 @@ describe('resync when the server cannot resume', () => {
     await w.close();
   });
 
+  it('after a server restart lists again at once, however many reconnects failed while it was away, and then backs off from the start', async () => {
+    const timers = new ManualTimers();
+    const { t, w, states } = scripted(
+      [
+        { batches: [[ev('created', 'a', 1, 1), BOOTSTRAPPED(2)]], fail: 'unavailable' },
+        // The server is away: five reconnects are refused, each after a longer wait.
+        ...Array.from({ length: 5 }, () => ({ refuse: 'unavailable' as const })),
+        // It is back, a new instance: the old bookmark means nothing to it.
+        { refuse: 'too-old' },
+        { batches: [[ev('created', 'a', 2, 30), BOOTSTRAPPED(31)]], fail: 'unavailable' },
+        { refuse: 'unavailable' },
+        {},
+      ],
+      { initialDelayMs: 100, maxDelayMs: 1000, jitter: 0, timers },
+    );
+    expect(summary(await take(w, 2))).toEqual(['created a@1', 'bootstrapped']);
+    const resynced = w.next();
+    for (const expected of [100, 200, 400, 800, 1000, 1000]) {
+      expect(await timers.nextTimer()).toBe(expected);
+      timers.fireNext();
+    }
+    // No timer between "too old" and the re-list: its difference arrives with the clock untouched.
+    expect(summary([(await resynced).value as WatchEvent])).toEqual(['updated a@2 resync']);
+    expect(timers.asked).toEqual([100, 200, 400, 800, 1000, 1000]);
+    expect(t.requests.slice(6).map((r) => [r.bootstrap, r.fromBookmark?.[0]])).toEqual([[false, 2], [true, undefined]]);
+    expect(states.filter((s) => s.startsWith('resyncing'))).toEqual(['resyncing: refused: too-old']);
+    // The re-list was a success: the next failures back off from the initial delay again.
+    const after = w.next();
+    expect(await timers.nextTimer()).toBe(100);
+    timers.fireNext();
+    expect(await timers.nextTimer()).toBe(200);
+    timers.fireNext();
+    await t.attempts(10);
+    await w.close();
+    expect((await after).done).toBe(true);
+  });
+
+  it('a resync that finds nothing changed is a success too: the next failure waits the initial delay', async () => {
+    const timers = new ManualTimers();
+    const { t, w } = scripted(
+      [
+        { batches: [[ev('created', 'a', 1, 1), BOOTSTRAPPED(2)]], fail: 'unavailable' },
+        { refuse: 'unavailable' },
+        { refuse: 'unavailable' },
+        { refuse: 'too-old' },
+        { batches: [[ev('created', 'a', 1, 30), BOOTSTRAPPED(31)]], fail: 'unavailable' },
+        {},
+      ],
+      { initialDelayMs: 100, maxDelayMs: 1000, jitter: 0, timers },
+    );
+    await take(w, 2);
+    const next = w.next();
+    for (const expected of [100, 200, 400]) {
+      expect(await timers.nextTimer()).toBe(expected);
+      timers.fireNext();
+    }
+    expect(await timers.nextTimer()).toBe(100);
+    timers.fireNext();
+    await t.attempts(6);
+    expect(timers.asked).toEqual([100, 200, 400, 100]);
+    await w.close();
+    expect((await next).done).toBe(true);
+  });
+
   it('treats a bare FAILED_PRECONDITION on a resume as a lost place (a foreign server\'s invalid bookmark)', async () => {
     const timers = new ManualTimers();
     const { t, w } = scripted([{ batches: [[ev('created', 'a', 1, 1), BOOTSTRAPPED(2)]], fail: 'unavailable' }, { refuse: 'version-conflict' }, { batches: [[ev('created', 'a', 2, 5), BOOTSTRAPPED(6)]] }], {
@@ -287,9 +352,9 @@ describe('resync when the server cannot resume', () => {
     const next = w.next();
     await timers.nextTimer();
     timers.fireNext();
-    await timers.nextTimer();
-    timers.fireNext();
+    // The refusal came from a server that answered: the re-list goes at once.
     expect(summary([(await next).value as WatchEvent])).toEqual(['updated a@2 resync']);
+    expect(timers.asked).toEqual([10]);
     expect(t.requests[2]?.bootstrap).toBe(true);
     await w.close();
   });
@@ -442,5 +507,52 @@ describe('backpressure end to end', () => {
     const w = client.watchIter('podstatus', { bootstrap: true, reconnect: { initialDelayMs: 10, onState: (s) => states.push(s) } });
     await expect(w.next()).rejects.toMatchObject({ kind: 'permission-denied', code: 7 });
     expect(states).toEqual(['connecting', 'closed']);
+  });
+});
+
+describe('a watch across a real cosid restart on the same port', () => {
+  it('lists again as soon as the new cosid answers "too old", then backs off from the initial delay', async () => {
+    const pki = await makePki();
+    const port = await freePort();
+    const listen = `127.0.0.1:${port}`;
+    let server = await startServer({ pki, listen });
+    const retries: { delayMs: unknown; reason: unknown }[] = [];
+    const client = connect({
+      endpoint: listen,
+      caPem: pki.ca.certPem,
+      certPem: pki.admin.certPem,
+      keyPem: pki.admin.keyPem,
+      log: { debug: (msg, fields) => void (msg === 'watch retrying' && retries.push({ delayMs: fields?.['delayMs'], reason: fields?.['reason'] })) },
+    });
+    try {
+      await server.cosid.store.create({ ...STATUSES, id: 'restart/a', spec: podStatus(false) }, TEST_OWNER);
+      const w = client.watchIter('podstatus', { bootstrap: true, idRegexp: '^restart/', reconnect: { initialDelayMs: 50, maxDelayMs: 400, jitter: 0 } });
+      const seen: WatchEvent[] = [];
+      const pulled = (async () => {
+        for await (const e of w) if (e.type !== 'noop') seen.push(e);
+      })();
+      await eventually(() => expect(summary(seen)).toEqual(['created restart/a@1', 'bootstrapped']));
+
+      // cosid goes away long enough for the backoff to reach its cap.
+      await server.close();
+      await eventually(() => expect(retries.map((r) => r.delayMs).slice(0, 5)).toEqual([50, 100, 200, 400, 400]), 20_000);
+      server = await startServer({ pki, listen });
+      await server.cosid.store.create({ ...STATUSES, id: 'restart/a', spec: podStatus(true) }, TEST_OWNER);
+      await eventually(() => expect(summary(seen.slice(2))).toEqual(['updated restart/a@1 resync']), 20_000);
+      // The "too old" of the new cosid was followed by the re-list at once, not by a wait of 400 ms.
+      const tooOld = retries.filter((r) => r.delayMs !== 400 && r.delayMs !== 200 && r.delayMs !== 100 && r.delayMs !== 50);
+      expect(tooOld).toEqual([{ delayMs: 0, reason: expect.stringContaining('another server instance') }]);
+
+      // The re-list was a success: the next outage starts from the initial delay.
+      const before = retries.length;
+      await server.close();
+      await eventually(() => expect(retries.length).toBeGreaterThan(before), 20_000);
+      expect(retries[before]?.delayMs).toBe(50);
+      await w.close();
+      await pulled;
+    } finally {
+      client.close();
+      await server.close();
+    }
   });
 });

@@ -60,9 +60,17 @@ describe('the public surface of the client library', () => {
   const files = emitDeclarations();
   const { paths, packages } = reachable(files);
 
-  it('is the package entry: package.json exports "." as dist/client/index.js', () => {
-    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { exports: Record<string, string> };
-    expect(pkg.exports).toEqual({ '.': `./dist/${ENTRY}.js` });
+  it('is the package entry: package.json exports "." as dist/client/index.js, with its declarations', () => {
+    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { exports: unknown; types: unknown };
+    expect(pkg.exports).toEqual({ '.': { types: `./dist/${ENTRY}.d.ts`, default: `./dist/${ENTRY}.js` } });
+    expect(pkg.types).toBe(`./dist/${ENTRY}.d.ts`);
+  });
+
+  it('brings the Node types its declarations use along: a kept reference, and @types/node among the dependencies', () => {
+    // test/consumer-types.test.ts compiles a user's project that has no Node types of its own.
+    expect(files.get(`${ENTRY}.d.ts`)).toMatch(/^\/\/\/ <reference types="node" preserve="true" \/>\n/);
+    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { dependencies: Record<string, string> };
+    expect(pkg.dependencies['@types/node']).toBeDefined();
   });
 
   it('stays within the client and shared folders and imports no package but rxjs', () => {
