@@ -26,11 +26,6 @@ const INVALID_LABEL = 'cosi-pods.dev/invalid';
 
 class UsageError extends Error {}
 
-// grpc-js passes an IP endpoint as TLS SNI, and Node warns (DEP0123) on every dial: noise here, as in cosictl.
-process.removeAllListeners('warning');
-process.on('warning', (w: Error & { code?: string }) => {
-  if (w.code !== 'DEP0123') process.stderr.write(`${w.name}: ${w.message}\n`);
-});
 
 type JsonObject = { [key: string]: Json };
 const asObject = (v: Json | undefined): JsonObject => (v !== null && v !== undefined && typeof v === 'object' && !Array.isArray(v) ? v : {});

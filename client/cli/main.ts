@@ -6,13 +6,6 @@ import { isCosiError } from '../../shared/errors.js';
 import { runGet } from './get.js';
 import { hasHelp, helpFor, UsageError } from './usage.js';
 
-// grpc-js passes the endpoint as TLS SNI even when it is an IP address, and Node warns (DEP0123) on every dial:
-// noise for a CLI user. Other warnings still show.
-process.removeAllListeners('warning');
-process.on('warning', (w: Error & { code?: string }) => {
-  if (w.code !== 'DEP0123') process.stderr.write(`${w.name}: ${w.message}\n`);
-});
-
 // `cosictl ... | head`: once the reader has gone, nothing more can be printed, and the command ends quietly with
 // exit code 0 as Unix tools do (Node ignores SIGPIPE, so the closed pipe is an EPIPE error event on the stream,
 // which would otherwise crash the process with a stack trace). Any other write error ends it with exit code 1.
