@@ -21,33 +21,45 @@ export interface ApplyCall {
 
 export type ApplyAnswer = { ok: true; message: WireApplyConfiguration } | { ok: false; error: grpc.ServiceError; kind: string };
 
-/** One ApplyConfiguration call with the given certificate; errors come back as values. */
-export function applyConfig(endpoint: string, pki: TestPki, cert: KeyPairPem, call: ApplyCall): Promise<ApplyAnswer> {
+/** One ApplyConfiguration call with the given certificate, on a connection of its own; errors come back as values. */
+export async function applyConfig(endpoint: string, pki: TestPki, cert: KeyPairPem, call: ApplyCall): Promise<ApplyAnswer> {
+  const client = applyClient(endpoint, pki, cert);
+  try {
+    return await client.apply(call);
+  } finally {
+    client.close();
+  }
+}
+
+/** A connection for many ApplyConfiguration calls. */
+export function applyClient(endpoint: string, pki: TestPki, cert: KeyPairPem): { apply(call: ApplyCall): Promise<ApplyAnswer>; close(): void } {
   const client = new grpc.Client(endpoint, grpc.credentials.createSsl(Buffer.from(pki.ca.certPem), Buffer.from(cert.keyPem), Buffer.from(cert.certPem)));
-  const md = new grpc.Metadata();
-  if (call.version !== undefined) md.set(CONFIG_VERSION_METADATA_KEY, String(call.version));
-  const timeout = call.tryTimeoutMs === undefined ? null : { seconds: Math.floor(call.tryTimeoutMs / 1000), nanos: (call.tryTimeoutMs % 1000) * 1e6 };
-  const body = { data: Buffer.from(call.text), mode: call.mode, dryRun: call.dryRun === true, tryModeTimeout: timeout };
-  return new Promise((resolve) => {
-    let trailers: grpc.Metadata | undefined;
-    const c = client.makeUnaryRequest(
-      '/machine.MachineService/ApplyConfiguration',
-      (v: typeof body) => Buffer.from(machineWire.applyConfigurationRequest.encode(v)),
-      (b: Buffer) => machineWire.applyConfigurationResponse.decode(b),
-      body,
-      md,
-      (err, res) => {
-        client.close();
-        if (err !== null) resolve({ ok: false, error: err, kind: String((err.metadata ?? trailers)?.get('cosi-error-kind')[0] ?? '') });
-        else {
-          const [message] = res?.messages ?? [];
-          if (message === undefined) throw new Error('no message in the answer');
-          resolve({ ok: true, message });
-        }
-      },
-    );
-    c.on('status', (s: grpc.StatusObject) => (trailers = s.metadata));
-  });
+  return {
+    apply(call) {
+      const md = new grpc.Metadata();
+      if (call.version !== undefined) md.set(CONFIG_VERSION_METADATA_KEY, String(call.version));
+      const timeout = call.tryTimeoutMs === undefined ? null : { seconds: Math.floor(call.tryTimeoutMs / 1000), nanos: (call.tryTimeoutMs % 1000) * 1e6 };
+      const body = { data: Buffer.from(call.text), mode: call.mode, dryRun: call.dryRun === true, tryModeTimeout: timeout };
+      return new Promise((resolve) => {
+        client.makeUnaryRequest(
+          '/machine.MachineService/ApplyConfiguration',
+          (v: typeof body) => Buffer.from(machineWire.applyConfigurationRequest.encode(v)),
+          (b: Buffer) => machineWire.applyConfigurationResponse.decode(b),
+          body,
+          md,
+          (err, res) => {
+            if (err !== null) resolve({ ok: false, error: err, kind: String(err.metadata?.get('cosi-error-kind')[0] ?? '') });
+            else {
+              const [message] = res?.messages ?? [];
+              if (message === undefined) throw new Error('no message in the answer');
+              resolve({ ok: true, message });
+            }
+          },
+        );
+      });
+    },
+    close: () => client.close(),
+  };
 }
 
 export function expectOk(a: ApplyAnswer): WireApplyConfiguration {
