@@ -3,7 +3,7 @@
 // running the pods. A YAML error reads whole on one line; a real Talos config with sections cosid does not model
 // still loads.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Subscription } from 'rxjs';
@@ -11,6 +11,12 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { connect, type WatchEvent } from '../client/index.js';
 import { eventually, makePki, pod } from './harness.js';
 import { freePort, machineConfig, NODE, startNode } from './pipeline-harness.js';
+
+/** Saves a new text the way editors do (a new file renamed over the old): the watcher never reads a half-written one. */
+async function replaceFile(path: string, text: string): Promise<void> {
+  await writeFile(`${path}.new`, text);
+  await rename(`${path}.new`, path);
+}
 
 const ROOT = process.cwd();
 const CLI = join(ROOT, 'dist', 'client', 'cli', 'main.js');
@@ -103,7 +109,7 @@ describe('cosid refuses a machine config with a key Talos does not know', () => 
       const ids = async () => (await client.list('staticpods')).map((r) => `${r.metadata.id}@${r.metadata.version}`);
       await eventually(async () => expect(await ids()).toEqual(['default-nginx@1', 'default-web@1']));
 
-      await writeFile(configPath, TYPO);
+      await replaceFile(configPath, TYPO);
       const expected = `${configPath}:4:3: unknown key machine.podz (did you mean machine.pods?)`;
       await eventually(() => expect(logLines(stderr, 'machine config rejected; keeping the last good state').map((l) => l.error)).toEqual([expected]));
       expect((await client.get('machineconfigstatus', 'machine-config')).spec).toMatchObject({ error: expected, pods: 2 });
@@ -117,7 +123,7 @@ describe('cosid refuses a machine config with a key Talos does not know', () => 
       expect(served.items.map((p) => p.metadata.name).sort()).toEqual(['nginx', 'web']);
 
       // A YAML error reads whole, on one line, in the log and in get mcstatus.
-      await writeFile(configPath, BROKEN_YAML);
+      await replaceFile(configPath, BROKEN_YAML);
       const yamlError = `${configPath}:5:1: Flow sequence in block collection must be sufficiently indented and end with a ], after "pods: [" (line 4)`;
       await eventually(() => expect(logLines(stderr, 'machine config rejected; keeping the last good state').map((l) => l.error)).toEqual([expected, yamlError]));
       const mcsYaml = await run([...cli, 'get', 'mcstatus']);
@@ -125,7 +131,7 @@ describe('cosid refuses a machine config with a key Talos does not know', () => 
       expect(await ids()).toEqual(['default-nginx@1', 'default-web@1']);
 
       // A real Talos config, with the sections cosid does not model, loads.
-      await writeFile(configPath, TALOS_WORKER);
+      await replaceFile(configPath, TALOS_WORKER);
       await eventually(async () => expect((await client.get('machineconfigstatus', 'machine-config')).spec).toMatchObject({ error: '', pods: 1 }));
       expect(await ids()).toEqual(['default-nginx@1']);
       expect(stderr).toMatch(/"level":"warn","msg":"[^"]*machine\.yaml:\d+: ignoring the HostnameConfig document \(a Talos document cosid does not model\)"/);

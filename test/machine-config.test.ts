@@ -56,8 +56,10 @@ describe('parseMachineConfig', () => {
     // The yaml library's own message ends "at line 4, column 1:" before a snippet: one line, ending with its reason.
     ['an unclosed flow list', 'version: v1alpha1\nmachine:\n  pods: [\n', 'bad.yaml:4:1: Flow sequence in block collection must be sufficiently indented and end with a ], after "pods: [" (line 3)'],
     ['a key without a value', 'version: v1alpha1\nmachine\n', 'bad.yaml:2:1: Implicit map keys need to be followed by map values, at "machine"'],
-    ['a tab as indentation', 'version: v1alpha1\nmachine:\n\ttype: worker\n', 'bad.yaml:3:1: Tabs are not allowed as indentation, at "type: worker"'],
-    ['a misaligned key', 'version: v1alpha1\nmachine:\n  pods:\n    - name: x\n   bad: 1\n', 'bad.yaml:5:1: All mapping items must start at the same column, at "bad: 1"'],
+    ['a tab as indentation', 'version: v1alpha1\nmachine:\n\ttype: worker\n', 'bad.yaml:3:1: Tabs are not allowed as indentation, at "type: ..."'],
+    ['a misaligned key', 'version: v1alpha1\nmachine:\n  pods:\n    - name: x\n   bad: 1\n', 'bad.yaml:5:1: All mapping items must start at the same column, at "bad: ..."'],
+    // The message reaches os:reader (MachineConfigStatus) and a Talos config holds secrets: values are never quoted.
+    ['a broken line after a secret', 'version: v1alpha1\nmachine:\n  token: s3cr3t.t0k3n\n   ca: {crt: LS0tLS1CRUdJTi}\n', 'bad.yaml:3:10: Nested mappings are not allowed in compact mappings, at "token: ..."'],
   ])('says a YAML error whole, on one line: %s', (_name, text, message) => {
     const got = refusal(text, 'bad.yaml');
     expect(got).toBe(message);

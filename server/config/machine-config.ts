@@ -200,8 +200,26 @@ function yamlErrorMessage(source: string, err: YAML.YAMLError, lines: readonly s
   return `${source}:${pos?.line ?? '?'}:${pos?.col ?? '?'}: ${reason}${context}`;
 }
 
+/**
+ * A source line as an error quotes it, its values left out: the message reaches os:reader through the
+ * MachineConfigStatus, and a Talos config holds secrets (tokens, keys). Keys, punctuation ("pods: [") and a bare
+ * key-like word are kept: they are what locates the mistake.
+ */
 function quoteLine(line: string): string {
-  return JSON.stringify(line.length > MAX_QUOTED_CHARS ? `${line.slice(0, MAX_QUOTED_CHARS)}...` : line);
+  const keyed = /^(-\s+)?([^\s:#][^:#]*:)(\s*)(.*)$/.exec(line);
+  const shown = keyed
+    ? `${keyed[1] ?? ''}${keyed[2] ?? ''}${keyed[3] ?? ''}${redacted(keyed[4] ?? '')}`
+    : /^[A-Za-z_][\w.-]{0,63}$/.test(line)
+      ? line
+      : /^-\s+/.test(line)
+        ? `- ${redacted(line.replace(/^-\s+/, ''))}`
+        : redacted(line);
+  return JSON.stringify(shown.length > MAX_QUOTED_CHARS ? `${shown.slice(0, MAX_QUOTED_CHARS)}...` : shown);
+}
+
+/** A value as quoted: structure only ("[", "{", "|", ">") is shown, anything else is "...". */
+function redacted(value: string): string {
+  return value === '' || /^[[\]{}|>,\s-]+$/.test(value) ? value : '...';
 }
 
 function kubeStaticPodConfig(value: Record<string, unknown>, where: string): StaticPodEntry {
