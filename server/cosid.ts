@@ -176,6 +176,8 @@ export class Cosid {
       rememberAcceptedEncodings(tlsServers);
       if (opts.metricsListen !== undefined) metricsServer = await serveMetrics(opts.metricsListen, metrics, log);
     } catch (err) {
+      // Nothing of a cosid that did not start may go on running: the hub's bookmark timer included.
+      hub.endAll(new CosiError('unavailable', 'cosid did not start'));
       server.forceShutdown();
       machine.close();
       await store.close();

@@ -139,6 +139,20 @@ describe('watch one resource', () => {
     await eventually(() => expect(summary(w.events)).toEqual([`created ${p}/one@1`, `updated ${p}/one@2`, `destroyed ${p}/one@2`]));
   });
 
+  it('with tail_events and bootstrap_bookmark, bookmarks the start of its tail: a resume from it replays the whole tail', async () => {
+    const p = prefix();
+    for (let i = 0; i < 5; i++) await put(`${p}/one`, i % 2 === 0);
+    await put(`${p}/other`, true);
+    const tail = [`updated ${p}/one@3`, `updated ${p}/one@4`, `updated ${p}/one@5`];
+    const w = collect({ id: `${p}/one`, tailEvents: 3, bootstrapBookmark: true, eventForm: 'full' });
+    await eventually(() => expect(summary(w.events)).toEqual(['noop', ...tail]));
+    // A client that went away right after the NOOP resumes from its bookmark: nothing of the tail may be lost.
+    const resumed = collect({ id: `${p}/one`, fromBookmark: w.events[0]?.bookmark, eventForm: 'full' });
+    await eventually(() => expect(summary(resumed.events)).toEqual(tail));
+    await put(`${p}/one`, false);
+    await eventually(() => expect(summary(resumed.events)).toEqual([...tail, `updated ${p}/one@6`]));
+  });
+
   it('refuses bootstrap_contents and label queries with UNIMPLEMENTED', async () => {
     const a = collect({ id: 'x', bootstrap: true });
     const b = collect({ id: 'x', labelQuery: [{ terms: [{ key: 'a', op: 'exists' }] }] });

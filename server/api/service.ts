@@ -202,8 +202,13 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           const items = (await readableHistory(feed, req)).list().filter((r) => selector.matches(r.metadata));
           call.sendMetadata(header);
           for (const r of items) {
-            if (call.cancelled) return;
+            if (call.cancelled) break;
             if (!call.write(frames.single(r))) await drained(call);
+          }
+          if (call.cancelled) {
+            // Recorded like any other end: a List cut short by its client is a call too.
+            record(call, 'List', req.type, started, new CosiError('cancelled', 'cancelled by the client'));
+            return;
           }
           call.end();
           record(call, 'List', req.type, started);

@@ -415,6 +415,10 @@ class EtcdKind {
       done = resolve;
       fail = reject;
     });
+    // The replay's handlers may reject it before it is awaited (while the watch is created or the fence written),
+    // or when it never is (the fence's put failed): handled here, so a broken replay never becomes an unhandled
+    // rejection, which would end the process.
+    finished.catch(() => undefined);
     const limit = this.log.limits.maxSize;
     // Compacted history answers a read at that revision with an error (too-old); a watch would only be cancelled.
     await this.store.call(() => this.store.client.getAll().prefix(this.prefix).revision(after + 1).limit(1).exec());
@@ -435,7 +439,10 @@ class EtcdKind {
     try {
       replay.on('error', (err: Error) => fail(asStoreError(err, [])));
       replay.on('disconnected', (err: Error) => fail(new CosiError('unavailable', `etcd went away while reading history: ${errorText(err)}`)));
-      const res = await this.store.call(() => this.store.client.put(this.prefix).value(randomBytes(8).toString('hex')).exec());
+      const put = this.store.call(() => this.store.client.put(this.prefix).value(randomBytes(8).toString('hex')).exec());
+      put.catch(() => undefined); // a replay that failed first ends the backfill; the put's own failure then goes unheard
+      // `finished` cannot resolve before the fence's revision is known: the race ends early only on a failed replay.
+      const res = await Promise.race([put, finished.then(() => put)]);
       fenceRevision = Number(res.header.revision);
       // The fence's event may have come before the answer to its put.
       if (seen >= fenceRevision) done();

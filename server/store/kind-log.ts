@@ -29,7 +29,7 @@ export function historyLimits(opts: HistoryOptions = {}): HistoryLimits {
 
 export class KindLog implements KindHistory {
   private readonly items = new Map<string, Resource>();
-  private readonly history: Change[] = [];
+  private history: Change[] = [];
   private start = 0;
   private rev: number;
   /** History after this revision is complete: it is the last forgotten change, or where the log began. */
@@ -145,7 +145,9 @@ export class KindLog implements KindHistory {
     if (after >= this.floor) return true;
     const older = changes.filter((c) => c.revision > after && c.revision <= this.floor);
     if (older.length + this.size > this.limits.maxSize) return false;
-    this.history.splice(this.start, 0, ...older);
+    // A new array, not splice(start, 0, ...older): up to maxSize items as call arguments overflow the stack.
+    this.history = older.concat(this.history.slice(this.start));
+    this.start = 0;
     this.floor = after;
     return true;
   }

@@ -386,14 +386,12 @@ class WatchSession {
       return;
     }
     if (plan.id !== undefined) {
-      // Single resource: its state now, then its changes.
-      this.cursor = now;
+      // Single resource: its last changes, or its state now; then its changes. The NOOP's bookmark names where
+      // what follows starts (the tail's start), so a resume from it misses nothing of the tail.
+      this.cursor = plan.tailEvents > 0 ? this.tailStart(now) : now;
+      if (plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.events.bookmark(this.cursor));
+      if (plan.tailEvents > 0) return;
       const bookmark = encodeBookmark(this.hub.feed.instance, { revision: now });
-      if (plan.bootstrapBookmark && this.sendsAll) this.initial.push(this.hub.events.bookmark(now));
-      if (plan.tailEvents > 0) {
-        this.cursor = this.tailStart(now);
-        return;
-      }
       const current = history.current(plan.id);
       this.initial.push(
         current !== undefined

@@ -63,6 +63,14 @@ export class KubeletSimulator {
   private polling = false;
   /** The poll of the static pod URL in flight, if any. */
   private syncing: Promise<void> | undefined;
+  /**
+   * Polls may overlap (the scheduled one and pollNow()): each is numbered when it starts, and an answer is taken
+   * only if no poll that started later has had its answer taken: a slow old answer never replaces a newer one.
+   */
+  private pollsStarted = 0;
+  private newestTaken = 0;
+  /** Runtime applies, one at a time, each with the pods as they are when it runs. */
+  private applying: Promise<void> = Promise.resolve();
   private readonly sockets = new Set<Socket>();
   private readonly stepMs: number;
   private readonly log: (line: string) => void;
@@ -142,6 +150,7 @@ export class KubeletSimulator {
     this.closeListener();
     // A poll in flight must not start pods after they are removed: it applies nothing once stopped.
     await this.syncing;
+    await this.applying;
     await this.opts.runtime?.stopAll();
   }
 
@@ -157,7 +166,13 @@ export class KubeletSimulator {
     this.runtimeTimer.unref();
   }
 
-  private async applyToRuntime(): Promise<void> {
+  /** Queues an apply of the current pods to the runtime: applies never overlap, and each takes the newest pods. */
+  private applyToRuntime(): Promise<void> {
+    this.applying = this.applying.then(() => this.applyNow()).catch((err: unknown) => this.log(`kubelet-simulator: cannot apply pods to the runtime: ${String(err)}`));
+    return this.applying;
+  }
+
+  private async applyNow(): Promise<void> {
     const runtime = this.opts.runtime;
     if (runtime === undefined || this.stopped) return;
     const desired: DesiredPod[] = [...this.running].map(([key, p]) => {
@@ -195,15 +210,23 @@ export class KubeletSimulator {
   /** The kubelet's HTTP config source: fetch, and on a change replace the set of static pods. */
   private async sync(): Promise<void> {
     this.polls++;
+    const poll = ++this.pollsStarted;
     let res: Response;
+    let text: string;
     try {
       // The kubelet's HTTP source sends no conditional headers: it fetches the whole body and compares bytes.
       res = await fetch(this.opts.staticPodURL, { signal: AbortSignal.timeout(5000) });
+      text = await res.text();
     } catch (err) {
       this.log(`kubelet-simulator: cannot fetch ${this.opts.staticPodURL}: ${String(err)}; keeping current pods`);
       return;
     }
-    const text = await res.text();
+    // From here to the change of `running` nothing waits: the check and the change are one step.
+    if (poll < this.newestTaken) {
+      this.log('kubelet-simulator: an older poll answered after a newer one; its manifest is dropped');
+      return;
+    }
+    this.newestTaken = poll;
     if (res.status !== 200) {
       this.log(`kubelet-simulator: ${this.opts.staticPodURL} answered ${res.status}; keeping current pods`);
       return;
