@@ -12,6 +12,9 @@ import { silentLogger, type Logger } from '../shared/log.js';
 import { PROTO_DIR } from '../shared/wire.js';
 import { Frames } from './watch/frames.js';
 import { DEFAULT_RUNTIME, machineServiceDefinition, machineService, type RuntimeOptions } from './api/machine-service.js';
+import type { ApplierRef } from './api/apply-config.js';
+import type { ConfigApplier } from './config/apply.js';
+import { MAX_CONFIG_BYTES } from './config/machine-config.js';
 import { stateServiceDefinition, stateServiceHandlers } from './api/service.js';
 import { installFramedWrites, rememberAcceptedEncodings, tlsServersOf } from './grpc-internals.js';
 import { registerK8sTypes } from './resources/k8s.js';
@@ -79,6 +82,7 @@ export class Cosid {
   private readonly closeRuntime: () => void;
   private readonly endLogs: (err: CosiError) => void;
   private stopping: Promise<void> | undefined;
+  private readonly applier: ApplierRef;
 
   private constructor(
     private readonly opts: CosidOptions,
@@ -93,8 +97,10 @@ export class Cosid {
       endLogs: (err: CosiError) => void;
       metrics: Metrics;
       metricsServer: { url: string; close(): Promise<void> } | undefined;
+      applier: ApplierRef;
     },
   ) {
+    this.applier = parts.applier;
     this.metrics = parts.metrics;
     this.metricsUrl = parts.metricsServer?.url;
     this.closeMetrics = () => parts.metricsServer?.close() ?? Promise.resolve();
@@ -137,7 +143,8 @@ export class Cosid {
       'grpc.keepalive_timeout_ms': 20_000,
       // Ping policing (grpc-go's min_ping_interval / max_ping_strikes) is not implemented by grpc-js 1.14's server:
       // those options would be ignored, so they are not set (bench/RESULTS.md, 2026-11-30).
-      'grpc.max_receive_message_length': 1 << 20,
+      // A whole machine config fits in one ApplyConfiguration, up to the size the file may have (and grpc-go's default).
+      'grpc.max_receive_message_length': MAX_CONFIG_BYTES + (64 << 10),
       'grpc.max_send_message_length': 16 << 20,
       'grpc.max_concurrent_streams': 1024,
       'grpc.max_connection_age_ms': opts.maxConnectionAgeMs ?? 3_600_000,
@@ -147,7 +154,8 @@ export class Cosid {
       'grpc.max_connection_idle_ms': 300_000,
     });
     server.addService(stateServiceDefinition(), stateServiceHandlers({ feed: store.feed, registry, frames, hub, log, metrics, watchCompression: opts.watchCompression, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
-    const machine = machineService({ runtime: { ...DEFAULT_RUNTIME, ...opts.runtime }, nodeName: opts.nodeName, log, metrics, audit: opts.audit, maxLogStreamsPerConnection: opts.maxLogStreamsPerConnection });
+    const applier: ApplierRef = { current: undefined };
+    const machine = machineService({ runtime: { ...DEFAULT_RUNTIME, ...opts.runtime }, nodeName: opts.nodeName, log, metrics, audit: opts.audit, maxLogStreamsPerConnection: opts.maxLogStreamsPerConnection, applier });
     server.addService(machineServiceDefinition(), machine.handlers);
     const health = new HealthImplementation({ '': 'SERVING', [STATE_SERVICE]: 'SERVING', [MACHINE_SERVICE]: 'SERVING' });
     health.addToServer(server);
@@ -174,7 +182,12 @@ export class Cosid {
       throw err;
     }
     log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName, store: store.backend });
-    return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close(), endLogs: (err) => machine.endAll(err), metrics, metricsServer });
+    return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close(), endLogs: (err) => machine.endAll(err), metrics, metricsServer, applier });
+  }
+
+  /** From now on ApplyConfiguration calls go to `applier` (the node's machine config controller). */
+  serveConfig(applier: ConfigApplier): void {
+    this.applier.current = applier;
   }
 
   /** Graceful stop: every watch ends with UNAVAILABLE, then calls finish or are cut after the grace period. */

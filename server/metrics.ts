@@ -33,6 +33,8 @@ export class Metrics implements WatchMetrics {
   private readonly tooOlds: Counter;
   private readonly polls: Histogram<'outcome'>;
   private readonly reloads: Counter<'outcome'>;
+  private readonly applies: Counter<'mode' | 'outcome'>;
+  private readonly tryReverts: Counter;
 
   constructor() {
     const registers = [this.registry];
@@ -57,6 +59,13 @@ export class Metrics implements WatchMetrics {
     this.tooOlds = new Counter({ name: 'cosi_watch_too_old_total', help: 'Watches answered "too old" (resume beyond history, or an overrun)', registers });
     this.polls = new Histogram({ name: 'cosi_kubelet_poll_duration_seconds', help: "Reads of the kubelet's /pods, by outcome", labelNames: ['outcome'], buckets: CALL_BUCKETS, registers });
     this.reloads = new Counter({ name: 'cosi_config_reloads_total', help: 'Machine config loads, by outcome (applied, rejected, partial)', labelNames: ['outcome'], registers });
+    this.applies = new Counter({
+      name: 'cosi_config_applies_total',
+      help: 'ApplyConfiguration calls, by requested mode (auto, no-reboot, staged, try, reboot) and outcome (applied, dry-run, or the error kind)',
+      labelNames: ['mode', 'outcome'],
+      registers,
+    });
+    this.tryReverts = new Counter({ name: 'cosi_config_try_reverts_total', help: "Configs applied in 'try' mode that timed out and were reverted", registers });
     const sources = this.sources;
     new Gauge({
       name: 'cosi_watchers',
@@ -154,6 +163,15 @@ export class Metrics implements WatchMetrics {
 
   reload(outcome: 'applied' | 'rejected' | 'partial'): void {
     this.reloads.inc({ outcome });
+  }
+
+  /** An ApplyConfiguration ended; `outcome` is applied, dry-run or an error kind (a closed set: bounded labels). */
+  configApplied(mode: string, outcome: string): void {
+    this.applies.inc({ mode, outcome });
+  }
+
+  tryReverted(): void {
+    this.tryReverts.inc();
   }
 }
 

@@ -30,9 +30,10 @@ export class CosiNode {
     let manifests: ManifestServer | undefined;
     try {
       manifests = await ManifestServer.start({ listen: opts.manifestListen ?? '127.0.0.1:0', store: cosid.store, log });
-      const config = new MachineConfigController(cosid.store, opts.configPath, log, (outcome) => cosid.metrics.reload(outcome));
+      const config = new MachineConfigController(cosid.store, opts.configPath, log, { loaded: (outcome) => cosid.metrics.reload(outcome), tryReverted: () => cosid.metrics.tryReverted() });
       if (!(await config.reload('start'))) throw new Error(`cannot start: the machine config ${opts.configPath} was rejected (see the log above)`);
       config.watch();
+      cosid.serveConfig(config);
       manifests.markReady();
       let poller: KubeletPoller | undefined;
       if (opts.kubelet !== undefined) {

@@ -54,6 +54,7 @@ export type ErrorKind =
   | 'phase-conflict'
   | 'pending-finalizers'
   | 'invalid-bookmark'
+  | 'failed-precondition'
   | 'aborted'
   | 'too-old'
   | 'unimplemented'
@@ -83,7 +84,9 @@ const KINDS_BY_CODE = {
   [StatusCode.RESOURCE_EXHAUSTED]: ['resource-exhausted'],
   // COSI servers (Talos's included) answer conflicts and invalid bookmarks alike with FAILED_PRECONDITION; the COSI
   // runtime's own client reads it as a conflict, and so does this table when the server does not say.
-  [StatusCode.FAILED_PRECONDITION]: ['version-conflict', 'phase-conflict', 'pending-finalizers', 'invalid-bookmark'],
+  // `failed-precondition` is the node's state refusing a change for now, not a conflict with what the caller read:
+  // another ApplyConfiguration in progress (Talos's answer too), a machine config file cosid cannot write.
+  [StatusCode.FAILED_PRECONDITION]: ['version-conflict', 'phase-conflict', 'pending-finalizers', 'invalid-bookmark', 'failed-precondition'],
   [StatusCode.ABORTED]: ['aborted'],
   [StatusCode.OUT_OF_RANGE]: ['too-old'],
   [StatusCode.UNIMPLEMENTED]: ['unimplemented'],

@@ -129,6 +129,7 @@ export const PROTO_FILES = [
   'cosi/resource/state.proto',
   'cosi/resource/meta/meta.proto',
   'talos/resource/definitions/k8s/k8s.proto',
+  'talos/resource/definitions/config/config.proto',
   'machine/machine.proto',
 ] as const;
 
@@ -184,6 +185,7 @@ export const wire = {
   staticPodSpec: codec<{ pod?: WireStruct | null }>('talos.resource.definitions.k8s.StaticPodSpec'),
   staticPodStatusSpec: codec<{ podStatus?: WireStruct | null }>('talos.resource.definitions.k8s.StaticPodStatusSpec'),
   staticPodServerStatusSpec: codec<{ url: string }>('talos.resource.definitions.k8s.StaticPodServerStatusSpec'),
+  machineConfigSpec: codec<{ yamlMarshalled: Uint8Array }>('talos.resource.definitions.config.MachineConfigSpec'),
 } as const;
 
 /** machine.MachineService as Talos defines it (Containers and Logs). */
@@ -217,7 +219,39 @@ export const machineWire = {
   containersResponse: codec<{ messages: { metadata?: WireNodeMetadata | null; containers: WireContainerInfo[] }[] }>('machine.ContainersResponse'),
   logsRequest: codec<{ namespace: string; id: string; driver: ContainerDriver; follow: boolean; tailLines: number }>('machine.LogsRequest'),
   data: codec<{ metadata?: WireNodeMetadata | null; bytes: Buffer }>('common.Data'),
+  applyConfigurationRequest: codec<WireApplyConfigurationRequest>('machine.ApplyConfigurationRequest'),
+  applyConfigurationResponse: codec<{ messages: WireApplyConfiguration[] }>('machine.ApplyConfigurationResponse'),
 } as const;
+
+/** machine.ApplyConfigurationRequest.Mode: REBOOT is the zero value, so a client always sets one (talosctl: AUTO). */
+export enum ApplyMode {
+  REBOOT = 0,
+  AUTO = 1,
+  NO_REBOOT = 2,
+  STAGED = 3,
+  TRY = 4,
+}
+
+export interface WireApplyConfigurationRequest {
+  data: Uint8Array;
+  mode: ApplyMode;
+  dryRun: boolean;
+  tryModeTimeout?: { seconds: number | string; nanos: number } | null;
+}
+
+export interface WireApplyConfiguration {
+  metadata?: WireNodeMetadata | null;
+  warnings: string[];
+  mode: ApplyMode;
+  modeDetails: string;
+}
+
+/**
+ * Request metadata of ApplyConfiguration, ours (generic clients never send it): the `metadata.version` of the
+ * MachineConfig `v1alpha1` resource the new config was made from. When the running config has moved on since, the
+ * apply is refused (FAILED_PRECONDITION, kind version-conflict) and nothing changes.
+ */
+export const CONFIG_VERSION_METADATA_KEY = 'cosi-config-version';
 
 /** Generic access to any request/response type of the State service (writes included). */
 export function codecFor(fullName: string): Codec<Record<string, unknown>> {

@@ -1,5 +1,5 @@
 // A typo in the machine config is refused the way Talos refuses it, where the user meets it: the compiled cosid
-// keeps its pods and says why in its log, in MachineConfigStatus and in `cosictl get mcs`; the kubelet keeps
+// keeps its pods and says why in its log, in MachineConfigStatus and in `cosictl get mcstatus`; the kubelet keeps
 // running the pods. A YAML error reads whole on one line; a real Talos config with sections cosid does not model
 // still loads.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -78,7 +78,7 @@ auto: stable
 `;
 
 describe('cosid refuses a machine config with a key Talos does not know', () => {
-  it('keeps both pods, and says file, line, column, the key and the near one in its log, the status and get mcs', async () => {
+  it('keeps both pods, and says file, line, column, the key and the near one in its log, the status and get mcstatus', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'cosi-strict-'));
     dirs.push(dir);
     const pki = await makePki();
@@ -107,7 +107,7 @@ describe('cosid refuses a machine config with a key Talos does not know', () => 
       const expected = `${configPath}:4:3: unknown key machine.podz (did you mean machine.pods?)`;
       await eventually(() => expect(logLines(stderr, 'machine config rejected; keeping the last good state').map((l) => l.error)).toEqual([expected]));
       expect((await client.get('machineconfigstatus', 'machine-config')).spec).toMatchObject({ error: expected, pods: 2 });
-      const mcs = await run([...cli, 'get', 'mcs']);
+      const mcs = await run([...cli, 'get', 'mcstatus']);
       expect(mcs.stderr).toBe('');
       expect(mcs.stdout.split('\n')[1]).toMatch(new RegExp(`^strict-node\\s+config\\s+MachineConfigStatus\\s+machine-config\\s+\\d+\\s+2\\s+0\\s+${escape(expected)}$`));
       // Nothing changed: the same pods at the same versions, and the kubelet is still served both.
@@ -116,11 +116,11 @@ describe('cosid refuses a machine config with a key Talos does not know', () => 
       const served = (await (await fetch(String((url as { url?: unknown } | null)?.url))).json()) as { items: { metadata: { name: string } }[] };
       expect(served.items.map((p) => p.metadata.name).sort()).toEqual(['nginx', 'web']);
 
-      // A YAML error reads whole, on one line, in the log and in get mcs.
+      // A YAML error reads whole, on one line, in the log and in get mcstatus.
       await writeFile(configPath, BROKEN_YAML);
       const yamlError = `${configPath}:5:1: Flow sequence in block collection must be sufficiently indented and end with a ], after "pods: [" (line 4)`;
       await eventually(() => expect(logLines(stderr, 'machine config rejected; keeping the last good state').map((l) => l.error)).toEqual([expected, yamlError]));
-      const mcsYaml = await run([...cli, 'get', 'mcs']);
+      const mcsYaml = await run([...cli, 'get', 'mcstatus']);
       expect(mcsYaml.stdout.split('\n')[1]).toMatch(new RegExp(`\\s${escape(yamlError)}$`));
       expect(await ids()).toEqual(['default-nginx@1', 'default-web@1']);
 

@@ -31,3 +31,11 @@ export function authorizeRead(peer: Peer, sensitive: boolean, type: string): voi
     throw new CosiError('permission-denied', `not authorized: ${type} is sensitive and needs role os:admin`);
   }
 }
+
+/** Changes to the node (ApplyConfiguration) need os:admin, as on Talos outside maintenance mode. */
+export function authorizeAdmin(peer: Peer, what: string): void {
+  if (!peer.roles.includes('os:admin')) {
+    const has = peer.roles.length === 0 ? `none of the roles ${ROLES.join(', ')}` : `only ${peer.roles.join(', ')}`;
+    throw new CosiError('permission-denied', `not authorized: ${what} needs role os:admin; certificate ${peer.subject} has ${has}`);
+  }
+}

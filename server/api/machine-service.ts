@@ -1,5 +1,6 @@
 // machine.MachineService, wire-compatible with Talos: Containers and Logs for the static pods' containers (CRI) and
-// the kubelet's log. grpc-js answers UNIMPLEMENTED for every other method of the service.
+// the kubelet's log, and ApplyConfiguration for the machine config (server/api/apply-config.ts). grpc-js answers
+// UNIMPLEMENTED for every other method of the service.
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { realpath } from 'node:fs/promises';
@@ -11,6 +12,7 @@ import { CriClient } from '../runtime/cri.js';
 import { listPods, parseContainerRef, resolveContainerLog } from '../runtime/inspector.js';
 import { readLog } from '../runtime/log-file.js';
 import { authorizeRead, peerOf } from './access.js';
+import { applyConfigurationHandler, type ApplierRef } from './apply-config.js';
 import { callRecorder, toStatus } from './service.js';
 import type { Metrics } from '../metrics.js';
 import { drained, requestOf, tolerant } from './requests.js';
@@ -36,6 +38,8 @@ export interface MachineServiceDeps {
   /** Open `Logs` streams one connection may hold (default 64). */
   maxLogStreamsPerConnection?: number;
   metrics?: Metrics;
+  /** Who applies a machine config given with ApplyConfiguration (unset: answered UNAVAILABLE). */
+  applier?: ApplierRef;
 }
 
 /** Talos's namespaces: `k8s.io` for Kubernetes' containers (driver CRI), `system` for its own services. */
@@ -101,6 +105,8 @@ export function machineService(deps: MachineServiceDeps): MachineService {
   }
 
   const handlers: grpc.UntypedServiceImplementation = {
+    ApplyConfiguration: applyConfigurationHandler({ applier: deps.applier ?? { current: undefined }, nodeName, record, withNode, header, ...(deps.metrics !== undefined ? { metrics: deps.metrics } : {}) }),
+
     Containers(call: grpc.ServerUnaryCall<ContainersRequest, unknown>, callback: grpc.sendUnaryData<unknown>) {
       const started = Date.now();
       void (async () => {

@@ -52,12 +52,13 @@ export function toStatus(err: unknown): Partial<grpc.StatusObject> {
 }
 
 /** What one service records of each finished call: its method, what it named (kind, ID), its start, its error. */
-export type CallRecorder = (call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, method: string, what: Record<string, string>, started: number, err?: unknown) => void;
+export type CallRecorder = (call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, method: string, what: Readonly<Record<string, unknown>>, started: number, err?: unknown) => void;
 
 /**
  * The one place calls are recorded, for every service: a refusal (PERMISSION_DENIED, UNAUTHENTICATED) is logged
  * once per peer subject and reason, and with `audit` every call gets one line: peer subject, roles, method, what it
- * named (each value cut at 256 characters), outcome, duration.
+ * named (each string cut at 256 characters; lists of names come as namesForLog's count and first few), outcome,
+ * duration.
  */
 export function callRecorder(log: Logger, audit: boolean, service: string, metrics?: Metrics): CallRecorder {
   // A bounded memory of the refusals already logged.
@@ -84,7 +85,7 @@ export function callRecorder(log: Logger, audit: boolean, service: string, metri
       }
     }
     if (audit) {
-      const named = Object.fromEntries(Object.entries(what).map(([k, v]) => [k, v.slice(0, 256)]));
+      const named = Object.fromEntries(Object.entries(what).map(([k, v]) => [k, typeof v === 'string' ? v.slice(0, 256) : v]));
       log.info('audit', { peer: peer.subject, roles: peer.roles, method, ...named, outcome: grpc.status[code] ?? String(code), durationMs: Date.now() - started });
     }
   };

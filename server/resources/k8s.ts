@@ -1,4 +1,5 @@
-// The static pod resource types, as Talos defines them (talos-static-pods.md).
+// The static pod resource types and the machine config, as Talos defines them (talos-static-pods.md,
+// talos-machine-config-api.md), and cosid's MachineConfigStatus.
 import { toStruct, wire, type Json } from '../../shared/wire.js';
 import type { Registry } from './registry.js';
 
@@ -10,6 +11,10 @@ export const STATIC_POD_SERVER_STATUS_ID = 'static-pod-server-status';
 export const CONFIG_NAMESPACE = 'config';
 export const MACHINE_CONFIG_STATUS_TYPE = 'MachineConfigStatuses.config.cosi-pods.dev';
 export const MACHINE_CONFIG_STATUS_ID = 'machine-config';
+/** Talos's machine config resource: the config text as given, `v1alpha1` running and `persistent` saved. */
+export const MACHINE_CONFIG_TYPE = 'MachineConfigs.config.talos.dev';
+export const RUNNING_CONFIG_ID = 'v1alpha1';
+export const SAVED_CONFIG_ID = 'persistent';
 
 /** Set on a StaticPod that failed validation (it is not served to the kubelet). */
 export const INVALID_LABEL = 'cosi-pods.dev/invalid';
@@ -24,10 +29,23 @@ function asObject(spec: Json): { [key: string]: Json } {
 
 export function registerK8sTypes(registry: Registry): void {
   registry.registerNamespace(CONFIG_NAMESPACE, 'Machine configuration state.');
+  // Registered before MachineConfigStatus: Talos's aliases mc and mcs are this type's, so MachineConfigStatus's
+  // derived short alias mcs gives way (see Registry.register).
+  registry.register({
+    type: MACHINE_CONFIG_TYPE,
+    displayType: 'MachineConfig',
+    defaultNamespace: CONFIG_NAMESPACE,
+    aliases: ['machineconfig', 'mc', 'mcs'],
+    // The whole config, keys and tokens of other Talos documents included: os:admin only, as on Talos.
+    sensitive: true,
+    encodeProto: (spec) => wire.machineConfigSpec.encode({ yamlMarshalled: Buffer.from(typeof spec === 'string' ? spec : '', 'utf8') }),
+  });
   registry.register({
     type: MACHINE_CONFIG_STATUS_TYPE,
     displayType: 'MachineConfigStatus',
     defaultNamespace: CONFIG_NAMESPACE,
+    // Its derived mcs is Talos's alias of MachineConfig.
+    aliases: ['mcstatus'],
     printColumns: [
       { name: 'Pods', jsonPath: '{.pods}' },
       { name: 'Invalid', jsonPath: '{.invalidPods}' },

@@ -119,12 +119,15 @@ export class Registry {
       const owner = this.claimed.get(name);
       if (owner !== undefined) throw new CosiError('already-exists', `alias ${JSON.stringify(name)} of ${input.type} is already used by ${owner}`);
     }
-    for (const name of derived.short) {
+    // A name another type claimed (its own name or an explicit alias, as Talos's mcs for MachineConfig) is not
+    // shared: the derived short alias gives way instead of making that name ambiguous.
+    const short = derived.short.filter((name) => !this.claimed.has(name) && !unique.includes(name));
+    for (const name of short) {
       const clash = [...this.byType.values()].filter((d) => d.names.includes(name)).map((d) => d.type);
       if (clash.length > 0) this.warn('short alias is shared; it will be ambiguous', { alias: name, types: [input.type, ...clash] });
     }
     for (const name of unique) this.claimed.set(name, input.type);
-    const aliases = [...new Set([...explicit, derived.unique[0] ?? '', ...derived.short])].filter((a) => a !== '');
+    const aliases = [...new Set([...explicit, derived.unique[0] ?? '', ...short])].filter((a) => a !== '');
     const allAliases = [...new Set([...aliases, ...derived.unique])];
     const def: Definition = {
       type: input.type,
