@@ -384,3 +384,26 @@ describe('cosictl edit machineconfig', () => {
     expect((await config('v1alpha1')).spec).toBe(machineConfig([pod('web', 'nginx:meanwhile')]));
   });
 });
+
+describe('usage of the config commands', () => {
+  it.each([
+    [['apply-config'], 'apply-config needs the config file: cosictl apply-config -f FILE', 'apply-config'],
+    [['apply-config', '-f', 'x', '--mode', 'reboot'], '--mode reboot is not supported: cosid has nothing to reboot; use auto, no-reboot, staged or try', 'apply-config'],
+    [['apply-config', '-f', 'x', '--timeout', 'soon'], '--timeout needs a positive duration such as 1m, 30s or 1m30s, not "soon"', 'apply-config'],
+    [['apply-config', '-f', 'x', '--patch-file', 'p'], '--patch-file does not apply to apply-config', 'apply-config'],
+    [['patch', 'mc'], "patch needs a patch: -p @patch.yaml, -p '<json patch>' or --patch-file FILE", 'patch'],
+    [['patch', 'staticpods', '-p', '[]'], 'patch changes the machine config only (machineconfig, mc), not "staticpods"', 'patch'],
+    [['edit', 'mc', 'persistent'], 'edit changes the running config (v1alpha1) only, not "persistent"', 'edit'],
+    [['edit', 'mc', '-f'], '-f does not apply to edit', 'edit'],
+  ] as const)('%j: exit code 2, one line and the help to read', async (args, message, command) => {
+    const r = await cosictl([...args]);
+    expect(r).toEqual({ code: 2, stdout: '', stderr: `error: ${message}\nrun 'cosictl ${command} --help' for usage\n` });
+  });
+
+  it.each(['apply-config', 'patch', 'edit'])('%s --help prints its own help', async (command) => {
+    const r = await cosictl([command, '--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^cosictl ${command}: `));
+    expect(r.stdout).toContain('--mode');
+  });
+});
