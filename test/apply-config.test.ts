@@ -5,10 +5,10 @@
 // line and the metrics, and `buf curl` with only our .proto files.
 import * as grpc from '@grpc/grpc-js';
 import { execFile, spawnSync } from 'node:child_process';
-import { readdir, readFile, stat, chmod, writeFile } from 'node:fs/promises';
+import { chmod, readdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { connect, type CosiResource, type WatchEvent } from '../client/index.js';
 import { issueClientCert } from '../shared/pki.js';
 import { ApplyMode, type Json } from '../shared/wire.js';
@@ -27,6 +27,10 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await n?.close();
+});
+// Every test starts from A, saved and running, whatever the one before left.
+beforeEach(async () => {
+  await reset();
 });
 
 /** The StaticPods as id=image. */
@@ -305,7 +309,9 @@ describe('the saved config is the file', () => {
     expect(await readdir(n.dir)).toEqual(['machine.yaml']);
     // The status was written once, by the apply; then a hand edit is the next load, and the only one.
     expect(await statusVersion()).toBe(status + 1);
-    await writeFile(n.configPath, C);
+    // As editors save: a new file renamed over the old one (a write in place could be read half done, a load of its own).
+    await writeFile(join(n.dir, 'edit.tmp'), C);
+    await rename(join(n.dir, 'edit.tmp'), n.configPath);
     await eventually(async () => expect(await pods()).toEqual(['default-web=nginx:3']));
     expect(await statusVersion()).toBe(status + 2);
     expect((await config('persistent')).spec).toBe(C);
