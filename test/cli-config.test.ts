@@ -10,7 +10,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import type { CosiResource, Json, WatchEvent } from '../client/index.js';
 import { eventually, pod } from './harness.js';
-import { machineConfig, startNode, type TestNode } from './pipeline-harness.js';
+import { freePort, machineConfig, startNode, type TestNode } from './pipeline-harness.js';
 
 const CLI = join(process.cwd(), 'dist', 'client', 'cli', 'main.js');
 const MC = 'MachineConfigs.config.talos.dev';
@@ -244,6 +244,18 @@ describe('cosictl apply-config', () => {
 });
 
 describe('cosictl patch machineconfig', () => {
+  it('keeps the comments and layout of what the patch does not touch, and other documents byte for byte', async () => {
+    const other = ['---', '# the other document', 'apiVersion: v1alpha1', 'kind: KubeStaticPodConfig  # kept as written', 'name: extra', 'pod: {apiVersion: v1, kind: Pod, metadata: {name: extra}, spec: {containers: [{name: extra, image: "busybox:1"}]}}', ''].join('\n');
+    const commented = `# my node\n${A.replace('type: worker', 'type: worker # the kind')}${other}`;
+    await n.client.applyConfiguration(commented);
+    const r = await cosictl(['patch', 'mc', '-p', 'machine:\n  pods:\n    - metadata: {name: db}\n      $patch: delete\n']);
+    expect(r.code).toBe(0);
+    const text = String((await config('v1alpha1')).spec);
+    expect(text.startsWith('# my node\nversion: v1alpha1\nmachine:\n  type: worker # the kind\n')).toBe(true);
+    expect(text.endsWith(other)).toBe(true);
+    expect(text).not.toContain('postgres');
+  });
+
   it('strategic merge with $patch: delete replaces a pod and removes another: the StaticPod watch sees it', async () => {
     const w = await watchPods();
     const patch = await file(
