@@ -125,6 +125,40 @@ export interface LogsOptions extends CallOptions {
   tailLines?: number;
 }
 
+/**
+ * How a config change is applied (talosctl's --mode): `auto` (the default, as talosctl's) and `no-reboot` apply it
+ * now and save it; `try` applies it now without saving and reverts it after `tryTimeoutMs` unless a later apply
+ * confirms it; `staged` saves it for the next start without applying it. Talos's REBOOT is not offered: cosid has
+ * nothing to reboot (it refuses it, as Talos 1.14 does outside maintenance).
+ */
+export type ApplyMode = 'auto' | 'no-reboot' | 'staged' | 'try';
+
+export interface ApplyConfigurationOptions extends CallOptions {
+  /** Default `auto`. */
+  mode?: ApplyMode;
+  /** Change nothing; the answer's `modeDetails` says what would happen and holds a unified diff of the config. */
+  dryRun?: boolean;
+  /** With mode `try`: how long before the tried config is reverted (default: the server's, 1 minute). */
+  tryTimeoutMs?: number;
+  /**
+   * The `metadata.version` of the MachineConfig `v1alpha1` resource the new config was made from (cosid's request
+   * metadata `cosi-config-version`): when the running config has changed since, the apply fails with
+   * `version-conflict` and nothing changes. Without it the config replaces whatever runs, as on Talos.
+   */
+  expectedVersion?: number;
+}
+
+export interface ApplyConfigurationResult {
+  /** The node that answered (Talos's metadata.hostname). */
+  node: string;
+  /** What was done: `auto` answers as `no-reboot`. `reboot` only from a Talos node that chose to reboot. */
+  mode: ApplyMode | 'reboot';
+  /** The server's summary (a dry run's includes the diff); printed by cosictl on stderr. */
+  modeDetails: string;
+  /** Findings that did not stop the apply (none on a dry run). */
+  warnings: string[];
+}
+
 export type ConnectionState = 'connecting' | 'streaming' | 'reconnecting' | 'resyncing' | 'closed';
 
 /** A clock a watch waits on; tests pass one they drive by hand. The default is the global timers. */
@@ -209,6 +243,13 @@ export interface CosiClient {
    * as chunks of whole lines, pulled: the server reads the file only as fast as the loop.
    */
   logs(id: string, opts?: LogsOptions): AsyncGenerator<Buffer, void, undefined>;
+  /**
+   * Replaces the node's machine config (Talos's machine.MachineService/ApplyConfiguration; os:admin only): `config`
+   * is the whole YAML text. Fails with `invalid-argument` (YAML errors with line and column, an invalid pod naming
+   * the pod and the field), `permission-denied`, `version-conflict` (see `expectedVersion`), `failed-precondition`
+   * (another apply in progress, a config file cosid cannot write) or `unimplemented`; nothing changes then.
+   */
+  applyConfiguration(config: string, opts?: ApplyConfigurationOptions): Promise<ApplyConfigurationResult>;
   /** Closes the connection: calls in flight fail with `cancelled`, watches end. */
   close(): void;
   /** close(), then waits for the open watches to end. */

@@ -9,10 +9,10 @@ import type { Observable } from 'rxjs';
 import { CosiError } from '../shared/errors.js';
 import { EVENT_FORM_METADATA_KEY, wire, type Codec, type WireListRequest } from '../shared/wire.js';
 import { CallContext, checkMs, connectionFailure, toCosiError } from './call.js';
-import { DEFAULT_PORT, FLOW_CONTROL_WINDOW, type CallOptions, type ClientLogger, type ConnectOptions, type CosiClient, type ListOptions, type LogsOptions, type ReadOptions, type WatchOptions, type WatchStream } from './client.js';
+import { DEFAULT_PORT, FLOW_CONTROL_WINDOW, type ApplyConfigurationOptions, type ApplyConfigurationResult, type CallOptions, type ClientLogger, type ConnectOptions, type CosiClient, type ListOptions, type LogsOptions, type ReadOptions, type WatchOptions, type WatchStream } from './client.js';
 import { diagnoseConnection, type ProbeTarget } from './diagnose.js';
 import { fromWireResource, toDefinition, toWatchEvent, toWireQueries, toWireWatchRequest, type WatchRequest } from './convert.js';
-import { listContainers, streamLogs, type MachineTransport } from './machine.js';
+import { applyConfiguration, listContainers, streamLogs, type MachineTransport } from './machine.js';
 import type { ContainerInfo, CosiResource, ResourceDefinition, WatchEvent } from './resource.js';
 import { observeWatch, openWatchStream, type WatchTransport } from './watch.js';
 
@@ -159,6 +159,10 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
 
   containers(opts: CallOptions = {}): Promise<ContainerInfo[]> {
     return listContainers(this, this.context('Containers', opts));
+  }
+
+  applyConfiguration(config: string, opts: ApplyConfigurationOptions = {}): Promise<ApplyConfigurationResult> {
+    return applyConfiguration(this, config, opts, this.context('ApplyConfiguration', opts));
   }
 
   logs(id: string, opts: LogsOptions = {}): AsyncGenerator<Buffer, void, undefined> {

@@ -8,6 +8,9 @@
 /// <reference types="node" preserve="true" />
 export { connect, connectContext, FLOW_CONTROL_WINDOW } from './client.js';
 export type {
+  ApplyConfigurationOptions,
+  ApplyConfigurationResult,
+  ApplyMode,
   CallOptions,
   ClientLogger,
   ClientOptions,

@@ -1,8 +1,10 @@
 // machine.MachineService calls (Talos's Containers and Logs) for the client library. Internal: the client's
 // containers() and logs() are the public way in.
-import type * as grpc from '@grpc/grpc-js';
-import { ContainerDriver, machineWire, type WireContainerInfo } from '../shared/wire.js';
-import type { CallContext } from './call.js';
+import * as grpc from '@grpc/grpc-js';
+import { CosiError } from '../shared/errors.js';
+import { ApplyMode as WireMode, CONFIG_VERSION_METADATA_KEY, ContainerDriver, machineWire, type WireApplyConfiguration, type WireApplyConfigurationRequest, type WireContainerInfo } from '../shared/wire.js';
+import { checkMs, type CallContext } from './call.js';
+import type { ApplyConfigurationOptions, ApplyConfigurationResult, ApplyMode } from './client.js';
 import type { ContainerInfo } from './resource.js';
 
 export type { ContainerInfo } from './resource.js';
@@ -73,6 +75,75 @@ export async function* streamLogs(t: MachineTransport, id: string, opts: { follo
     stop();
     call.cancel();
   }
+}
+
+const WIRE_MODES: Readonly<Record<ApplyMode, WireMode>> = { auto: WireMode.AUTO, 'no-reboot': WireMode.NO_REBOOT, staged: WireMode.STAGED, try: WireMode.TRY };
+const MODES_OF_WIRE: Readonly<Record<WireMode, ApplyConfigurationResult['mode']>> = {
+  [WireMode.REBOOT]: 'reboot',
+  [WireMode.AUTO]: 'auto',
+  [WireMode.NO_REBOOT]: 'no-reboot',
+  [WireMode.STAGED]: 'staged',
+  [WireMode.TRY]: 'try',
+};
+
+/** The request an apply makes, checked before anything is sent. */
+function applyRequest(config: string, opts: ApplyConfigurationOptions): { body: WireApplyConfigurationRequest; metadata: grpc.Metadata } {
+  if (typeof config !== 'string') throw new CosiError('invalid-argument', 'applyConfiguration needs the machine config as YAML text');
+  const modeName = opts.mode ?? 'auto';
+  // Talos's REBOOT (the wire's zero value) is never sent: cosid has nothing to reboot and refuses it.
+  const mode = Object.hasOwn(WIRE_MODES, modeName) ? WIRE_MODES[modeName] : undefined;
+  if (mode === undefined) throw new CosiError('invalid-argument', `unknown apply mode ${JSON.stringify(modeName)}: use auto, no-reboot, staged or try`);
+  const body: WireApplyConfigurationRequest = { data: Buffer.from(config, 'utf8'), mode, dryRun: opts.dryRun === true };
+  if (opts.tryTimeoutMs !== undefined) {
+    const ms = checkMs('tryTimeoutMs', opts.tryTimeoutMs, 0);
+    if (!Number.isFinite(ms)) throw new CosiError('invalid-argument', 'tryTimeoutMs must be a finite number of milliseconds');
+    const whole = Math.round(ms);
+    body.tryModeTimeout = { seconds: Math.floor(whole / 1000), nanos: (whole % 1000) * 1e6 };
+  }
+  const metadata = new grpc.Metadata();
+  if (opts.expectedVersion !== undefined) {
+    const v = opts.expectedVersion;
+    if (!Number.isSafeInteger(v) || v < 1) throw new CosiError('invalid-argument', `expectedVersion must be a resource version (a whole number from 1), not ${String(v)}`);
+    metadata.set(CONFIG_VERSION_METADATA_KEY, String(v));
+  }
+  return { body, metadata };
+}
+
+/** machine.MachineService/ApplyConfiguration: the whole config, the node's one answer as plain types. */
+export function applyConfiguration(t: MachineTransport, config: string, opts: ApplyConfigurationOptions, ctx: CallContext): Promise<ApplyConfigurationResult> {
+  return new Promise((resolve, reject) => {
+    ctx.throwIfCancelled();
+    const { body, metadata } = applyRequest(config, opts);
+    let stop = () => {};
+    const call = t.channel.makeUnaryRequest(
+      '/machine.MachineService/ApplyConfiguration',
+      (v: WireApplyConfigurationRequest) => Buffer.from(machineWire.applyConfigurationRequest.encode(v)),
+      (b: Buffer) => machineWire.applyConfigurationResponse.decode(b),
+      body,
+      metadata,
+      ctx.grpcOptions(),
+      (err, res) => {
+        stop();
+        if (err != null) return void ctx.failure(err).then(reject);
+        const [message, ...more] = res?.messages ?? [];
+        if (message === undefined || more.length > 0) return reject(new CosiError('internal', `ApplyConfiguration answered ${res?.messages.length ?? 0} messages, not one`));
+        try {
+          resolve(fromWireApply(message));
+        } catch (e) {
+          reject(e);
+        }
+      },
+    );
+    call.on('metadata', (md) => t.noteNode(md));
+    stop = ctx.onCancel(() => call.cancel());
+  });
+}
+
+function fromWireApply(m: WireApplyConfiguration): ApplyConfigurationResult {
+  // A proxy's per-node failure (Talos's apid) travels as metadata.error in a successful answer.
+  const error = m.metadata?.error ?? '';
+  if (error !== '') throw new CosiError('unknown', error);
+  return { node: m.metadata?.hostname ?? '', mode: MODES_OF_WIRE[m.mode] ?? 'auto', modeDetails: m.modeDetails, warnings: [...m.warnings] };
 }
 
 function fromWire(c: WireContainerInfo): ContainerInfo {

@@ -93,9 +93,9 @@ describe('cosictl usage errors', () => {
     [['logs', 'kubelet', '--tail', 'x'], '--tail needs a number of lines from 0 to 2147483647, not "x" (leave it out for the whole log)', 'logs'],
     [['containers'], 'cosid serves the Kubernetes containers only: use cosictl containers -k (--kubernetes)', 'containers'],
     [['wait', 'sp'], 'wait needs a condition: --for delete, --for condition=NAME[=VALUE] or --for jsonpath=\'{.EXPR}\'=VALUE', 'wait'],
-    [['frob'], 'unknown command "frob": the commands are get, containers, logs, wait, gen', undefined],
+    [['frob'], 'unknown command "frob": the commands are get, apply-config, patch, edit, containers, logs, wait, gen', undefined],
     [['--bogus'], "Unknown option '--bogus'", undefined],
-    [['help', 'frob'], 'no help for "frob": the commands are get, containers, logs, wait, gen', undefined],
+    [['help', 'frob'], 'no help for "frob": the commands are get, apply-config, patch, edit, containers, logs, wait, gen', undefined],
     [['get', '--version'], '--version does not apply to get', 'get'],
   ] as const)('%j: exit code 2, one line and the help to read', async (args, message, command) => {
     const r = await cosictl(args);

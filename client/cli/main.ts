@@ -23,6 +23,9 @@ const COMMAND_FLAGS: Readonly<Record<string, readonly string[]>> = {
   containers: [...GLOBAL_FLAGS, 'kubernetes', 'output'],
   logs: [...GLOBAL_FLAGS, 'kubernetes', 'follow', 'tail'],
   wait: [...GLOBAL_FLAGS, 'namespace', 'for', 'timeout'],
+  'apply-config': [...GLOBAL_FLAGS, 'file', 'config-patch', 'mode', 'timeout', 'dry-run'],
+  patch: [...GLOBAL_FLAGS, 'patch', 'patch-file', 'mode', 'timeout', 'dry-run'],
+  edit: [...GLOBAL_FLAGS, 'mode', 'timeout', 'dry-run'],
   // gen talks to no node: only the flags it uses.
   'gen pki': ['help', 'out', 'san', 'endpoint', 'force'],
   'gen cert': ['help', 'cosiconfig', 'ca-dir', 'name', 'roles', 'ttl', 'out', 'endpoint'],
@@ -67,11 +70,41 @@ const OPTIONS = {
   for: { type: 'string' },
   timeout: { type: 'string' },
   version: { type: 'boolean', default: false },
+  mode: { type: 'string', short: 'm' },
+  'dry-run': { type: 'boolean', default: false },
+  patch: { type: 'string', short: 'p', multiple: true },
+  'patch-file': { type: 'string' },
 } as const;
+
+/**
+ * apply-config takes talosctl's -f FILE and -p PATCH (--config-patch): there -f is not logs' --follow. The option
+ * table is the same shape for every command, so the values keep one type.
+ */
+const APPLY_OPTIONS = {
+  ...OPTIONS,
+  follow: { type: 'boolean', default: false },
+  file: { type: 'string', short: 'f' },
+  patch: { type: 'string', multiple: true },
+  'config-patch': { type: 'string', short: 'p', multiple: true },
+} as const;
+const OTHER_OPTIONS = {
+  ...OPTIONS,
+  file: { type: 'string' },
+  'config-patch': { type: 'string', multiple: true },
+} as const;
+
+/** The command named before any flag is known: flags that take a value are skipped with their value. */
+function commandBefore(argv: readonly string[]): string | undefined {
+  return parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: false }).positionals[0];
+}
+
+/** The names a command answers to: talosctl's `apply` for apply-config. */
+const COMMAND_ALIASES: Readonly<Record<string, string>> = { apply: 'apply-config' };
 
 /** The command the arguments name ("get", "gen pki"), read leniently: for the help an error points to. */
 function commandOf(positionals: readonly string[]): string | undefined {
-  const [command, sub] = positionals;
+  const [given, sub] = positionals;
+  const command = given !== undefined ? (COMMAND_ALIASES[given] ?? given) : undefined;
   if (command === 'gen' && (sub === 'pki' || sub === 'cert')) return `gen ${sub}`;
   return command !== undefined && hasHelp(command) ? command : undefined;
 }
@@ -90,13 +123,14 @@ async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (!(err instanceof Error && 'code' in err && String(err.code).startsWith('ERR_PARSE_ARGS'))) throw err;
     // Unknown flag, missing value: point to the help of the command it was given to.
-    const loose = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: false });
+    const loose = parseArgs({ args: argv, options: optionsFor(argv), allowPositionals: true, strict: false });
     // Node's words for an unknown flag go on to explain '--'; the first sentence says it.
     const message = err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? (/^Unknown option '[^']*'/.exec(err.message)?.[0] ?? err.message) : err.message;
     throw new UsageError(message, commandOf(loose.positionals));
   }
   const { values, positionals, tokens } = parsed;
-  const [command, ...rest] = positionals;
+  const [named, ...rest] = positionals;
+  const command = named !== undefined ? (COMMAND_ALIASES[named] ?? named) : undefined;
   const given = tokens.flatMap((t) => (t.kind === 'option' ? [{ name: t.name, rawName: t.rawName }] : []));
   if (command === undefined) {
     if (values.help) {
@@ -114,12 +148,12 @@ async function main(argv: string[]): Promise<number> {
   if (command === 'help') {
     // cosictl help [<command> [<subcommand>]]
     const about = rest.length === 0 ? undefined : commandOf(rest);
-    if (rest.length > 0 && (about === undefined || about.split(' ').length < rest.length)) throw new UsageError(`no help for ${JSON.stringify(rest.join(' '))}: the commands are get, containers, logs, wait, gen`);
+    if (rest.length > 0 && (about === undefined || about.split(' ').length < rest.length)) throw new UsageError(`no help for ${JSON.stringify(rest.join(' '))}: the commands are get, apply-config, patch, edit, containers, logs, wait, gen`);
     process.stdout.write(helpFor(about));
     return 0;
   }
   const key = commandOf(positionals);
-  if (key === undefined) throw new UsageError(`unknown command ${JSON.stringify(command)}: the commands are get, containers, logs, wait, gen`);
+  if (key === undefined) throw new UsageError(`unknown command ${JSON.stringify(command)}: the commands are get, apply-config, patch, edit, containers, logs, wait, gen`);
   if (values.help) {
     process.stdout.write(helpFor(key));
     return 0;
@@ -134,8 +168,33 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+function optionsFor(argv: readonly string[]): typeof OTHER_OPTIONS | typeof APPLY_OPTIONS {
+  const command = commandBefore(argv);
+  return command === 'apply-config' || command === 'apply' ? APPLY_OPTIONS : OTHER_OPTIONS;
+}
+
+/**
+ * A patch given inline may start with a dash (an RFC 6902 patch as a YAML list: "- op: add ..."), which parseArgs
+ * would take for a flag: the value after -p/--patch/--config-patch is joined to it (--patch=VALUE) first.
+ */
+function withPatchValues(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] ?? '';
+    const next = argv[i + 1];
+    if (arg === '--') return [...out, ...argv.slice(i)];
+    const long = arg === '-p' ? (commandBefore(argv) === 'apply-config' || commandBefore(argv) === 'apply' ? 'config-patch' : 'patch') : arg === '--patch' || arg === '--config-patch' ? arg.slice(2) : undefined;
+    if (long !== undefined && next !== undefined) {
+      out.push(`--${long}=${next}`);
+      i++;
+    } else out.push(arg);
+  }
+  return out;
+}
+
 function parse(argv: string[]) {
-  return parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true, tokens: true });
+  const args = withPatchValues(argv);
+  return parseArgs({ args, options: optionsFor(args), allowPositionals: true, strict: true, tokens: true });
 }
 type Values = ReturnType<typeof parse>['values'];
 
@@ -186,6 +245,21 @@ async function run(command: string, rest: string[], values: Values): Promise<num
         throw err instanceof wait.WaitArgumentError ? new UsageError(err.message) : err;
       }
       return wait.runWait({ ...targetOptions, type, id, namespace: values.namespace, condition, timeoutMs });
+    }
+    case 'apply-config':
+    case 'patch':
+    case 'edit': {
+      const apply = await import('./apply-config.js');
+      const flags = { mode: apply.parseMode(values.mode), dryRun: values['dry-run'], tryTimeoutMs: apply.parseTryTimeout(values.timeout) };
+      if (command === 'apply-config') {
+        if (rest.length > 0) throw new UsageError(`apply-config takes no arguments; unexpected ${JSON.stringify(rest.join(' '))} (the config is -f FILE)`);
+        return apply.runApplyConfig({ ...targetOptions, ...flags, file: values.file, patches: values['config-patch'] ?? [] });
+      }
+      if (command === 'patch') {
+        const patches = [...(values.patch ?? []), ...(values['patch-file'] !== undefined ? [`@${values['patch-file']}`] : [])];
+        return (await import('./patch.js')).runPatch({ ...targetOptions, ...flags, args: rest, patches });
+      }
+      return (await import('./edit.js')).runEdit({ ...targetOptions, ...flags, args: rest });
     }
     case 'gen':
       // Loaded only when needed: X.509 generation is heavy and `get` must start fast.

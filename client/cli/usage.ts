@@ -29,6 +29,9 @@ Usage:
 
 Commands:
   get          print resources: one, a list, or a watch (-w)
+  apply-config apply a machine config from a file (with local patches) to each node
+  patch        patch each node's machine config (strategic merge or RFC 6902) and apply it
+  edit         edit each node's machine config in an editor and apply it
   containers   the Kubernetes pods' sandboxes and containers of the node's container runtime (-k)
   logs         a container's log (-k <id>) or the kubelet's (logs kubelet)
   wait         wait until resources meet a condition, as kubectl wait
@@ -56,6 +59,73 @@ Flags:
   --json-array        with -o json: print one JSON array instead of a sequence of objects
   -w, --watch         print the current resources, then every change ('+' created, '-' destroyed) until Ctrl-C
 
+${GLOBAL_FLAGS}`;
+
+const APPLY_FLAGS = `  -m, --mode MODE     how the change is applied (default: auto):
+                        auto, no-reboot   apply it now and save it (auto answers as no-reboot)
+                        try               apply it now without saving; it is reverted after --timeout unless a
+                                          later apply (not try) confirms it
+                        staged            save it without applying it (applied when cosid next starts)
+  --timeout D         with --mode try: how long before the change is reverted (Go duration: 1m, 30s, 1m30s;
+                      default: the node's, 1m)
+  --dry-run           change nothing: print what would happen and a diff of the config (stderr)
+`;
+
+const APPLY_CONFIG = `cosictl apply-config: replace each node's machine config with a local file, as talosctl apply-config.
+
+The patches (-p) are applied locally to the file before it is sent; the nodes' configs are not read first, so the
+file replaces whatever runs. The node's warnings print to stderr as "WARNING: ...", then what it did.
+
+Usage:
+  cosictl [global flags] apply-config -f FILE [-p PATCH]... [--mode auto|no-reboot|try|staged] [--timeout 1m]
+        [--dry-run]
+
+Flags:
+  -f, --file FILE     required: the whole machine config (YAML)
+  -p, --config-patch PATCH
+                      a patch applied to the file first, repeatable: @file, or the patch itself (see
+                      cosictl patch --help for the forms)
+${APPLY_FLAGS}
+${GLOBAL_FLAGS}`;
+
+const PATCH = `cosictl patch: change each node's machine config with a patch, as talosctl patch machineconfig.
+
+For each node: reads MachineConfig v1alpha1 (the running config and its version), applies the patches locally and
+sends the result with the version it read: a change made on the node in between is refused (exit code 1), never
+overwritten. Prints "patched MachineConfigs.config.talos.dev/v1alpha1 at the node N", or "Apply was skipped: no
+changes detected." when the patches change nothing (the node is then not called). Needs os:admin.
+
+Usage:
+  cosictl [global flags] patch machineconfig -p PATCH... [--patch-file FILE] [--mode MODE] [--timeout 1m]
+        [--dry-run]
+
+Patches (-p @file reads a file; -p '<text>' is the patch itself):
+  strategic merge     a partial config document, merged into the document it names (v1alpha1 when it has no kind,
+                      else apiVersion/kind/name; other documents are added): mappings are merged, lists appended,
+                      values replaced. "$patch: delete" removes a key (key: {$patch: delete}), a list item
+                      (- name: x + $patch: delete; "- metadata: {name: web}" + $patch: delete removes the pod web)
+                      or a whole document
+  RFC 6902            a JSON array of operations ('[{"op": "replace", "path": "/machine/type", "value": "worker"}]')
+                      or the same list in YAML; refused on a multi-document config
+
+Flags:
+  -p, --patch PATCH   repeatable; applied in order
+  --patch-file FILE   one more patch, from FILE
+${APPLY_FLAGS}
+${GLOBAL_FLAGS}`;
+
+const EDIT = `cosictl edit: edit each node's machine config in an editor, as talosctl edit machineconfig.
+
+Opens $COSI_EDITOR, else $EDITOR, else vi (run through sh, so "code --wait" works) on the running config under a
+"#" header, and applies what is saved with the version it read (a change made on the node meanwhile is refused).
+An empty file or an unchanged one skips the apply. A config the node refuses reopens the editor with the error as
+"#" lines on top; saving it unchanged then cancels (exit code 1, a copy of the changes is kept). Needs os:admin.
+
+Usage:
+  cosictl [global flags] edit machineconfig [--mode MODE] [--timeout 1m] [--dry-run]
+
+Flags:
+${APPLY_FLAGS}
 ${GLOBAL_FLAGS}`;
 
 const CONTAINERS = `cosictl containers: the Kubernetes pods' sandboxes and containers, from each node's container runtime.
@@ -164,6 +234,9 @@ Flags:
 
 const HELP: Readonly<Record<string, string>> = {
   get: GET,
+  'apply-config': APPLY_CONFIG,
+  patch: PATCH,
+  edit: EDIT,
   containers: CONTAINERS,
   logs: LOGS,
   wait: WAIT,
