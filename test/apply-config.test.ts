@@ -222,7 +222,10 @@ describe('who may', () => {
       }
     }
     // os:admin reads it, as the text given.
-    expect((await n.client.get('mc', 'v1alpha1')).spec).toBe(A);
+    const running = await n.client.get('mc', 'v1alpha1');
+    expect(running.spec).toBe(A);
+    // Talos's mark of a YAML spec that is the text itself (talosctl's patch and edit read it).
+    expect(running.metadata.annotations).toEqual({ 'talos.dev/yaml-spec': '1' });
     expect((await n.client.list('mcs')).map((r) => r.metadata.id)).toEqual(['persistent', 'v1alpha1']);
   });
 });

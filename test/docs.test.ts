@@ -97,7 +97,7 @@ describe('flags: --help and the docs agree', () => {
   // Each command's own --help too: cosictl's top-level help lists the commands and the global flags only.
   for (const [binary, doc, commands] of [
     ['dist/server/main.js', 'docs/cosid.md', [[]]],
-    ['dist/client/cli/main.js', 'docs/cosictl.md', [[], ['get'], ['containers'], ['logs'], ['wait'], ['gen', 'pki'], ['gen', 'cert']]],
+    ['dist/client/cli/main.js', 'docs/cosictl.md', [[], ['get'], ['containers'], ['logs'], ['wait'], ['apply-config'], ['patch'], ['edit'], ['gen', 'pki'], ['gen', 'cert']]],
   ] as const) {
     it(`${doc} documents every flag of ${binary} --help (and its commands'), and no other`, async () => {
       let text = '';

@@ -314,7 +314,8 @@ export class MachineConfigController implements ConfigApplier {
       [SAVED_CONFIG_ID, configs.saved],
     ] as const) {
       if (text === undefined) continue;
-      const input = { namespace: CONFIG_NAMESPACE, type: MACHINE_CONFIG_TYPE, id, spec: text };
+      // Talos marks a resource whose YAML spec is the text itself; talosctl's patch and edit look for it.
+      const input = { namespace: CONFIG_NAMESPACE, type: MACHINE_CONFIG_TYPE, id, spec: text, annotations: { 'talos.dev/yaml-spec': '1' } };
       writes.push([`machine config resource ${id}`, () => upsert(this.store, input, MACHINE_CONFIG_OWNER)]);
     }
     for (const [what, write] of writes) {
