@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { LineMerger } from '../client/cli/logs.js';
 import { Cosid } from '../server/cosid.js';
-import { CriClient } from '../server/runtime/cri.js';
+import { CriClient } from './kubelet-sim/cri-client.js';
 import type { Json } from '../shared/wire.js';
 import { eventually, makePki, type TestPki } from './harness.js';
 import { CriPodRuntime, type DesiredPod } from './kubelet-sim/cri-runtime.js';
