@@ -1,4 +1,4 @@
-// Scenarios 8-10 (issue 10): containers and logs from a REAL containerd (a private one, test/cri/containerd.ts),
+// Scenarios 8-10 (issue 10): containers and logs from a REAL containerd (a private one, node-sim/containerd.ts),
 // served by a cosid process (dist/server/main.js) over mTLS, each against a peer measured in the same run:
 //   8. logs --tail 100 of a 1 GiB log file        vs `tail -n 100` of the same file
 //   9. follow latency (runtime's CRI time stamp -> client) vs `tail -F` of the same file, concurrently
@@ -16,11 +16,11 @@ import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { connect } from '../dist/client/index.js';
 import { serializeCosiConfig } from '../dist/client/cosiconfig.js';
-import { CriClient } from '../dist/test/kubelet-sim/cri-client.js';
+import { CriClient } from '../dist/node-sim/kubelet/cri-client.js';
 import { CriReader } from '../dist/server/runtime/cri.js';
 import { RuntimeInspector } from '../dist/server/runtime/inspector.js';
 import { readLog } from '../dist/server/runtime/log-file.js';
-import { criPrerequisites, startContainerd } from '../dist/test/cri/containerd.js';
+import { criPrerequisites, startContainerd } from '../dist/node-sim/containerd.js';
 import { freePort, sleep, summarize, timeProcess } from './common.mjs';
 
 const NODE = 'bench';

@@ -1,6 +1,6 @@
 // A reader of the Container Runtime Interface (runtime.v1.RuntimeService) over the runtime's unix socket: the calls
 // cosid makes to see pod sandboxes and containers, nothing that changes them. (The kubelet's write half, for the
-// kubelet simulator, extends it: test/kubelet-sim/cri-client.ts.)
+// kubelet simulator, extends it: node-sim/kubelet/cri-client.ts.)
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { join } from 'node:path';
