@@ -1,4 +1,4 @@
-// Scenarios 8-10 (issue 10): containers and logs from a REAL containerd (a private one, test/cri/containerd.ts),
+// Scenarios 8-10 (issue 10): containers and logs from a REAL containerd (a private one, node-sim/containerd.ts),
 // served by a cosid process (dist/server/main.js) over mTLS, each against a peer measured in the same run:
 //   8. logs --tail 100 of a 1 GiB log file        vs `tail -n 100` of the same file
 //   9. follow latency (runtime's CRI time stamp -> client) vs `tail -F` of the same file, concurrently
@@ -16,10 +16,11 @@ import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { connect } from '../dist/client/index.js';
 import { serializeCosiConfig } from '../dist/client/cosiconfig.js';
-import { CriClient } from '../dist/server/runtime/cri.js';
-import { listPods } from '../dist/server/runtime/inspector.js';
+import { CriClient } from '../dist/node-sim/kubelet/cri-client.js';
+import { CriReader } from '../dist/server/runtime/cri.js';
+import { RuntimeInspector } from '../dist/server/runtime/inspector.js';
 import { readLog } from '../dist/server/runtime/log-file.js';
-import { criPrerequisites, startContainerd } from '../dist/test/cri/containerd.js';
+import { criPrerequisites, startContainerd } from '../dist/node-sim/containerd.js';
 import { freePort, sleep, summarize, timeProcess } from './common.mjs';
 
 const NODE = 'bench';
@@ -329,16 +330,19 @@ export async function runtimeScenarios(ctx) {
       await fn();
       return Number(process.hrtime.bigint() - t0) / 1e6;
     };
-    // listPods keeps what a verbose status said of each running container and ready sandbox; a new CriClient
+    // An inspector keeps what a verbose status said of each running container and ready sandbox; a new one
     // starts without it, as cosid's first listing does (one verbose status per sandbox and per running container).
     ck.listPodsFirst = [];
-    await listPods(cri); // this client's first listing
+    const inspector = new RuntimeInspector(new CriReader(ctrd.endpoint), podLogsDir);
+    cleanup.push(async () => inspector.close());
+    await inspector.listPods(); // this inspector's first listing
     for (let i = 0; i < runs; i++) {
       ck.rpc.push(await timed(() => client.containers()));
-      ck.listPods.push(await timed(() => listPods(cri)));
-      const fresh = new CriClient(ctrd.endpoint);
-      await fresh.version();
-      ck.listPodsFirst.push(await timed(() => listPods(fresh)));
+      ck.listPods.push(await timed(() => inspector.listPods()));
+      const reader = new CriReader(ctrd.endpoint);
+      await reader.version();
+      const fresh = new RuntimeInspector(reader, podLogsDir);
+      ck.listPodsFirst.push(await timed(() => fresh.listPods()));
       fresh.close();
     }
     out.containers = {

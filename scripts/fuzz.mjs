@@ -10,8 +10,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { generatePki } from '../dist/client/gen-pki.js';
 import { Cosid } from '../dist/server/cosid.js';
-import { CriClient } from '../dist/server/runtime/cri.js';
-import { criPrerequisites, startContainerd } from '../dist/test/cri/containerd.js';
+import { CriClient } from '../dist/node-sim/kubelet/cri-client.js';
+import { criPrerequisites, startContainerd } from '../dist/node-sim/containerd.js';
 import { runFuzz } from '../dist/test/fuzz/fuzzer.js';
 import { FUZZ_NAMESPACE, makeMachineFixture, startHostilePods } from '../dist/test/fuzz/machine-fixture.js';
 

@@ -1,6 +1,6 @@
 // `npm start`: the whole loop on an embedded default, loopback only:
 //   cosid (PKI generated into .state/ on first run, examples/machine-config.yaml, watched for edits)
-//   + the kubelet SIMULATOR from test/kubelet-sim (a real kubelet cannot run here), which polls cosid's
+//   + the kubelet SIMULATOR from node-sim/kubelet (a real kubelet cannot run here), which polls cosid's
 //     manifest server and serves /pods/ over mTLS for cosid's status poller;
 //   + a container runtime: a private real containerd when it can run (root, `containerd runc busybox-static umoci`
 //     installed), where the simulator runs the pods for real through CRI; otherwise a simulated one.
@@ -72,7 +72,7 @@ if (!existsSync(join(kubeletPki, 'ca.crt'))) {
 }
 
 // The container runtime: real when it can be, and say which, and why not.
-const { APT_INSTALL, criPrerequisites, startContainerd } = await import('../dist/test/cri/containerd.js');
+const { APT_INSTALL, criPrerequisites, startContainerd } = await import('../dist/node-sim/containerd.js');
 const wanted = process.env.COSI_RUNTIME ?? 'auto';
 if (!['auto', 'real', 'simulated'].includes(wanted)) {
   say(`npm start: unknown COSI_RUNTIME=${wanted}: use real or simulated (or leave it unset)\n`);
@@ -124,7 +124,7 @@ let cosid;
 if (stopSignal === undefined) {
   // 1. The simulator listens (it polls nothing yet), so cosid's first look at the kubelet finds it.
   sim = start([
-    join(root, 'dist', 'test', 'kubelet-sim', 'bin.js'),
+    join(root, 'dist', 'node-sim', 'kubelet', 'bin.js'),
     '--node', node,
     '--static-pod-url', `http://${manifestListen}`,
     '--listen', kubeletListen,

@@ -13,10 +13,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { LineMerger } from '../client/cli/logs.js';
 import { Cosid } from '../server/cosid.js';
-import { CriClient } from '../server/runtime/cri.js';
+import { CriClient } from '../node-sim/kubelet/cri-client.js';
 import type { Json } from '../shared/wire.js';
 import { eventually, makePki, type TestPki } from './harness.js';
-import { CriPodRuntime, type DesiredPod } from './kubelet-sim/cri-runtime.js';
+import { CriPodRuntime, type DesiredPod } from '../node-sim/kubelet/cri-runtime.js';
 
 const CLI = join(process.cwd(), 'dist', 'client', 'cli', 'main.js');
 const MISSING_SOCKET = '/nonexistent/containerd.sock';

@@ -9,7 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import { connect, type WatchEvent } from '../client/index.js';
 import { loadCosiConfig, selectContext } from '../client/cosiconfig.js';
 import { eventually, makePki } from './harness.js';
-import { CriClient } from '../server/runtime/cri.js';
+import { CriClient } from '../node-sim/kubelet/cri-client.js';
 
 const ROOT = process.cwd();
 const children: ChildProcess[] = [];

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { connect, type CosiClient } from '../client/index.js';
 import { reconcileStaticPods } from '../server/controllers/static-pods.js';
 import { Cosid } from '../server/cosid.js';
-import { CriClient } from '../server/runtime/cri.js';
+import { CriClient } from '../node-sim/kubelet/cri-client.js';
 import { silentLogger } from '../shared/log.js';
 import { runFuzz } from './fuzz/fuzzer.js';
 import { FUZZ_NAMESPACE, makeMachineFixture, startHostilePods, type HostilePods, type MachineFixture } from './fuzz/machine-fixture.js';

@@ -9,7 +9,7 @@ import { MemoryStore } from '../server/store/memory.js';
 import { createLogger } from '../shared/log.js';
 import { issueClientCert } from '../shared/pki.js';
 import { eventually, pod, STATUSES } from './harness.js';
-import { KubeletSimulator } from './kubelet-sim/kubelet.js';
+import { KubeletSimulator } from '../node-sim/kubelet/kubelet.js';
 import { makeKubeletPki, NODE, type KubeletPki } from './pipeline-harness.js';
 
 let kpki: KubeletPki;

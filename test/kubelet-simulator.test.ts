@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import type { Json } from '../shared/wire.js';
 import { eventually, pod } from './harness.js';
-import { KubeletSimulator } from './kubelet-sim/kubelet.js';
+import { KubeletSimulator } from '../node-sim/kubelet/kubelet.js';
 import { makeKubeletPki, NODE, type KubeletPki } from './pipeline-harness.js';
 
 let kpki: KubeletPki;

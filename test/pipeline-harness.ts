@@ -9,8 +9,8 @@ import { CosiNode } from '../server/node.js';
 import { generateCa, issueClientCert, issueServerCert, type KeyPairPem } from '../shared/pki.js';
 import type { Json } from '../shared/wire.js';
 import { makePki, type TestPki } from './harness.js';
-import { KubeletSimulator } from './kubelet-sim/kubelet.js';
-import { CriPodRuntime } from './kubelet-sim/cri-runtime.js';
+import { KubeletSimulator } from '../node-sim/kubelet/kubelet.js';
+import { CriPodRuntime } from '../node-sim/kubelet/cri-runtime.js';
 import type { CriTestEnv } from './cri/global-setup.js';
 
 export const NODE = 'node-1';

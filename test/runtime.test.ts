@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { isCosiError, type CosiClient } from '../client/index.js';
 import type { ContainerInfo } from '../client/machine.js';
 import { CONTAINERS_ANNOTATION } from '../server/resources/k8s.js';
-import { CriClient } from '../server/runtime/cri.js';
+import { CriClient } from '../node-sim/kubelet/cri-client.js';
 import type { Json } from '../shared/wire.js';
 import { eventually } from './harness.js';
 import { machineConfig, NODE, startNode, type TestNode } from './pipeline-harness.js';

@@ -3,15 +3,15 @@
 // UNIMPLEMENTED for every other method of the service.
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { realpath } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { PROTO_DIR, type WireContainerInfo } from '../../shared/wire.js';
-import { CriClient } from '../runtime/cri.js';
-import { listPods, parseContainerRef, resolveContainerLog } from '../runtime/inspector.js';
+import { CriReader } from '../runtime/cri.js';
+import { parseContainerRef, RuntimeInspector } from '../runtime/inspector.js';
 import { readLog } from '../runtime/log-file.js';
 import { authorizeRead, peerOf } from './access.js';
+import { PeerCounter } from './peer-counter.js';
 import { applyConfigurationHandler, type ApplierRef } from './apply-config.js';
 import { callRecorder, toStatus } from './service.js';
 import type { Metrics } from '../metrics.js';
@@ -81,11 +81,11 @@ export interface MachineService {
 
 export function machineService(deps: MachineServiceDeps): MachineService {
   const { runtime, nodeName, log } = deps;
-  const cri = new CriClient(runtime.criEndpoint);
+  const inspector = new RuntimeInspector(new CriReader(runtime.criEndpoint), runtime.podLogsDir);
   const record = callRecorder(log, deps.audit === true, 'machine.MachineService', deps.metrics);
   const maxLogStreams = deps.maxLogStreamsPerConnection ?? 64;
-  // Open Logs streams by connection (grpc-js names a connection "ip:port"); a connection at zero is forgotten.
-  const logStreamsByPeer = new Map<string, number>();
+  // Open Logs streams by connection.
+  const logStreamsByPeer = new PeerCounter();
   /** The open Logs streams, each with the way to end it. */
   const openLogs = new Set<(err: CosiError) => void>();
   const metadata = { hostname: nodeName };
@@ -117,7 +117,7 @@ export function machineService(deps: MachineServiceDeps): MachineService {
             throw new CosiError('unimplemented', `cosid serves the Kubernetes containers only (namespace ${K8S_NAMESPACE}, driver CRI: containers -k), not namespace ${JSON.stringify(req.namespace)} with driver ${req.driver}`);
           }
           const containers: WireContainerInfo[] = [];
-          for (const p of await listPods(cri)) {
+          for (const p of await inspector.listPods()) {
             const common = { namespace: K8S_NAMESPACE, podId: p.id, networkNamespace: '', staticPod: p.staticPod, uid: p.uid };
             containers.push({ ...common, id: p.id, internalId: p.sandboxId, name: p.id, image: p.image, pid: p.pid, status: p.state, restartCount: 0 });
             for (const c of p.containers) {
@@ -164,10 +164,9 @@ export function machineService(deps: MachineServiceDeps): MachineService {
         try {
           authorize(call);
           const req = requestOf(call);
-          release = admitLogStream(call.getPeer());
-          const path = await logPathOf(req);
+          release = logStreamsByPeer.admit(call.getPeer(), maxLogStreams, `too many log streams on this connection (limit ${maxLogStreams}); close some or open another connection`);
           // A container's log stays confined to the pod logs directory at every open, rotations included.
-          const confineTo = req.namespace === K8S_NAMESPACE ? await realpath(runtime.podLogsDir) : undefined;
+          const { path, confineTo } = await logOf(req);
           call.sendMetadata(header);
           const reader = readLog(path, { tailLines: req.tailLines, follow: req.follow, signal: abort.signal, ...(confineTo !== undefined ? { confineTo } : {}) });
           for await (const chunk of reader) {
@@ -193,40 +192,24 @@ export function machineService(deps: MachineServiceDeps): MachineService {
   };
   return {
     handlers,
-    close: () => cri.close(),
+    close: () => inspector.close(),
     endAll: (err) => {
       for (const end of [...openLogs]) end(err);
     },
   };
 
-  /** Counts a Logs stream against its connection, refused beyond the limit; returns its release (idempotent). */
-  function admitLogStream(peer: string): () => void {
-    const open = logStreamsByPeer.get(peer) ?? 0;
-    if (open >= maxLogStreams) {
-      throw new CosiError('resource-exhausted', `too many log streams on this connection (limit ${maxLogStreams}); close some or open another connection`);
-    }
-    logStreamsByPeer.set(peer, open + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const left = (logStreamsByPeer.get(peer) ?? 1) - 1;
-      if (left > 0) logStreamsByPeer.set(peer, left);
-      else logStreamsByPeer.delete(peer);
-    };
-  }
-
-  async function logPathOf(req: LogsRequest): Promise<string> {
+  /** The file a Logs request names; a container's with the directory it must stay in. */
+  async function logOf(req: LogsRequest): Promise<{ path: string; confineTo?: string }> {
     if (req.namespace === SYSTEM_NAMESPACE) {
       if (req.id !== 'kubelet') throw new CosiError('not-found', `service ${JSON.stringify(req.id.slice(0, 200))} not found; services: kubelet`);
       if (runtime.kubeletLog === undefined) throw new CosiError('not-found', "the kubelet's log is not served: start cosid with --kubelet-log FILE");
-      return runtime.kubeletLog;
+      return { path: runtime.kubeletLog };
     }
     if (req.namespace !== K8S_NAMESPACE) {
       throw new CosiError('invalid-argument', `namespace ${JSON.stringify(req.namespace.slice(0, 100))} is not served: use ${K8S_NAMESPACE} (logs -k) or ${SYSTEM_NAMESPACE} (logs kubelet)`);
     }
     const ref = parseContainerRef(req.id);
-    return (await resolveContainerLog(cri, ref, runtime.podLogsDir)).path;
+    return inspector.containerLog(ref);
   }
 }
 

@@ -1,5 +1,6 @@
-// A client for the Container Runtime Interface (runtime.v1.RuntimeService) over the runtime's unix socket: the
-// calls cosid makes to see containers, and those a kubelet makes to run them (used by the kubelet simulator).
+// A reader of the Container Runtime Interface (runtime.v1.RuntimeService) over the runtime's unix socket: the calls
+// cosid makes to see pod sandboxes and containers, nothing that changes them. (The kubelet's write half, for the
+// kubelet simulator, extends it: node-sim/kubelet/cri-client.ts.)
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { join } from 'node:path';
@@ -60,29 +61,6 @@ export interface ContainerStatus {
   logPath: string;
 }
 
-export interface PodSandboxConfig {
-  metadata: PodSandboxMetadata;
-  logDirectory: string;
-  labels?: Record<string, string>;
-  annotations?: Record<string, string>;
-  linux?: { cgroupParent?: string; securityContext?: { namespaceOptions?: { network?: NamespaceMode; pid?: NamespaceMode; ipc?: NamespaceMode } } };
-}
-
-export type NamespaceMode = 'POD' | 'CONTAINER' | 'NODE' | 'TARGET';
-
-export interface ContainerConfig {
-  metadata: ContainerMetadata;
-  image: { image: string };
-  command?: string[];
-  args?: string[];
-  workingDir?: string;
-  envs?: { key: string; value: string }[];
-  labels?: Record<string, string>;
-  annotations?: Record<string, string>;
-  logPath: string;
-  linux?: { securityContext?: { namespaceOptions?: { network?: NamespaceMode; pid?: NamespaceMode; ipc?: NamespaceMode } } };
-}
-
 type Unary = (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 
 const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true, includeDirs: [PROTO_DIR] };
@@ -99,11 +77,12 @@ export function runtimeServiceConstructor(): grpc.ServiceClientConstructor {
 }
 
 /** The path of a unix:// endpoint (what the error messages name). */
-export function socketPath(endpoint: string): string {
+function socketPath(endpoint: string): string {
   return endpoint.replace(/^unix:\/\//, '');
 }
 
-export class CriClient {
+/** The read-only calls of runtime.v1.RuntimeService; every failure is a CosiError naming the runtime's socket. */
+export class CriReader {
   private readonly client: grpc.Client;
 
   constructor(
@@ -120,7 +99,8 @@ export class CriClient {
     this.client.close();
   }
 
-  private call<T>(method: string, req: object, timeoutMs = this.timeoutMs): Promise<T> {
+  /** One unary call of runtime.v1.RuntimeService, by name, with the default deadline unless given. */
+  protected call<T>(method: string, req: object, timeoutMs = this.timeoutMs): Promise<T> {
     const fn = (this.client as unknown as Record<string, Unary>)[method];
     if (fn === undefined) throw new Error(`CRI method ${method} is not defined`);
     return new Promise((resolve, reject) => {
@@ -170,39 +150,6 @@ export class CriClient {
   async containerStatus(id: string): Promise<{ status: ContainerStatus; pid: number }> {
     const res = await this.call<{ status: ContainerStatus; info: Record<string, string> }>('ContainerStatus', { containerId: id, verbose: true });
     return { status: res.status, pid: pidOf(parseInfo(res.info)) };
-  }
-
-  async runPodSandbox(config: PodSandboxConfig): Promise<string> {
-    return (await this.call<{ podSandboxId: string }>('RunPodSandbox', { config }, 60_000)).podSandboxId;
-  }
-
-  async stopPodSandbox(id: string): Promise<void> {
-    await this.call('StopPodSandbox', { podSandboxId: id }, 60_000);
-  }
-
-  async removePodSandbox(id: string): Promise<void> {
-    await this.call('RemovePodSandbox', { podSandboxId: id }, 60_000);
-  }
-
-  async createContainer(podSandboxId: string, config: ContainerConfig, sandboxConfig: PodSandboxConfig): Promise<string> {
-    return (await this.call<{ containerId: string }>('CreateContainer', { podSandboxId, config, sandboxConfig }, 60_000)).containerId;
-  }
-
-  async startContainer(id: string): Promise<void> {
-    await this.call('StartContainer', { containerId: id }, 60_000);
-  }
-
-  async stopContainer(id: string, timeoutSeconds: number): Promise<void> {
-    await this.call('StopContainer', { containerId: id, timeout: timeoutSeconds }, (timeoutSeconds + 30) * 1000);
-  }
-
-  async removeContainer(id: string): Promise<void> {
-    await this.call('RemoveContainer', { containerId: id }, 60_000);
-  }
-
-  /** Asks the runtime to reopen a container's log file (after the kubelet renamed it away). */
-  async reopenContainerLog(id: string): Promise<void> {
-    await this.call('ReopenContainerLog', { containerId: id });
   }
 }
 

@@ -1,9 +1,8 @@
 // What the container runtime runs, seen the way talosctl shows it: pod sandboxes (`<ns>/<pod>`) with their
 // containers (`<ns>/<pod>:<container>:<short id>`), and the log file behind a container ID.
-import { realpath } from 'node:fs/promises';
-import { sep } from 'node:path';
 import { CosiError } from '../../shared/errors.js';
-import type { Container, CriClient, PodSandbox } from './cri.js';
+import type { Container, CriReader, PodSandbox } from './cri.js';
+import { confineLog, type ConfinedLog } from './log-confinement.js';
 
 /** The kubelet's annotations on a sandbox: where the pod came from. */
 const CONFIG_SOURCE = 'kubernetes.io/config.source';
@@ -12,6 +11,9 @@ const SHORT_ID = 12;
 const STATUS_CONCURRENCY = 16;
 /** Running containers whose details are remembered between listings, at most. */
 const MAX_KNOWN = 4096;
+/** The kubelet's labels on a sandbox: its pod's namespace and name. */
+const POD_NAMESPACE_LABEL = 'io.kubernetes.pod.namespace';
+const POD_NAME_LABEL = 'io.kubernetes.pod.name';
 
 export interface ContainerView {
   /** `<ns>/<pod>:<container>:<short id>` */
@@ -40,91 +42,160 @@ export interface PodView {
   containers: ContainerView[];
 }
 
+interface SandboxDetails {
+  pid: number;
+  image: string;
+}
+
+interface ContainerDetails {
+  pid: number;
+  logPath: string;
+}
+
 /**
- * Per runtime, what a verbose status said of a ready sandbox (PID, image) and of a running container (PID, log
+ * The container runtime as cosid shows it, read through one read-only CRI connection that the inspector owns
+ * (close() closes it).
+ *
+ * It remembers what a verbose status said of a ready sandbox (PID, image) and of a running container (PID, log
  * path): none of it changes while it runs (a restart is a new ID; the log path is fixed at creation), so each is
  * asked once, not on every listing. A verbose status makes containerd marshal the whole runtime spec: 50 pods took
  * 100 of them, 160-390 ms on 2 cores (bench, 2026-11-30).
  */
-const runningDetails = new WeakMap<CriClient, { sandboxes: Map<string, { pid: number; image: string }>; containers: Map<string, { pid: number; logPath: string }> }>();
+export class RuntimeInspector {
+  private readonly sandboxes = new Map<string, SandboxDetails>();
+  private readonly containers = new Map<string, ContainerDetails>();
 
-function detailsOf(cri: CriClient): { sandboxes: Map<string, { pid: number; image: string }>; containers: Map<string, { pid: number; logPath: string }> } {
-  let known = runningDetails.get(cri);
-  if (known === undefined) runningDetails.set(cri, (known = { sandboxes: new Map(), containers: new Map() }));
-  return known;
-}
+  constructor(
+    private readonly cri: CriReader,
+    /** Where the runtime writes the pods' logs: no container log is served from anywhere else. */
+    private readonly podLogsDir: string,
+  ) {}
 
-/** Every pod sandbox and its containers (exited ones too), sandboxes by ID then age, containers by name then age. */
-export async function listPods(cri: CriClient): Promise<PodView[]> {
-  const [sandboxes, containers] = await Promise.all([cri.listPodSandboxes(), cri.listContainers()]);
-  const bySandbox = new Map<string, Container[]>();
-  for (const c of containers) bySandbox.set(c.podSandboxId, [...(bySandbox.get(c.podSandboxId) ?? []), c]);
-  const cache = detailsOf(cri);
-  // Only what is listed stays known.
-  const listed = new Set([...sandboxes.map((s) => s.id), ...containers.map((c) => c.id)]);
-  for (const m of [cache.sandboxes, cache.containers]) for (const id of m.keys()) if (!listed.has(id)) m.delete(id);
-  const sandboxStatus = new Map<string, { pid: number; image: string }>();
-  const pidOf = new Map<string, number>();
-  // One pool for both kinds; a container that is not running shows PID 0 and needs no status.
-  const asks: (() => Promise<void>)[] = [];
-  for (const s of sandboxes) {
-    const hit = cache.sandboxes.get(s.id);
-    if (hit !== undefined) sandboxStatus.set(s.id, hit);
-    else {
-      asks.push(async () => {
-        const st = await cri.podSandboxStatus(s.id).catch(goneAsEmpty);
-        if (st === undefined) return;
-        const details = { pid: st.pid, image: st.image };
-        sandboxStatus.set(s.id, details);
-        if (st.status.state === 'SANDBOX_READY' && st.pid > 0) cache.sandboxes.set(s.id, details);
-      });
-    }
+  close(): void {
+    this.cri.close();
   }
-  for (const c of containers) {
-    if (c.state !== 'CONTAINER_RUNNING') continue;
-    const hit = cache.containers.get(c.id);
-    if (hit !== undefined) pidOf.set(c.id, hit.pid);
-    else {
-      asks.push(async () => {
-        const st = await cri.containerStatus(c.id).catch(goneAsEmpty);
-        if (st === undefined) return;
-        pidOf.set(c.id, st.pid);
-        if (st.status.state === 'CONTAINER_RUNNING' && st.pid > 0) cache.containers.set(c.id, { pid: st.pid, logPath: st.status.logPath });
-      });
+
+  /** Every pod sandbox and its containers (exited ones too), sandboxes by ID then age, containers by name then age. */
+  async listPods(): Promise<PodView[]> {
+    const [sandboxes, containers] = await Promise.all([this.cri.listPodSandboxes(), this.cri.listContainers()]);
+    const bySandbox = new Map<string, Container[]>();
+    for (const c of containers) bySandbox.set(c.podSandboxId, [...(bySandbox.get(c.podSandboxId) ?? []), c]);
+    // Only what is listed stays known.
+    const listed = new Set([...sandboxes.map((s) => s.id), ...containers.map((c) => c.id)]);
+    for (const m of [this.sandboxes, this.containers]) for (const id of m.keys()) if (!listed.has(id)) m.delete(id);
+    const sandboxStatus = new Map<string, SandboxDetails>();
+    const pidOf = new Map<string, number>();
+    // One pool for both kinds; a container that is not running shows PID 0 and needs no status.
+    const asks: (() => Promise<void>)[] = [];
+    for (const s of sandboxes) {
+      const hit = this.sandboxes.get(s.id);
+      if (hit !== undefined) sandboxStatus.set(s.id, hit);
+      else {
+        asks.push(async () => {
+          const st = await this.cri.podSandboxStatus(s.id).catch(goneAsEmpty);
+          if (st === undefined) return;
+          const details = { pid: st.pid, image: st.image };
+          sandboxStatus.set(s.id, details);
+          if (st.status.state === 'SANDBOX_READY' && st.pid > 0) this.sandboxes.set(s.id, details);
+        });
+      }
     }
+    for (const c of containers) {
+      if (c.state !== 'CONTAINER_RUNNING') continue;
+      const hit = this.containers.get(c.id);
+      if (hit !== undefined) pidOf.set(c.id, hit.pid);
+      else {
+        asks.push(async () => {
+          const st = await this.cri.containerStatus(c.id).catch(goneAsEmpty);
+          if (st === undefined) return;
+          pidOf.set(c.id, st.pid);
+          if (st.status.state === 'CONTAINER_RUNNING' && st.pid > 0) this.containers.set(c.id, { pid: st.pid, logPath: st.status.logPath });
+        });
+      }
+    }
+    await mapLimit(asks, (ask) => ask());
+    const pods = sandboxes.map((s): PodView => {
+      const id = podId(s);
+      const ctrs = (bySandbox.get(s.id) ?? []).map(
+        (c): ContainerView => ({
+          id: `${id}:${c.metadata.name}:${c.id.slice(0, SHORT_ID)}`,
+          name: c.metadata.name,
+          containerId: c.id,
+          image: c.image.image,
+          pid: c.state === 'CONTAINER_RUNNING' ? (pidOf.get(c.id) ?? 0) : 0,
+          state: c.state,
+          restartCount: c.metadata.attempt,
+          createdAt: BigInt(c.createdAt || '0'),
+        }),
+      );
+      ctrs.sort((a, b) => a.name.localeCompare(b.name) || cmp(a.createdAt, b.createdAt));
+      const st = sandboxStatus.get(s.id);
+      return {
+        id,
+        namespace: s.metadata.namespace,
+        name: s.metadata.name,
+        uid: s.metadata.uid,
+        sandboxId: s.id,
+        image: st?.image ?? '',
+        pid: s.state === 'SANDBOX_READY' ? (st?.pid ?? 0) : 0,
+        state: s.state,
+        staticPod: STATIC_SOURCES.has(s.annotations[CONFIG_SOURCE] ?? ''),
+        createdAt: BigInt(s.createdAt || '0'),
+        containers: ctrs,
+      };
+    });
+    return pods.sort((a, b) => a.id.localeCompare(b.id) || cmp(a.createdAt, b.createdAt));
   }
-  await mapLimit(asks, (ask) => ask());
-  const pods = sandboxes.map((s): PodView => {
-    const id = podId(s);
-    const ctrs = (bySandbox.get(s.id) ?? []).map(
-      (c): ContainerView => ({
-        id: `${id}:${c.metadata.name}:${c.id.slice(0, SHORT_ID)}`,
-        name: c.metadata.name,
-        containerId: c.id,
-        image: c.image.image,
-        pid: c.state === 'CONTAINER_RUNNING' ? (pidOf.get(c.id) ?? 0) : 0,
-        state: c.state,
-        restartCount: c.metadata.attempt,
-        createdAt: BigInt(c.createdAt || '0'),
-      }),
-    );
-    ctrs.sort((a, b) => a.name.localeCompare(b.name) || cmp(a.createdAt, b.createdAt));
-    const st = sandboxStatus.get(s.id);
-    return {
-      id,
-      namespace: s.metadata.namespace,
-      name: s.metadata.name,
-      uid: s.metadata.uid,
-      sandboxId: s.id,
-      image: st?.image ?? '',
-      pid: s.state === 'SANDBOX_READY' ? (st?.pid ?? 0) : 0,
-      state: s.state,
-      staticPod: STATIC_SOURCES.has(s.annotations[CONFIG_SOURCE] ?? ''),
-      createdAt: BigInt(s.createdAt || '0'),
-      containers: ctrs,
-    };
-  });
-  return pods.sort((a, b) => a.id.localeCompare(b.id) || cmp(a.createdAt, b.createdAt));
+
+  /**
+   * The log file of a container, confined to the pod logs directory (log-confinement.ts).
+   * The kubelet labels each sandbox with its pod's namespace and name, so the runtime is asked for that pod's
+   * sandboxes and containers only (as crictl does): the cost does not grow with the number of pods. A pod without
+   * those labels (not started by a kubelet) is looked for among all; an unknown ID is NOT_FOUND with the IDs that exist.
+   */
+  async containerLog(ref: ContainerRef): Promise<ConfinedLog & { id: string }> {
+    const labelled = await this.cri.listPodSandboxes({ labelSelector: { [POD_NAMESPACE_LABEL]: ref.namespace, [POD_NAME_LABEL]: ref.pod } });
+    const sandboxes = labelled.filter((s) => s.metadata.namespace === ref.namespace && s.metadata.name === ref.pod);
+    const containers = (await Promise.all(sandboxes.map((s) => this.cri.listContainers({ podSandboxId: s.id })))).flat();
+    let candidates = pickContainers(sandboxes, containers, ref);
+    if (candidates.length === 0) {
+      const pods = await this.listPods();
+      const podKey = `${ref.namespace}/${ref.pod}`;
+      candidates = pods
+        .filter((p) => p.id === podKey)
+        .flatMap((p) => p.containers.map((c) => ({ id: c.id, containerId: c.containerId, sandboxCreatedAt: p.createdAt, createdAt: c.createdAt })))
+        .filter((c) => c.id.split(':')[1] === ref.container && (ref.idPrefix === undefined || c.containerId.startsWith(ref.idPrefix)));
+      if (candidates.length === 0) {
+        const known = pods.flatMap((p) => p.containers.map((c) => c.id));
+        const list = known.length === 0 ? 'there are no containers' : `containers: ${known.slice(0, 50).join(', ')}${known.length > 50 ? `, ... (${known.length} in all)` : ''}`;
+        const asked = ref.idPrefix === undefined ? `${podKey}:${ref.container}` : `${podKey}:${ref.container}:${ref.idPrefix}`;
+        throw new CosiError('not-found', `container ${asked} not found; ${list}`);
+      }
+    }
+    if (ref.idPrefix !== undefined && new Set(candidates.map((c) => c.containerId)).size > 1) {
+      throw new CosiError('invalid-argument', `container ID prefix ${ref.idPrefix} is ambiguous: ${candidates.map((c) => c.id).join(', ')}`);
+    }
+    // The latest instance: the newest sandbox's newest container.
+    const c = candidates.reduce((a, b) => ((cmp(a.sandboxCreatedAt, b.sandboxCreatedAt) || cmp(a.createdAt, b.createdAt)) >= 0 ? a : b));
+    const logPath = this.containers.get(c.containerId)?.logPath ?? (await this.askLogPath(c));
+    if (logPath === '') throw new CosiError('not-found', `container ${c.id} has no log file`);
+    return { id: c.id, ...(await confineLog(logPath, this.podLogsDir)) };
+  }
+
+  /** The log path a container's status gives, kept while it runs (a running container's log path cannot change). */
+  private async askLogPath(c: Candidate): Promise<string> {
+    const st = await this.cri.containerStatus(c.containerId).catch((err: unknown) => {
+      // Removed between the listing and now (the kubelet keeps one exited instance per container).
+      if (err instanceof CosiError && err.kind !== 'unavailable') throw new CosiError('not-found', `container ${c.id} is gone: ${err.message}`);
+      throw err;
+    });
+    const logPath = st.status.logPath;
+    // listPods forgets it once it is gone. Bounded: a client that only ever asks for logs (of a container restarting
+    // again and again) is not a leak.
+    if (this.containers.size >= MAX_KNOWN) this.containers.clear();
+    if (st.status.state === 'CONTAINER_RUNNING' && st.pid > 0) this.containers.set(c.containerId, { pid: st.pid, logPath });
+    return logPath;
+  }
 }
 
 function podId(s: PodSandbox): string {
@@ -183,58 +254,6 @@ export function parseContainerRef(id: string): ContainerRef {
   return idPrefix === undefined ? { namespace, pod, container } : { namespace, pod, container, idPrefix };
 }
 
-/** The kubelet's labels on a sandbox: its pod's namespace and name. */
-const POD_NAMESPACE_LABEL = 'io.kubernetes.pod.namespace';
-const POD_NAME_LABEL = 'io.kubernetes.pod.name';
-
-/**
- * The log file of a container, checked to lie inside the pod logs directory (after symlinks are resolved).
- * The kubelet labels each sandbox with its pod's namespace and name, so the runtime is asked for that pod's sandboxes
- * and containers only (as crictl does): the cost does not grow with the number of pods. A pod without those labels
- * (not started by a kubelet) is looked for among all; an unknown ID is NOT_FOUND with the IDs that exist.
- */
-export async function resolveContainerLog(cri: CriClient, ref: ContainerRef, podLogsDir: string): Promise<{ id: string; path: string }> {
-  const labelled = await cri.listPodSandboxes({ labelSelector: { [POD_NAMESPACE_LABEL]: ref.namespace, [POD_NAME_LABEL]: ref.pod } });
-  const sandboxes = labelled.filter((s) => s.metadata.namespace === ref.namespace && s.metadata.name === ref.pod);
-  const containers = (await Promise.all(sandboxes.map((s) => cri.listContainers({ podSandboxId: s.id })))).flat();
-  let candidates = pickContainers(sandboxes, containers, ref);
-  if (candidates.length === 0) {
-    const pods = await listPods(cri);
-    const podKey = `${ref.namespace}/${ref.pod}`;
-    candidates = pods
-      .filter((p) => p.id === podKey)
-      .flatMap((p) => p.containers.map((c) => ({ id: c.id, containerId: c.containerId, sandboxCreatedAt: p.createdAt, createdAt: c.createdAt })))
-      .filter((c) => c.id.split(':')[1] === ref.container && (ref.idPrefix === undefined || c.containerId.startsWith(ref.idPrefix)));
-    if (candidates.length === 0) {
-      const known = pods.flatMap((p) => p.containers.map((c) => c.id));
-      const list = known.length === 0 ? 'there are no containers' : `containers: ${known.slice(0, 50).join(', ')}${known.length > 50 ? `, ... (${known.length} in all)` : ''}`;
-      const asked = ref.idPrefix === undefined ? `${podKey}:${ref.container}` : `${podKey}:${ref.container}:${ref.idPrefix}`;
-      throw new CosiError('not-found', `container ${asked} not found; ${list}`);
-    }
-  }
-  if (ref.idPrefix !== undefined && new Set(candidates.map((c) => c.containerId)).size > 1) {
-    throw new CosiError('invalid-argument', `container ID prefix ${ref.idPrefix} is ambiguous: ${candidates.map((c) => c.id).join(', ')}`);
-  }
-  // The latest instance: the newest sandbox's newest container.
-  const c = candidates.reduce((a, b) => ((cmp(a.sandboxCreatedAt, b.sandboxCreatedAt) || cmp(a.createdAt, b.createdAt)) >= 0 ? a : b));
-  const known = detailsOf(cri).containers;
-  let logPath = known.get(c.containerId)?.logPath;
-  if (logPath === undefined) {
-    const st = await cri.containerStatus(c.containerId).catch((err: unknown) => {
-      // Removed between the listing and now (the kubelet keeps one exited instance per container).
-      if (err instanceof CosiError && err.kind !== 'unavailable') throw new CosiError('not-found', `container ${c.id} is gone: ${err.message}`);
-      throw err;
-    });
-    logPath = st.status.logPath;
-    // Kept for the next call (a running container's log path cannot change); listPods forgets it once it is gone.
-    // Bounded: a client that only ever asks for logs (of a container restarting again and again) is not a leak.
-    if (known.size >= MAX_KNOWN) known.clear();
-    if (st.status.state === 'CONTAINER_RUNNING' && st.pid > 0) known.set(c.containerId, { pid: st.pid, logPath });
-  }
-  if (logPath === '') throw new CosiError('not-found', `container ${c.id} has no log file`);
-  return { id: c.id, path: await insideDir(logPath, podLogsDir) };
-}
-
 interface Candidate {
   id: string;
   containerId: string;
@@ -252,17 +271,4 @@ function pickContainers(sandboxes: PodSandbox[], containers: Container[], ref: C
       sandboxCreatedAt: created.get(c.podSandboxId) ?? 0n,
       createdAt: BigInt(c.createdAt || '0'),
     }));
-}
-
-/** The real path of `file`, refused unless it is inside `dir`. */
-export async function insideDir(file: string, dir: string): Promise<string> {
-  const root = await realpath(dir).catch(() => {
-    throw new CosiError('unavailable', `pod logs directory ${dir} does not exist`);
-  });
-  const real = await realpath(file).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') throw new CosiError('not-found', `log file ${file} does not exist`);
-    throw new CosiError('permission-denied', `log file ${file} cannot be read (${err.code ?? String(err)})`);
-  });
-  if (!real.startsWith(root + sep)) throw new CosiError('permission-denied', `log file ${file} is outside the pod logs directory ${dir}`);
-  return real;
 }

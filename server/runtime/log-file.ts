@@ -2,8 +2,8 @@
 // following, every new line as it is written, across the kubelet's rotation (rename + new file) and truncation.
 import { constants, watch, type FSWatcher } from 'node:fs';
 import { open, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
-import { dirname, sep } from 'node:path';
-import { CosiError } from '../../shared/errors.js';
+import { dirname } from 'node:path';
+import { assertConfined } from './log-confinement.js';
 
 export interface ReadLogOptions {
   /** Lines from the end to start with; negative: the whole file. */
@@ -19,7 +19,8 @@ export interface ReadLogOptions {
   /**
    * The real path of a directory every file opened must lie in (the pod logs directory). Each open, the first and
    * those after a rotation, then follows no symlink as the last component (ELOOP), does not block on a FIFO, and
-   * checks where the open file really is (/proc/self/fd), so a rotation cannot lead the follower outside.
+   * checks where the open file really is (/proc/self/fd) by the rule of log-confinement.ts, so a rotation cannot
+   * lead the follower outside.
    */
   confineTo?: string;
 }
@@ -162,7 +163,7 @@ async function openLog(path: string, confineTo: string | undefined): Promise<{ f
     if (!s.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: 'EISDIR' });
     if (confineTo !== undefined) {
       const real = await readlink(`/proc/self/fd/${fh.fd}`).catch(() => realpath(path));
-      if (!real.startsWith(confineTo + sep)) throw new CosiError('permission-denied', `log file ${path} is outside the pod logs directory ${confineTo}`);
+      assertConfined(real, confineTo, path);
     }
     return { fh, ino: s.ino, size: s.size };
   } catch (err) {

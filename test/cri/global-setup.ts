@@ -2,7 +2,7 @@
 // Where it cannot start, the run fails saying what to install, unless COSI_TEST_CRI=off says to skip those tests.
 import { mkdtemp } from 'node:fs/promises';
 import type { TestProject } from 'vitest/node';
-import { APT_INSTALL, criPrerequisites, startContainerd, type ContainerdHandle } from './containerd.js';
+import { APT_INSTALL, criPrerequisites, startContainerd, type ContainerdHandle } from '../../node-sim/containerd.js';
 
 export interface CriTestEnv {
   endpoint: string;

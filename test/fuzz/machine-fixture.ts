@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CriClient, type ContainerConfig, type PodSandboxConfig } from '../../server/runtime/cri.js';
+import { CriClient, type ContainerConfig, type PodSandboxConfig } from '../../node-sim/kubelet/cri-client.js';
 import { eventually } from '../harness.js';
 
 /** The Kubernetes namespace of the hostile pods: the containerd may be shared, nobody else uses this one. */

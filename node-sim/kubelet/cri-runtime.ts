@@ -3,7 +3,8 @@
 // rotation by rename + ReopenContainerLog), and reports what really runs as the kubelet's PodStatus.
 import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { CriClient, type ContainerConfig, type ContainerStatus, type PodSandboxConfig } from '../../server/runtime/cri.js';
+import type { ContainerStatus } from '../../server/runtime/cri.js';
+import { CriClient, type ContainerConfig, type PodSandboxConfig } from './cri-client.js';
 import { arr, obj, stringMap, type JsonObject } from './json.js';
 
 

@@ -1,4 +1,4 @@
-// Entry point of the kubelet SIMULATOR for `npm start` (compiled to dist/test/kubelet-sim/bin.js).
+// Entry point of the kubelet SIMULATOR for `npm start` (compiled to dist/node-sim/kubelet/bin.js).
 import { runSimulatorCli } from './cli.js';
 
 runSimulatorCli(process.argv.slice(2)).catch((err: unknown) => {

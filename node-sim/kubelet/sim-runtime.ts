@@ -2,7 +2,7 @@
 // installed). Nothing runs: the pods' containers are answered over a CRI socket of the simulator's own (read-only:
 // Version, ListPodSandbox, PodSandboxStatus, ListContainers, ContainerStatus), and each "running" container writes a
 // line a second to a log file in the kubelet's real layout, so `containers -k` and `logs -k` work as they would.
-// Tests use a real containerd instead (test/cri/containerd.ts).
+// Tests use a real containerd instead (node-sim/containerd.ts).
 import * as grpc from '@grpc/grpc-js';
 import { createHash } from 'node:crypto';
 import { appendFile, mkdir, rm } from 'node:fs/promises';
