@@ -6,8 +6,8 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import { eventually, pod } from './harness.js';
-import type { DesiredPod } from './kubelet-sim/cri-runtime.js';
-import { KubeletSimulator } from './kubelet-sim/kubelet.js';
+import type { DesiredPod } from '../node-sim/kubelet/cri-runtime.js';
+import { KubeletSimulator } from '../node-sim/kubelet/kubelet.js';
 import { makeKubeletPki, NODE } from './pipeline-harness.js';
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];

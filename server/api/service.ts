@@ -11,6 +11,7 @@ import type { WatchHub } from '../watch/hub.js';
 import type { Metrics } from '../metrics.js';
 import { planWatch } from '../watch/plan.js';
 import { authorizeRead, peerOf } from './access.js';
+import { PeerCounter } from './peer-counter.js';
 import type { EventForm, Frames } from '../watch/frames.js';
 import { acceptsGzip } from '../grpc-internals.js';
 import { grpcWatchSink } from './watch-sink.js';
@@ -115,7 +116,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   const maxWatches = deps.maxWatchesPerConnection ?? 256;
   const maxConnections = deps.maxConnectionsPerAddress ?? 64;
   // Calls in flight per connection, and connections per remote address (grpc-js names a connection "ip:port").
-  const callsByPeer = new Counter();
+  const callsByPeer = new PeerCounter();
   const peersByAddress = new Map<string, Set<string>>();
   const addressOf = (peer: string) => peer.replace(/:\d+$/, '');
   /** Counts a call against its connection and address; throws when the address holds too many connections. */
@@ -139,7 +140,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
     };
   }
   // Open watches by connection.
-  const watchesByPeer = new Counter();
+  const watchesByPeer = new PeerCounter();
   const header = new grpc.Metadata();
   header.set('cosi-node', deps.nodeName);
   // Watches whose client accepts gzip get the messages many watchers share compressed (once for all of them).
@@ -277,24 +278,6 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
     };
   }
   return handlers;
-}
-
-/** Counts per key; a key whose count drops to zero is forgotten. */
-class Counter {
-  private readonly counts = new Map<string, number>();
-  get(key: string): number {
-    return this.counts.get(key) ?? 0;
-  }
-  up(key: string): void {
-    this.counts.set(key, this.get(key) + 1);
-  }
-  /** Returns the new count. */
-  down(key: string): number {
-    const n = this.get(key) - 1;
-    if (n > 0) this.counts.set(key, n);
-    else this.counts.delete(key);
-    return Math.max(0, n);
-  }
 }
 
 function eventFormOf(metadata: grpc.Metadata): EventForm {
