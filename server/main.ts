@@ -8,7 +8,6 @@ import { join } from 'node:path';
 import { format, parseArgs } from 'node:util';
 import { createLogger, parseLevel, type Logger } from '../shared/log.js';
 import { CosiNode } from './node.js';
-import { EtcdStore } from './store/etcd.js';
 import type { ResourceStore } from './store/store.js';
 import { TlsMaterial } from './tls/material.js';
 
@@ -254,6 +253,9 @@ async function openStore(plan: StorePlan, nodeName: string, log: Logger, read: (
   if (plan.kind === 'memory') return undefined;
   const f = plan.files;
   const tls = f !== undefined ? { caPem: await read(f.ca, ''), certPem: await read(f.cert, ''), keyPem: await read(f.key, '') } : undefined;
+  // Loaded only for this store: etcd3 and its gRPC stack take about a second to load on a busy machine, which a
+  // cosid on the memory store should not pay at every start.
+  const { EtcdStore } = await import('./store/etcd.js');
   return EtcdStore.connect({ endpoints: plan.endpoints, ...(tls !== undefined ? { tls } : {}), prefix: plan.prefix ?? `/cosi/${nodeName}/`, log });
 }
 
