@@ -330,7 +330,7 @@ class WatchSession {
 
   /** Sends a NOOP with a fresh bookmark when nothing was sent since `idleSince` and the watch is caught up. */
   bookmarkIfIdle(idleSince: number): void {
-    if (this.ended || this.parked || !this.readySent || !this.sendsAll || this.bootstrapItems !== undefined || this.backlog.length > 0 || this.lastSentAt > idleSince) return;
+    if (this.ended || this.parked || !this.readySent || !this.sendsAll || this.initial.length > 0 || this.bootstrapItems !== undefined || this.backlog.length > 0 || this.lastSentAt > idleSince) return;
     try {
       // Move the cursor over changes this watcher would not deliver; stop at the first it would.
       for (;;) {
@@ -510,10 +510,14 @@ class WatchSession {
       bytes += b.length;
       return out.length < max && bytes < this.hub.limits.maxBatchBytes;
     };
-    while (this.initial.length > 0) {
-      const b = this.initial.shift();
-      if (b !== undefined && !add(b)) return out;
-    }
+    const addInitial = (): boolean => {
+      while (this.initial.length > 0) {
+        const b = this.initial.shift();
+        if (b !== undefined && !add(b)) return false;
+      }
+      return true;
+    };
+    if (!addInitial()) return out;
     const { frames } = this.hub;
     const instance = this.hub.feed.instance;
     if (this.bootstrapItems !== undefined) {
@@ -524,11 +528,12 @@ class WatchSession {
         if (!add(frames.event(EventType.CREATED, r, undefined, bookmark, undefined, this.plan.form))) return out;
       }
       this.bootstrapItems = undefined;
-      const done = encodeBookmark(instance, { revision: this.bootstrapRevision });
+      // Queued, so a batch that fills up at BOOTSTRAPPED still sends the bootstrap bookmark after it.
       if (this.sendsAll) {
-        if (!add(frames.event(EventType.BOOTSTRAPPED, undefined, undefined, done))) return out;
-        if (this.plan.bootstrapBookmark && !add(this.hub.events.bookmark(this.bootstrapRevision))) return out;
+        this.initial.push(frames.event(EventType.BOOTSTRAPPED, undefined, undefined, encodeBookmark(instance, { revision: this.bootstrapRevision })));
+        if (this.plan.bootstrapBookmark) this.initial.push(this.hub.events.bookmark(this.bootstrapRevision));
       }
+      if (!addInitial()) return out;
     }
     while (this.backlog.length > 0) {
       const c = this.backlog.shift();
