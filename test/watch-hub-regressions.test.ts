@@ -16,7 +16,8 @@ import type { ChangeFeed, HistoryListener, KindHistory } from '../server/store/s
 import { decodeBookmark, encodeBookmark } from '../server/watch/bookmark.js';
 import { Frames } from '../server/watch/frames.js';
 import type { WatchPlan } from '../server/watch/plan.js';
-import { WatchHub, type WatchSink } from '../server/watch/hub.js';
+import { WatchHub } from '../server/watch/hub.js';
+import type { WatchSink } from '../server/watch/session.js';
 
 const etcd = inject('etcd');
 const opened: { close(): unknown }[] = [];

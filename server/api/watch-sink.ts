@@ -1,6 +1,6 @@
 // A watch's server stream as the hub sees it: grpc-js write()/'drain', plus a budget in bytes.
 import type * as grpc from '@grpc/grpc-js';
-import type { WatchSink } from '../watch/hub.js';
+import type { WatchSink } from '../watch/session.js';
 
 /**
  * grpc-js reports a full stream after 16 queued messages whatever their size: 16 aggregated batches (or 16 large
