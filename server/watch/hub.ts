@@ -28,7 +28,7 @@ export interface WatchStats {
   cachedEventBytes: number;
 }
 
-const NO_METRICS: WatchMetrics = { sent() {}, overrun() {} };
+const NO_METRICS: Pick<WatchMetrics, 'overrun'> = { overrun() {} };
 
 export class WatchHub {
   private readonly scheduler = new Scheduler<WatchSession>();
@@ -42,7 +42,7 @@ export class WatchHub {
     readonly feed: ChangeFeed,
     readonly frames: Frames,
     readonly limits: WatchLimits = DEFAULT_WATCH_LIMITS,
-    readonly metrics: WatchMetrics = NO_METRICS,
+    readonly metrics: Pick<WatchMetrics, 'overrun'> = NO_METRICS,
   ) {
     this.events = new EncodedEvents(feed.instance, frames, limits);
     const schedule = (s: WatchSession) => this.scheduler.schedule(s);

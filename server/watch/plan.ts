@@ -22,8 +22,6 @@ export interface WatchPlan {
   readonly apiVersion: number;
   /** How events are encoded (request metadata `cosi-event-form`; default full). */
   readonly form: EventForm;
-  /** Shared messages go gzip-compressed (the client accepts gzip). */
-  readonly gzip: boolean;
 }
 
 export const MAX_TAIL_EVENTS = 100_000;
@@ -60,7 +58,6 @@ export function planWatch(req: WireWatchRequest, instance: string): WatchPlan {
     resumeFrom: hasBookmark ? decodeBookmark(instance, bookmark) : undefined,
     apiVersion: req.apiVersion,
     form: 'full',
-    gzip: false,
   };
 }
 

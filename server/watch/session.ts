@@ -11,10 +11,20 @@ import { Frames } from './frames.js';
 import type { WatchLimits } from './limits.js';
 import { deliveredAs, sendsAll, tailStart, type WatchPlan } from './plan.js';
 
+/** One WatchResponse for one watcher. */
+export interface WatchMessage {
+  /** The encoded WatchResponse, as protobuf (the sink frames it for its transport). */
+  readonly payload: Buffer;
+  /** Events in it. */
+  readonly events: number;
+  /** Other watchers send these very bytes (a sink may frame and compress them once for all). */
+  readonly shared: boolean;
+}
+
 /** Where a session writes: a server stream with grpc-js write()/'drain' semantics. */
 export interface WatchSink {
   /** false: the stream is full; wait for onDrain before writing again. */
-  write(message: Buffer): boolean;
+  write(message: WatchMessage): boolean;
   onDrain(callback: () => void): void;
   /** Ends the stream: OK without error, else with the error's status. */
   end(error?: CosiError): void;
@@ -30,7 +40,7 @@ export interface SessionContext {
   readonly frames: Frames;
   readonly events: EncodedEvents;
   readonly limits: WatchLimits;
-  readonly metrics: WatchMetrics;
+  readonly metrics: Pick<WatchMetrics, 'overrun'>;
   /** Asks for a turn to pump. */
   schedule(session: WatchSession): void;
   /** The session has ended: no more turns, no more news of its kind. */
@@ -171,14 +181,12 @@ export class WatchSession {
       this.finish(asCosiError(err));
       return;
     }
-    this.write(Frames.watchResponse([this.ctx.events.bookmark(this.cursor)]), 1, false);
+    this.write({ payload: Frames.watchResponse([this.ctx.events.bookmark(this.cursor)]), events: 1, shared: false });
   }
 
-  /** Writes one WatchResponse as a gRPC message (see EncodedEvents.message); false: the stream is full. */
-  private write(response: Buffer, events: number, shared: boolean): boolean {
+  /** Writes one WatchResponse; false: the stream is full. */
+  private write(message: WatchMessage): boolean {
     this.lastSentAt = Date.now();
-    const message = this.ctx.events.message(response, shared, this.plan.gzip);
-    this.ctx.metrics.sent(this.formLabel, events, message.length);
     const ok = this.sink.write(message);
     if (!ok) {
       this.parked = true;
@@ -197,11 +205,6 @@ export class WatchSession {
 
   private get sendsAll(): boolean {
     return sendsAll(this.plan);
-  }
-
-  /** The form and encoding, as metrics name them. */
-  private get formLabel(): string {
-    return this.plan.gzip ? `${this.plan.form}+gzip` : this.plan.form;
   }
 
   /** The phase after the "ready" marker, and the cursor its changes start from. */
@@ -255,7 +258,7 @@ export class WatchSession {
       for (let turn = 0; turn < this.ctx.limits.messagesPerTurn; turn++) {
         const next = this.nextMessage();
         if (next === undefined) return;
-        if (!this.write(next.message, next.events, next.shared)) return;
+        if (!this.write(next)) return;
       }
       // More to send: yield to the other sessions and come back.
       this.ctx.schedule(this);
@@ -265,24 +268,24 @@ export class WatchSession {
   }
 
   /** The next WatchResponse: first the empty "ready" marker, then events; undefined when caught up. */
-  private nextMessage(): { message: Buffer; events: number; shared: boolean } | undefined {
+  private nextMessage(): WatchMessage | undefined {
     const p = this.phase;
     if (p.kind === 'ready') {
       this.phase = p.next;
-      return { message: Frames.watchResponse([]), events: 0, shared: false };
+      return { payload: Frames.watchResponse([]), events: 0, shared: false };
     }
     if (p.kind === 'live' && this.sharesBatches) {
       const { through, response, events } = this.ctx.events.catchUp(this.history, this.cursor, this.plan.form);
       this.cursor = through;
-      return response === undefined ? undefined : { message: response, events, shared: true };
+      return response === undefined ? undefined : { payload: response, events, shared: true };
     }
     const batch = this.nextBatch();
     if (batch.length === 0) return undefined;
     const [only] = batch;
     // The common case (one event, not aggregated) writes the same shared bytes to every watcher: no copy.
     const response = only !== undefined && batch.length === 1 ? this.ctx.events.sharedResponse(only) : undefined;
-    if (response !== undefined) return { message: response, events: 1, shared: true };
-    return { message: Frames.watchResponse(batch), events: batch.length, shared: false };
+    if (response !== undefined) return { payload: response, events: 1, shared: true };
+    return { payload: Frames.watchResponse(batch), events: batch.length, shared: false };
   }
 
   /** The events of the next WatchResponse: each phase adds what it has, in order, until the batch is full. */
@@ -383,7 +386,7 @@ export class WatchSession {
     this.ctx.remove(this);
     if (error !== undefined && readySent && this.sendsAll && error.kind === 'too-old') {
       // The one message written regardless of backpressure: the watch ends right after it.
-      this.sink.write(Frames.watchResponse([this.ctx.frames.event(EventType.ERRORED, undefined, undefined, undefined, error.message)]));
+      this.sink.write({ payload: Frames.watchResponse([this.ctx.frames.event(EventType.ERRORED, undefined, undefined, undefined, error.message)]), events: 1, shared: false });
     }
     this.sink.end(error);
   }
