@@ -23,7 +23,8 @@ import { MemoryStore } from './store/memory.js';
 import type { ResourceStore } from './store/store.js';
 import { TlsMaterial } from './tls/material.js';
 import { Metrics, serveMetrics } from './metrics.js';
-import { DEFAULT_WATCH_LIMITS, WatchHub, type WatchLimits } from './watch/hub.js';
+import { WatchHub } from './watch/hub.js';
+import { DEFAULT_WATCH_LIMITS, type WatchLimits } from './watch/limits.js';
 
 export interface TlsPem {
   caPem: string;

@@ -52,16 +52,41 @@ export function limitHandshake(creds: grpc.ServerCredentials, handshakeTimeoutMs
   internal._getConstructorOptions = () => ({ ...(base.call(creds) as object), handshakeTimeout: handshakeTimeoutMs });
 }
 
-/** Messages cosid framed itself (see framed()): grpc-js sends them as they are. */
-const FRAMED = new WeakSet<Buffer>();
+/**
+ * A whole gRPC message cosid framed itself (flag, length, payload): grpc-js sends its bytes as they are (see
+ * installFramedWrites). Its own type, so that it cannot be taken for a payload or a payload for it.
+ */
+export class FramedMessage {
+  private constructor(private readonly wire: Buffer) {}
+
+  /** Frames a payload; `compressed`: the payload is compressed with the stream's grpc-encoding (flag 1). */
+  static frame(payload: Buffer, compressed: boolean): FramedMessage {
+    const out = Buffer.allocUnsafe(payload.length + 5);
+    out.writeUInt8(compressed ? 1 : 0, 0);
+    out.writeUInt32BE(payload.length, 1);
+    payload.copy(out, 5);
+    return new FramedMessage(out);
+  }
+
+  /** Bytes on the wire. */
+  get length(): number {
+    return this.wire.length;
+  }
+
+  /** The bytes to send when `value` is a FramedMessage; undefined for anything else. */
+  static wireOf(value: unknown): Buffer | undefined {
+    return value instanceof FramedMessage ? value.wire : undefined;
+  }
+}
+
 let framedWritesInstalled = false;
 
 /**
- * Lets cosid hand grpc-js whole gRPC messages (the 5-byte prefix and the payload) that it built once and shares
- * among watchers: grpc-js otherwise copies every message into a new buffer per call, and has no response
- * compression at all, so a message compressed once for many watchers (flag 1) could not be sent. grpc-js frames a
- * message in the private BaseServerInterceptingCall#serializeMessage; it is wrapped to pass through the buffers
- * made by framed(), and to frame everything else as before. Throws when that method is missing.
+ * Lets cosid hand grpc-js whole gRPC messages (FramedMessage) that it built once and shares among watchers:
+ * grpc-js otherwise copies every message into a new buffer per call, and has no response compression at all, so a
+ * message compressed once for many watchers (flag 1) could not be sent. grpc-js frames a message in the private
+ * BaseServerInterceptingCall#serializeMessage; it is wrapped to pass a FramedMessage's bytes through, and to frame
+ * everything else as before. Throws when that method is missing.
  */
 export function installFramedWrites(): void {
   if (framedWritesInstalled) return;
@@ -75,19 +100,9 @@ export function installFramedWrites(): void {
   const original = proto?.serializeMessage;
   if (proto === undefined || typeof original !== 'function') throw missing('BaseServerInterceptingCall#serializeMessage', 'is missing');
   proto.serializeMessage = function serializeMessage(this: unknown, value: unknown): unknown {
-    return Buffer.isBuffer(value) && FRAMED.has(value) ? value : (original as (v: unknown) => unknown).call(this, value);
+    return FramedMessage.wireOf(value) ?? (original as (v: unknown) => unknown).call(this, value);
   };
   framedWritesInstalled = true;
-}
-
-/** A gRPC message: flag (1: compressed with the stream's grpc-encoding), length, payload. */
-export function framed(payload: Buffer, compressed: boolean): Buffer {
-  const out = Buffer.allocUnsafe(payload.length + 5);
-  out.writeUInt8(compressed ? 1 : 0, 0);
-  out.writeUInt32BE(payload.length, 1);
-  payload.copy(out, 5);
-  FRAMED.add(out);
-  return out;
 }
 
 /** Each HTTP/2 request's grpc-accept-encoding, by its stream (grpc-js drops the header from the call's metadata). */

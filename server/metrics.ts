@@ -6,7 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Logger } from '../shared/log.js';
 
-/** What the watch hub reports as it goes (server/watch/hub.ts calls these). */
+/** What the watch layer reports as it goes: the API's watch sink what it sends (server/api/watch-sink.ts), a session an overrun. */
 export interface WatchMetrics {
   /** A message went to a watcher: how many events, how many bytes, in which form. */
   sent(form: string, events: number, bytes: number): void;

@@ -9,7 +9,7 @@ import { generateCa, issueClientCert, type KeyPairPem } from '../shared/pki.js';
 import { K8S_NAMESPACE, STATIC_POD_STATUS_TYPE, STATIC_POD_TYPE } from '../server/resources/k8s.js';
 import type { Logger } from '../shared/log.js';
 import type { Json } from '../shared/wire.js';
-import type { WatchLimits } from '../server/watch/hub.js';
+import type { WatchLimits } from '../server/watch/limits.js';
 import type { RuntimeOptions } from '../server/api/machine-service.js';
 import type { ResourceStore } from '../server/store/store.js';
 

@@ -4,7 +4,6 @@
 // - a watch still preparing when endAll() runs (cosid stopping) ends unavailable and leaves no subscription on the
 //   kind's history behind.
 import { randomBytes } from 'node:crypto';
-import { gunzipSync } from 'node:zlib';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { CosiError } from '../shared/errors.js';
 import { EventType, wire } from '../shared/wire.js';
@@ -16,7 +15,8 @@ import type { ChangeFeed, HistoryListener, KindHistory } from '../server/store/s
 import { decodeBookmark, encodeBookmark } from '../server/watch/bookmark.js';
 import { Frames } from '../server/watch/frames.js';
 import type { WatchPlan } from '../server/watch/plan.js';
-import { WatchHub, type WatchSink } from '../server/watch/hub.js';
+import { WatchHub } from '../server/watch/hub.js';
+import type { WatchSink } from '../server/watch/session.js';
 
 const etcd = inject('etcd');
 const opened: { close(): unknown }[] = [];
@@ -39,16 +39,7 @@ function plan(resumeFrom: WatchPlan['resumeFrom']): WatchPlan {
     resumeFrom,
     apiVersion: 1,
     form: 'full',
-    gzip: false,
   };
-}
-
-/** The WatchResponse in a message the hub writes: a gRPC message (flag, length, payload) or a bare response. */
-function payloadOf(message: Buffer): Buffer {
-  const framedMessage = message.length >= 5 && (message[0] === 0 || message[0] === 1) && message.readUInt32BE(1) === message.length - 5;
-  if (!framedMessage) return message;
-  const payload = message.subarray(5);
-  return message[0] === 1 ? gunzipSync(payload) : payload;
 }
 
 /** A sink that records events ("TYPE id@version") and its end, and says when a condition on them first holds. */
@@ -66,7 +57,7 @@ function recordingSink() {
   };
   const sink: WatchSink = {
     write(message) {
-      for (const e of wire.watchResponse.decode(payloadOf(message)).event) {
+      for (const e of wire.watchResponse.decode(message.payload).event) {
         events.push(`${EventType[e.eventType]}${e.resource?.metadata ? ` ${e.resource.metadata.id}@${e.resource.metadata.version}` : ''}`);
       }
       check();

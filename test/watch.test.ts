@@ -108,6 +108,18 @@ describe('watch a kind', () => {
     await eventually(() => expect(summary(tail.events)).toEqual([`destroyed ${p}/c@1`, `created ${p}/e@1`]));
   });
 
+  it.each([true, false])('with bootstrap_contents and bootstrap_bookmark (aggregated: %s), sends the NOOP after BOOTSTRAPPED', async (aggregated) => {
+    const p = prefix();
+    await put(`${p}/a`, false);
+    await put(`${p}/b`, true);
+    const w = collect({ bootstrap: true, bootstrapBookmark: true, aggregated, idRegexp: `^${p}/` });
+    await eventually(() => expect(summary(w.events)).toEqual([`created ${p}/a@1`, `created ${p}/b@1`, 'bootstrapped', 'noop']));
+    // The NOOP's bookmark is the snapshot's end: a resume from it gets the changes after the bootstrap, and only them.
+    await put(`${p}/a`, true);
+    const resumed = collect({ fromBookmark: w.events[3]?.bookmark, idRegexp: `^${p}/` });
+    await eventually(() => expect(summary(resumed.events)).toEqual([`updated ${p}/a@2`]));
+  });
+
   it('replays the last N events with tail_events', async () => {
     const p = prefix();
     for (let i = 0; i < 5; i++) await put(`${p}/n`, i % 2 === 0);

@@ -6,6 +6,7 @@
 // reads cosi_watch_bytes_sent_total{form} around each fan-out run.
 import { readFileSync } from 'node:fs';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { WatchFraming } from '../../dist/server/api/watch-sink.js';
 import { Cosid } from '../../dist/server/cosid.js';
 import { EtcdStore } from '../../dist/server/store/etcd.js';
 import { podStatusPayload, serveRpc, STATUS_KIND, summarize } from '../common.mjs';
@@ -89,14 +90,15 @@ serveRpc({
     const current = h.current(probe.id) ?? (await store.get(probe));
     // Each form's single-event WatchResponse, and its gRPC message as a gzip watcher gets it (5 bytes of framing).
     const events = cosid.hub.events;
+    const gzipMessage = (payload) => new WatchFraming().frame({ payload, events: 1, shared: true }, true);
     const full = events.response(events.change(change, 1, h, 'full'));
     const lean = events.response(events.change(change, 1, h, 'lean'));
     const sizes = {
       resource: cosid.hub.frames.single(current).length,
       updatedEvent: full.length,
       leanUpdatedEvent: lean.length,
-      updatedEventGzipMessage: events.message(full, true, true).length,
-      leanUpdatedEventGzipMessage: events.message(lean, true, true).length,
+      updatedEventGzipMessage: gzipMessage(full).length,
+      leanUpdatedEventGzipMessage: gzipMessage(lean).length,
     };
     await store.destroy(probe, 'bench');
     return sizes;

@@ -13,8 +13,8 @@ import { planWatch } from '../watch/plan.js';
 import { authorizeRead, peerOf } from './access.js';
 import { PeerCounter } from './peer-counter.js';
 import type { EventForm, Frames } from '../watch/frames.js';
-import { acceptsGzip } from '../grpc-internals.js';
-import { grpcWatchSink } from './watch-sink.js';
+import { acceptsGzip, type FramedMessage } from '../grpc-internals.js';
+import { grpcWatchSink, WatchFraming } from './watch-sink.js';
 import { drained, requestOf, tolerant } from './requests.js';
 
 export interface StateServiceDeps {
@@ -146,6 +146,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   // Watches whose client accepts gzip get the messages many watchers share compressed (once for all of them).
   const gzipHeader = header.clone();
   gzipHeader.set('grpc-encoding', 'gzip');
+  const watchFraming = new WatchFraming();
   const recordCall = callRecorder(log, deps.audit === true, 'cosi.resource.State', deps.metrics);
   /** Audit line and refusal log for one finished call. */
   const record = (call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, method: string, type: string, started: number, err?: unknown): void =>
@@ -222,7 +223,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
       })();
     },
 
-    Watch(call: grpc.ServerWritableStream<WireWatchRequest, Buffer>) {
+    Watch(call: grpc.ServerWritableStream<WireWatchRequest, FramedMessage>) {
       const started = Date.now();
       let releaseConnection = () => {};
       try {
@@ -230,7 +231,8 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
         const req = requestOf(call);
         checkRead(call, req);
         if (req.id !== undefined) checkName('id', req.id);
-        const plan = { ...planWatch(req, feed.instance), form: eventFormOf(call.metadata), gzip: deps.watchCompression !== false && acceptsGzip(call) };
+        const plan = { ...planWatch(req, feed.instance), form: eventFormOf(call.metadata) };
+        const gzip = deps.watchCompression !== false && acceptsGzip(call);
         const peer = call.getPeer();
         if (watchesByPeer.get(peer) >= maxWatches) {
           throw new CosiError('resource-exhausted', `too many watches on this connection (limit ${maxWatches}); close some or open another connection`);
@@ -243,13 +245,20 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           counted = false;
           watchesByPeer.down(peer);
         };
-        call.sendMetadata(plan.gzip ? gzipHeader : header);
+        call.sendMetadata(gzip ? gzipHeader : header);
         const watch = hub.open(
           plan,
-          grpcWatchSink(call, hub.limits.maxBufferedBytes, (error) => {
-            record(call, 'Watch', req.type, started, error);
-            if (error === undefined) call.end();
-            else call.emit('error', toStatus(error));
+          grpcWatchSink(call, {
+            framing: watchFraming,
+            gzip,
+            form: plan.form,
+            metrics: deps.metrics,
+            maxBufferedBytes: hub.limits.maxBufferedBytes,
+            end: (error) => {
+              record(call, 'Watch', req.type, started, error);
+              if (error === undefined) call.end();
+              else call.emit('error', toStatus(error));
+            },
           }),
         );
         call.on('cancelled', () => {

@@ -3,13 +3,8 @@
 import { kindKey, type Resource } from '../../shared/resource.js';
 import { EventType } from '../../shared/wire.js';
 import type { Change, KindHistory } from '../store/store.js';
-import { gzipSync } from 'node:zlib';
-import { framed } from '../grpc-internals.js';
 import { encodeBookmark } from './bookmark.js';
 import { Frames, type EventForm } from './frames.js';
-
-/** Messages smaller than this go uncompressed even to gzip watchers: gzip's own header would eat the gain. */
-const GZIP_MIN_BYTES = 256;
 
 export interface EncodingLimits {
   /** Events per aggregated WatchResponse. */
@@ -39,9 +34,6 @@ export function unfiltered(c: Change): EventType {
 export class EncodedEvents {
   /** Encoded events by change, oldest first, by event type and form; each entry's bytes count the single-event responses. */
   private readonly cache = new Map<Change, { byShape: Map<string, Buffer>; bytes: number }>();
-  /** gRPC messages of shared responses, made once for every watcher that sends them: as they are, and gzipped. */
-  private readonly plainFrames = new WeakMap<Buffer, Buffer>();
-  private readonly gzipFrames = new WeakMap<Buffer, Buffer>();
   private cacheBytes = 0;
   private readonly responses = new WeakMap<Buffer, Buffer>();
   private readonly sharedBatches = new Map<string, CatchUpBatch>();
@@ -80,23 +72,6 @@ export class EncodedEvents {
   /** A NOOP event carrying the bookmark of `revision`. */
   bookmark(revision: number): Buffer {
     return this.frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(this.instance, { revision }));
-  }
-
-  /**
-   * The gRPC message of a WatchResponse. A shared one (the same bytes for many watchers: a single-event response, a
-   * shared catch-up batch) is framed once, and for gzip watchers compressed once; one only this watcher sends is
-   * framed for it and never compressed (compressing per watcher would cost more than the bytes it saves).
-   */
-  message(response: Buffer, shared: boolean, gzip: boolean): Buffer {
-    if (!shared) return framed(response, false);
-    const compress = gzip && response.length >= GZIP_MIN_BYTES;
-    const cache = compress ? this.gzipFrames : this.plainFrames;
-    let m = cache.get(response);
-    if (m === undefined) {
-      m = compress ? framed(gzipSync(response), true) : framed(response, false);
-      cache.set(response, m);
-    }
-    return m;
   }
 
   /** The shared single-event WatchResponse of an event encoded by change(), or undefined for any other bytes. */

@@ -1,8 +1,10 @@
-// Turns a WatchRequest into a validated plan; every set-up error becomes the call's status.
+// Turns a WatchRequest into a validated plan (every set-up error becomes the call's status), and says which changes
+// a watcher of that plan gets, and as what.
 import { CosiError } from '../../shared/errors.js';
 import type { Kind } from '../../shared/resource.js';
-import type { WireWatchRequest } from '../../shared/wire.js';
+import { EventType, type WireWatchRequest } from '../../shared/wire.js';
 import { compileSelector, type Selector } from '../store/query.js';
+import type { Change, KindHistory } from '../store/store.js';
 import { decodeBookmark, type Position } from './bookmark.js';
 import type { EventForm } from './frames.js';
 
@@ -20,8 +22,6 @@ export interface WatchPlan {
   readonly apiVersion: number;
   /** How events are encoded (request metadata `cosi-event-form`; default full). */
   readonly form: EventForm;
-  /** Shared messages go gzip-compressed (the client accepts gzip). */
-  readonly gzip: boolean;
 }
 
 export const MAX_TAIL_EVENTS = 100_000;
@@ -58,6 +58,41 @@ export function planWatch(req: WireWatchRequest, instance: string): WatchPlan {
     resumeFrom: hasBookmark ? decodeBookmark(instance, bookmark) : undefined,
     apiVersion: req.apiVersion,
     form: 'full',
-    gzip: false,
   };
+}
+
+/** api_version 0 clients get no BOOTSTRAPPED, ERRORED or NOOP events. */
+export function sendsAll(plan: WatchPlan): boolean {
+  return plan.apiVersion >= 1;
+}
+
+/** How a change reaches a watcher of this plan, if at all (label queries turn updates into creates/destroys). */
+export function deliveredAs(plan: WatchPlan, c: Change): EventType | undefined {
+  if (plan.id !== undefined && c.resource.metadata.id !== plan.id) return undefined;
+  // A value that does not decode is reported, not skipped; api_version 0 clients cannot be told (cosid logs it).
+  if (c.error !== undefined) return sendsAll(plan) ? EventType.ERRORED : undefined;
+  const sel = plan.selector;
+  if (c.type === 'created') return sel.matches(c.resource.metadata) ? EventType.CREATED : undefined;
+  if (c.type === 'destroyed') return sel.matches(c.resource.metadata) ? EventType.DESTROYED : undefined;
+  if (sel.everything) return EventType.UPDATED;
+  const before = c.old !== undefined && sel.matches(c.old.metadata);
+  const after = sel.matches(c.resource.metadata);
+  if (before && after) return EventType.UPDATED;
+  if (before) return EventType.DESTROYED;
+  if (after) return EventType.CREATED;
+  return undefined;
+}
+
+/** The revision a watch starts from so that the last `tailEvents` changes it delivers (before `now`) are replayed. */
+export function tailStart(plan: WatchPlan, history: KindHistory, now: number): number {
+  const revisions: number[] = [];
+  let after = history.oldestRevision;
+  for (;;) {
+    const batch = history.readChanges(after, 4096);
+    for (const c of batch.changes) if (deliveredAs(plan, c) !== undefined) revisions.push(c.revision);
+    if (batch.through >= now || batch.changes.length === 0) break;
+    after = batch.through;
+  }
+  const firstKept = revisions[Math.max(0, revisions.length - plan.tailEvents)];
+  return firstKept === undefined ? now : firstKept - 1;
 }
