@@ -19,6 +19,9 @@ const GLOBAL_FLAGS = `Global flags:
   -e, --endpoints A,B endpoints to dial (default: the context's endpoints)
   -n, --nodes A,B     nodes to ask (default: the context's nodes, else the first endpoint); each is dialled at its
                       own address, at the port of the first endpoint unless it names one; fills the NODE column
+  --request-timeout D how long each call that answers may take before it fails (get, containers, apply-config,
+                      a watch's first look-up; not a watch, a log or wait's waiting): a duration such as 10s or
+                      1m (default 30s; 0: no limit)
   -h, --help          help for the command
 `;
 

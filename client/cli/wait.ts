@@ -6,10 +6,12 @@
 // looked at again; --for=delete succeeds at once for what does not exist; a type without an ID that matches
 // nothing is "no matching resources found" (exit 1) except for delete; a timeout is exit 1, naming what was not met.
 import { CosiError } from '../../shared/errors.js';
+import { DEFAULT_TIMEOUT_MS } from '../grpc-client.js';
 import { createInformer, type Informer, type InformerChange } from '../informer.js';
 import { compileTemplate, findClose, type Template } from '../jsonpath.js';
 import type { NodeTarget } from '../nodes.js';
 import type { CosiResource, Json, ResourceDefinition } from '../resource.js';
+import { parseDuration } from './duration.js';
 import { openTargets, type TargetOptions } from './get.js';
 import { resourceDocument } from './output.js';
 
@@ -59,18 +61,15 @@ export function parseWaitFor(value: string | undefined): WaitCondition {
 }
 
 
-const UNIT_MS: Readonly<Record<string, number>> = { ns: 1e-6, us: 1e-3, µs: 1e-3, μs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 /** kubectl's "negative means wait for a week". */
 export const WEEK_MS = 7 * 24 * 3_600_000;
 
 /** A Go duration as kubectl's --timeout takes it ("2m", "1h30m", "500ms", "0"), in milliseconds; default 30 s. */
 export function parseWaitTimeout(value: string | undefined): number {
   if (value === undefined) return 30_000;
-  const m = /^([+-]?)((?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+|0)$/.exec(value);
-  if (m === null) throw new WaitArgumentError(`--timeout ${JSON.stringify(value)}: use a duration such as 30s, 2m, 1h30m (0: check once; negative: a week)`);
-  let ms = 0;
-  for (const part of (m[2] ?? '').matchAll(/(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)/g)) ms += Number(part[1]) * (UNIT_MS[part[2] ?? ''] ?? 0);
-  return m[1] === '-' && ms > 0 ? -ms : ms;
+  const ms = parseDuration(value);
+  if (ms === undefined) throw new WaitArgumentError(`--timeout ${JSON.stringify(value)}: use a duration such as 30s, 2m, 1h30m (0: check once; negative: a week)`);
+  return ms;
 }
 
 export interface WaitCliOptions extends TargetOptions {
@@ -90,7 +89,8 @@ export async function runWait(o: WaitCliOptions): Promise<number> {
   try {
     const started = Date.now();
     const budget = o.timeoutMs < 0 ? WEEK_MS : o.timeoutMs === 0 ? CHECK_ONCE_SYNC_MS : o.timeoutMs;
-    const def = await resolveOnAny(targets, o.type, budget);
+    // The type's lookup is a call that produces an answer: --request-timeout's deadline, within the wait's own.
+    const def = await resolveOnAny(targets, o.type, Math.min(budget, o.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS));
     return await new Wait(o, def, targets, labelOf, Math.max(0, budget - (Date.now() - started))).run();
   } finally {
     for (const t of targets) t.client.close();
@@ -102,7 +102,7 @@ async function resolveOnAny(targets: NodeTarget[], typeName: string, timeoutMs: 
   let last: unknown;
   for (const t of targets) {
     try {
-      return await t.client.resolveType(typeName, { timeoutMs: Math.min(Math.max(timeoutMs, 1), 30_000) });
+      return await t.client.resolveType(typeName, { timeoutMs: Math.max(timeoutMs, 1) });
     } catch (err) {
       last = err;
       // "not registered" and "ambiguous" are answers, not outages.
