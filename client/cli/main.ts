@@ -260,6 +260,7 @@ async function run(command: string, rest: string[], values: Values): Promise<num
       } catch (err) {
         throw err instanceof wait.WaitArgumentError ? new UsageError(err.message) : err;
       }
+      if (condition.kind === 'create' && id === undefined) throw new UsageError('--for create waits for one resource: name it, for example: cosictl wait staticpodstatus default/web-node-1 --for create');
       return wait.runWait({ ...targetOptions, type, id, namespace: values.namespace, condition, timeoutMs });
     }
     case 'apply-config':

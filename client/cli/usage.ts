@@ -162,6 +162,7 @@ const WAIT = `cosictl wait: until a condition holds, as kubectl wait.
 Usage:
   cosictl [global flags] wait <type> [<id>] --for condition=NAME[=VALUE]|delete|jsonpath='{EXPR}'[=VALUE]
         [--timeout 30s] [--namespace NS]
+  cosictl [global flags] wait <type> <id> --for create [--timeout 30s] [--namespace NS]
 
 Arguments:
   <type> [<id>]       the resource, or without <id> every resource of the type that exists once each node has
@@ -170,11 +171,17 @@ Arguments:
 Flags:
   --for condition=Ready       its spec's condition (.conditions, else .status.conditions) has status True
                               (condition=Ready=False for another value; names and values case-insensitive)
+  --for create                until the named resource exists (a pod's status exists only once the kubelet has
+                              reported it: wait --for create, then --for condition=Ready)
   --for delete                until it is gone (at once if it does not exist)
   --for jsonpath='{.spec.phase}'=Running   the JSONPath (on what get -o jsonpath sees) gives VALUE
   --timeout D         give up after D (30s, 2m, 1h; default 30s; 0: check once; negative: a week): exit code 1,
                       naming what is not met
   --namespace NS      namespace (default: the type's default namespace)
+
+A named resource that does not exist once its node has listed: --for create waits for it; --for delete succeeds
+at once; --for condition= and --for jsonpath= fail at once with "<type>/<id> not found" (exit code 1), without
+waiting (kubectl's behaviour: wait --for create first).
 
 ${GLOBAL_FLAGS}`;
 

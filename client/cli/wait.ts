@@ -3,8 +3,10 @@
 //
 // kubectl's semantics: the resources waited for are those that exist once every node has listed them (later ones
 // are not waited for); each is reported `condition met` once, the first time it meets the condition, and is not
-// looked at again; --for=delete succeeds at once for what does not exist; a type without an ID that matches
-// nothing is "no matching resources found" (exit 1) except for delete; a timeout is exit 1, naming what was not met.
+// looked at again; --for=delete succeeds at once for what does not exist; --for=create (kubectl 1.31) waits for one
+// named resource to exist; with any other condition a named resource that does not exist is "not found" (exit 1) at
+// once; a type without an ID that matches nothing is "no matching resources found" (exit 1) except for delete; a
+// timeout is exit 1, naming what was not met.
 import { CosiError } from '../../shared/errors.js';
 import { DEFAULT_TIMEOUT_MS } from '../grpc-client.js';
 import { createInformer, type Informer, type InformerChange } from '../informer.js';
@@ -18,6 +20,8 @@ import { resourceDocument } from './output.js';
 /** What --for asks for. */
 export type WaitCondition =
   | { kind: 'delete' }
+  /** The named resource exists (it may not yet when the wait starts). */
+  | { kind: 'create' }
   /** A condition of the spec (`.conditions`, else `.status.conditions`) whose status is `status` (case-insensitive). */
   | { kind: 'condition'; name: string; status: string }
   /** A JSONPath on the resource as `get -o jsonpath` sees it; without a value, any non-empty result. */
@@ -28,11 +32,12 @@ export class WaitArgumentError extends Error {
   override readonly name = 'WaitArgumentError';
 }
 
-const FOR_HELP = "--for delete, --for condition=NAME[=VALUE] or --for jsonpath='{.EXPR}'=VALUE";
+const FOR_HELP = "--for create, --for delete, --for condition=NAME[=VALUE] or --for jsonpath='{.EXPR}'=VALUE";
 
 export function parseWaitFor(value: string | undefined): WaitCondition {
   if (value === undefined || value === '') throw new WaitArgumentError(`wait needs a condition: ${FOR_HELP}`);
   if (value.toLowerCase() === 'delete') return { kind: 'delete' };
+  if (value.toLowerCase() === 'create') return { kind: 'create' };
   if (value.startsWith('condition=')) {
     const rest = value.slice('condition='.length);
     const eq = rest.indexOf('=');
@@ -195,8 +200,14 @@ class Wait {
             return r === undefined ? [] : [{ id: this.o.id, resource: r }];
           })()
         : this.informer.list(node).map((i) => ({ id: i.resource.metadata.id, resource: i.resource }));
-    if (this.o.id !== undefined && found.length === 0 && this.o.condition.kind !== 'delete') {
-      return this.fail(`${this.name({ node, id: this.o.id })} not found`);
+    if (this.o.id !== undefined && found.length === 0) {
+      const kind = this.o.condition.kind;
+      if (kind === 'condition' || kind === 'jsonpath') return this.fail(`${this.name({ node, id: this.o.id })} not found`);
+      if (kind === 'create') {
+        const entry: Entry = { node, id: this.o.id, met: false, observed: 'not created' };
+        this.entries.set(key(node, this.o.id), entry);
+        this.progress(entry, 'to be created');
+      }
     }
     for (const { id, resource } of found) {
       const entry: Entry = { node, id, met: false, observed: undefined };
@@ -263,6 +274,8 @@ class Wait {
     switch (c.kind) {
       case 'delete':
         return { met: false, observed: 'exists' };
+      case 'create':
+        return { met: true, observed: 'exists' };
       case 'condition': {
         const found = conditionsOf(resource.spec).find((x) => typeof x['type'] === 'string' && x['type'].toLowerCase() === c.name.toLowerCase());
         if (found === undefined) return { met: false, observed: `no condition ${c.name}` };
