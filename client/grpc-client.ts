@@ -14,7 +14,8 @@ import { diagnoseConnection, type ProbeTarget } from './diagnose.js';
 import { fromWireResource, toDefinition, toWatchEvent, toWireQueries, toWireWatchRequest, type WatchRequest } from './convert.js';
 import { applyConfiguration, listContainers, streamLogs, type MachineTransport } from './machine.js';
 import type { ContainerInfo, CosiResource, ResourceDefinition, WatchEvent } from './resource.js';
-import { observeWatch, openWatchStream, type WatchTransport } from './watch.js';
+import type { Closable, WatchTransport } from './reflector.js';
+import { observeWatch, openWatchStream } from './watch.js';
 
 const DEFINITION_TYPE = 'ResourceDefinitions.meta.cosi.dev';
 const META_NAMESPACE = 'meta';
@@ -62,7 +63,7 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
   private readonly defaultTimeoutMs: number;
   /** Aborted by close(): every call listens to it. */
   private readonly closing = new AbortController();
-  private readonly watches = new Set<WatchStream>();
+  private readonly watches = new Set<Closable>();
   private definitionsCache: Promise<ResourceDefinition[]> | undefined;
   private reportedNode: string | undefined;
   /** Where and how to dial again to tell why a connection failed. */
@@ -176,7 +177,7 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
     return this.closing.signal;
   }
 
-  trackWatch(w: WatchStream): () => void {
+  trackWatch(w: Closable): () => void {
     this.watches.add(w);
     return () => this.watches.delete(w);
   }

@@ -1,16 +1,17 @@
 // An informer, for controllers: one type listed, then watched, on one node or many, into a local cache keyed by
-// node and ID, with handlers told what was added, updated and deleted. It is built on watchIter with bootstrap,
-// which reconnects, resumes, and after "too old" lists again and yields only the difference from what was seen;
-// the informer applies every event to its cache and calls a handler only when the cache really changed, so a
+// node and ID, with handlers told what was added, updated and deleted. Each node runs the list-watch-resume core
+// (client/reflector.ts: reconnects, resumes, and after "too old" lists again) into its one store
+// (client/resource-cache.ts), which says what each step changed; a handler is called only for a real change, so a
 // resync calls nothing for what stayed the same, `deleted` once for what vanished and `updated` once for what
 // changed.
 import './dispose.js';
 import { CosiError } from '../shared/errors.js';
 import { checkMs } from './call.js';
-import type { CallOptions, ConnectionState, CosiClient, LabelQuery, ReconnectOptions, Timers, WatchStream } from './client.js';
+import type { CallOptions, ConnectionState, CosiClient, LabelQuery, ReconnectOptions, Timers } from './client.js';
 import type { NodeTarget } from './nodes.js';
-import type { CosiResource, WatchEvent } from './resource.js';
-import { sameState } from './resource-state.js';
+import { isWatchTransport, Reflector, type Delta, type WatchTransport } from './reflector.js';
+import { ResourceCache, type CacheChange } from './resource-cache.js';
+import type { CosiResource } from './resource.js';
 
 export interface InformerOptions {
   /** Defaults to the type's default namespace. */
@@ -167,24 +168,24 @@ const realTimers: Timers = {
 
 /** One node's part of the informer. */
 class NodeView {
-  readonly cache = new Map<string, CosiResource>();
+  readonly cache = new ResourceCache();
   state: ConnectionState = 'connecting';
   detail: string | undefined;
   synced = false;
   error: CosiError | undefined;
-  stream: WatchStream | undefined;
+  reflector: Reflector | undefined;
 
   constructor(
     readonly node: string,
-    /** Whether the node's client was closed (its watch then ends quietly, which is no failure of the server). */
-    readonly clientClosed: () => boolean,
+    /** The node's client, as the core talks to it. */
+    readonly transport: WatchTransport,
   ) {}
 }
 
-/** The library's own clients expose their "closed" signal; any other CosiClient is taken as open. */
-function closedProbe(client: unknown): () => boolean {
-  const closed = client !== null && typeof client === 'object' && 'closed' in client ? (client as { closed: unknown }).closed : undefined;
-  return closed instanceof AbortSignal ? () => closed.aborted : () => false;
+/** The client of a node as the core needs it: the library's own clients (connect, connectContext) are. */
+function transportOf(t: NodeTarget): WatchTransport {
+  if (!isWatchTransport(t.client)) throw new CosiError('invalid-argument', `the client of node ${JSON.stringify(t.node)} was not made by connect() or connectContext(): an informer needs one of the library's own clients`);
+  return t.client;
 }
 
 /** A pending synced(): the nodes it waits for, and how it ends. */
@@ -212,7 +213,7 @@ class NodeInformer implements Informer {
     private readonly opts: InformerOptions,
   ) {
     this.timers = opts.reconnect?.timers ?? realTimers;
-    this.views = targets.map((t) => new NodeView(t.node, closedProbe(t.client)));
+    this.views = targets.map((t) => new NodeView(t.node, transportOf(t)));
     this.byNode = new Map(this.views.map((v) => [v.node, v]));
     this.nodes = this.views.map((v) => v.node);
     for (const [event, handler] of Object.entries(opts.handlers ?? {})) {
@@ -225,17 +226,14 @@ class NodeInformer implements Informer {
       void this.stop();
       return;
     }
-    // Every watch is opened here, so that options watchIter refuses make createInformer throw; none reads yet.
-    const streams: WatchStream[] = [];
+    // Every watch is opened here, so that options the core refuses make createInformer throw; none reads yet.
+    const opened: Reflector[] = [];
     try {
-      for (const [i, t] of targets.entries()) {
-        const view = this.views[i];
-        if (view !== undefined) streams.push((view.stream = this.open(view, t.client)));
-      }
+      for (const view of this.views) opened.push((view.reflector = this.open(view)));
     } catch (err) {
       this.stopper.abort();
       this.detachSignal();
-      for (const s of streams) void s.close();
+      for (const r of opened) void r.close();
       throw err;
     }
     // Reading starts after the caller's current turn: not even a `connecting` state reaches a handler before
@@ -318,10 +316,7 @@ class NodeInformer implements Informer {
 
   list(node?: string): InformerItem[] {
     const views = node === undefined ? this.views : [this.view(node)];
-    return views.flatMap((v) => [...v.cache.keys()].sort().flatMap((id) => {
-      const resource = v.cache.get(id);
-      return resource === undefined ? [] : [{ node: v.node, resource }];
-    }));
+    return views.flatMap((v) => v.cache.list().map((resource) => ({ node: v.node, resource })));
   }
 
   status(): InformerNodeStatus[] {
@@ -332,7 +327,7 @@ class NodeInformer implements Informer {
     if (this.stopping === undefined) {
       this.stopper.abort();
       this.detachSignal();
-      this.stopping = Promise.all(this.views.map((v) => v.stream?.close())).then(() => undefined);
+      this.stopping = Promise.all(this.views.map((v) => v.reflector?.close())).then(() => undefined);
       for (const w of [...this.waiters]) w.check();
     }
     return this.stopping;
@@ -353,9 +348,9 @@ class NodeInformer implements Informer {
   }
 
   /** A node's watch: a bootstrap, then every change, reconnecting, resuming and resyncing on its own. */
-  private open(v: NodeView, client: CosiClient): WatchStream {
+  private open(v: NodeView): Reflector {
     const o = this.opts;
-    return client.watchIter(this.type, {
+    return new Reflector(v.transport, this.type, {
       ...(o.namespace !== undefined ? { namespace: o.namespace } : {}),
       ...(o.labelQuery !== undefined ? { labelQuery: o.labelQuery } : {}),
       ...(o.idRegexp !== undefined ? { idRegexp: o.idRegexp } : {}),
@@ -369,15 +364,17 @@ class NodeInformer implements Informer {
 
   /** One node's watch, applied to its cache until the informer stops or the watch fails for good. */
   private async run(v: NodeView): Promise<void> {
-    const stream = v.stream;
-    if (stream === undefined || this.stopped) return;
+    const reflector = v.reflector;
+    if (reflector === undefined || this.stopped) return;
     try {
-      for await (const e of stream) {
-        if (this.stopped) return;
-        await this.apply(v, e);
+      for await (const steps of reflector.steps()) {
+        for (const d of steps) {
+          if (this.stopped) return;
+          await this.apply(v, d);
+        }
       }
       if (this.stopped) return;
-      if (v.clientClosed()) {
+      if (v.transport.closed.aborted) {
         // The caller closed this node's client: the node is done, which is no failure to report.
         v.error = new CosiError('cancelled', `the client of node ${v.node} was closed`);
         v.state = 'closed';
@@ -412,34 +409,30 @@ class NodeInformer implements Informer {
     }
   }
 
-  /** One event of a node's watch: the cache changes, then the handlers hear of it (only of real changes). */
-  private async apply(v: NodeView, e: WatchEvent): Promise<void> {
-    const resync = e.resync === true;
-    switch (e.type) {
-      case 'bootstrapped':
-        if (v.synced) return;
+  /** One step of a node's watch: the cache changes, then the handlers hear of it (only of real changes). */
+  private async apply(v: NodeView, d: Delta): Promise<void> {
+    switch (d.op) {
+      case 'marker':
+        if (d.event.type !== 'bootstrapped' || v.synced) return;
         v.synced = true;
         for (const w of [...this.waiters]) w.check();
         return this.emit(v, 'synced', { node: v.node });
-      case 'created':
-      case 'updated': {
-        const r = e.resource;
-        if (r === undefined) return;
-        const old = v.cache.get(r.metadata.id);
-        if (old !== undefined && sameState(old, r)) return;
-        v.cache.set(r.metadata.id, r);
-        if (old === undefined) return this.emit(v, 'added', { node: v.node, resource: r, resync });
-        return this.emit(v, 'updated', { node: v.node, resource: r, old, resync });
-      }
-      case 'destroyed': {
-        const r = e.resource;
-        if (r === undefined || !v.cache.has(r.metadata.id)) return;
-        v.cache.delete(r.metadata.id);
-        return this.emit(v, 'deleted', { node: v.node, resource: r, resync });
-      }
-      default:
+      case 'replaced':
+        for (const c of v.cache.replace(d.items)) await this.announce(v, c, true);
         return;
+      default: {
+        const c = v.cache.apply(d.op, d.resource);
+        if (c !== undefined) await this.announce(v, c, d.event.resync === true);
+      }
     }
+  }
+
+  /** A change of a node's cache, to the handlers. */
+  private announce(v: NodeView, c: CacheChange, resync: boolean): Promise<void> {
+    const { node } = v;
+    if (c.type === 'created') return this.emit(v, 'added', { node, resource: c.resource, resync });
+    if (c.type === 'updated') return this.emit(v, 'updated', { node, resource: c.resource, old: c.old, resync });
+    return this.emit(v, 'deleted', { node, resource: c.resource, resync });
   }
 
   private async emit<K extends 'added' | 'updated' | 'deleted' | 'synced'>(v: NodeView, event: K, payload: Parameters<InformerHandlers[K]>[0]): Promise<void> {

@@ -92,7 +92,7 @@ describe('cosictl usage errors', () => {
     [['logs'], 'logs needs an ID: cosictl logs -k <namespace>/<pod>:<container>[:<id>] (IDs as listed by cosictl containers -k), or cosictl logs kubelet', 'logs'],
     [['logs', 'kubelet', '--tail', 'x'], '--tail needs a number of lines from 0 to 2147483647, not "x" (leave it out for the whole log)', 'logs'],
     [['containers'], 'cosid serves the Kubernetes containers only: use cosictl containers -k (--kubernetes)', 'containers'],
-    [['wait', 'sp'], 'wait needs a condition: --for delete, --for condition=NAME[=VALUE] or --for jsonpath=\'{.EXPR}\'=VALUE', 'wait'],
+    [['wait', 'sp'], 'wait needs a condition: --for create, --for delete, --for condition=NAME[=VALUE] or --for jsonpath=\'{.EXPR}\'=VALUE', 'wait'],
     [['frob'], 'unknown command "frob": the commands are get, apply-config, patch, edit, containers, logs, wait, gen', undefined],
     [['--bogus'], "Unknown option '--bogus'", undefined],
     [['help', 'frob'], 'no help for "frob": the commands are get, apply-config, patch, edit, containers, logs, wait, gen', undefined],

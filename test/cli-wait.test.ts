@@ -176,7 +176,7 @@ describe('cosictl wait for one resource', () => {
   });
 
   it.each([
-    [['wait', 'podstatus', 'x'], /^error: wait needs a condition: --for delete, --for condition=NAME\[=VALUE\]/],
+    [['wait', 'podstatus', 'x'], /^error: wait needs a condition: --for create, --for delete, --for condition=NAME\[=VALUE\]/],
     [['wait', '--for', 'delete'], /^error: wait needs a resource type/],
     [['wait', 'podstatus', 'x', 'y', '--for', 'delete'], /^error: wait takes a type and at most one ID; unexpected "y"/],
     [['wait', 'podstatus', '--for', 'ready'], /^error: unknown --for "ready"/],
@@ -191,6 +191,58 @@ describe('cosictl wait for one resource', () => {
     expect(r.stderr).toMatch(message);
     expect(r.stderr).toMatch(/run 'cosictl wait --help' for usage\n$/);
     expect(r.code).toBe(2);
+  });
+});
+
+describe('cosictl wait --for create', () => {
+  let srv: TestServer;
+  beforeAll(async () => {
+    srv = await server('node-1');
+  });
+
+  it('waits for a named resource that appears after the wait started, then prints "condition met", exit 0', async () => {
+    const c = new Cosictl(srv, ['wait', 'podstatus', 'default/new-node-1', '--for', 'create', '--timeout', '1m']);
+    await c.until('stderr', 'waiting for staticpodstatus/default/new-node-1 to be created\n');
+    expect(c.stdout).toBe('');
+    await put(srv, 'default/new-node-1', podStatus(false));
+    expect(await c.result()).toEqual({ code: 0, stdout: 'staticpodstatus/default/new-node-1 condition met\n', stderr: 'waiting for staticpodstatus/default/new-node-1 to be created\n' });
+    // Already there: met at once, whatever its state.
+    expect(await run(srv, ['wait', 'podstatus', 'default/new-node-1', '--for=create'])).toEqual({ code: 0, stdout: 'staticpodstatus/default/new-node-1 condition met\n', stderr: '' });
+  });
+
+  it('times out with exit code 1, naming the resource that was not created', async () => {
+    const r = await run(srv, ['wait', 'podstatus', 'default/never-node-1', '--for', 'create', '--timeout', '3s']);
+    expect(r).toEqual({
+      code: 1,
+      stdout: '',
+      stderr: 'waiting for staticpodstatus/default/never-node-1 to be created\nerror: timed out waiting for the condition on staticpodstatus/default/never-node-1\n',
+    });
+    expect(await run(srv, ['wait', 'podstatus', 'default/never-node-1', '--for', 'create', '--timeout', '0'])).toEqual({
+      code: 1,
+      stdout: '',
+      stderr: 'error: timed out waiting for the condition on staticpodstatus/default/never-node-1\n',
+    });
+  });
+
+  it('waits on every node, each told as it has the resource', async () => {
+    const pki = await makePki();
+    const one = await server('node-1', pki);
+    const two = await server('node-2', pki);
+    const c = new Cosictl(one, ['wait', 'podstatus', 'default/web', '--for', 'create', '--timeout', '1m'], ['-n', `${one.endpoint},${two.endpoint}`]);
+    await c.until('stderr', `${two.endpoint}: waiting for staticpodstatus/default/web to be created\n`);
+    await put(two, 'default/web', podStatus(false));
+    await c.until('stdout', `${two.endpoint}: staticpodstatus/default/web condition met\n`);
+    expect(c.running).toBe(true);
+    await put(one, 'default/web', podStatus(false));
+    expect(await c.result()).toMatchObject({ code: 0, stdout: `${two.endpoint}: staticpodstatus/default/web condition met\n${one.endpoint}: staticpodstatus/default/web condition met\n` });
+  });
+
+  it('needs a named resource (usage error), and --help says what the other conditions do with one that does not exist', async () => {
+    const r = await run(srv, ['wait', 'podstatus', '--for', 'create']);
+    expect(r).toEqual({ code: 2, stdout: '', stderr: "error: --for create waits for one resource: name it, for example: cosictl wait staticpodstatus default/web-node-1 --for create\nrun 'cosictl wait --help' for usage\n" });
+    const help = await run(srv, ['wait', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout.replace(/\s+/g, ' ')).toContain('A named resource that does not exist once its node has listed: --for create waits for it; --for delete succeeds at once; --for condition= and --for jsonpath= fail at once with "<type>/<id> not found" (exit code 1)');
   });
 });
 

@@ -240,6 +240,31 @@ describe('an informer on one node', () => {
   });
 });
 
+describe('an informer on a client of its own making', () => {
+  it('is refused: the informer runs the library\'s list-watch-resume core, which needs a client made by connect()', () => {
+    const real = srv.client();
+    // Every method of a CosiClient, none of the library's transport.
+    const wrapped: CosiClient = {
+      endpoint: real.endpoint,
+      node: undefined,
+      definitions: (o) => real.definitions(o),
+      resolveType: (n, o) => real.resolveType(n, o),
+      get: (t, id, o) => real.get(t, id, o),
+      list: (t, o) => real.list(t, o),
+      listIter: (t, o) => real.listIter(t, o),
+      watchIter: (t, o) => real.watchIter(t, o),
+      watch: (t, o) => real.watch(t, o),
+      containers: (o) => real.containers(o),
+      logs: (id, o) => real.logs(id, o),
+      applyConfiguration: (c, o) => real.applyConfiguration(c, o),
+      close: () => real.close(),
+      [Symbol.asyncDispose]: () => real[Symbol.asyncDispose](),
+    };
+    expect(() => createInformer([{ node: 'x', client: wrapped }], 'podstatus')).toThrow(expect.objectContaining({ kind: 'invalid-argument', message: expect.stringContaining('node "x" was not made by connect() or connectContext()') }));
+    real.close();
+  });
+});
+
 describe('resync after "too old"', () => {
   it('calls no handler for what is unchanged, deleted once for what vanished, updated once for what changed', async () => {
     const pki: TestPki = await makePki();

@@ -5,6 +5,7 @@ import { CosiError } from '../../shared/errors.js';
 import type { ApplyConfigurationResult, ApplyMode } from '../client.js';
 import type { NodeTarget } from '../nodes.js';
 import { applyPatches, loadPatches } from './config-patch.js';
+import { parseDuration } from './duration.js';
 import { openTargets, type TargetOptions } from './get.js';
 import { UsageError } from './usage.js';
 
@@ -27,14 +28,11 @@ export function parseMode(value: string | undefined): ApplyMode {
   throw new UsageError(`--mode must be one of auto, no-reboot, staged, try; not ${JSON.stringify(value)}`);
 }
 
-const UNITS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
 /** --timeout as talosctl takes it (a Go duration: 1m, 30s, 1m30s, 500ms); positive. */
 export function parseTryTimeout(value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
-  const parts = /^(?:\d+(?:\.\d+)?(?:ms|s|m|h))+$/.test(value) ? [...value.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)] : [];
-  const ms = parts.reduce((sum, p) => sum + Number(p[1]) * (UNITS[p[2] ?? ''] ?? NaN), 0);
-  if (parts.length === 0 || !Number.isFinite(ms) || ms <= 0) throw new UsageError(`--timeout needs a positive duration such as 1m, 30s or 1m30s, not ${JSON.stringify(value)}`);
+  const ms = parseDuration(value);
+  if (ms === undefined || !(ms > 0)) throw new UsageError(`--timeout needs a positive duration such as 1m, 30s or 1m30s, not ${JSON.stringify(value)}`);
   return ms;
 }
 

@@ -7,12 +7,8 @@ import type { CosiResource } from '../resource.js';
 import { createPrinter, parseOutputFormat, type Printer } from './output.js';
 import { UsageError } from './usage.js';
 
-export interface GetOptions {
+export interface GetOptions extends TargetOptions {
   args: string[];
-  cosiconfig: string | undefined;
-  context: string | undefined;
-  endpoints: string[];
-  nodes: string[];
   namespace: string | undefined;
   output: string;
   jsonArray: boolean;
@@ -66,6 +62,11 @@ export interface TargetOptions {
   context: string | undefined;
   endpoints: string[];
   nodes: string[];
+  /**
+   * --request-timeout: the deadline of each call that produces an answer (the client's defaultTimeoutMs; watches
+   * and logs have none). Undefined: the library's 30 s; Infinity: none.
+   */
+  requestTimeoutMs?: number | undefined;
 }
 
 /**
@@ -82,9 +83,10 @@ export async function openTargets(o: TargetOptions): Promise<{ targets: NodeTarg
   const named = nodes.length > 0;
   const twice = nodes.find((n, i) => nodes.indexOf(n) !== i);
   if (twice !== undefined) throw new UsageError(o.nodes.length > 0 ? `-n names ${twice} twice` : `context ${JSON.stringify(ctx.name)} in ${configPath} names the node ${twice} twice`);
+  const options = o.requestTimeoutMs !== undefined ? { defaultTimeoutMs: o.requestTimeoutMs } : {};
   const targets: NodeTarget[] = named
-    ? nodes.map((n) => ({ node: n, client: connectContext(ctx, nodeAddress(n, endpoints)) }))
-    : endpoints.slice(0, 1).map((e) => ({ node: e, client: connectContext(ctx, e) }));
+    ? nodes.map((n) => ({ node: n, client: connectContext(ctx, nodeAddress(n, endpoints), options) }))
+    : endpoints.slice(0, 1).map((e) => ({ node: e, client: connectContext(ctx, e, options) }));
   if (targets.length === 0) throw new Error(`context ${JSON.stringify(ctx.name)} in ${configPath} has no endpoints; pass -e HOST:PORT`);
   const label = (t: NodeTarget) => (named ? t.node : (t.client.node ?? hostOf(t.node)));
   const byNode = new Map(targets.map((t) => [t.node, t]));

@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isCosiError } from '../../shared/errors.js';
+import { parseDuration } from './duration.js';
 import { runGet } from './get.js';
 import { hasHelp, helpFor, UsageError } from './usage.js';
 
@@ -17,7 +18,7 @@ process.stdout.on('error', (err: NodeJS.ErrnoException) => {
 process.stderr.on('error', (err: NodeJS.ErrnoException) => process.exit(err.code === 'EPIPE' ? 0 : 1));
 
 /** The flags each command takes, the global ones included; any other is refused rather than ignored. */
-const GLOBAL_FLAGS = ['cosiconfig', 'context', 'endpoints', 'nodes', 'help'];
+const GLOBAL_FLAGS = ['cosiconfig', 'context', 'endpoints', 'nodes', 'request-timeout', 'help'];
 const COMMAND_FLAGS: Readonly<Record<string, readonly string[]>> = {
   get: [...GLOBAL_FLAGS, 'namespace', 'output', 'json-array', 'watch'],
   containers: [...GLOBAL_FLAGS, 'kubernetes', 'output'],
@@ -38,6 +39,17 @@ function checkFlags(command: string, given: { name: string; rawName: string }[])
   if (foreign !== undefined) throw new UsageError(`${foreign.rawName} does not apply to ${command}`, command);
 }
 
+/**
+ * --request-timeout D, as kubectl's: the deadline of each call that produces an answer (a Go duration; 0: none).
+ * Undefined when not given (the library's 30 s).
+ */
+function parseRequestTimeout(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const ms = parseDuration(value);
+  if (ms === undefined || ms < 0) throw new UsageError(`--request-timeout needs a duration such as 10s, 1m or 500ms (0: no deadline), not ${JSON.stringify(value)}`);
+  return ms === 0 ? Infinity : ms;
+}
+
 /** --tail N: a line count for Talos's int32 tail_lines. */
 function parseTail(value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
@@ -51,6 +63,7 @@ const OPTIONS = {
   context: { type: 'string' },
   endpoints: { type: 'string', short: 'e', multiple: true },
   nodes: { type: 'string', short: 'n', multiple: true },
+  'request-timeout': { type: 'string' },
   namespace: { type: 'string' },
   output: { type: 'string', short: 'o', default: 'table' },
   'json-array': { type: 'boolean', default: false },
@@ -200,15 +213,18 @@ type Values = ReturnType<typeof parse>['values'];
 
 async function run(command: string, rest: string[], values: Values): Promise<number> {
   const list = (v: string[] | undefined) => (v ?? []).flatMap((s) => s.split(',')).map((s) => s.trim()).filter((s) => s !== '');
-  const targetOptions = { cosiconfig: values.cosiconfig, context: values.context, endpoints: list(values.endpoints), nodes: list(values.nodes) };
+  const targetOptions = {
+    cosiconfig: values.cosiconfig,
+    context: values.context,
+    endpoints: list(values.endpoints),
+    nodes: list(values.nodes),
+    requestTimeoutMs: parseRequestTimeout(values['request-timeout']),
+  };
   switch (command) {
     case 'get':
       return runGet({
+        ...targetOptions,
         args: rest,
-        cosiconfig: values.cosiconfig,
-        context: values.context,
-        endpoints: list(values.endpoints),
-        nodes: list(values.nodes),
         namespace: values.namespace,
         output: values.output,
         jsonArray: values['json-array'],
@@ -244,6 +260,7 @@ async function run(command: string, rest: string[], values: Values): Promise<num
       } catch (err) {
         throw err instanceof wait.WaitArgumentError ? new UsageError(err.message) : err;
       }
+      if (condition.kind === 'create' && id === undefined) throw new UsageError('--for create waits for one resource: name it, for example: cosictl wait staticpodstatus default/web-node-1 --for create');
       return wait.runWait({ ...targetOptions, type, id, namespace: values.namespace, condition, timeoutMs });
     }
     case 'apply-config':
@@ -280,19 +297,31 @@ async function run(command: string, rest: string[], values: Values): Promise<num
   }
 }
 
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err: unknown) => {
-    const msg = isCosiError(err) || err instanceof Error ? err.message : String(err);
-    if (err instanceof UsageError) {
-      // One line, and where to read how the command is used.
-      process.stderr.write(`error: ${msg.split('\n')[0] ?? msg}\nrun 'cosictl ${err.command !== undefined ? `${err.command} ` : ''}--help' for usage\n`);
-      process.exitCode = 2;
-      return;
-    }
-    process.stderr.write(`error: ${msg}\n`);
-    process.exitCode = 1;
-  },
-);
+/**
+ * Ends the process with `code` once what it printed is written out. The process does not wait for its event loop
+ * to empty: a connection can outlive its client (grpc-js 1.14 keeps a TCP connection whose TLS handshake never
+ * finishes open after the channel is closed, until the peer closes it), and a command must end with its answer or
+ * its error whatever the server does.
+ */
+function exitWith(code: number): void {
+  process.exitCode = code;
+  let pending = 2;
+  const flushed = () => {
+    if (--pending === 0) process.exit(code);
+  };
+  // A write's callback runs once it and every write before it are handled (or the stream has failed).
+  process.stdout.write('', flushed);
+  process.stderr.write('', flushed);
+}
+
+main(process.argv.slice(2)).then(exitWith, (err: unknown) => {
+  const msg = isCosiError(err) || err instanceof Error ? err.message : String(err);
+  if (err instanceof UsageError) {
+    // One line, and where to read how the command is used.
+    process.stderr.write(`error: ${msg.split('\n')[0] ?? msg}\nrun 'cosictl ${err.command !== undefined ? `${err.command} ` : ''}--help' for usage\n`);
+    exitWith(2);
+    return;
+  }
+  process.stderr.write(`error: ${msg}\n`);
+  exitWith(1);
+});

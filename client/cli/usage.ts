@@ -19,6 +19,9 @@ const GLOBAL_FLAGS = `Global flags:
   -e, --endpoints A,B endpoints to dial (default: the context's endpoints)
   -n, --nodes A,B     nodes to ask (default: the context's nodes, else the first endpoint); each is dialled at its
                       own address, at the port of the first endpoint unless it names one; fills the NODE column
+  --request-timeout D how long each call that answers may take before it fails (get, containers, apply-config,
+                      a watch's first look-up; not a watch, a log or wait's waiting): a duration such as 10s or
+                      1m (default 30s; 0: no limit)
   -h, --help          help for the command
 `;
 
@@ -159,6 +162,7 @@ const WAIT = `cosictl wait: until a condition holds, as kubectl wait.
 Usage:
   cosictl [global flags] wait <type> [<id>] --for condition=NAME[=VALUE]|delete|jsonpath='{EXPR}'[=VALUE]
         [--timeout 30s] [--namespace NS]
+  cosictl [global flags] wait <type> <id> --for create [--timeout 30s] [--namespace NS]
 
 Arguments:
   <type> [<id>]       the resource, or without <id> every resource of the type that exists once each node has
@@ -167,11 +171,17 @@ Arguments:
 Flags:
   --for condition=Ready       its spec's condition (.conditions, else .status.conditions) has status True
                               (condition=Ready=False for another value; names and values case-insensitive)
+  --for create                until the named resource exists (a pod's status exists only once the kubelet has
+                              reported it: wait --for create, then --for condition=Ready)
   --for delete                until it is gone (at once if it does not exist)
   --for jsonpath='{.spec.phase}'=Running   the JSONPath (on what get -o jsonpath sees) gives VALUE
   --timeout D         give up after D (30s, 2m, 1h; default 30s; 0: check once; negative: a week): exit code 1,
                       naming what is not met
   --namespace NS      namespace (default: the type's default namespace)
+
+A named resource that does not exist once its node has listed: --for create waits for it; --for delete succeeds
+at once; --for condition= and --for jsonpath= fail at once with "<type>/<id> not found" (exit code 1), without
+waiting (kubectl's behaviour: wait --for create first).
 
 ${GLOBAL_FLAGS}`;
 

@@ -3,19 +3,25 @@
 //
 // kubectl's semantics: the resources waited for are those that exist once every node has listed them (later ones
 // are not waited for); each is reported `condition met` once, the first time it meets the condition, and is not
-// looked at again; --for=delete succeeds at once for what does not exist; a type without an ID that matches
-// nothing is "no matching resources found" (exit 1) except for delete; a timeout is exit 1, naming what was not met.
+// looked at again; --for=delete succeeds at once for what does not exist; --for=create (kubectl 1.31) waits for one
+// named resource to exist; with any other condition a named resource that does not exist is "not found" (exit 1) at
+// once; a type without an ID that matches nothing is "no matching resources found" (exit 1) except for delete; a
+// timeout is exit 1, naming what was not met.
 import { CosiError } from '../../shared/errors.js';
+import { DEFAULT_TIMEOUT_MS } from '../grpc-client.js';
 import { createInformer, type Informer, type InformerChange } from '../informer.js';
 import { compileTemplate, findClose, type Template } from '../jsonpath.js';
 import type { NodeTarget } from '../nodes.js';
 import type { CosiResource, Json, ResourceDefinition } from '../resource.js';
+import { parseDuration } from './duration.js';
 import { openTargets, type TargetOptions } from './get.js';
 import { resourceDocument } from './output.js';
 
 /** What --for asks for. */
 export type WaitCondition =
   | { kind: 'delete' }
+  /** The named resource exists (it may not yet when the wait starts). */
+  | { kind: 'create' }
   /** A condition of the spec (`.conditions`, else `.status.conditions`) whose status is `status` (case-insensitive). */
   | { kind: 'condition'; name: string; status: string }
   /** A JSONPath on the resource as `get -o jsonpath` sees it; without a value, any non-empty result. */
@@ -26,11 +32,12 @@ export class WaitArgumentError extends Error {
   override readonly name = 'WaitArgumentError';
 }
 
-const FOR_HELP = "--for delete, --for condition=NAME[=VALUE] or --for jsonpath='{.EXPR}'=VALUE";
+const FOR_HELP = "--for create, --for delete, --for condition=NAME[=VALUE] or --for jsonpath='{.EXPR}'=VALUE";
 
 export function parseWaitFor(value: string | undefined): WaitCondition {
   if (value === undefined || value === '') throw new WaitArgumentError(`wait needs a condition: ${FOR_HELP}`);
   if (value.toLowerCase() === 'delete') return { kind: 'delete' };
+  if (value.toLowerCase() === 'create') return { kind: 'create' };
   if (value.startsWith('condition=')) {
     const rest = value.slice('condition='.length);
     const eq = rest.indexOf('=');
@@ -59,18 +66,15 @@ export function parseWaitFor(value: string | undefined): WaitCondition {
 }
 
 
-const UNIT_MS: Readonly<Record<string, number>> = { ns: 1e-6, us: 1e-3, µs: 1e-3, μs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 /** kubectl's "negative means wait for a week". */
 export const WEEK_MS = 7 * 24 * 3_600_000;
 
 /** A Go duration as kubectl's --timeout takes it ("2m", "1h30m", "500ms", "0"), in milliseconds; default 30 s. */
 export function parseWaitTimeout(value: string | undefined): number {
   if (value === undefined) return 30_000;
-  const m = /^([+-]?)((?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+|0)$/.exec(value);
-  if (m === null) throw new WaitArgumentError(`--timeout ${JSON.stringify(value)}: use a duration such as 30s, 2m, 1h30m (0: check once; negative: a week)`);
-  let ms = 0;
-  for (const part of (m[2] ?? '').matchAll(/(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)/g)) ms += Number(part[1]) * (UNIT_MS[part[2] ?? ''] ?? 0);
-  return m[1] === '-' && ms > 0 ? -ms : ms;
+  const ms = parseDuration(value);
+  if (ms === undefined) throw new WaitArgumentError(`--timeout ${JSON.stringify(value)}: use a duration such as 30s, 2m, 1h30m (0: check once; negative: a week)`);
+  return ms;
 }
 
 export interface WaitCliOptions extends TargetOptions {
@@ -90,7 +94,8 @@ export async function runWait(o: WaitCliOptions): Promise<number> {
   try {
     const started = Date.now();
     const budget = o.timeoutMs < 0 ? WEEK_MS : o.timeoutMs === 0 ? CHECK_ONCE_SYNC_MS : o.timeoutMs;
-    const def = await resolveOnAny(targets, o.type, budget);
+    // The type's lookup is a call that produces an answer: --request-timeout's deadline, within the wait's own.
+    const def = await resolveOnAny(targets, o.type, Math.min(budget, o.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS));
     return await new Wait(o, def, targets, labelOf, Math.max(0, budget - (Date.now() - started))).run();
   } finally {
     for (const t of targets) t.client.close();
@@ -102,7 +107,7 @@ async function resolveOnAny(targets: NodeTarget[], typeName: string, timeoutMs: 
   let last: unknown;
   for (const t of targets) {
     try {
-      return await t.client.resolveType(typeName, { timeoutMs: Math.min(Math.max(timeoutMs, 1), 30_000) });
+      return await t.client.resolveType(typeName, { timeoutMs: Math.max(timeoutMs, 1) });
     } catch (err) {
       last = err;
       // "not registered" and "ambiguous" are answers, not outages.
@@ -195,8 +200,14 @@ class Wait {
             return r === undefined ? [] : [{ id: this.o.id, resource: r }];
           })()
         : this.informer.list(node).map((i) => ({ id: i.resource.metadata.id, resource: i.resource }));
-    if (this.o.id !== undefined && found.length === 0 && this.o.condition.kind !== 'delete') {
-      return this.fail(`${this.name({ node, id: this.o.id })} not found`);
+    if (this.o.id !== undefined && found.length === 0) {
+      const kind = this.o.condition.kind;
+      if (kind === 'condition' || kind === 'jsonpath') return this.fail(`${this.name({ node, id: this.o.id })} not found`);
+      if (kind === 'create') {
+        const entry: Entry = { node, id: this.o.id, met: false, observed: 'not created' };
+        this.entries.set(key(node, this.o.id), entry);
+        this.progress(entry, 'to be created');
+      }
     }
     for (const { id, resource } of found) {
       const entry: Entry = { node, id, met: false, observed: undefined };
@@ -263,6 +274,8 @@ class Wait {
     switch (c.kind) {
       case 'delete':
         return { met: false, observed: 'exists' };
+      case 'create':
+        return { met: true, observed: 'exists' };
       case 'condition': {
         const found = conditionsOf(resource.spec).find((x) => typeof x['type'] === 'string' && x['type'].toLowerCase() === c.name.toLowerCase());
         if (found === undefined) return { met: false, observed: `no condition ${c.name}` };
