@@ -1,5 +1,5 @@
 // A whole node in-process: cosid with its pipeline, a kubelet simulator on HTTPS, a machine config file on disk.
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -121,7 +121,12 @@ export async function startNode(
     kpki,
     configPath,
     client,
-    writeConfig: (text) => writeFile(configPath, text),
+    // As editors save (a new file renamed over the old): cosid never reads a half-written config, which on a loaded
+    // machine it can (truncated, then written), and a test would count that as a rejected load.
+    writeConfig: async (text) => {
+      await writeFile(`${configPath}.new`, text);
+      await rename(`${configPath}.new`, configPath);
+    },
     ...(runtime !== undefined ? { runtime } : {}),
     podLogsDir,
     async close() {
