@@ -17,8 +17,8 @@ import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Etcd3 } from 'etcd3';
-import jsyaml from 'js-yaml';
 import { connect } from '../dist/client/index.js';
+import { toYaml } from '../dist/server/watch/frames.js';
 import { wire } from '../dist/shared/wire.js';
 import { CHANNEL_OPTIONS, freePort, machineBusySeconds, makeBenchPki, podStatusPayload, procStats, readPem, rpc, sleep, summarize } from './common.mjs';
 import { runtimeScenarios } from './runtime.mjs';
@@ -213,7 +213,7 @@ for (let i = 0; i < cfg.list; i += 500) {
   await Promise.all(Array.from({ length: Math.min(500, cfg.list - i) }, (_, j) => etcd.put(`status/default/pod-${i + j}`).value(etcdValue(i + j, 2048))));
 }
 await sleep(500);
-const yamlBytes = jsyaml.dump(podStatusPayload(0, 2048), { noRefs: true, lineWidth: -1 }).length; // the spec as cosid's yaml_spec
+const yamlBytes = toYaml(podStatusPayload(0, 2048)).length; // the spec as cosid's yaml_spec
 results.scenarios.memory = { perStored: { etcd: (procStats(pids.etcd).rss - rssBefore.etcd) / cfg.list, specBytes: yamlBytes }, perStoredAfterList: {} };
 const listReq = Buffer.from(wire.listRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev' }));
 async function timeStream(client, path, body) {

@@ -121,6 +121,80 @@ describe('watch event forms and gzip on the wire', () => {
     expect(decodeURIComponent(String(trailers['grpc-message']))).toBe('cosi-event-form must be "lean" or "full", not "tiny"');
   });
 
+  it('writes yaml_spec as talosctl-like clients have always read it: block style, insertion order, no folding, quoted where a YAML 1.1 or 1.2 parser would read a non-string', async () => {
+    const client = srv.client();
+    const id = 'default/yaml-text';
+    const spec = {
+      phase: 'Running',
+      startTime: '2026-11-25T04:00:00Z',
+      conditions: [{ type: 'Ready', status: 'True', lastProbeTime: null }],
+      answers: ['yes', 'no', 'on', 'off', 'true', 'null', '~', ''],
+      numbers: ['0o17', '0x1f', '017', '1e3', '.inf', '1:20', '10.5.0.2', 42, 1.5, false],
+      image: 'registry.k8s.io/pause:3.10@sha256:0123',
+      odd: ["it's", 'a: b', '#x', '- x', '*a', '&a', '!x', '%x', '@x', '{a}', '[a]', 'multi\nline'],
+      long: 'word '.repeat(40).trim(),
+      empty: { list: [], map: {} },
+      'key with space': { 'yes': 1 },
+    };
+    await srv.cosid.store.create({ ...STATUSES, id, spec }, TEST_OWNER);
+    const expected = [
+      'phase: Running',
+      "startTime: '2026-11-25T04:00:00Z'",
+      'conditions:',
+      '  - type: Ready',
+      "    status: 'True'",
+      '    lastProbeTime: null',
+      'answers:',
+      "  - 'yes'",
+      "  - 'no'",
+      "  - 'on'",
+      "  - 'off'",
+      "  - 'true'",
+      "  - 'null'",
+      "  - '~'",
+      "  - ''",
+      'numbers:',
+      "  - '0o17'",
+      "  - '0x1f'",
+      "  - '017'",
+      "  - '1e3'",
+      "  - '.inf'",
+      "  - '1:20'",
+      '  - 10.5.0.2',
+      '  - 42',
+      '  - 1.5',
+      '  - false',
+      'image: registry.k8s.io/pause:3.10@sha256:0123',
+      'odd:',
+      "  - it's",
+      "  - 'a: b'",
+      "  - '#x'",
+      "  - '- x'",
+      "  - '*a'",
+      "  - '&a'",
+      "  - '!x'",
+      "  - '%x'",
+      "  - '@x'",
+      "  - '{a}'",
+      "  - '[a]'",
+      '  - |-',
+      '    multi',
+      '    line',
+      `long: ${'word '.repeat(40).trim()}`,
+      'empty:',
+      '  list: []',
+      '  map: {}',
+      'key with space:',
+      "  'yes': 1",
+      '',
+    ].join('\n');
+    const full = await client.get('podstatus', id);
+    expect(full.yamlSpec).toBe(expected);
+    const leanWatch = client.watchIter('podstatus', { bootstrap: true, idRegexp: '^default/yaml-text$' });
+    expect((await leanWatch.next()).value?.resource?.yamlSpec).toBe(expected);
+    await leanWatch.close();
+  });
+
   it('the client library asks for lean events and fills in the old resource from its view', async () => {
     const client = srv.client();
     const id = 'default/library';

@@ -22,7 +22,7 @@ export interface RuntimeOptions {
   criEndpoint: string;
   /** /var/log/pods */
   podLogsDir: string;
-  /** Served as id `kubelet` in namespace `system`; absent: NOT_FOUND. */
+  /** Served as id `kubelet` in any namespace, as Talos (talosctl asks in `system`); absent: NOT_FOUND. */
   kubeletLog?: string;
 }
 
@@ -200,11 +200,13 @@ export function machineService(deps: MachineServiceDeps): MachineService {
 
   /** The file a Logs request names; a container's with the directory it must stay in. */
   async function logOf(req: LogsRequest): Promise<{ path: string; confineTo?: string }> {
-    if (req.namespace === SYSTEM_NAMESPACE) {
+    // As Talos's machined: a service log for namespace system, and for id kubelet in any namespace (the empty one too).
+    if (req.namespace === SYSTEM_NAMESPACE || req.id === 'kubelet') {
       if (req.id !== 'kubelet') throw new CosiError('not-found', `service ${JSON.stringify(req.id.slice(0, 200))} not found; services: kubelet`);
       if (runtime.kubeletLog === undefined) throw new CosiError('not-found', "the kubelet's log is not served: start cosid with --kubelet-log FILE");
       return { path: runtime.kubeletLog };
     }
+    if (req.namespace === '') throw new CosiError('invalid-argument', "namespace can't be empty");
     if (req.namespace !== K8S_NAMESPACE) {
       throw new CosiError('invalid-argument', `namespace ${JSON.stringify(req.namespace.slice(0, 100))} is not served: use ${K8S_NAMESPACE} (logs -k) or ${SYSTEM_NAMESPACE} (logs kubelet)`);
     }
