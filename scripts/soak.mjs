@@ -63,18 +63,20 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
 }
 
 say(`seed ${seed}, ${minutes} min (replay with: npm run soak -- --minutes ${minutes} --seed ${seed})`);
+const outDir = join(root, 'bench', 'out');
+mkdirSync(outDir, { recursive: true });
+const childLog = join(outDir, `soak-${seed}.children.log`);
 let report;
 try {
-  report = await runSoak({ seed, durationMs: Math.round(minutes * 60_000), watchers, faultEveryMs, log: say, signal: abort.signal });
+  report = await runSoak({ seed, durationMs: Math.round(minutes * 60_000), watchers, faultEveryMs, log: say, signal: abort.signal, childLog });
 } catch (err) {
   say(`the soak could not run: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
   process.exit(3);
 }
 
-const out = join(root, 'bench', 'out', `soak-${seed}.json`);
-mkdirSync(dirname(out), { recursive: true });
+const out = join(outDir, `soak-${seed}.json`);
 writeFileSync(out, `${JSON.stringify({ ...report, minutes, finishedAt: new Date().toISOString() }, null, 2)}\n`);
-process.stdout.write(`\n${summaryTable(report)}\n\nwritten to ${out}\n`);
+process.stdout.write(`\n${summaryTable(report)}\n\nwritten to ${out} (cosid's and the kubelet simulator's output: ${childLog})\n`);
 if (report.violations > 0) {
   process.stdout.write(`\nFIRST VIOLATIONS (seed ${seed}; replay: npm run soak -- --minutes ${minutes} --seed ${seed}):\n`);
   for (const v of report.firstViolations.slice(0, 5)) {

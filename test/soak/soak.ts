@@ -8,9 +8,11 @@
 //
 // Faults, one at a time, from a seeded shuffled bag (every kind once per round, so a short run meets them all):
 // cosid SIGTERM and SIGKILL restarts, an etcd member killed and started again, the kubelet simulator stopped
-// (SIGSTOP) for a while, a watcher's connection cut, a watcher's consumer that stops pulling for a while.
+// (SIGSTOP) for a while, a watcher's connection cut, a watcher's connection stalled (its proxy stops reading), a
+// watcher's consumer that stops pulling for a while.
 // At the end every process is up again and the writer stops: each watcher's view must equal a fresh List.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { appendFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -26,7 +28,7 @@ import { prng } from '../fuzz/fuzzer.js';
 import { StallableProxy } from '../proxy.js';
 import { HistoryChecker, type Violation, type ViewEntry } from './checker.js';
 
-export const FAULT_KINDS = ['cosid-sigterm', 'cosid-sigkill', 'etcd-member-kill', 'kubelet-stall', 'client-cut', 'watcher-stall'] as const;
+export const FAULT_KINDS = ['cosid-sigterm', 'cosid-sigkill', 'etcd-member-kill', 'kubelet-stall', 'client-cut', 'network-stall', 'watcher-stall'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export interface SoakOptions {
@@ -40,6 +42,13 @@ export interface SoakOptions {
   /** Progress lines (default: none). */
   log?: (line: string) => void;
   progressEveryMs?: number;
+  /**
+   * Go on past `durationMs` until every fault kind has happened at least once (for the short run in npm test, on a
+   * machine too loaded for a full round in time); bounded: at most three times `durationMs` in all.
+   */
+  everyKind?: boolean;
+  /** Appends the children's output (cosid at warn level, the kubelet simulator) to this file (default: dropped). */
+  childLog?: string;
   /** Ends the churn early (Ctrl-C): the run still cleans up and reports. */
   signal?: AbortSignal;
 }
@@ -254,10 +263,13 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
 
     const [cosidPort, manifestPort, kubeletPort] = [await freePort(), await freePort(), await freePort()];
     const output: Buffer[] = [];
+    const childLog = opts.childLog;
+    if (childLog !== undefined) await writeFile(childLog, '');
     const keep = (chunk: Buffer) => {
       // The children's last output, for a report of what went wrong (bounded).
       output.push(chunk);
       if (output.length > 400) output.shift();
+      if (childLog !== undefined) appendFileSync(childLog, chunk);
     };
 
     // The kubelet simulator: real pods on containerd through CRI; polls cosid's manifest server.
@@ -371,7 +383,13 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     say(`running: seed ${opts.seed}, ${count} watchers, ${Math.round(opts.durationMs / 1000)} s of faults and churn`);
 
     const churnEnd = Date.now() + opts.durationMs;
-    const running = () => Date.now() < churnEnd && opts.signal?.aborted !== true;
+    const hardEnd = churnEnd + 2 * opts.durationMs;
+    const running = () => {
+      if (opts.signal?.aborted === true) return false;
+      const now = Date.now();
+      if (now < churnEnd) return true;
+      return opts.everyKind === true && now < hardEnd && FAULT_KINDS.some((k) => faults[k] === 0);
+    };
     const background = new Set<Promise<void>>();
     const track = (p: Promise<void>) => {
       const q = p.catch((err: unknown) => void harnessProblems.push(message(err))).finally(() => background.delete(q));
@@ -454,6 +472,15 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
           }
           case 'client-cut': {
             watchers[target % watchers.length]?.proxy.cut();
+            break;
+          }
+          case 'network-stall': {
+            // The proxy stops reading from cosid: TCP and HTTP/2 flow control push back on the server.
+            const w = watchers[target % watchers.length];
+            if (w !== undefined) {
+              w.proxy.stall();
+              track(sleep(holdMs).then(() => w.proxy.resume()));
+            }
             break;
           }
           case 'watcher-stall': {
