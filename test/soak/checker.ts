@@ -108,7 +108,7 @@ export class HistoryChecker {
       if (initial) this.violate(index, e, 'only creates in the bootstrap', `${id} updated`);
       if (have !== undefined && v !== have.version + 1) this.violate(index, e, 'updates one version at a time (no gap, no repeat)', `${id} v${have.version} -> v${v}`);
       // Known and destroyed: an update of what is gone.
-      else if (known && have === undefined) this.violate(index, e, 'no update after destroy', `${id} updated to v${v} after its destroy`);
+      else if (known && have === undefined) this.violate(index, e, 'no update after destroy', `${id} updated to v${v} after its destroy (a lost create?)`);
       // Not known: a watch without bootstrap meets a resource first by its update; a bootstrapped one never.
       else if (!known && this.bootstrap) this.violate(index, e, 'a bootstrapped view knows every resource', `${id} updated to v${v}, never created`);
       this.view.set(id, entry);
