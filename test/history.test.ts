@@ -12,6 +12,7 @@ import { eventually, makePki, startServer, STATUSES, TEST_OWNER, type TestPki, t
 import { freePort } from './pipeline-harness.js';
 import { prng } from './fuzz/fuzzer.js';
 import { StallableProxy } from './proxy.js';
+import { decodeBookmark } from './soak/checker.js';
 
 const SEED = Number(process.env['HISTORY_SEED'] ?? 20261125);
 const STEPS = 900;
@@ -33,11 +34,8 @@ afterAll(async () => {
   for (const c of cleanups.reverse()) await c();
 });
 
-/** Our bookmark layout (server/watch/bookmark.ts): version, mode, 8-byte instance, 8-byte revision. */
-function decode(b: Uint8Array): { instance: string; revision: number; bootstrap: boolean } {
-  const buf = Buffer.from(b);
-  return { instance: buf.subarray(2, 10).toString('hex'), revision: Number(buf.readBigUInt64BE(10)), bootstrap: buf.readUInt8(1) === 1 };
-}
+/** Our bookmark layout (server/watch/bookmark.ts), shared with the soak's checker. */
+const decode = decodeBookmark;
 
 const etcd = inject('etcd');
 
