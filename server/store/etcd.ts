@@ -132,7 +132,7 @@ export class EtcdStore extends MutatingStore implements ResourceStore, ChangeFee
    * mod_revision proves the cache was current, so a write costs one round trip. Anything but a successful swap
    * (a conflict, an error, "unchanged") is decided again on an authoritative read, as every later attempt is.
    */
-  protected async apply(p: Pointer, m: Mutation): Promise<Resource> {
+  protected async write(p: Pointer, m: Mutation): Promise<Resource> {
     const key = this.keyOf(p);
     const cached = this.ready.get(kindKey(p));
     for (let attempt = 0; attempt < MAX_CAS_ATTEMPTS; attempt++) {
@@ -202,24 +202,18 @@ export class EtcdStore extends MutatingStore implements ResourceStore, ChangeFee
     return (await this.kindOf(kind)).log;
   }
 
-  async sync(kind: Kind): Promise<KindHistory> {
+  async reach(kind: Kind, after: number): Promise<void> {
     const k = await this.kindOf(kind);
-    await k.fence();
-    return k.log;
-  }
-
-  async reach(history: KindHistory, after: number): Promise<void> {
-    const k = await this.kindOf(history.kind);
     await k.reach(after);
   }
 
-  async listAt(history: KindHistory, revision: number): Promise<Resource[]> {
-    const k = await this.kindOf(history.kind);
+  async listAt(kind: Kind, revision: number): Promise<Resource[]> {
+    const k = await this.kindOf(kind);
     if (revision > k.log.revision) await k.reach(revision);
     if (revision >= k.log.oldestRevision) return k.log.listAt(revision);
-    const prefix = this.kindPrefix(history.kind);
+    const prefix = this.kindPrefix(kind);
     const res = await this.call(() => this.client.getAll().prefix(prefix).revision(revision).exec());
-    return sortById(decodeAll(history.kind, prefix, res.kvs, this.log));
+    return sortById(decodeAll(kind, prefix, res.kvs, this.log));
   }
 
   /**
@@ -266,7 +260,7 @@ export class EtcdStore extends MutatingStore implements ResourceStore, ChangeFee
 
 /**
  * One kind's watch cache: a KindLog fed, in revision order, by one etcd watch of the kind's prefix. Also fetches
- * older history for resumes from before the log began (after a restart), and fences for sync().
+ * older history for resumes from before the log began (after a restart), and fences for resumes from the future.
  */
 class EtcdKind {
   private watcher: Watcher | undefined;
@@ -309,7 +303,7 @@ class EtcdKind {
   }
 
   private async watchFrom(start: number): Promise<void> {
-    const w = await this.store.createWatch(this.prefix, start, (res) => this.apply(res));
+    const w = await this.store.createWatch(this.prefix, start, (res) => this.ingest(res));
     if (this.closed) {
       void w.cancel().catch(() => undefined);
       return;
@@ -321,7 +315,8 @@ class EtcdKind {
     w.on('error', (err: Error) => void this.restart(err));
   }
 
-  private apply(res: IWatchResponse): void {
+  /** Takes one watch response into the log, in revision order, and wakes fences it reached. */
+  private ingest(res: IWatchResponse): void {
     for (const ev of res.events) {
       const revision = Number(ev.kv.mod_revision);
       // Older than the log: already applied. Equal: another key of the same transaction (or the fence's own).

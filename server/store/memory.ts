@@ -46,18 +46,14 @@ export class MemoryStore extends MutatingStore implements ResourceStore, ChangeF
     return Promise.resolve(this.log(kind));
   }
 
-  sync(kind: Kind): Promise<KindHistory> {
-    // Commits reach the history before the writer's promise settles.
-    return this.history(kind);
+  async reach(kind: Kind, after: number): Promise<void> {
+    // Memory has no history beyond the window, and commits reach it before their writer's promise settles:
+    // readChanges says too-old or future.
+    this.log(kind).readChanges(after, 0);
   }
 
-  async reach(history: KindHistory, after: number): Promise<void> {
-    // Memory has no history beyond the window: readChanges says too-old or future.
-    history.readChanges(after, 0);
-  }
-
-  async listAt(history: KindHistory, revision: number): Promise<Resource[]> {
-    return history.listAt(revision);
+  async listAt(kind: Kind, revision: number): Promise<Resource[]> {
+    return this.log(kind).listAt(revision);
   }
 
   get(p: Pointer): Promise<Resource> {
@@ -74,7 +70,7 @@ export class MemoryStore extends MutatingStore implements ResourceStore, ChangeF
   }
 
   /** Runs synchronously: the change is committed (and watchers told) before the returned promise settles. */
-  protected apply(p: Pointer, m: Mutation): Promise<Resource> {
+  protected write(p: Pointer, m: Mutation): Promise<Resource> {
     try {
       const log = this.log(p);
       const current = log.current(p.id);

@@ -157,17 +157,13 @@ export interface ChangeFeed {
   /** The histories opened so far (metrics). */
   opened(): KindHistory[];
   /**
-   * The kind's history once it holds every change committed before this call (etcd: a fence write the kind's watch
-   * must deliver). For readers that must see their own writes. Throws unavailable.
-   */
-  sync(kind: Kind): Promise<KindHistory>;
-  /**
    * Makes a resume after `after` servable from the kind's history: a backend that still holds older history than
-   * the kind's window fetches it (etcd); one in the future is refused. Throws too-old, invalid-bookmark.
+   * the kind's window fetches it (etcd); one in the future is waited for (etcd: until the kind's watch has delivered
+   * it) or refused. Throws too-old, invalid-bookmark, unavailable.
    */
-  reach(history: KindHistory, after: number): Promise<void>;
+  reach(kind: Kind, after: number): Promise<void>;
   /** The kind's resources at `revision` (resuming an interrupted bootstrap), sorted by ID. Throws too-old. */
-  listAt(history: KindHistory, revision: number): Promise<Resource[]>;
+  listAt(kind: Kind, revision: number): Promise<Resource[]>;
 }
 
 /** The kind's history for a reader that needs it live: unavailable while the backend cannot be reached. */
