@@ -10,15 +10,15 @@ import { createHash } from 'node:crypto';
 import type { Etcd3, IWatchResponse, Watcher } from 'etcd3';
 import { CosiError } from '../../shared/errors.js';
 import { silentLogger, type Logger } from '../../shared/log.js';
-import { describePointer, kindKey, type Kind, type Pointer, type Resource } from '../../shared/resource.js';
-import { writeByCas, readKey } from './etcd/cas-writer.js';
+import { describePointer, type Kind, type Pointer, type Resource } from '../../shared/resource.js';
+import { readKey, writeByCas } from './etcd/cas-writer.js';
 import { etcdClient, type EtcdTls } from './etcd/client.js';
 import { decodeAll, decodeOrThrow, kindPrefixOf } from './etcd/codec.js';
 import { asStoreError, errorText } from './etcd/errors.js';
-import { KindCache } from './etcd/kind-cache.js';
-import { historyLimits, sortById, type HistoryLimits, type HistoryOptions } from './kind-log.js';
+import { EtcdFeed } from './etcd/feed.js';
+import { historyLimits, sortById, type HistoryOptions } from './kind-log.js';
 import { MutatingStore, type Mutation } from './mutations.js';
-import type { ChangeFeed, KindHistory, ResourceStore } from './store.js';
+import type { ResourceStore } from './store.js';
 
 export interface EtcdStoreOptions {
   /** Client URLs, e.g. https://127.0.0.1:2379. */
@@ -35,12 +35,10 @@ export interface EtcdStoreOptions {
   log?: Logger;
 }
 
-export class EtcdStore extends MutatingStore implements ResourceStore, ChangeFeed {
+export class EtcdStore extends MutatingStore implements ResourceStore {
   readonly backend = 'etcd';
-  readonly feed: ChangeFeed = this;
-  private readonly kinds = new Map<string, Promise<KindCache>>();
-  private readonly ready = new Map<string, KindCache>();
-  private readonly limits: HistoryLimits;
+  /** Each kind's watch cache (etcd/feed.ts). */
+  readonly feed: EtcdFeed;
   private closed = false;
 
   private constructor(
@@ -51,7 +49,7 @@ export class EtcdStore extends MutatingStore implements ResourceStore, ChangeFee
     readonly log: Logger,
   ) {
     super();
-    this.limits = historyLimits(opts.history);
+    this.feed = new EtcdFeed(this, instance, historyLimits(opts.history));
   }
 
   /** Connects and checks that etcd answers (within the call deadline): a clear error at start beats a silent wait. */
@@ -106,16 +104,13 @@ export class EtcdStore extends MutatingStore implements ResourceStore, ChangeFee
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    const kinds = await Promise.allSettled([...this.kinds.values()]);
-    for (const k of kinds) if (k.status === 'fulfilled') k.value.close();
-    this.kinds.clear();
-    this.ready.clear();
+    await this.feed.close();
     this.client.close();
   }
 
   /** Decides and commits one write by compare-and-swap (etcd/cas-writer.ts), first on the kind's cache when open. */
   protected write(p: Pointer, m: Mutation): Promise<Resource> {
-    return writeByCas(this, this.ready.get(kindKey(p)), p, m);
+    return writeByCas(this, this.feed.cached(p), p, m);
   }
 
   keyOf(p: Pointer): string {
@@ -130,30 +125,6 @@ export class EtcdStore extends MutatingStore implements ResourceStore, ChangeFee
     } catch (err) {
       throw asStoreError(err, this.opts.endpoints);
     }
-  }
-
-  // ----- ChangeFeed -----
-
-  opened(): KindHistory[] {
-    return [...this.ready.values()].map((k) => k.log);
-  }
-
-  async history(kind: Kind): Promise<KindHistory> {
-    return (await this.kindOf(kind)).log;
-  }
-
-  async reach(kind: Kind, after: number): Promise<void> {
-    const k = await this.kindOf(kind);
-    await k.reach(after);
-  }
-
-  async listAt(kind: Kind, revision: number): Promise<Resource[]> {
-    const k = await this.kindOf(kind);
-    if (revision > k.log.revision) await k.reach(revision);
-    if (revision >= k.log.oldestRevision) return k.log.listAt(revision);
-    const prefix = this.kindPrefix(kind);
-    const res = await this.call(() => this.client.getAll().prefix(prefix).revision(revision).exec());
-    return sortById(decodeAll(kind, prefix, res.kvs, this.log));
   }
 
   /**
@@ -181,19 +152,5 @@ export class EtcdStore extends MutatingStore implements ResourceStore, ChangeFee
     } finally {
       clearTimeout(timer);
     }
-  }
-
-  private kindOf(kind: Kind): Promise<KindCache> {
-    if (this.closed) return Promise.reject(new CosiError('unavailable', 'the etcd store is closed'));
-    const key = kindKey(kind);
-    let k = this.kinds.get(key);
-    if (k === undefined) {
-      k = KindCache.open(this, { namespace: kind.namespace, type: kind.type }, this.limits);
-      this.kinds.set(key, k);
-      k.then((opened) => this.ready.set(key, opened), () => undefined);
-      // A kind that could not be opened (etcd unreachable) is tried again by the next reader.
-      k.catch(() => this.kinds.delete(key));
-    }
-    return k;
   }
 }
