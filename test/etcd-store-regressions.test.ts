@@ -6,6 +6,7 @@
 //   whole kind (decodeAll());
 // - a resume from before the window, fetched while the kind's own watch makes the window forget changes, is served
 //   without a gap (backfill()).
+import { caughtUp } from './caught-up.js';
 import { Etcd3, type IWatchResponse, type Watcher } from 'etcd3';
 import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, inject, it } from 'vitest';
@@ -60,7 +61,7 @@ describe.skipIf(etcd === null)('etcd store regressions', () => {
       .then(raw.put(store.keyOf({ ...K, id: 'b' })).value(a as Buffer), raw.put(store.keyOf({ ...K, id: 'c' })).value(a as Buffer))
       .commit();
     const at = Number(txn.header.revision);
-    await store.feed.sync(K);
+    await caughtUp(store, K);
     expect((await store.list(K)).map((r) => r.metadata.id)).toEqual(['a', 'b', 'c']);
     expect(seen.map((c) => [c.resource.metadata.id, c.type])).toEqual([
       ['a', 'created'],
@@ -89,7 +90,7 @@ describe.skipIf(etcd === null)('etcd store regressions', () => {
     };
     const history = await store.feed.history(K);
     await other.create({ ...K, id: 'later', spec: { n: 2 } }, 'other');
-    await store.feed.sync(K);
+    await caughtUp(store, K);
     expect((await store.list(K)).map((r) => r.metadata.id)).toEqual(['early', 'later']);
     expect(history.list().map((r) => r.metadata.id)).toEqual(['early', 'later']);
   });
@@ -111,20 +112,20 @@ describe.skipIf(etcd === null)('etcd store regressions', () => {
     const first = await connect(prefix);
     await first.create({ ...K, id: 'good', spec: { n: 1 } }, 'me');
     await rawClient().put(`${first.kindPrefix(K)}junk`).value('{not ours').exec();
-    const at = (await first.feed.sync(K)).revision;
+    const at = (await caughtUp(first, K)).revision;
     await first.create({ ...K, id: 'later', spec: { n: 2 } }, 'me');
     // A restarted cosid: its window begins after `at`, so listAt reads etcd at that revision.
     const second = await connect(prefix);
     const history = await second.feed.history(K);
     expect(history.oldestRevision).toBeGreaterThan(at);
-    expect((await second.feed.listAt(history, at)).map((r) => r.metadata.id)).toEqual(['good']);
+    expect((await second.feed.listAt(K, at)).map((r) => r.metadata.id)).toEqual(['good']);
   });
 
   it('serves a resume from before the window without a gap while the window forgets changes during the fetch', async () => {
     const prefix = newPrefix();
     const writer = await connect(prefix);
     await writer.create({ ...K, id: 'x0', spec: {} }, 'w');
-    const mark = (await writer.feed.sync(K)).revision;
+    const mark = (await caughtUp(writer, K)).revision;
     await writer.create({ ...K, id: 'x1', spec: {} }, 'w');
     await writer.create({ ...K, id: 'x2', spec: {} }, 'w');
 
@@ -192,7 +193,7 @@ describe.skipIf(etcd === null)('etcd store regressions', () => {
       }
       return b;
     };
-    await store.feed.reach(history, mark);
+    await store.feed.reach(K, mark);
     expect(armed).toBe(false);
     expect(watches.length).toBe(2);
     const ids = history.readChanges(mark, 100).changes.map((c) => c.resource.metadata.id);

@@ -1,9 +1,10 @@
 // The store contract (server/store/store.ts), run against every backend: test/store-memory.test.ts runs it on a
 // MemoryStore, the etcd tests on etcd. Only the contract is used here, never a backend's internals. Each test writes
-// its own kind, so the tests can share one backend; the feed is read after feed.sync(kind), which waits until it
-// holds every change committed before the call (an etcd feed is fed asynchronously by a watch).
+// its own kind, so the tests can share one backend; the feed is read after caughtUp(store, kind) (test/caught-up.ts),
+// once it holds every change committed before the call (an etcd feed is fed asynchronously by a watch).
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { caughtUp } from './caught-up.js';
 import { compileSelector } from '../server/store/query.js';
 import { MAX_SPEC_DEPTH, type Change, type ResourceStore } from '../server/store/store.js';
 import { isCosiError } from '../shared/errors.js';
@@ -66,9 +67,9 @@ export function runStoreContract(name: string, open: () => Promise<StoreUnderTes
     const newKind = (): Kind => ({ namespace: `contract-${run}`, type: `Things${++kinds}.test.dev` });
     const store = () => sut.store;
     /** The revision the kind's history holds everything up to: the changes after it are the ones made after this call. */
-    const mark = async (k: Kind) => (await store().feed.sync(k)).revision;
+    const mark = async (k: Kind) => (await caughtUp(store(), k)).revision;
     /** The kind's changes after `after`, as the feed holds them once it has everything committed so far. */
-    const changesAfter = async (k: Kind, after: number): Promise<readonly Change[]> => (await store().feed.sync(k)).readChanges(after, 10_000).changes;
+    const changesAfter = async (k: Kind, after: number): Promise<readonly Change[]> => (await caughtUp(store(), k)).readChanges(after, 10_000).changes;
 
     it('creates at version 1, adds one per change, keeps created and moves updated', async () => {
       const k = newKind();
@@ -258,7 +259,7 @@ export function runStoreContract(name: string, open: () => Promise<StoreUnderTes
       const got = await store().get({ ...k, id: 'a' });
       expect(got.spec).toEqual({ list: [1, 2] });
       expect(got.metadata.labels).toEqual({ l: '1' });
-      expect((await store().feed.sync(k)).current('a')?.spec).toEqual({ list: [1, 2] });
+      expect((await caughtUp(store(), k)).current('a')?.spec).toEqual({ list: [1, 2] });
     });
 
     it('lists a kind sorted by ID, from the store and from the feed, apart from other kinds', async () => {
@@ -271,13 +272,13 @@ export function runStoreContract(name: string, open: () => Promise<StoreUnderTes
       await store().destroy({ ...k, id: 'c' }, 'me');
       await store().create({ ...other, id: 'x', spec: 1 }, 'me');
       expect((await store().list(k)).map(at)).toEqual(['a@2', 'b@1']);
-      const h = await store().feed.sync(k);
+      const h = await caughtUp(store(), k);
       expect(h.kind).toEqual(k);
       expect(h.list().map(at)).toEqual(['a@2', 'b@1']);
       expect(h.current('a')?.spec).toBe(2);
       expect(h.current('c')).toBeUndefined();
       expect((await store().list(other)).map(at)).toEqual(['x@1']);
-      expect((await store().feed.sync(other)).list().map(at)).toEqual(['x@1']);
+      expect((await caughtUp(store(), other)).list().map(at)).toEqual(['x@1']);
     });
 
     it('selects by label and ID queries over the feed', async () => {
@@ -293,7 +294,7 @@ export function runStoreContract(name: string, open: () => Promise<StoreUnderTes
           labelQueries.map((terms) => ({ terms })),
           idRegexp === undefined ? null : { regexp: idRegexp },
         );
-        return (await store().feed.sync(k))
+        return (await caughtUp(store(), k))
           .list()
           .filter((r) => sel.matches(r.metadata))
           .map((r) => r.metadata.id);
@@ -320,7 +321,7 @@ export function runStoreContract(name: string, open: () => Promise<StoreUnderTes
       await store().destroy({ ...k, id: 'a' }, 'me');
       await store().create({ ...k, id: 'c', spec: 1 }, 'me');
       await store().addFinalizers({ ...k, id: 'c' }, ['f']);
-      const h = await store().feed.sync(k);
+      const h = await caughtUp(store(), k);
       expect(h.unavailable).toBeUndefined();
       const all = h.readChanges(start, 100);
       const changes = all.changes;
@@ -363,33 +364,33 @@ export function runStoreContract(name: string, open: () => Promise<StoreUnderTes
       await store().create({ ...k, id: 'a', spec: 1 }, 'me');
       await store().create({ ...k, id: 'b', spec: 1 }, 'me');
       await store().update({ ...k, id: 'a', spec: 2 }, 'me');
-      const r = (await store().feed.sync(k)).revision;
+      const r = (await caughtUp(store(), k)).revision;
       await store().destroy({ ...k, id: 'b' }, 'me');
       await store().create({ ...k, id: 'c', spec: 1 }, 'me');
       await store().update({ ...k, id: 'a', spec: 3 }, 'me');
-      const h = await store().feed.sync(k);
-      await store().feed.reach(h, r);
+      const h = await caughtUp(store(), k);
+      await store().feed.reach(k, r);
       expect(h.readChanges(r, 100).changes.map(line)).toEqual(['destroyed b@1', 'created c@1', 'updated a@3']);
-      expect((await store().feed.listAt(h, r)).map(at)).toEqual(['a@2', 'b@1']);
-      expect((await store().feed.listAt(h, start)).map(at)).toEqual([]);
-      expect((await store().feed.listAt(h, h.revision)).map(at)).toEqual(['a@3', 'c@1']);
+      expect((await store().feed.listAt(k, r)).map(at)).toEqual(['a@2', 'b@1']);
+      expect((await store().feed.listAt(k, start)).map(at)).toEqual([]);
+      expect((await store().feed.listAt(k, h.revision)).map(at)).toEqual(['a@3', 'c@1']);
       expect(h.list().map(at)).toEqual(['a@3', 'c@1']);
       // A revision this history has not reached is a bookmark it never gave.
-      expect(await errorKind(() => store().feed.reach(h, h.revision + 1000))).toBe('invalid-bookmark');
+      expect(await errorKind(() => store().feed.reach(k, h.revision + 1000))).toBe('invalid-bookmark');
     });
 
     it('says "too old" for a revision whose history was forgotten', async () => {
       const k = newKind();
       await store().create({ ...k, id: 'a', spec: 1 }, 'me');
       await store().update({ ...k, id: 'a', spec: 2 }, 'me');
-      const r = (await store().feed.sync(k)).revision;
+      const r = (await caughtUp(store(), k)).revision;
       await store().update({ ...k, id: 'a', spec: 3 }, 'me');
       await sut.forgetHistory(k);
       const h = await store().feed.history(k);
-      expect(await errorKind(() => store().feed.reach(h, r))).toBe('too-old');
+      expect(await errorKind(() => store().feed.reach(k, r))).toBe('too-old');
       // What is there now is still there.
       expect((await store().get({ ...k, id: 'a' })).spec).toBe(3);
-      expect((await store().feed.sync(k)).current('a')?.spec).toBe(3);
+      expect((await caughtUp(store(), k)).current('a')?.spec).toBe(3);
     });
 
     it('lets exactly one of 20 concurrent creates of one ID succeed', async () => {

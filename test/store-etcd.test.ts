@@ -1,5 +1,6 @@
 // The store contract on etcd (the run's shared etcd, mTLS), and what only the etcd backend does: values written by
 // someone else that do not decode, bookmarks that outlive the store object, plaintext refused off loopback.
+import { caughtUp } from './caught-up.js';
 import { Etcd3 } from 'etcd3';
 import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, inject, it } from 'vitest';
@@ -62,7 +63,7 @@ describe.skipIf(etcd === null)('etcd store', () => {
     // Someone else writes garbage into our keyspace.
     await rawClient(e).put(`${store.kindPrefix(K)}bad`).value('{not ours').exec();
     await store.create({ ...K, id: 'after', spec: { n: 2 } }, 'me');
-    await store.feed.sync(K);
+    await caughtUp(store, K);
     expect(seen.map((c) => [c.resource.metadata.id, c.type, c.error !== undefined])).toEqual([
       ['good', 'created', false],
       ['bad', 'created', true],
@@ -81,7 +82,7 @@ describe.skipIf(etcd === null)('etcd store', () => {
     const first = await EtcdStore.connect({ endpoints: e.endpoints, tls: tlsOf(e), prefix });
     opened.push(first);
     await first.create({ ...K, id: 'a', spec: { n: 1 } }, 'me');
-    const mark = (await first.feed.sync(K)).revision;
+    const mark = (await caughtUp(first, K)).revision;
     await first.update({ ...K, id: 'a', spec: { n: 2 } }, 'me');
     await first.create({ ...K, id: 'b', spec: { n: 1 } }, 'me');
     await first.close();
@@ -90,13 +91,13 @@ describe.skipIf(etcd === null)('etcd store', () => {
     expect(second.instance).toBe(first.instance);
     const history = await second.feed.history(K);
     expect(history.oldestRevision).toBeGreaterThan(mark);
-    await second.feed.reach(history, mark);
+    await second.feed.reach(K, mark);
     const after = history.readChanges(mark, 100).changes.map((c) => [c.resource.metadata.id, c.type, c.resource.metadata.version, c.old?.metadata.version]);
     expect(after).toEqual([
       ['a', 'updated', 2, 1],
       ['b', 'created', 1, undefined],
     ]);
-    expect((await second.feed.listAt(history, mark)).map((r) => [r.metadata.id, r.spec])).toEqual([['a', { n: 1 }]]);
+    expect((await second.feed.listAt(K, mark)).map((r) => [r.metadata.id, r.spec])).toEqual([['a', { n: 1 }]]);
     // Another prefix is another history.
     const other = await EtcdStore.connect({ endpoints: e.endpoints, tls: tlsOf(e), prefix: `${prefix}other/` });
     opened.push(other);

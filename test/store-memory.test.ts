@@ -84,8 +84,8 @@ describe('memory store', () => {
       kind = isCosiError(err) ? err.kind : 'untyped';
     }
     expect(kind).toBe('too-old');
-    expect(await errorKind(() => s.feed.reach(log, 1))).toBe('too-old');
-    expect(await errorKind(() => s.feed.listAt(log, 1))).toBe('too-old');
+    expect(await errorKind(() => s.feed.reach(K, 1))).toBe('too-old');
+    expect(await errorKind(() => s.feed.listAt(K, 1))).toBe('too-old');
     // Another kind's history is its own: nothing of it was forgotten.
     const other = { namespace: 'other', type: K.type };
     await s.create({ ...other, id: 'x', spec: 1 }, 'me');

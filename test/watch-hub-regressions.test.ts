@@ -3,6 +3,7 @@
 //   rest of the snapshot and then the changes after it, instead of ending "too old" (prepare() reaches the bookmark);
 // - a watch still preparing when endAll() runs (cosid stopping) ends unavailable and leaves no subscription on the
 //   kind's history behind.
+import { caughtUp } from './caught-up.js';
 import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { CosiError } from '../shared/errors.js';
@@ -84,7 +85,7 @@ describe.skipIf(etcd === null)('watch hub regressions on etcd', () => {
     const first = await EtcdStore.connect({ endpoints: e.endpoints, tls, prefix });
     opened.push(first);
     for (const id of ['a', 'b', 'c']) await first.create({ ...K, id, spec: { id } }, 'me');
-    const snapshot = (await first.feed.sync(K)).revision;
+    const snapshot = (await caughtUp(first, K)).revision;
     // The bookmark the first bootstrap event (after 'a') carried, then a change after the snapshot.
     const bookmark = encodeBookmark(first.instance, { revision: snapshot, bootstrapAfterId: 'a' });
     await first.update({ ...K, id: 'b', spec: { id: 'b2' } }, 'me');
@@ -114,9 +115,8 @@ describe('watch hub regressions', () => {
     const feed: ChangeFeed = {
       instance: store.feed.instance,
       opened: () => store.feed.opened(),
-      sync: (k) => store.feed.sync(k),
-      reach: (h, after) => store.feed.reach(h, after),
-      listAt: (h, rev) => store.feed.listAt(h, rev),
+      reach: (k, after) => store.feed.reach(k, after),
+      listAt: (k, rev) => store.feed.listAt(k, rev),
       async history(k) {
         const h = await store.feed.history(k);
         return new Proxy(h, {

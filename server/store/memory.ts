@@ -1,4 +1,5 @@
-// The in-memory store: one KindLog per kind (state and bounded history), one revision counter for all.
+// The in-memory store: one KindLog per kind (state and bounded history), one revision counter for all. Its feed is
+// those logs themselves: a commit lands in its kind's log before the writer's promise settles.
 import { randomBytes } from 'node:crypto';
 import { CosiError } from '../../shared/errors.js';
 import { describePointer, kindKey, type Kind, type Pointer, type Resource } from '../../shared/resource.js';
@@ -8,34 +9,27 @@ import type { ChangeFeed, KindHistory, ResourceStore } from './store.js';
 
 export type MemoryStoreOptions = HistoryOptions;
 
-export class MemoryStore extends MutatingStore implements ResourceStore, ChangeFeed {
-  readonly backend = 'memory';
+/** The memory store's feed: the kinds' logs, which are its storage too. */
+export class MemoryFeed implements ChangeFeed {
   readonly instance = randomBytes(8).toString('hex');
-  readonly feed: ChangeFeed = this;
   private readonly kinds = new Map<string, KindLog>();
-  private rev = 0;
-  private readonly limits: HistoryLimits;
 
-  constructor(opts: MemoryStoreOptions = {}) {
-    super();
-    this.limits = historyLimits(opts);
-  }
+  constructor(readonly limits: HistoryLimits) {}
 
-  /** The revision of the last commit (0 when empty). */
-  get revision(): number {
-    return this.rev;
-  }
-
-  /** The kind's history, synchronously (memory only; the contract's history() is async). */
+  /** The kind's log, opened on first use: a kind seen for the first time has had no change, so it is complete. */
   log(k: Kind): KindLog {
     const key = kindKey(k);
     let log = this.kinds.get(key);
     if (log === undefined) {
-      // A kind seen for the first time has had no change: its history is complete from the start.
       log = new KindLog({ namespace: k.namespace, type: k.type }, this.limits, 0);
       this.kinds.set(key, log);
     }
     return log;
+  }
+
+  /** The kind's log if it was ever opened (reads of a kind never written open nothing). */
+  peek(k: Kind): KindLog | undefined {
+    return this.kinds.get(kindKey(k));
   }
 
   opened(): KindHistory[] {
@@ -46,27 +40,44 @@ export class MemoryStore extends MutatingStore implements ResourceStore, ChangeF
     return Promise.resolve(this.log(kind));
   }
 
-  sync(kind: Kind): Promise<KindHistory> {
-    // Commits reach the history before the writer's promise settles.
-    return this.history(kind);
+  async reach(kind: Kind, after: number): Promise<void> {
+    // Memory has no history beyond the window, and commits reach it before their writer's promise settles:
+    // readChanges says too-old or future.
+    this.log(kind).readChanges(after, 0);
   }
 
-  async reach(history: KindHistory, after: number): Promise<void> {
-    // Memory has no history beyond the window: readChanges says too-old or future.
-    history.readChanges(after, 0);
+  async listAt(kind: Kind, revision: number): Promise<Resource[]> {
+    return this.log(kind).listAt(revision);
+  }
+}
+
+export class MemoryStore extends MutatingStore implements ResourceStore {
+  readonly backend = 'memory';
+  readonly feed: MemoryFeed;
+  private rev = 0;
+
+  constructor(opts: MemoryStoreOptions = {}) {
+    super();
+    this.feed = new MemoryFeed(historyLimits(opts));
   }
 
-  async listAt(history: KindHistory, revision: number): Promise<Resource[]> {
-    return history.listAt(revision);
+  /** The revision of the last commit (0 when empty). */
+  get revision(): number {
+    return this.rev;
+  }
+
+  /** The kind's history, synchronously (memory only; the contract's history() is async). */
+  log(k: Kind): KindLog {
+    return this.feed.log(k);
   }
 
   get(p: Pointer): Promise<Resource> {
-    const r = this.kinds.get(kindKey(p))?.current(p.id);
+    const r = this.feed.peek(p)?.current(p.id);
     return r === undefined ? Promise.reject(new CosiError('not-found', `${describePointer(p)} doesn't exist`)) : Promise.resolve(r);
   }
 
   list(k: Kind): Promise<Resource[]> {
-    return Promise.resolve(this.kinds.get(kindKey(k))?.list() ?? []);
+    return Promise.resolve(this.feed.peek(k)?.list() ?? []);
   }
 
   close(): Promise<void> {
@@ -74,11 +85,11 @@ export class MemoryStore extends MutatingStore implements ResourceStore, ChangeF
   }
 
   /** Runs synchronously: the change is committed (and watchers told) before the returned promise settles. */
-  protected apply(p: Pointer, m: Mutation): Promise<Resource> {
+  protected write(p: Pointer, m: Mutation): Promise<Resource> {
     try {
       const log = this.log(p);
       const current = log.current(p.id);
-      const now = this.limits.now();
+      const now = this.feed.limits.now();
       const outcome = mutate(current, m, new Date(now), storedSpecJson);
       if (outcome === 'unchanged') return Promise.resolve(current as Resource);
       this.rev++;

@@ -18,35 +18,35 @@ export type Mutation =
 export type Outcome = { readonly put: Metadata; readonly spec: Json; readonly specJson: string } | 'destroy' | 'unchanged';
 
 /**
- * The contract's writes, each as the Mutation it is. A backend implements apply(): decide with mutate() on the state
+ * The contract's writes, each as the Mutation it is. A backend implements write(): decide with mutate() on the state
  * it holds, then commit the outcome its own way.
  */
 export abstract class MutatingStore {
-  protected abstract apply(p: Pointer, m: Mutation): Promise<Resource>;
+  protected abstract write(p: Pointer, m: Mutation): Promise<Resource>;
 
   create(input: ResourceInput, owner: string): Promise<Resource> {
-    return this.apply(input, { op: 'create', input, owner });
+    return this.write(input, { op: 'create', input, owner });
   }
 
   update(input: ResourceInput, owner: string, opts?: UpdateOptions): Promise<Resource> {
-    return this.apply(input, { op: 'update', input, owner, opts });
+    return this.write(input, { op: 'update', input, owner, opts });
   }
 
   async teardown(p: Pointer, owner: string): Promise<{ resource: Resource; destroyReady: boolean }> {
-    const resource = await this.apply(p, { op: 'teardown', pointer: p, owner });
+    const resource = await this.write(p, { op: 'teardown', pointer: p, owner });
     return { resource, destroyReady: resource.metadata.finalizers.length === 0 };
   }
 
   addFinalizers(p: Pointer, finalizers: readonly string[]): Promise<Resource> {
-    return this.apply(p, { op: 'add-finalizers', pointer: p, finalizers });
+    return this.write(p, { op: 'add-finalizers', pointer: p, finalizers });
   }
 
   removeFinalizers(p: Pointer, finalizers: readonly string[]): Promise<Resource> {
-    return this.apply(p, { op: 'remove-finalizers', pointer: p, finalizers });
+    return this.write(p, { op: 'remove-finalizers', pointer: p, finalizers });
   }
 
   async destroy(p: Pointer, owner: string): Promise<void> {
-    await this.apply(p, { op: 'destroy', pointer: p, owner });
+    await this.write(p, { op: 'destroy', pointer: p, owner });
   }
 }
 

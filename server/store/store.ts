@@ -2,8 +2,8 @@
 // - ResourceStore: the authoritative reads and the writes, async because a backend may be remote (etcd.ts) or not
 //   (memory.ts). Writers (controllers) use it.
 // - ChangeFeed: each kind's current state and recent ordered changes, kept in memory and fed in revision order by
-//   the backend (for etcd, one etcd watch per kind; for memory, the store itself). The watch hub and the API's
-//   reads are served from it, synchronously, like the Kubernetes watch cache.
+//   the backend (etcd: one etcd watch per kind, etcd/feed.ts; memory: its own per-kind logs, MemoryFeed). The watch
+//   hub and the API's reads are served from it, synchronously, like the Kubernetes watch cache.
 // The contract has no multi-resource transaction: a writer of several resources plans its writes so that none fails
 // for a reason it can foresee (see controllers/static-pods.ts).
 import { isCosiError, type CosiError } from '../../shared/errors.js';
@@ -157,17 +157,13 @@ export interface ChangeFeed {
   /** The histories opened so far (metrics). */
   opened(): KindHistory[];
   /**
-   * The kind's history once it holds every change committed before this call (etcd: a fence write the kind's watch
-   * must deliver). For readers that must see their own writes. Throws unavailable.
-   */
-  sync(kind: Kind): Promise<KindHistory>;
-  /**
    * Makes a resume after `after` servable from the kind's history: a backend that still holds older history than
-   * the kind's window fetches it (etcd); one in the future is refused. Throws too-old, invalid-bookmark.
+   * the kind's window fetches it (etcd); one in the future is waited for (etcd: until the kind's watch has delivered
+   * it) or refused. Throws too-old, invalid-bookmark, unavailable.
    */
-  reach(history: KindHistory, after: number): Promise<void>;
+  reach(kind: Kind, after: number): Promise<void>;
   /** The kind's resources at `revision` (resuming an interrupted bootstrap), sorted by ID. Throws too-old. */
-  listAt(history: KindHistory, revision: number): Promise<Resource[]>;
+  listAt(kind: Kind, revision: number): Promise<Resource[]>;
 }
 
 /** The kind's history for a reader that needs it live: unavailable while the backend cannot be reached. */

@@ -108,8 +108,8 @@ export class WatchHub {
     let snapshot: Resource[] | undefined;
     const from = plan.resumeFrom;
     // A resumed bootstrap needs its snapshot and, after it, the changes since: both from the feed.
-    if (from?.bootstrapAfterId !== undefined) snapshot = await this.feed.listAt(history, from.revision);
-    if (from !== undefined) await this.feed.reach(history, from.revision);
+    if (from?.bootstrapAfterId !== undefined) snapshot = await this.feed.listAt(plan.kind, from.revision);
+    if (from !== undefined) await this.feed.reach(plan.kind, from.revision);
     return { history, snapshot };
   }
 

@@ -1,0 +1,110 @@
+// How a resource is held in etcd: its key (`<prefix><namespace>/<type>/<id>`, segments escaped) and its value (a
+// format line, the metadata as JSON, the spec's JSON text). The key's etcd version is the resource's version.
+import type { IKeyValue } from 'etcd3';
+import { CosiError } from '../../../shared/errors.js';
+import type { Logger } from '../../../shared/log.js';
+import { describePointer, type Kind, type Metadata, type Pointer, type Resource } from '../../../shared/resource.js';
+import type { Json } from '../../../shared/wire.js';
+import { storedResource } from '../mutations.js';
+import { errorText } from './errors.js';
+
+/** First line of a stored value: its format. The metadata line and the spec's JSON text follow. */
+const FORMAT = 'cosi-resource/1';
+
+/** The key prefix of a kind under the store's prefix: a kind's watch and list cover exactly its keys. */
+export function kindPrefixOf(prefix: string, k: Kind): string {
+  return `${prefix}${escapeSegment(k.namespace)}/${escapeSegment(k.type)}/`;
+}
+
+export function encodeValue(md: Metadata, specJson: string): string {
+  const meta = {
+    owner: md.owner,
+    phase: md.phase,
+    created: md.created.getTime(),
+    updated: md.updated.getTime(),
+    labels: md.labels,
+    annotations: md.annotations,
+    finalizers: md.finalizers,
+  };
+  // JSON text never holds a raw newline, so the three parts split unambiguously.
+  return `${FORMAT}\n${JSON.stringify(meta)}\n${specJson}`;
+}
+
+/** The resource a key holds, or why it does not decode. */
+export function decodeValue(p: Pointer, kv: IKeyValue): Resource | string {
+  const text = kv.value.toString('utf8');
+  const first = text.indexOf('\n');
+  const second = first < 0 ? -1 : text.indexOf('\n', first + 1);
+  if (first < 0 || second < 0 || text.slice(0, first) !== FORMAT) return `not a ${FORMAT} value`;
+  let meta: unknown;
+  const specJson = text.slice(second + 1);
+  try {
+    meta = JSON.parse(text.slice(first + 1, second));
+    JSON.parse(specJson) as Json;
+  } catch (err) {
+    return `invalid JSON: ${errorText(err)}`;
+  }
+  if (meta === null || typeof meta !== 'object') return 'metadata is not an object';
+  const m = meta as Record<string, unknown>;
+  const strings = (v: unknown): v is Record<string, string> => v !== null && typeof v === 'object' && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'string');
+  const finalizers = m['finalizers'];
+  if (
+    typeof m['owner'] !== 'string' ||
+    (m['phase'] !== 'running' && m['phase'] !== 'tearingDown') ||
+    typeof m['created'] !== 'number' ||
+    typeof m['updated'] !== 'number' ||
+    !strings(m['labels']) ||
+    !strings(m['annotations']) ||
+    !Array.isArray(finalizers) ||
+    !finalizers.every((f) => typeof f === 'string')
+  ) {
+    return 'metadata fields are missing or of the wrong type';
+  }
+  const md: Metadata = {
+    namespace: p.namespace,
+    type: p.type,
+    id: p.id,
+    version: Number(kv.version),
+    owner: m['owner'],
+    phase: m['phase'],
+    created: new Date(m['created']),
+    updated: new Date(m['updated']),
+    labels: m['labels'],
+    annotations: m['annotations'],
+    finalizers: finalizers as string[],
+  };
+  return storedResource(md, specJson);
+}
+
+/** The resources of a range read of a kind; a value that does not decode is left out and logged. */
+export function decodeAll(kind: Kind, prefix: string, kvs: readonly IKeyValue[], log: Logger): Resource[] {
+  const items: Resource[] = [];
+  for (const kv of kvs) {
+    if (kv.key.length <= Buffer.byteLength(prefix)) continue;
+    const decoded = decodeValue({ ...kind, id: idOf(kv, prefix) }, kv);
+    if (typeof decoded === 'string') log.error('stored value does not decode; left out', { key: kv.key.toString('utf8'), revision: Number(kv.mod_revision), error: decoded });
+    else items.push(decoded);
+  }
+  return items;
+}
+
+export function decodeOrThrow(p: Pointer, kv: IKeyValue): Resource {
+  const r = decodeValue(p, kv);
+  if (typeof r === 'string') throw new CosiError('data-loss', `${describePointer(p)}: the value stored at ${kv.key.toString('utf8')} does not decode: ${r}`);
+  return r;
+}
+
+/** What names a resource whose value does not decode. */
+export function placeholder(p: Pointer): Resource {
+  const epoch = new Date(0);
+  return { metadata: { ...p, version: 0, owner: '', phase: 'running', created: epoch, updated: epoch, labels: {}, annotations: {}, finalizers: [] }, spec: null };
+}
+
+export function idOf(kv: IKeyValue, prefix: string): string {
+  return kv.key.subarray(Buffer.byteLength(prefix)).toString('utf8');
+}
+
+/** Namespaces and types may not hold "/" or "%" in a key segment: escaped, so two kinds never share a prefix. */
+function escapeSegment(s: string): string {
+  return s.replace(/%/g, '%25').replace(/\//g, '%2F');
+}
