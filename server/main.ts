@@ -133,6 +133,15 @@ async function main(): Promise<number> {
   // why, in its words) go to the debug level; what matters reaches the log or the exit message in cosid's words.
   const grpcLine = (message: unknown, ...rest: unknown[]) => log.debug('grpc-js', { text: format(message, ...rest) });
   grpc.setLogger({ error: grpcLine, info: grpcLine, debug: grpcLine });
+  // Node's own warnings would be the only lines on stderr that are not JSON. The etcd client (etcd3 over grpc-js)
+  // sends an IP endpoint's address as the TLS server name, which Node warns about (DEP0123) at every start: the
+  // certificate is still checked against that IP, so that one goes to debug; any other warning is a warn line.
+  process.removeAllListeners('warning');
+  process.on('warning', (w: Error & { code?: string }) => {
+    const fields = { code: w.code ?? w.name, text: w.message };
+    if (w.code === 'DEP0123') log.debug('node warning', fields);
+    else log.warn('node warning', fields);
+  });
   const read = async (file: string, hint: string) => {
     try {
       return await readFile(file, 'utf8');

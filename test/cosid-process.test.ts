@@ -156,6 +156,36 @@ describe.skipIf(cri === null)('npm start on a real containerd', () => {
   });
 });
 
+const etcd = inject('etcd');
+
+describe.skipIf(etcd === null)('cosid on etcd', () => {
+  it('writes only JSON log lines: Node\'s warning about the etcd client\'s IP server name (DEP0123) is a debug line', async () => {
+    if (etcd === null) return;
+    const pki = await makePki();
+    dirs.push(pki.dir);
+    const port = await freePort();
+    const args = ['dist/server/main.js', '--pki', pki.dir, '--config', 'examples/machine-config.yaml', '--listen', `127.0.0.1:${port}`];
+    const store = ['--store', 'etcd', '--etcd-endpoints', etcd.endpoints.join(','), '--etcd-ca', etcd.tls.caFile, '--etcd-cert', etcd.tls.certFile, '--etcd-key', etcd.tls.keyFile, '--etcd-prefix', `/cosid-process/${process.pid}/`];
+    const started = async (level: string) => {
+      const child = spawn(process.execPath, [...args, ...store, '--log-level', level], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+      children.push(child);
+      let stderr = '';
+      child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+      await eventually(() => expect(stderr).toContain('"msg":"cosid serving"'), 30_000);
+      // The etcd client has connected by the time cosid serves (it refuses to start otherwise).
+      child.kill('SIGTERM');
+      await new Promise((resolve) => child.once('exit', resolve));
+      return stderr.split('\n').filter((line) => line !== '');
+    };
+    const info = await started('info');
+    for (const line of info) expect(() => JSON.parse(line), line).not.toThrow();
+    expect(info.join('\n')).not.toContain('DEP0123');
+    const debug = await started('debug');
+    for (const line of debug) expect(() => JSON.parse(line), line).not.toThrow();
+    expect(debug.some((line) => line.includes('"msg":"node warning"') && line.includes('DEP0123'))).toBe(true);
+  });
+});
+
 describe('cosid start-up failures: one line in cosid\'s words, before anything serves', () => {
   it('a port in use: exit 1, one line naming the address, no grpc-js log line', async () => {
     const pki = await makePki();
