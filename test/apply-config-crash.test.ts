@@ -13,6 +13,7 @@ import { ApplyMode } from '../shared/wire.js';
 import { applyClient } from './apply-config-helpers.js';
 import { eventually, makePki, pod, type TestPki } from './harness.js';
 import { freePort, machineConfig } from './pipeline-harness.js';
+import { prng } from './fuzz/fuzzer.js';
 
 const COSID = join(process.cwd(), 'dist', 'server', 'main.js');
 const KILLS = 20;
@@ -38,18 +39,6 @@ afterAll(async () => {
   await rm(pki.dir, { recursive: true, force: true });
 });
 
-/** mulberry32: a small seeded generator, so the kill points of a failing run can be replayed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function exited(child: ChildProcess): Promise<void> {
   return child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((resolve) => child.once('exit', () => resolve()));
 }
@@ -57,7 +46,7 @@ function exited(child: ChildProcess): Promise<void> {
 it(`leaves the old or the new config, never a torn one, across ${KILLS} SIGKILLs during applies; the restarted cosid serves the file`, async () => {
   const configPath = join(dir, 'machine.yaml');
   await writeFile(configPath, X);
-  const next = random(SEED);
+  const next = prng(SEED);
   const port = await freePort();
   const endpoint = `127.0.0.1:${port}`;
   let children: ChildProcess[] = [];

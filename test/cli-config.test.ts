@@ -2,14 +2,13 @@
 // with its pipeline (config file -> StaticPods, a kubelet simulator) and real mTLS. A forwarding gRPC server between
 // cosictl and cosid counts the calls and can make a change on the node between a patch's read and its apply.
 import * as grpc from '@grpc/grpc-js';
-import { spawn } from 'node:child_process';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
 import type { CosiResource, Json, WatchEvent } from '../client/index.js';
-import { eventually, pod } from './harness.js';
+import { eventually, pod, runCli, type CliRun } from './harness.js';
 import { freePort, machineConfig, startNode, type TestNode } from './pipeline-harness.js';
 
 const CLI = join(process.cwd(), 'dist', 'client', 'cli', 'main.js');
@@ -45,26 +44,9 @@ beforeEach(async () => {
   fwd.calls.length = 0;
 });
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cosictl(args: string[], opts: { env?: Record<string, string>; via?: string; context?: string } = {}): Promise<Run> {
+function cosictl(args: string[], opts: { env?: Record<string, string>; via?: string; context?: string } = {}): Promise<CliRun> {
   const base = ['--cosiconfig', n.pki.cosiconfig, '-e', opts.via ?? endpoint, ...(opts.context !== undefined ? ['--context', opts.context] : [])];
-  const child = spawn(process.execPath, [CLI, ...base, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-  return new Promise((resolve) =>
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    }),
-  );
+  return runCli([...base, ...args], opts.env !== undefined ? { env: opts.env } : {});
 }
 
 async function pods(): Promise<string[]> {

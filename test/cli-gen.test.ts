@@ -1,16 +1,14 @@
 // cosictl gen cert as a new user runs it: the compiled binary with HOME pointed at an empty folder, so that what
 // it writes (or must not write) under ~/.cosi is this test's; the configs it writes are then used against a real
 // cosid.
-import { spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { loadCosiConfig } from '../client/cosiconfig.js';
-import { startServer, type TestServer } from './harness.js';
+import { runCli, startServer, type CliRun, type TestServer } from './harness.js';
 
-const CLI = join(process.cwd(), 'dist', 'client', 'cli', 'main.js');
 let srv: TestServer;
 let tmp: string;
 let home: string;
@@ -28,19 +26,8 @@ beforeEach(async () => {
   return () => rm(tmp, { recursive: true, force: true });
 });
 
-function cosictl(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HOME: home, COSICONFIG: '', ...env } });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const kill = setTimeout(() => child.kill('SIGKILL'), 30_000);
-  return new Promise((resolve) =>
-    child.on('close', (code) => {
-      clearTimeout(kill);
-      resolve({ code, stdout, stderr });
-    }),
-  );
+function cosictl(args: string[], env: Record<string, string> = {}): Promise<CliRun> {
+  return runCli(args, { env: { HOME: home, COSICONFIG: '', ...env } });
 }
 
 const exists = (path: string) => stat(path).then(() => true, () => false);

@@ -1,27 +1,14 @@
 // cosictl's help, version and usage errors as a user meets them: the compiled binary, its exit code and output.
 // Usage errors are exit code 2 with one line and a pointer to the command's help; help is the command's own.
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { runCli, type CliRun } from './harness.js';
 
-const CLI = join(process.cwd(), 'dist', 'client', 'cli', 'main.js');
 
 /** HOME and COSICONFIG point at no config: a usage error must be told before any config is read. */
-function cosictl(args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, HOME: '/nonexistent', COSICONFIG: '' } });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  // A bound, not a synchronisation: none of these talks to a server.
-  const kill = setTimeout(() => child.kill('SIGKILL'), 30_000);
-  return new Promise((resolve) =>
-    child.on('close', (code) => {
-      clearTimeout(kill);
-      resolve({ code, stdout, stderr });
-    }),
-  );
+function cosictl(args: readonly string[]): Promise<CliRun> {
+  return runCli(args, { env: { HOME: '/nonexistent', COSICONFIG: '' } });
 }
 
 describe('cosictl --version', () => {

@@ -1,5 +1,4 @@
 // cosictl as a user runs it: the compiled binary, a real cosid, real mTLS.
-import { spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,9 +6,8 @@ import YAML from 'yaml';
 import { loadCosiConfig, serializeCosiConfig } from '../client/cosiconfig.js';
 import { reconcileStaticPods } from '../server/controllers/static-pods.js';
 import { silentLogger } from '../shared/log.js';
-import { pod, podStatus, startServer, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
+import { pod, podStatus, runCli, startServer, type CliRun, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
 
-const CLI = join(process.cwd(), 'dist', 'client', 'cli', 'main.js');
 let srv: TestServer;
 
 beforeAll(async () => {
@@ -19,29 +17,9 @@ beforeAll(async () => {
 });
 afterAll(() => srv.close());
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cosictl(args: string[], opts: { env?: Record<string, string>; until?: (out: string) => boolean; withEndpoint?: boolean } = {}): Promise<Run> {
+function cosictl(args: string[], opts: { env?: Record<string, string>; until?: (out: string) => boolean; withEndpoint?: boolean } = {}): Promise<CliRun> {
   const base = opts.withEndpoint === false ? [] : ['--cosiconfig', srv.pki.cosiconfig, '-e', srv.endpoint];
-  const child = spawn(process.execPath, [CLI, ...base, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => {
-    stdout += d.toString();
-    if (opts.until?.(stdout)) child.kill('SIGINT');
-  });
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-  return new Promise((resolve) =>
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    }),
-  );
+  return runCli([...base, ...args], opts);
 }
 
 describe('cosictl get', () => {

@@ -9,6 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import { connect, type WatchEvent } from '../client/index.js';
 import { loadCosiConfig, selectContext } from '../client/cosiconfig.js';
 import { eventually, makePki } from './harness.js';
+import { freePort } from './pipeline-harness.js';
 import { CriClient } from '../node-sim/kubelet/cri-client.js';
 
 const ROOT = process.cwd();
@@ -18,16 +19,6 @@ afterAll(async () => {
   for (const c of children) c.kill('SIGKILL');
   for (const d of dirs) await rm(d, { recursive: true, force: true });
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      s.close(() => (typeof addr === 'object' && addr !== null ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
 
 function run(cmd: string, args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {

@@ -1,4 +1,5 @@
 // Test harness: a real cosid on a loopback port with real mTLS, and clients with real certificates.
+import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -156,4 +157,35 @@ export async function eventually<T>(check: () => T | Promise<T>, ms = 10_000): P
       await new Promise((r) => setTimeout(r, 20));
     }
   }
+}
+
+/** What a compiled binary printed, and how it ended. */
+export interface CliRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export const CLI = join(process.cwd(), 'dist', 'client', 'cli', 'main.js');
+
+/**
+ * Runs the compiled cosictl to its end and collects its output. `env` is laid over this process's; `until` sends
+ * SIGINT (a user's Ctrl-C) once stdout satisfies it. Killed after 30 s: a bound, not a synchronisation.
+ */
+export function runCli(args: readonly string[], opts: { env?: NodeJS.ProcessEnv; until?: (stdout: string) => boolean } = {}): Promise<CliRun> {
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+    if (opts.until?.(stdout) === true) child.kill('SIGINT');
+  });
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const kill = setTimeout(() => child.kill('SIGKILL'), 30_000);
+  return new Promise((resolve) =>
+    child.on('close', (code) => {
+      clearTimeout(kill);
+      resolve({ code, stdout, stderr });
+    }),
+  );
 }

@@ -3,7 +3,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, chown, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, inject, it } from 'vitest';
@@ -11,6 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import { connect, type CosiClient, type WatchEvent } from '../client/index.js';
 import { loadCosiConfig, selectContext } from '../client/cosiconfig.js';
 import { eventually } from './harness.js';
+import { freePort } from './pipeline-harness.js';
 
 const ROOT = process.cwd();
 const started: ChildProcess[] = [];
@@ -30,16 +30,6 @@ afterAll(async () => {
   }
   for (const d of dirs) await rm(d, { recursive: true, force: true });
 }, 60_000);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      s.close(() => (typeof addr === 'object' && addr !== null ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
 
 interface Started {
   child: ChildProcess;
