@@ -85,10 +85,14 @@ export function fromWireResource(w: WireResource): CosiResource {
   return { metadata: fromWireMetadata(w.metadata), spec, yamlSpec, protoSpec: w.spec?.protoSpec ?? new Uint8Array() };
 }
 
+/** Events about no resource: the reference puts a placeholder in them, which the library's users never see. */
+const WITHOUT_RESOURCE: ReadonlySet<WatchEventType> = new Set(['bootstrapped', 'noop', 'errored']);
+
 export function toWatchEvent(e: WireEvent): WatchEvent {
+  const type = EVENT_TYPES[e.eventType] ?? 'errored';
   return {
-    type: EVENT_TYPES[e.eventType] ?? 'errored',
-    ...(e.resource != null ? { resource: fromWireResource(e.resource) } : {}),
+    type,
+    ...(e.resource != null && !WITHOUT_RESOURCE.has(type) ? { resource: fromWireResource(e.resource) } : {}),
     ...(e.old != null ? { old: fromWireResource(e.old) } : {}),
     ...(e.bookmark != null ? { bookmark: new Uint8Array(e.bookmark) } : {}),
     ...(e.error != null ? { error: e.error } : {}),

@@ -7,7 +7,7 @@ import { checkServerIdentity } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type { Observable } from 'rxjs';
 import { CosiError } from '../shared/errors.js';
-import { EVENT_FORM_METADATA_KEY, wire, type Codec, type WireListRequest } from '../shared/wire.js';
+import { EVENT_FORM_METADATA_KEY, IDLE_BOOKMARKS_METADATA_KEY, wire, type Codec, type WireListRequest } from '../shared/wire.js';
 import { CallContext, checkMs, connectionFailure, toCosiError } from './call.js';
 import { DEFAULT_PORT, FLOW_CONTROL_WINDOW, type ApplyConfigurationOptions, type ApplyConfigurationResult, type CallOptions, type ClientLogger, type ConnectOptions, type CosiClient, type ListOptions, type LogsOptions, type ReadOptions, type WatchOptions, type WatchStream } from './client.js';
 import { diagnoseConnection, type ProbeTarget } from './diagnose.js';
@@ -192,6 +192,9 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
     if (signal.aborted || this.closing.signal.aborted) return;
     const metadata = new grpc.Metadata();
     if (req.lean === true) metadata.set(EVENT_FORM_METADATA_KEY, 'lean');
+    // Fresh bookmarks while idle keep a resume point inside the server's history even when the kind changes in ways
+    // this watch filters out.
+    metadata.set(IDLE_BOOKMARKS_METADATA_KEY, 'on');
     const call = this.channel.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(wire.watchRequest.encode(toWireWatchRequest(req))), metadata);
     call.on('metadata', (md) => this.noteNode(md));
     const cancel = () => call.cancel();

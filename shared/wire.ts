@@ -311,3 +311,10 @@ function fromValue(v: WireValue): Json {
  * form). Ours, so generic COSI clients (talosctl) never send it and always get the full form.
  */
 export const EVENT_FORM_METADATA_KEY = 'cosi-event-form';
+
+/**
+ * Request metadata with which a client asks a Watch for a NOOP event with a fresh bookmark whenever the watch has
+ * been idle for the server's bookmark interval (`on`), and for a last one when the server ends the watch. Ours: the
+ * reference sends NOOP only for bootstrap_bookmark, so generic clients get none they did not ask for.
+ */
+export const IDLE_BOOKMARKS_METADATA_KEY = 'cosi-idle-bookmarks';

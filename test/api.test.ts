@@ -62,10 +62,18 @@ describe('Get and List', () => {
     await srv.cosid.store.destroy({ ...STATUSES, id: 'kube-system/labelled' }, TEST_OWNER);
   });
 
-  it('answers NOT_FOUND for a missing resource, an unregistered type and a missing namespace', async () => {
+  it('answers NOT_FOUND for a missing resource, and PERMISSION_DENIED in Talos words for a type or namespace it does not serve', async () => {
     const c = srv.client();
     await expect(c.get('staticpods', 'nope')).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
-    await expect(c.list('StaticPods.kubernetes.talos.dev', { namespace: 'nowhere' })).rejects.toMatchObject({ code: grpc.status.NOT_FOUND, message: expect.stringContaining('nowhere') });
+    await expect(c.list('StaticPods.kubernetes.talos.dev', { namespace: 'nowhere' })).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED, message: 'namespace "nowhere" is not supported' });
+    // The library refuses an unknown type itself (not registered): a generic client's Get reaches the server.
+    const raw = new grpc.Client(srv.endpoint, grpc.credentials.createSsl(Buffer.from(srv.pki.ca.certPem), Buffer.from(srv.pki.admin.keyPem), Buffer.from(srv.pki.admin.certPem)));
+    const req = wire.getRequest.encode({ namespace: 'k8s', type: 'Frobs.test.dev', id: 'x' });
+    const err = await new Promise<grpc.ServiceError | null>((resolve) =>
+      raw.makeUnaryRequest('/cosi.resource.State/Get', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(req), (e) => resolve(e)),
+    );
+    raw.close();
+    expect(err).toMatchObject({ code: grpc.status.PERMISSION_DENIED, details: 'resource type "Frobs.test.dev" is not supported' });
   });
 });
 

@@ -4,7 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Subscription } from 'rxjs';
 import { connect, listNodes, watchNodes, type CosiClient, type NodeWatchEvent, type WatchEvent } from '../client/index.js';
 import { upsert } from '../server/store/upsert.js';
-import { EventType, wire, type Json } from '../shared/wire.js';
+import { EventType, IDLE_BOOKMARKS_METADATA_KEY, wire, type Json } from '../shared/wire.js';
 import { eventually, makePki, podStatus, startServer, STATUSES, TEST_OWNER, type TestPki, type TestServer } from './harness.js';
 import { freePort } from './pipeline-harness.js';
 import { StallableProxy } from './proxy.js';
@@ -110,10 +110,12 @@ describe('reconnect and resume', () => {
 });
 
 /** A raw watch whose reading can be paused (grpc-js stops reading: HTTP/2 flow control pushes back). */
-function rawWatch(srv: TestServer, regexp: string) {
+function rawWatch(srv: TestServer, regexp: string, metadata: Record<string, string> = {}) {
   const client = new grpc.Client(srv.endpoint, grpc.credentials.createSsl(Buffer.from(pki.ca.certPem), Buffer.from(pki.admin.keyPem), Buffer.from(pki.admin.certPem)));
   const req = wire.watchRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', apiVersion: 1, options: { bootstrapContents: false, tailEvents: 0, labelQuery: [], idQuery: { regexp }, aggregated: false, bootstrapBookmark: false } });
-  const call = client.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(req));
+  const md = new grpc.Metadata();
+  for (const [k, v] of Object.entries(metadata)) md.set(k, v);
+  const call = client.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(req), md);
   const events: { type: EventType; id: string; bookmark: boolean }[] = [];
   const errors: grpc.ServiceError[] = [];
   // The first message is the empty "ready" response: the server has registered the watch.
@@ -178,14 +180,32 @@ describe('bookmarks', () => {
     await eventually(() => expect(resumed.filter((e) => e.type !== 'noop').map((e) => `${e.type} ${e.resource?.metadata.id}`)).toEqual(['created y']));
   });
 
-  it('sends a last bookmark before ending streams with UNAVAILABLE on shutdown', async () => {
+  it('sends a last bookmark before ending streams with UNAVAILABLE on shutdown, to clients that asked for bookmarks', async () => {
     const srv = await startServer({ pki });
-    const w = rawWatch(srv, '');
-    await eventually(() => expect(w.ready).toBe(true));
+    const asked = rawWatch(srv, '', { [IDLE_BOOKMARKS_METADATA_KEY]: 'on' });
+    const generic = rawWatch(srv, '');
+    await eventually(() => expect(asked.ready && generic.ready).toBe(true));
     await srv.close();
-    await eventually(() => expect(w.errors.length).toBe(1));
-    expect(w.errors[0]?.code).toBe(grpc.status.UNAVAILABLE);
-    expect(w.events.at(-1)).toMatchObject({ type: EventType.NOOP, bookmark: true });
+    await eventually(() => expect(asked.errors.length + generic.errors.length).toBe(2));
+    expect(asked.errors[0]?.code).toBe(grpc.status.UNAVAILABLE);
+    expect(asked.events.at(-1)).toMatchObject({ type: EventType.NOOP, bookmark: true });
+    // A generic client (talosctl) gets no NOOP it did not ask for: the reference never sends one unasked.
+    expect(generic.errors[0]?.code).toBe(grpc.status.UNAVAILABLE);
+    expect(generic.events).toEqual([]);
+  });
+
+  it('sends idle NOOP bookmarks only to watches that asked for them', async () => {
+    const srv = await startServer({ pki, bookmarkIntervalMs: 50 });
+    cleanups.push(() => srv.close());
+    const asked = rawWatch(srv, '', { [IDLE_BOOKMARKS_METADATA_KEY]: 'on' });
+    const generic = rawWatch(srv, '');
+    await eventually(() => expect(asked.events.filter((e) => e.type === EventType.NOOP).length).toBeGreaterThanOrEqual(3));
+    // Both are idle watches of the same kind on the same hub: by now the generic one has been passed over 3 times.
+    expect(generic.ready).toBe(true);
+    expect(generic.events).toEqual([]);
+    const bad = rawWatch(srv, '', { [IDLE_BOOKMARKS_METADATA_KEY]: 'sometimes' });
+    await eventually(() => expect(bad.errors.length).toBe(1));
+    expect(bad.errors[0]).toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: `${IDLE_BOOKMARKS_METADATA_KEY} must be "on" or "off", not "sometimes"` });
   });
 });
 

@@ -40,6 +40,7 @@ function plan(resumeFrom: WatchPlan['resumeFrom']): WatchPlan {
     resumeFrom,
     apiVersion: 1,
     form: 'full',
+    idleBookmarks: false,
   };
 }
 
@@ -59,7 +60,7 @@ function recordingSink() {
   const sink: WatchSink = {
     write(message) {
       for (const e of wire.watchResponse.decode(message.payload).event) {
-        events.push(`${EventType[e.eventType]}${e.resource?.metadata ? ` ${e.resource.metadata.id}@${e.resource.metadata.version}` : ''}`);
+        events.push(`${EventType[e.eventType]}${e.resource?.metadata?.id ? ` ${e.resource.metadata.id}@${e.resource.metadata.version}` : ''}`);
       }
       check();
       return true;

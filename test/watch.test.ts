@@ -190,9 +190,21 @@ describe('watch set-up errors are the call status', () => {
 });
 
 /** A raw gRPC watch, as an old or generic client would make it. */
-function rawWatch(apiVersion: number, bootstrap: boolean, aggregated = false, tailEvents = 0): { messages: Buffer[]; call: grpc.ClientReadableStream<Buffer>; client: grpc.Client; errors: grpc.ServiceError[] } {
+function rawWatch(
+  apiVersion: number,
+  bootstrap: boolean,
+  aggregated = false,
+  tailEvents = 0,
+  more: { bootstrapBookmark?: boolean; id?: string } = {},
+): { messages: Buffer[]; call: grpc.ClientReadableStream<Buffer>; client: grpc.Client; errors: grpc.ServiceError[] } {
   const client = new grpc.Client(srv.endpoint, grpc.credentials.createSsl(Buffer.from(srv.pki.ca.certPem), Buffer.from(srv.pki.admin.keyPem), Buffer.from(srv.pki.admin.certPem)));
-  const req = wire.watchRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', apiVersion, options: { bootstrapContents: bootstrap, tailEvents, labelQuery: [], aggregated, bootstrapBookmark: false } });
+  const req = wire.watchRequest.encode({
+    namespace: 'k8s',
+    type: 'StaticPodStatuses.kubernetes.talos.dev',
+    ...(more.id !== undefined ? { id: more.id } : {}),
+    apiVersion,
+    options: { bootstrapContents: bootstrap, tailEvents, labelQuery: [], aggregated, bootstrapBookmark: more.bootstrapBookmark ?? false },
+  });
   const call = client.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(req));
   const messages: Buffer[] = [];
   const errors: grpc.ServiceError[] = [];
@@ -217,6 +229,44 @@ describe('wire details', () => {
       w.call.cancel();
       w.client.close();
     }
+  });
+});
+
+describe('placeholders, as the reference sends them', () => {
+  const events = (w: ReturnType<typeof rawWatch>) => w.messages.slice(1).flatMap((m) => wire.watchResponse.decode(m).event);
+  const done = (w: ReturnType<typeof rawWatch>) => {
+    w.call.cancel();
+    w.client.close();
+  };
+  // The reference's tombstone: kind set, version "undefined", Go's zero time, an empty spec.
+  const placeholder = (id: string) => ({
+    metadata: expect.objectContaining({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', id, version: 'undefined', phase: 'running', created: { seconds: '-62135596800', nanos: 0 }, updated: { seconds: '-62135596800', nanos: 0 } }),
+    spec: { protoSpec: Buffer.alloc(0), yamlSpec: '' },
+  });
+
+  it('BOOTSTRAPPED and NOOP carry a placeholder resource of the kind, and NOOP reaches api_version 0 too', async () => {
+    const count = (await store().list(STATUSES)).length;
+    const v1 = rawWatch(1, true, false, 0, { bootstrapBookmark: true });
+    const v0 = rawWatch(0, true, false, 0, { bootstrapBookmark: true });
+    await eventually(() => expect(events(v1).length).toBe(count + 2));
+    await eventually(() => expect(events(v0).length).toBe(count + 1));
+    const [bootstrapped, noop] = events(v1).slice(-2);
+    expect(bootstrapped).toMatchObject({ eventType: EventType.BOOTSTRAPPED, resource: placeholder('') });
+    expect(noop).toMatchObject({ eventType: EventType.NOOP, resource: placeholder('') });
+    expect(noop?.bookmark?.length).toBeGreaterThan(0);
+    // api_version 0: no BOOTSTRAPPED, but the NOOP it asked for with bootstrap_bookmark.
+    expect(events(v0).map((e) => e.eventType)).toEqual([...Array<EventType>(count).fill(EventType.CREATED), EventType.NOOP]);
+    done(v1);
+    done(v0);
+  });
+
+  it('a watch of a missing resource starts with a DESTROYED placeholder of that id (with a bookmark: ours resumes from it)', async () => {
+    const w = rawWatch(1, false, false, 0, { id: 'default/not-there' });
+    await eventually(() => expect(events(w).length).toBe(1));
+    const [first] = events(w);
+    expect(first).toMatchObject({ eventType: EventType.DESTROYED, resource: placeholder('default/not-there') });
+    expect(first?.bookmark?.length).toBeGreaterThan(0);
+    done(w);
   });
 });
 

@@ -3,7 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import { CosiError, ERROR_KIND_METADATA_KEY, isCosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { describePointer, type Kind } from '../../shared/resource.js';
-import { codecFor, EVENT_FORM_METADATA_KEY, stateService, type WireGetRequest, type WireListRequest, type WireWatchRequest } from '../../shared/wire.js';
+import { codecFor, EVENT_FORM_METADATA_KEY, IDLE_BOOKMARKS_METADATA_KEY, stateService, type WireGetRequest, type WireListRequest, type WireWatchRequest } from '../../shared/wire.js';
 import type { Registry } from '../resources/registry.js';
 import { compileSelector } from '../store/query.js';
 import { readableHistory, type ChangeFeed } from '../store/store.js';
@@ -163,8 +163,9 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
     checkName('namespace', kind.namespace);
     checkName('type', kind.type);
     const def = registry.lookup(kind.type);
-    if (def === undefined) throw new CosiError('not-found', `resource type ${JSON.stringify(kind.type)} is not registered`);
-    if (!registry.hasNamespace(kind.namespace)) throw new CosiError('not-found', `namespace ${JSON.stringify(kind.namespace)} doesn't exist`);
+    // As Talos answers a kind it does not serve (its access filter): permission denied, in its words.
+    if (def === undefined) throw new CosiError('permission-denied', `resource type ${JSON.stringify(kind.type)} is not supported`);
+    if (!registry.hasNamespace(kind.namespace)) throw new CosiError('permission-denied', `namespace ${JSON.stringify(kind.namespace)} is not supported`);
     authorizeRead(peer, def.sensitive, kind.type);
   }
 
@@ -231,7 +232,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
         const req = requestOf(call);
         checkRead(call, req);
         if (req.id !== undefined) checkName('id', req.id);
-        const plan = { ...planWatch(req, feed.instance), form: eventFormOf(call.metadata) };
+        const plan = { ...planWatch(req, feed.instance), form: eventFormOf(call.metadata), idleBookmarks: idleBookmarksOf(call.metadata) };
         const gzip = deps.watchCompression !== false && acceptsGzip(call);
         const peer = call.getPeer();
         if (watchesByPeer.get(peer) >= maxWatches) {
@@ -294,6 +295,13 @@ function eventFormOf(metadata: grpc.Metadata): EventForm {
   if (value === undefined || value === 'full') return 'full';
   if (value === 'lean') return 'lean';
   throw new CosiError('invalid-argument', `${EVENT_FORM_METADATA_KEY} must be "lean" or "full", not ${JSON.stringify(String(value))}`);
+}
+
+function idleBookmarksOf(metadata: grpc.Metadata): boolean {
+  const [value] = metadata.get(IDLE_BOOKMARKS_METADATA_KEY);
+  if (value === undefined || value === 'off') return false;
+  if (value === 'on') return true;
+  throw new CosiError('invalid-argument', `${IDLE_BOOKMARKS_METADATA_KEY} must be "on" or "off", not ${JSON.stringify(String(value))}`);
 }
 
 function checkName(field: string, value: string): void {

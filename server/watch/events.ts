@@ -1,6 +1,6 @@
 // Watch events as bytes: each change encoded once for every watcher, kept within a budget, and the catch-up batches
 // that unfiltered aggregated watchers share. The hub decides who gets what; this decides how it is encoded and kept.
-import { kindKey, type Resource } from '../../shared/resource.js';
+import { kindKey, type Kind, type Resource } from '../../shared/resource.js';
 import { EventType } from '../../shared/wire.js';
 import type { Change, KindHistory } from '../store/store.js';
 import { encodeBookmark } from './bookmark.js';
@@ -69,9 +69,9 @@ export class EncodedEvents {
     if (!encoded) this.forgetSuperseded(change, history);
   }
 
-  /** A NOOP event carrying the bookmark of `revision`. */
-  bookmark(revision: number): Buffer {
-    return this.frames.event(EventType.NOOP, undefined, undefined, encodeBookmark(this.instance, { revision }));
+  /** A NOOP event carrying the bookmark of `revision` of the kind (and, as the reference's, a placeholder resource). */
+  bookmark(kind: Kind, revision: number): Buffer {
+    return this.frames.event(EventType.NOOP, Frames.placeholder(kind.namespace, kind.type), undefined, encodeBookmark(this.instance, { revision }));
   }
 
   /** The shared single-event WatchResponse of an event encoded by change(), or undefined for any other bytes. */

@@ -51,6 +51,10 @@ export function toYaml(spec: unknown): string {
  */
 export type EventForm = 'full' | 'lean';
 
+/** time.Time{} as a google.protobuf.Timestamp: year 1, not 1970. */
+const GO_ZERO_TIME = { seconds: -62_135_596_800, nanos: 0 };
+const placeholders = new Map<string, Buffer>();
+
 export class Frames {
   // One buffer per resource: its GetResponse/ListResponse framing; the Resource bytes are a view into it.
   private readonly singles = new WeakMap<Resource, { frame: Buffer; resource: Buffer }>();
@@ -106,15 +110,41 @@ export class Frames {
     return known ?? toYaml(r.spec);
   }
 
-  /** cosi.resource.Event bytes; a lean event has the lean resource and never the old one. */
-  event(type: EventType, resource: Resource | undefined, old: Resource | undefined, bookmark: Uint8Array | undefined, error?: string, form: EventForm = 'full'): Buffer {
+  /**
+   * cosi.resource.Event bytes; a lean event has the lean resource and never the old one. `resource` may be bytes
+   * already encoded (a placeholder).
+   */
+  event(type: EventType, resource: Resource | Buffer | undefined, old: Resource | undefined, bookmark: Uint8Array | undefined, error?: string, form: EventForm = 'full'): Buffer {
     const parts: Buffer[] = [];
-    if (resource !== undefined) parts.push(...lengthDelimited(TAG.field1, form === 'lean' ? this.leanResource(resource) : this.resource(resource)));
+    if (Buffer.isBuffer(resource)) parts.push(...lengthDelimited(TAG.field1, resource));
+    else if (resource !== undefined) parts.push(...lengthDelimited(TAG.field1, form === 'lean' ? this.leanResource(resource) : this.resource(resource)));
     if (type !== EventType.CREATED) parts.push(Buffer.of(TAG.eventType), varint(type));
     if (old !== undefined && form === 'full') parts.push(...lengthDelimited(TAG.old, this.resource(old)));
     if (error !== undefined) parts.push(...lengthDelimited(TAG.error, Buffer.from(error, 'utf8')));
     if (bookmark !== undefined) parts.push(...lengthDelimited(TAG.bookmark, bookmark));
     return Buffer.concat(parts);
+  }
+
+  /**
+   * The resource the reference runtime puts in events that are about no resource (BOOTSTRAPPED, NOOP: id empty) and in
+   * the first event of a watch of a resource that does not exist (DESTROYED: its id): a tombstone with the kind set,
+   * version "undefined", Go's zero time (0001-01-01, so Go code reads time.Time{} back) and an empty spec. Go clients
+   * that read such an event's resource get this rather than nil, as they do from Talos.
+   */
+  static placeholder(namespace: string, type: string, id = ''): Buffer {
+    const key = `${namespace}\n${type}\n${id}`;
+    let bytes = placeholders.get(key);
+    if (bytes === undefined) {
+      bytes = Buffer.from(
+        wire.resource.encode({
+          metadata: { namespace, type, id, version: 'undefined', owner: '', phase: 'running', created: GO_ZERO_TIME, updated: GO_ZERO_TIME, finalizers: [], labels: {}, annotations: {} },
+          spec: { protoSpec: new Uint8Array(), yamlSpec: '' },
+        }),
+      );
+      // Kinds are few; ids of missing resources are not: only the id-less ones stay.
+      if (id === '') placeholders.set(key, bytes);
+    }
+    return bytes;
   }
 
   /** A WatchResponse carrying the given encoded events (none: the "ready" marker). */

@@ -18,10 +18,12 @@ export interface WatchPlan {
   readonly aggregated: boolean;
   readonly bootstrapBookmark: boolean;
   readonly resumeFrom: Position | undefined;
-  /** 0: no BOOTSTRAPPED, ERRORED or NOOP events. */
+  /** 0: no BOOTSTRAPPED or ERRORED events (NOOP still comes, as from the reference). */
   readonly apiVersion: number;
   /** How events are encoded (request metadata `cosi-event-form`; default full). */
   readonly form: EventForm;
+  /** NOOP bookmarks while idle (request metadata `cosi-idle-bookmarks: on`; the reference never sends them). */
+  readonly idleBookmarks: boolean;
 }
 
 export const MAX_TAIL_EVENTS = 100_000;
@@ -58,10 +60,11 @@ export function planWatch(req: WireWatchRequest, instance: string): WatchPlan {
     resumeFrom: hasBookmark ? decodeBookmark(instance, bookmark) : undefined,
     apiVersion: req.apiVersion,
     form: 'full',
+    idleBookmarks: false,
   };
 }
 
-/** api_version 0 clients get no BOOTSTRAPPED, ERRORED or NOOP events. */
+/** api_version 0 clients get no BOOTSTRAPPED or ERRORED events. */
 export function sendsAll(plan: WatchPlan): boolean {
   return plan.apiVersion >= 1;
 }

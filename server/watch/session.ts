@@ -162,9 +162,16 @@ export class WatchSession {
     return phase.changes;
   }
 
-  /** Sends a NOOP with a fresh bookmark when nothing was sent since `idleSince` and the watch is caught up. */
+  /**
+   * Sends a NOOP with a fresh bookmark when nothing was sent since `idleSince` and the watch is caught up: only to
+   * clients that asked for idle bookmarks (the reference sends NOOP only for bootstrap_bookmark).
+   */
   bookmarkIfIdle(idleSince: number): void {
-    if (this.phase.kind !== 'live' || this.parked || !this.sendsAll || this.lastSentAt > idleSince) return;
+    if (this.plan.idleBookmarks) this.bookmarkIfCaughtUp(idleSince);
+  }
+
+  private bookmarkIfCaughtUp(idleSince: number): void {
+    if (this.phase.kind !== 'live' || this.parked || this.lastSentAt > idleSince) return;
     try {
       // Move the cursor over changes this watcher would not deliver; stop at the first it would.
       for (;;) {
@@ -181,7 +188,7 @@ export class WatchSession {
       this.finish(asCosiError(err));
       return;
     }
-    this.write({ payload: Frames.watchResponse([this.ctx.events.bookmark(this.cursor)]), events: 1, shared: false });
+    this.write({ payload: Frames.watchResponse([this.ctx.events.bookmark(this.plan.kind, this.cursor)]), events: 1, shared: false });
   }
 
   /** Writes one WatchResponse; false: the stream is full. */
@@ -233,14 +240,15 @@ export class WatchSession {
     const state =
       current !== undefined
         ? frames.event(EventType.CREATED, current, undefined, bookmark, undefined, plan.form)
-        : frames.event(EventType.DESTROYED, tombstone(plan.kind.namespace, plan.kind.type, plan.id), undefined, bookmark, undefined, plan.form);
+        : frames.event(EventType.DESTROYED, Frames.placeholder(plan.kind.namespace, plan.kind.type, plan.id), undefined, bookmark, undefined, plan.form);
     return this.following(now, [state]);
   }
 
   /** Changes after `revision`, preceded by the bookmark the request asked for and `first`. */
   private following(revision: number, first: Buffer[]): Opening {
     this.cursor = revision;
-    const events = this.plan.bootstrapBookmark && this.sendsAll ? [this.ctx.events.bookmark(revision), ...first] : first;
+    // NOOP reaches api_version 0 clients too, as the reference's (only BOOTSTRAPPED and ERRORED are held back).
+    const events = this.plan.bootstrapBookmark ? [this.ctx.events.bookmark(this.plan.kind, revision), ...first] : first;
     return events.length > 0 ? { kind: 'initial', events, backlog: [] } : LIVE;
   }
 
@@ -333,13 +341,10 @@ export class WatchSession {
       open = batch.add(frames.event(EventType.CREATED, r, undefined, bookmark, undefined, this.plan.form));
     }
     if (p.index < p.items.length) return;
-    if (!this.sendsAll) {
-      this.phase = changes(p.backlog);
-      return;
-    }
-    const done = frames.event(EventType.BOOTSTRAPPED, undefined, undefined, encodeBookmark(instance, { revision: p.revision }));
-    const events = this.plan.bootstrapBookmark ? [done, this.ctx.events.bookmark(p.revision)] : [done];
-    this.phase = { kind: 'initial', events, backlog: p.backlog };
+    const { namespace, type } = this.plan.kind;
+    const done = this.sendsAll ? [frames.event(EventType.BOOTSTRAPPED, Frames.placeholder(namespace, type), undefined, encodeBookmark(instance, { revision: p.revision }))] : [];
+    const events = this.plan.bootstrapBookmark ? [...done, this.ctx.events.bookmark(this.plan.kind, p.revision)] : done;
+    this.phase = events.length > 0 ? { kind: 'initial', events, backlog: p.backlog } : changes(p.backlog);
   }
 
   /** Backlog: the forgotten changes this watcher delivers, then live. */
@@ -374,7 +379,8 @@ export class WatchSession {
 
   /** Ends the watch from the server's side: after a last bookmark, so the client resumes from exactly here, unless too old. */
   stop(error: CosiError | undefined): void {
-    if (error?.kind !== 'too-old') this.bookmarkIfIdle(Number.POSITIVE_INFINITY);
+    // To clients that understand bookmarks (they asked for one); others just see the stream end.
+    if (error?.kind !== 'too-old' && (this.plan.idleBookmarks || this.plan.bootstrapBookmark)) this.bookmarkIfCaughtUp(Number.POSITIVE_INFINITY);
     this.finish(error);
   }
 
@@ -390,14 +396,6 @@ export class WatchSession {
     }
     this.sink.end(error);
   }
-}
-
-function tombstone(namespace: string, type: string, id: string): Resource {
-  const epoch = new Date(0);
-  return {
-    metadata: { namespace, type, id, version: 0, owner: '', phase: 'running', created: epoch, updated: epoch, labels: {}, annotations: {}, finalizers: [] },
-    spec: null,
-  };
 }
 
 /** A failure as the watch's status: a CosiError as it is (too-old says the watch fell behind), anything else internal. */
