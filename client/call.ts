@@ -42,6 +42,20 @@ export function isConnectionFailure(err: unknown): boolean {
   return md === undefined || (md.get(ERROR_KIND_METADATA_KEY).length === 0 && md.get('cosi-node').length === 0);
 }
 
+/** gRPC metadata naming the node a call is for, as talosctl's `-n`: the endpoint dialled routes it there. */
+export const NODE_METADATA_KEY = 'node';
+
+/** Adds `node` to a call's metadata (every call of a client made for a node goes through here). */
+export function nodeInterceptor(node: string): grpc.Interceptor {
+  return (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set(NODE_METADATA_KEY, node);
+        next(metadata, listener);
+      },
+    });
+}
+
 /** Says in one line why the connection fails (client/diagnose.ts), or undefined when it cannot tell. */
 export type ConnectionDiagnosis = (signal: AbortSignal) => Promise<string | undefined>;
 
@@ -72,6 +86,8 @@ export class CallContext {
     defaultTimeoutMs: number,
     private readonly closing: AbortSignal,
     private readonly diagnose?: ConnectionDiagnosis,
+    /** The node the call names (gRPC metadata `node`: the endpoint passes it on to that node). */
+    private readonly node?: string,
   ) {
     this.timeoutMs = checkMs('timeoutMs', opts.timeoutMs, defaultTimeoutMs);
     this.deadline = Number.isFinite(this.timeoutMs) ? Date.now() + this.timeoutMs : Infinity;
@@ -117,12 +133,16 @@ export class CallContext {
   }
 
   grpcOptions(): grpc.CallOptions {
-    return Number.isFinite(this.deadline) ? { deadline: new Date(this.deadline) } : {};
+    return {
+      ...(Number.isFinite(this.deadline) ? { deadline: new Date(this.deadline) } : {}),
+      ...(this.node !== undefined ? { interceptors: [nodeInterceptor(this.node)] } : {}),
+    };
   }
 
   /** The deadline's own error. */
   deadlineError(): CosiError {
-    return new CosiError('deadline-exceeded', `${this.what}: no complete answer from ${this.endpoint} within ${this.timeoutMs} ms (deadline exceeded)`);
+    const from = this.node === undefined ? this.endpoint : `node ${this.node} through ${this.endpoint}`;
+    return new CosiError('deadline-exceeded', `${this.what}: no complete answer from ${from} within ${this.timeoutMs} ms (deadline exceeded)`);
   }
 
   /** Waits for `p` unless the call is cancelled or its deadline passes first. */

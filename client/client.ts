@@ -43,6 +43,11 @@ export interface ClientOptions {
 export interface ConnectOptions extends ClientOptions {
   /** host[:port]; the port defaults to 50000. */
   endpoint: string;
+  /**
+   * The node every call is for, when it is not the endpoint itself: sent as gRPC metadata `node`, as talosctl's
+   * `-n`, and the endpoint passes the call on to that node. See also `withNode`.
+   */
+  node?: string;
   caPem: string;
   certPem: string;
   keyPem: string;
@@ -211,6 +216,12 @@ export interface CosiClient {
   readonly endpoint: string;
   /** The node name the server reported (response header `cosi-node`), once a call has answered. */
   readonly node: string | undefined;
+  /**
+   * A client for `node` behind the same endpoint (its calls carry metadata `node`), sharing this client's connection:
+   * one connection to the endpoint serves every node. Closing it ends its own calls only; closing this client ends
+   * the connection, and with it every such client's calls.
+   */
+  withNode(node: string): CosiClient;
   /** Every resource definition the server has (fetched once per client, then cached). */
   definitions(opts?: CallOptions): Promise<ResourceDefinition[]>;
   /** Finds a type by its name or any alias, case-insensitively (`not-registered`, `ambiguous` when it cannot). */

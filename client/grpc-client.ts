@@ -8,7 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Observable } from 'rxjs';
 import { CosiError } from '../shared/errors.js';
 import { EVENT_FORM_METADATA_KEY, IDLE_BOOKMARKS_METADATA_KEY, wire, type Codec, type WireListRequest } from '../shared/wire.js';
-import { CallContext, checkMs, connectionFailure, toCosiError } from './call.js';
+import { CallContext, checkMs, connectionFailure, NODE_METADATA_KEY, toCosiError } from './call.js';
 import { DEFAULT_PORT, FLOW_CONTROL_WINDOW, type ApplyConfigurationOptions, type ApplyConfigurationResult, type CallOptions, type ClientLogger, type ConnectOptions, type CosiClient, type ListOptions, type LogsOptions, type ReadOptions, type WatchOptions, type WatchStream } from './client.js';
 import { diagnoseConnection, type ProbeTarget } from './diagnose.js';
 import { fromWireResource, toDefinition, toWatchEvent, toWireQueries, toWireWatchRequest, type WatchRequest } from './convert.js';
@@ -71,13 +71,34 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
   /** The diagnosis in flight: calls that fail together share one second dial. */
   private diagnosing: Promise<string | undefined> | undefined;
 
+  /** The node every call names (metadata `node`), or undefined: the endpoint itself. */
+  private readonly namedNode: string | undefined;
+  /** Closing this client closes the connection (false for a withNode client, which borrows its parent's). */
+  private readonly ownsChannel: boolean;
+
   constructor(
     readonly endpoint: string,
     opts: Omit<ConnectOptions, 'endpoint'>,
+    parent?: GrpcCosiClient,
   ) {
     if (typeof endpoint !== 'string' || endpoint.trim() === '') throw new CosiError('invalid-argument', 'connect needs an endpoint (host or host:port)');
     this.defaultTimeoutMs = checkMs('defaultTimeoutMs', opts.defaultTimeoutMs, DEFAULT_TIMEOUT_MS);
     this.log = opts.log;
+    if (opts.node !== undefined && (typeof opts.node !== 'string' || opts.node.trim() === '' || opts.node.includes(','))) {
+      throw new CosiError('invalid-argument', `node must be one node's name or address, not ${JSON.stringify(opts.node)}`);
+    }
+    this.namedNode = opts.node;
+    // Every call in flight listens for close(); hundreds of watches on one client are normal.
+    setMaxListeners(0, this.closing.signal);
+    if (parent !== undefined) {
+      this.channel = parent.channel;
+      this.probeTarget = parent.probeTarget;
+      this.ownsChannel = false;
+      // The parent's close ends the shared connection: this client's calls end with it.
+      parent.closing.signal.addEventListener('abort', () => this.close(), { once: true, signal: this.closing.signal });
+      return;
+    }
+    this.ownsChannel = true;
     const channelOptions: grpc.ChannelOptions = { 'grpc.max_receive_message_length': 64 << 20, 'grpc-node.flow_control_window': FLOW_CONTROL_WINDOW };
     if (opts.keepalive !== false) {
       channelOptions['grpc.keepalive_time_ms'] = finite('keepalive.intervalMs', opts.keepalive?.intervalMs, KEEPALIVE_INTERVAL_MS);
@@ -95,8 +116,10 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
     } catch (err) {
       throw new CosiError('invalid-argument', `cannot connect to ${endpoint}: ${err instanceof Error ? err.message : String(err)}`);
     }
-    // Every call in flight listens for close(); hundreds of watches on one client are normal.
-    setMaxListeners(0, this.closing.signal);
+  }
+
+  withNode(node: string): GrpcCosiClient {
+    return new GrpcCosiClient(this.endpoint, { defaultTimeoutMs: this.defaultTimeoutMs, ...(this.log !== undefined ? { log: this.log } : {}), node, caPem: '', certPem: '', keyPem: '' }, this);
   }
 
   get node(): string | undefined {
@@ -107,7 +130,7 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
     if (this.closing.signal.aborted) return;
     this.log?.debug('client closing', { endpoint: this.endpoint, watches: this.watches.size });
     this.closing.abort();
-    this.channel.close();
+    if (this.ownsChannel) this.channel.close();
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -195,6 +218,7 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
     // Fresh bookmarks while idle keep a resume point inside the server's history even when the kind changes in ways
     // this watch filters out.
     metadata.set(IDLE_BOOKMARKS_METADATA_KEY, 'on');
+    if (this.namedNode !== undefined) metadata.set(NODE_METADATA_KEY, this.namedNode);
     const call = this.channel.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(wire.watchRequest.encode(toWireWatchRequest(req))), metadata);
     call.on('metadata', (md) => this.noteNode(md));
     const cancel = () => call.cancel();
@@ -219,7 +243,7 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
   // --- internals
 
   private context(what: string, opts: CallOptions, defaultTimeoutMs = this.defaultTimeoutMs): CallContext {
-    return new CallContext(what, this.endpoint, opts, defaultTimeoutMs, this.closing.signal, this.diagnose);
+    return new CallContext(what, this.endpoint, opts, defaultTimeoutMs, this.closing.signal, this.diagnose, this.namedNode);
   }
 
   /** Why the connection fails, in one line (client/diagnose.ts); undefined when a second dial cannot tell. */

@@ -257,6 +257,7 @@ describe('an informer on a client of its own making', () => {
       containers: (o) => real.containers(o),
       logs: (id, o) => real.logs(id, o),
       applyConfiguration: (c, o) => real.applyConfiguration(c, o),
+      withNode: (n) => real.withNode(n),
       close: () => real.close(),
       [Symbol.asyncDispose]: () => real[Symbol.asyncDispose](),
     };
