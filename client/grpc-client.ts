@@ -71,9 +71,11 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
   /** The diagnosis in flight: calls that fail together share one second dial. */
   private diagnosing: Promise<string | undefined> | undefined;
 
+  /** `internal.interceptors`: grpc-js interceptors on every call (not public: tests add metadata with them). */
   constructor(
     readonly endpoint: string,
     opts: Omit<ConnectOptions, 'endpoint'>,
+    internal: { interceptors?: grpc.Interceptor[] } = {},
   ) {
     if (typeof endpoint !== 'string' || endpoint.trim() === '') throw new CosiError('invalid-argument', 'connect needs an endpoint (host or host:port)');
     this.defaultTimeoutMs = checkMs('defaultTimeoutMs', opts.defaultTimeoutMs, DEFAULT_TIMEOUT_MS);
@@ -91,7 +93,7 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
     this.probeTarget = { target, host, port: Number(target.slice(target.lastIndexOf(':') + 1)), name: opts.serverName ?? host, caPem: opts.caPem, certPem: opts.certPem, keyPem: opts.keyPem };
     try {
       const creds = grpc.credentials.createSsl(Buffer.from(opts.caPem), Buffer.from(opts.keyPem), Buffer.from(opts.certPem), identity.verify);
-      this.channel = new grpc.Client(target, creds, { ...channelOptions, ...identity.channelOptions });
+      this.channel = new grpc.Client(target, creds, { ...channelOptions, ...identity.channelOptions, ...(internal.interceptors !== undefined ? { interceptors: internal.interceptors } : {}) });
     } catch (err) {
       throw new CosiError('invalid-argument', `cannot connect to ${endpoint}: ${err instanceof Error ? err.message : String(err)}`);
     }

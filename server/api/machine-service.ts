@@ -13,7 +13,7 @@ import { readLog } from '../runtime/log-file.js';
 import { authorizeRead, peerOf } from './access.js';
 import { PeerCounter } from './peer-counter.js';
 import { applyConfigurationHandler, type ApplierRef } from './apply-config.js';
-import { callRecorder, toStatus } from './service.js';
+import { callRecorder, toStatus, type RecordedCall } from './service.js';
 import type { Metrics } from '../metrics.js';
 import { drained, requestOf, tolerant } from './requests.js';
 
@@ -100,7 +100,7 @@ export function machineService(deps: MachineServiceDeps): MachineService {
   }
 
   /** Talos lets os:admin, os:operator and os:reader see containers and logs. */
-  function authorize(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>): void {
+  function authorize(call: RecordedCall): void {
     authorizeRead(peerOf(call), false, 'containers and logs');
   }
 

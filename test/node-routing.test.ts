@@ -1,0 +1,257 @@
+// One endpoint, many nodes (Talos's apid): a call naming another node in metadata `node` is proxied one-to-one to
+// that node's cosid, with the caller's roles; three cosids on loopback (an endpoint and two nodes), real mTLS.
+import * as grpc from '@grpc/grpc-js';
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import type { Subscription } from 'rxjs';
+import type { CosiClient, WatchEvent } from '../client/index.js';
+import { GrpcCosiClient } from '../client/grpc-client.js';
+import { writeFileSync } from 'node:fs';
+import { upsert } from '../server/store/upsert.js';
+import { EtcdStore } from '../server/store/etcd.js';
+import { createLogger } from '../shared/log.js';
+import { issueClientCert, generateCa, type KeyPairPem } from '../shared/pki.js';
+import { ApplyMode, ContainerDriver, machineWire, wire, type Json } from '../shared/wire.js';
+import { eventually, makePki, podStatus, startServer, STATUSES, TEST_OWNER, type TestPki, type TestServer } from './harness.js';
+import { freePort } from './pipeline-harness.js';
+
+const run = promisify(execFile);
+const BUF = join(process.cwd(), 'node_modules', '.bin', 'buf');
+const etcd = inject('etcd');
+
+let pki: TestPki;
+let dir: string;
+let impersonator: KeyPairPem;
+let nodesFile: string;
+let endpoint: TestServer;
+let nodeA: TestServer;
+let nodeB: TestServer;
+/** Node B's port and store, kept across its restart. */
+let portB: number;
+const logs = { endpoint: [] as string[], a: [] as string[], b: [] as string[] };
+const cleanups: (() => Promise<void> | void)[] = [];
+
+const put = (srv: TestServer, id: string, spec: Json) => upsert(srv.cosid.store, { ...STATUSES, id, spec }, TEST_OWNER);
+const etcdPrefix = `/node-routing-${randomBytes(6).toString('hex')}/`;
+
+async function startNodeB(): Promise<TestServer> {
+  return startServer({
+    pki,
+    nodeName: 'node-b',
+    listen: `127.0.0.1:${portB}`,
+    audit: true,
+    log: createLogger({ level: 'debug', write: (l) => logs.b.push(l) }),
+    impersonator,
+    runtime: { criEndpoint: `unix://${join(dir, 'b-no-runtime.sock')}`, kubeletLog: join(dir, 'b-kubelet.log') },
+    ...(etcd !== null
+      ? { store: () => EtcdStore.connect({ endpoints: etcd.endpoints, tls: { caPem: etcd.tls.caPem, certPem: etcd.tls.certPem, keyPem: etcd.tls.keyPem }, prefix: etcdPrefix }) }
+      : {}),
+  });
+}
+
+beforeAll(async () => {
+  pki = await makePki();
+  dir = await mkdtemp(join(tmpdir(), 'node-routing-'));
+  impersonator = await issueClientCert(pki.ca, { commonName: 'cosid-endpoint', organizations: ['os:impersonator'] });
+  await writeFile(join(dir, 'a-kubelet.log'), 'kubelet of node-a\n');
+  await writeFile(join(dir, 'b-kubelet.log'), 'kubelet of node-b\n');
+  portB = await freePort();
+  nodeA = await startServer({
+    pki,
+    nodeName: 'node-a',
+    audit: true,
+    log: createLogger({ write: (l) => logs.a.push(l) }),
+    runtime: { criEndpoint: `unix://${join(dir, 'a-no-runtime.sock')}`, kubeletLog: join(dir, 'a-kubelet.log') },
+  });
+  nodeB = await startNodeB();
+  nodesFile = join(dir, 'nodes.yaml');
+  await writeFile(nodesFile, `nodes:\n  - name: node-a\n    address: ${nodeA.endpoint}\n  - name: node-b\n    address: 127.0.0.1:${portB}\n`);
+  endpoint = await startServer({ pki, nodeName: 'endpoint', nodesFile, impersonator, audit: true, log: createLogger({ level: 'debug', write: (l) => logs.endpoint.push(l) }) });
+  await put(nodeA, 'on-a', podStatus(true));
+  await put(nodeB, 'on-b', podStatus(false));
+});
+
+afterAll(async () => {
+  for (const c of cleanups.reverse()) await c();
+  await endpoint?.close();
+  await nodeA?.close();
+  await nodeB?.close();
+  await rm(dir, { recursive: true, force: true });
+  await rm(pki.dir, { recursive: true, force: true });
+});
+
+/** grpc-js interceptor that names a node in every call's metadata, as talosctl -n does. */
+function naming(node: string, extra: Record<string, string> = {}): grpc.Interceptor {
+  return (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set('node', node);
+        for (const [k, v] of Object.entries(extra)) metadata.set(k, v);
+        next(metadata, listener);
+      },
+    });
+}
+
+/** The client library through `at` (default: the endpoint), naming `node`. */
+function clientVia(node: string, cert: KeyPairPem = pki.admin, at = endpoint.endpoint): CosiClient {
+  const c = new GrpcCosiClient(at, { caPem: pki.ca.certPem, certPem: cert.certPem, keyPem: cert.keyPem }, { interceptors: [naming(node)] });
+  cleanups.push(() => c.close());
+  return c;
+}
+
+/** A raw grpc-js client (bytes in, bytes out) with `cert`, to `at`. */
+function raw(cert: KeyPairPem = pki.admin, at = endpoint.endpoint): grpc.Client {
+  const c = new grpc.Client(at, grpc.credentials.createSsl(Buffer.from(pki.ca.certPem), Buffer.from(cert.keyPem), Buffer.from(cert.certPem)));
+  cleanups.push(() => c.close());
+  return c;
+}
+
+interface UnaryResult {
+  err: grpc.ServiceError | null;
+  value: Buffer | undefined;
+  headers: grpc.Metadata | undefined;
+}
+
+function unary(client: grpc.Client, path: string, body: Uint8Array, md: Record<string, string | string[]>): Promise<UnaryResult> {
+  const metadata = new grpc.Metadata();
+  for (const [k, v] of Object.entries(md)) for (const x of Array.isArray(v) ? v : [v]) metadata.add(k, x);
+  return new Promise((resolve) => {
+    let headers: grpc.Metadata | undefined;
+    const call = client.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, Buffer.from(body), metadata, (err, value) => resolve({ err, value, headers }));
+    call.on('metadata', (h) => (headers = h));
+  });
+}
+
+const getB = () => wire.getRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', id: 'on-b' });
+const applyBody = (config: string) => machineWire.applyConfigurationRequest.encode({ data: Buffer.from(config), mode: ApplyMode.NO_REBOOT, dryRun: true });
+const metricValue = async (srv: TestServer, name: string, labels: Record<string, string>): Promise<number> => {
+  const m = (await srv.cosid.metrics.registry.getMetricsAsJSON()).find((x) => x.name === name);
+  const v = (m?.values ?? []).filter((x) => Object.entries(labels).every(([k, l]) => (x.labels as Record<string, unknown>)[k] === l));
+  return v.reduce((s, x) => s + x.value, 0);
+};
+
+describe('a call naming a node', () => {
+  it('is answered by that node: Get, List and Watch through the endpoint, and by the endpoint itself when it names it', async () => {
+    const b = clientVia('node-b');
+    expect((await b.get('podstatus', 'on-b')).metadata.id).toBe('on-b');
+    expect((await b.list('podstatus')).map((r) => r.metadata.id)).toEqual(['on-b']);
+    expect(b.node).toBe('node-b');
+    const a = clientVia('node-a');
+    expect((await a.list('podstatus')).map((r) => r.metadata.id)).toEqual(['on-a']);
+    expect(a.node).toBe('node-a');
+    // Its own name, its own address: the endpoint answers (it holds no statuses).
+    for (const self of ['endpoint', endpoint.endpoint]) {
+      const e = clientVia(self);
+      expect(await e.list('podstatus')).toEqual([]);
+      expect(e.node).toBe('endpoint');
+    }
+    // A bare host:port is dialed as given.
+    const byAddress = clientVia(nodeA.endpoint);
+    expect((await byAddress.list('podstatus')).map((r) => r.metadata.id)).toEqual(['on-a']);
+    // A watch: bootstrap from node-b, then its changes.
+    const events: WatchEvent[] = [];
+    const sub: Subscription = b.watch('podstatus', { bootstrap: true }).subscribe((e) => events.push(e));
+    cleanups.push(() => sub.unsubscribe());
+    await eventually(() => expect(events.map((e) => `${e.type} ${e.resource?.metadata.id ?? ''}`)).toEqual(['created on-b', 'bootstrapped ']));
+    await put(nodeB, 'on-b', podStatus(true));
+    await eventually(() => expect(events.at(-1)).toMatchObject({ type: 'updated', resource: { metadata: { id: 'on-b', version: 2 } } }));
+  });
+
+  it('passes the machine service through: Logs and Containers of the node, ApplyConfiguration as the node answers it', async () => {
+    const b = clientVia('node-b');
+    const chunks: string[] = [];
+    for await (const chunk of b.logs('kubelet')) chunks.push(chunk.toString());
+    expect(chunks.join('')).toBe('kubelet of node-b\n');
+    // node-b has no container runtime: its answer, naming its socket, with its error kind.
+    const containers = await unary(raw(), '/machine.MachineService/Containers', machineWire.containersRequest.encode({ namespace: 'k8s.io', driver: ContainerDriver.CRI }), { node: 'node-b' });
+    expect(containers.err?.code).toBe(grpc.status.UNAVAILABLE);
+    expect(containers.err?.details).toContain('b-no-runtime.sock');
+    expect(containers.err?.metadata.get('cosi-error-kind')).toEqual(['unavailable']);
+    expect(containers.err?.metadata.get('cosi-node')).toEqual(['node-b']);
+    // No machine config controller behind this test node: the node's own answer, as it sent it.
+    const apply = await unary(raw(), '/machine.MachineService/ApplyConfiguration', applyBody('version: v1alpha1\n'), { node: 'node-b' });
+    expect(apply.err?.code).toBe(grpc.status.UNAVAILABLE);
+    expect(apply.err?.details).toBe('the machine config is not loaded yet; try again in a moment');
+  });
+
+  it('passes refused writes through, naming the node, with its status, message and trailers', async () => {
+    const create = await unary(raw(), '/cosi.resource.State/Create', wire.getRequest.encode({ namespace: 'k8s', type: 'x', id: 'y' }), { node: 'node-b' });
+    expect(create.err?.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(create.err?.details).toBe('node "node-b" (127.0.0.1:' + portB + ') refused: write access is not allowed');
+    expect(create.err?.metadata.get('cosi-error-kind')).toEqual(['permission-denied']);
+  });
+});
+
+describe('roles', () => {
+  it('keeps a reader a reader on the node, and the node audits the caller and the proxy', async () => {
+    const reader = raw(pki.reader);
+    const r = await unary(reader, '/machine.MachineService/ApplyConfiguration', applyBody('version: v1alpha1\n'), { node: 'node-b' });
+    expect(r.err?.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(r.err?.details).toMatch(/^node "node-b" \(127\.0\.0\.1:\d+\) refused: not authorized: ApplyConfiguration needs role os:admin; caller CN=reader, O=os:reader \(through the proxy CN=cosid-endpoint, O=os:impersonator\) has only os:reader$/);
+    // Reading is what a reader may do.
+    const get = await unary(reader, '/cosi.resource.State/Get', getB(), { node: 'node-b' });
+    expect(get.err).toBeNull();
+    const audit = logs.b.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l['msg'] === 'audit' && l['via'] !== undefined);
+    expect(audit).toContainEqual(expect.objectContaining({ peer: 'CN=reader, O=os:reader', roles: ['os:reader'], via: 'CN=cosid-endpoint, O=os:impersonator', proxyfrom: expect.stringMatching(/^127\.0\.0\.1:\d+$/), method: 'Get', outcome: 'OK' }));
+    expect(audit).toContainEqual(expect.objectContaining({ peer: 'CN=reader, O=os:reader', method: 'ApplyConfiguration', outcome: 'PERMISSION_DENIED' }));
+  });
+
+  it('ignores (and logs) talos-role from a peer that is no os:impersonator', async () => {
+    const forged = await unary(raw(pki.reader, nodeB.endpoint), '/machine.MachineService/ApplyConfiguration', applyBody('version: v1alpha1\n'), { 'talos-role': 'os:admin' });
+    expect(forged.err?.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(forged.err?.details).toMatch(/has only os:reader$/);
+    expect(logs.b.map((l) => JSON.parse(l) as Record<string, unknown>)).toContainEqual(expect.objectContaining({ level: 'warn', msg: 'talos-role ignored: the peer is not os:impersonator', peer: 'CN=reader, O=os:reader' }));
+    // A caller of the endpoint cannot pass roles on either: the endpoint passes the caller's own.
+    const viaEndpoint = await unary(raw(pki.reader), '/machine.MachineService/ApplyConfiguration', applyBody('version: v1alpha1\n'), { node: 'node-b', 'talos-role': 'os:admin' });
+    expect(viaEndpoint.err?.details).toMatch(/has only os:reader$/);
+  });
+
+  it('refuses a caller without a role at the endpoint, never proxied', async () => {
+    const before = await metricValue(endpoint, 'cosi_proxy_calls_total', {});
+    const noRole = await endpoint.certWithRoles([]);
+    const r = await unary(raw(noRole), '/cosi.resource.State/Get', getB(), { node: 'node-b' });
+    expect(r.err?.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(r.err?.details).toMatch(/^not authorized: certificate CN=tester has none of the roles/);
+    // Unknown nodes are not even told apart for it.
+    const unknown = await unary(raw(noRole), '/cosi.resource.State/Get', getB(), { node: 'nowhere' });
+    expect(unknown.err?.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(await metricValue(endpoint, 'cosi_proxy_calls_total', {})).toBe(before);
+  });
+});
+
+describe('refusals', () => {
+  it('refuses a second hop, metadata nodes, and several names in node', async () => {
+    const loop = await unary(raw(), '/cosi.resource.State/Get', getB(), { node: 'node-b', proxyfrom: '10.0.0.9:1234' });
+    expect(loop.err?.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(loop.err?.details).toContain('a call is proxied at most once (a loop in the node list, or a second hop)');
+    const nodes = await unary(raw(), '/cosi.resource.State/Get', getB(), { nodes: ['node-a', 'node-b'] });
+    expect(nodes.err?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(nodes.err?.details).toBe('metadata nodes is not supported (deprecated in Talos 1.14); name one node per call with metadata node');
+    const two = await unary(raw(), '/cosi.resource.State/Get', getB(), { node: ['node-a', 'node-b'] });
+    expect(two.err?.code).toBe(grpc.status.INVALID_ARGUMENT);
+  });
+
+  it('says which node is unknown, unreachable, or refused the proxy: three messages', async () => {
+    const unknown = await unary(raw(), '/cosi.resource.State/Get', getB(), { node: 'node-z' });
+    expect(unknown.err?.code).toBe(grpc.status.NOT_FOUND);
+    expect(unknown.err?.details).toBe(`node "node-z" is not known to this endpoint (it is not in the node list ${nodesFile} (node-a, node-b) and is not a host:port or an IP address)`);
+    const closed = await freePort();
+    const unreachable = await unary(raw(), '/cosi.resource.State/Get', getB(), { node: `127.0.0.1:${closed}` });
+    expect(unreachable.err?.code).toBe(grpc.status.UNAVAILABLE);
+    expect(unreachable.err?.details).toBe(`node "127.0.0.1:${closed}" is unreachable: nothing is listening at 127.0.0.1:${closed} (connection refused)`);
+    // An endpoint whose impersonator certificate comes from a CA the nodes do not trust (it trusts theirs).
+    const otherCa = await generateCa({ commonName: 'another CA' });
+    const stranger = await issueClientCert(otherCa, { commonName: 'rogue-endpoint', organizations: ['os:impersonator'] });
+    const rogue = await startServer({ pki, nodeName: 'rogue', nodesFile, impersonator: stranger });
+    cleanups.push(() => rogue.close());
+    const refused = await unary(raw(pki.admin, rogue.endpoint), '/cosi.resource.State/Get', getB(), { node: 'node-b' });
+    expect(refused.err?.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(refused.err?.details).toBe(`node "node-b" (127.0.0.1:${portB}) refused this endpoint's certificate (CN=rogue-endpoint, O=os:impersonator): the node must trust its CA, and it must be valid now`);
+    expect(refused.err?.metadata.get('cosi-error-kind')).toEqual(['permission-denied']);
+  });
+});
