@@ -11,7 +11,6 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Subscription } from 'rxjs';
 import type { CosiClient, WatchEvent } from '../client/index.js';
 import { GrpcCosiClient } from '../client/grpc-client.js';
-import { writeFileSync } from 'node:fs';
 import { upsert } from '../server/store/upsert.js';
 import { EtcdStore } from '../server/store/etcd.js';
 import { createLogger } from '../shared/log.js';
@@ -33,6 +32,7 @@ let nodeA: TestServer;
 let nodeB: TestServer;
 /** Node B's port and store, kept across its restart. */
 let portB: number;
+let portE: number;
 const logs = { endpoint: [] as string[], a: [] as string[], b: [] as string[] };
 const cleanups: (() => Promise<void> | void)[] = [];
 
@@ -54,6 +54,10 @@ async function startNodeB(): Promise<TestServer> {
   });
 }
 
+function startEndpoint(): Promise<TestServer> {
+  return startServer({ pki, nodeName: 'endpoint', listen: `127.0.0.1:${portE}`, nodesFile, impersonator, audit: true, log: createLogger({ level: 'debug', write: (l) => logs.endpoint.push(l) }) });
+}
+
 beforeAll(async () => {
   pki = await makePki();
   dir = await mkdtemp(join(tmpdir(), 'node-routing-'));
@@ -71,7 +75,8 @@ beforeAll(async () => {
   nodeB = await startNodeB();
   nodesFile = join(dir, 'nodes.yaml');
   await writeFile(nodesFile, `nodes:\n  - name: node-a\n    address: ${nodeA.endpoint}\n  - name: node-b\n    address: 127.0.0.1:${portB}\n`);
-  endpoint = await startServer({ pki, nodeName: 'endpoint', nodesFile, impersonator, audit: true, log: createLogger({ level: 'debug', write: (l) => logs.endpoint.push(l) }) });
+  portE = await freePort();
+  endpoint = await startEndpoint();
   await put(nodeA, 'on-a', podStatus(true));
   await put(nodeB, 'on-b', podStatus(false));
 });
@@ -156,10 +161,15 @@ describe('a call naming a node', () => {
     // A watch: bootstrap from node-b, then its changes.
     const events: WatchEvent[] = [];
     const sub: Subscription = b.watch('podstatus', { bootstrap: true }).subscribe((e) => events.push(e));
-    cleanups.push(() => sub.unsubscribe());
     await eventually(() => expect(events.map((e) => `${e.type} ${e.resource?.metadata.id ?? ''}`)).toEqual(['created on-b', 'bootstrapped ']));
     await put(nodeB, 'on-b', podStatus(true));
     await eventually(() => expect(events.at(-1)).toMatchObject({ type: 'updated', resource: { metadata: { id: 'on-b', version: 2 } } }));
+    // Counted by node, type and outcome.
+    expect(await metricValue(endpoint, 'cosi_proxy_calls_total', { node: 'node-b', type: 'unary', outcome: 'OK' })).toBeGreaterThan(0);
+    expect(await metricValue(endpoint, 'cosi_proxy_calls_total', { node: 'node-a', type: 'stream', outcome: 'OK' })).toBeGreaterThan(0);
+    expect(await metricValue(endpoint, 'cosi_proxy_streams', { node: 'node-b' })).toBe(1);
+    sub.unsubscribe();
+    await eventually(async () => expect(await metricValue(endpoint, 'cosi_proxy_streams', { node: 'node-b' })).toBe(0));
   });
 
   it('passes the machine service through: Logs and Containers of the node, ApplyConfiguration as the node answers it', async () => {
@@ -253,5 +263,179 @@ describe('refusals', () => {
     expect(refused.err?.code).toBe(grpc.status.PERMISSION_DENIED);
     expect(refused.err?.details).toBe(`node "node-b" (127.0.0.1:${portB}) refused this endpoint's certificate (CN=rogue-endpoint, O=os:impersonator): the node must trust its CA, and it must be valid now`);
     expect(refused.err?.metadata.get('cosi-error-kind')).toEqual(['permission-denied']);
+  });
+});
+
+/** A raw watch (bytes) whose reading can be paused: grpc-js then stops reading, and HTTP/2 flow control pushes back. */
+function rawWatch(node: string, regexp: string, opts: { deadline?: Date } = {}) {
+  const client = raw();
+  const req = wire.watchRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', apiVersion: 1, options: { bootstrapContents: false, tailEvents: 0, labelQuery: [], idQuery: { regexp }, aggregated: false, bootstrapBookmark: false } });
+  const md = new grpc.Metadata();
+  md.set('node', node);
+  const call = client.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(req), md, opts.deadline !== undefined ? { deadline: opts.deadline } : {});
+  const result = { call, ids: [] as string[], errors: [] as grpc.ServiceError[], ready: false };
+  call.on('data', (b: Buffer) => {
+    result.ready = true;
+    for (const e of wire.watchResponse.decode(b).event) if (e.resource?.metadata?.id !== undefined) result.ids.push(e.resource.metadata.id);
+  });
+  call.on('error', (e: grpc.ServiceError) => result.errors.push(e));
+  return result;
+}
+
+async function curl(method: string, body: object, node: string): Promise<unknown[]> {
+  const { stdout } = await run(
+    BUF,
+    ['curl', '--protocol', 'grpc', '--schema', 'proto', '-H', `node: ${node}`, '--cacert', join(pki.dir, 'ca.crt'), '--cert', join(pki.dir, 'admin.crt'), '--key', join(pki.dir, 'admin.key'), '--data', JSON.stringify(body), `https://${endpoint.endpoint}/${method}`],
+    { timeout: 30_000 },
+  );
+  return stdout
+    .split(/\n(?=\{)/)
+    .map((x) => x.trim())
+    .filter((x) => x !== '')
+    .map((x) => JSON.parse(x) as unknown);
+}
+
+describe('generic clients', () => {
+  it('buf curl with only the .proto files names a node with -H node:NAME', async () => {
+    const [got] = await curl('cosi.resource.State/Get', { namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', id: 'on-b' }, 'node-b');
+    expect(got).toMatchObject({ resource: { metadata: { id: 'on-b', namespace: 'k8s' } } });
+    const logsOfA = await curl('machine.MachineService/Logs', { namespace: 'system', id: 'kubelet', tailLines: -1 }, 'node-a');
+    expect(logsOfA.map((m) => Buffer.from((m as { bytes: string }).bytes, 'base64').toString()).join('')).toBe('kubelet of node-a\n');
+    expect(logsOfA[0]).toMatchObject({ metadata: { hostname: 'node-a' } });
+  });
+});
+
+describe('streams through the endpoint', () => {
+  it('passes cancellation and deadlines on to the node', async () => {
+    const sessions = () => nodeB.cosid.hub.stats().sessions;
+    const before = sessions();
+    const w = rawWatch('node-b', '^cancel/');
+    await eventually(() => expect(sessions()).toBe(before + 1));
+    w.call.cancel();
+    await eventually(() => expect(sessions()).toBe(before));
+    const timed = rawWatch('node-b', '^deadline/', { deadline: new Date(Date.now() + 1500) });
+    await eventually(() => expect(sessions()).toBe(before + 1));
+    await eventually(() => expect(timed.errors.map((e) => e.code)).toEqual([grpc.status.DEADLINE_EXCEEDED]), 10_000);
+    await eventually(() => expect(sessions()).toBe(before));
+  });
+
+  it('paces a slow client: the node parks its watch, the endpoint holds a bounded amount, other streams on the same connection go on', async () => {
+    // Incompressible: the node gzips shared watch messages for the endpoint (grpc-js accepts gzip).
+    const big = () => randomBytes(24 << 10).toString('base64');
+    const fromNode = () => metricValue(endpoint, 'cosi_proxy_bytes_relayed_total', { node: 'node-b', direction: 'from-node' });
+    const slow = rawWatch('node-b', '^slow/');
+    const other = rawWatch('node-b', '^other/');
+    await eventually(() => expect(nodeB.cosid.hub.stats().sessions).toBeGreaterThanOrEqual(2));
+    expect(await metricValue(endpoint, 'cosi_proxy_streams', { node: 'node-b' })).toBeGreaterThanOrEqual(2);
+    slow.call.pause();
+    const start = await fromNode();
+    const count = 200;
+    for (let i = 0; i < count; i++) await put(nodeB, `slow/${String(i).padStart(3, '0')}`, { padding: big(), i });
+    // The node's session waits for room, as it does for a slow direct watcher ...
+    await eventually(() => expect(nodeB.cosid.hub.stats().parked).toBe(1), 20_000);
+    // ... and the endpoint relayed a bounded part of the ~6.5 MB (its budget, and the HTTP/2 windows on both sides).
+    const held = (await fromNode()) - start;
+    expect(held).toBeLessThan(5 << 20);
+    // The other watch shares the endpoint's connection to node-b: it is not held up.
+    await put(nodeB, 'other/1', { ok: true });
+    await eventually(() => expect(other.ids).toEqual(['other/1']));
+    slow.call.resume();
+    await eventually(() => expect(slow.ids.length).toBe(count), 20_000);
+    expect(slow.ids).toEqual(Array.from({ length: count }, (_, i) => `slow/${String(i).padStart(3, '0')}`));
+    expect(slow.errors).toEqual([]);
+    slow.call.cancel();
+    other.call.cancel();
+    await eventually(async () => expect(await metricValue(endpoint, 'cosi_proxy_calls_total', { node: 'node-b', type: 'stream', outcome: 'CANCELLED' })).toBeGreaterThanOrEqual(2));
+  });
+});
+
+describe('the end of a stream', () => {
+  it("comes after every message the node sent before it, even when the caller was slow to read them", async () => {
+    const ended = async () => {
+      const m = (await nodeB.cosid.metrics.registry.getMetricsAsJSON()).find((x) => x.name === 'cosi_grpc_call_duration_seconds');
+      return (m?.values ?? []).filter((v) => (v as { metricName?: string }).metricName === 'cosi_grpc_call_duration_seconds_count' && v.labels['method'] === 'List' && v.labels['code'] === 'OK').reduce((n, v) => n + v.value, 0);
+    };
+    const before = await ended();
+    const md = new grpc.Metadata();
+    md.set('node', 'node-b');
+    // 40 statuses of ~32 KB: less than the endpoint holds for a slow caller, so the node finishes first.
+    const req = wire.listRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', options: { labelQuery: [], idQuery: { regexp: '^slow/0[0-3]' } } });
+    const call = raw().makeServerStreamRequest('/cosi.resource.State/List', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(req), md);
+    call.pause();
+    const ids: string[] = [];
+    let status: grpc.StatusObject | undefined;
+    call.on('data', (b: Buffer) => ids.push(wire.listResponse.decode(b).resource?.metadata?.id ?? ''));
+    call.on('status', (st: grpc.StatusObject) => (status = st));
+    call.on('error', () => {});
+    await eventually(async () => expect(await ended()).toBe(before + 1));
+    call.resume();
+    await eventually(() => expect(status?.code).toBe(grpc.status.OK));
+    expect(ids).toEqual(Array.from({ length: 40 }, (_, i) => `slow/${String(i).padStart(3, '0')}`));
+  });
+});
+
+describe('node list', () => {
+  it('is reloaded when the file changes; a broken file keeps the last good list', async () => {
+    const original = `nodes:\n  - name: node-a\n    address: ${nodeA.endpoint}\n  - name: node-b\n    address: 127.0.0.1:${portB}\n`;
+    await writeFile(nodesFile, `${original}  - name: node-c\n    address: ${nodeA.endpoint.replace(/:\d+$/, '')}:${nodeA.cosid.port}\n`);
+    await eventually(() => expect(endpoint.cosid.directory.nodes.map((n) => n.name)).toEqual(['node-a', 'node-b', 'node-c']));
+    const viaC = clientVia('node-c');
+    expect((await viaC.list('podstatus')).map((r) => r.metadata.id)).toEqual(['on-a']);
+    const errorsBefore = logs.endpoint.filter((l) => l.includes('node list refused')).length;
+    await writeFile(nodesFile, 'nodes:\n  - name: [broken\n');
+    await eventually(() => expect(logs.endpoint.filter((l) => l.includes('node list refused')).length).toBeGreaterThan(errorsBefore));
+    expect(endpoint.cosid.directory.nodes.map((n) => n.name)).toEqual(['node-a', 'node-b', 'node-c']);
+    expect((await viaC.list('podstatus')).map((r) => r.metadata.id)).toEqual(['on-a']);
+    await writeFile(nodesFile, original);
+    await eventually(() => expect(endpoint.cosid.directory.nodes.map((n) => n.name)).toEqual(['node-a', 'node-b']));
+  });
+});
+
+describe('restarts', () => {
+  it.skipIf(etcd === null)("a watch through the endpoint survives the node's restart and resumes exactly", async () => {
+    const events: WatchEvent[] = [];
+    const states: string[] = [];
+    const sub = clientVia('node-b')
+      .watch('podstatus', { idRegexp: '^r/', bootstrap: true, reconnect: { initialDelayMs: 50, maxDelayMs: 300, onState: (st) => states.push(st) } })
+      .subscribe((e) => e.type !== 'noop' && events.push(e));
+    cleanups.push(() => sub.unsubscribe());
+    await eventually(() => expect(events.map((e) => e.type)).toEqual(['bootstrapped']));
+    for (let i = 0; i < 5; i++) await put(nodeB, `r/${i}`, { round: 1 });
+    await eventually(() => expect(events.length).toBe(6));
+    await nodeB.close();
+    await eventually(() => expect(states).toContain('reconnecting'));
+    nodeB = await startNodeB();
+    for (let i = 0; i < 5; i++) await put(nodeB, `r/${i}`, { round: 2 });
+    await eventually(() => expect(events.length).toBe(11), 20_000);
+    expect(events.some((e) => e.resync === true)).toBe(false);
+    expect(states).not.toContain('resyncing');
+    expect(events.slice(1).map((e) => `${e.type} ${e.resource?.metadata.id} v${e.resource?.metadata.version}`)).toEqual([
+      ...[0, 1, 2, 3, 4].map((i) => `created r/${i} v1`),
+      ...[0, 1, 2, 3, 4].map((i) => `updated r/${i} v2`),
+    ]);
+  });
+
+  it("the endpoint's restart ends proxied streams with UNAVAILABLE, and clients resume through it", async () => {
+    const w = rawWatch('node-a', '^e/');
+    await eventually(() => expect(nodeA.cosid.hub.stats().sessions).toBeGreaterThanOrEqual(1));
+    const events: WatchEvent[] = [];
+    const states: string[] = [];
+    const sub = clientVia('node-a')
+      .watch('podstatus', { idRegexp: '^e/', bootstrap: true, reconnect: { initialDelayMs: 50, maxDelayMs: 300, onState: (st) => states.push(st) } })
+      .subscribe((e) => e.type !== 'noop' && events.push(e));
+    cleanups.push(() => sub.unsubscribe());
+    await eventually(() => expect(events.map((e) => e.type)).toEqual(['bootstrapped']));
+    await put(nodeA, 'e/1', { n: 1 });
+    await eventually(() => expect(events.length).toBe(2));
+    await endpoint.close();
+    await eventually(() => expect(w.errors.length).toBe(1));
+    expect(w.errors[0]?.code).toBe(grpc.status.UNAVAILABLE);
+    expect(w.errors[0]?.details).toBe('cosid (the endpoint that proxied this call) is shutting down; reconnect and resume from your last bookmark');
+    await put(nodeA, 'e/2', { n: 2 });
+    endpoint = await startEndpoint();
+    await put(nodeA, 'e/1', { n: 3 });
+    await eventually(() => expect(events.length).toBe(4), 20_000);
+    expect(events.slice(1).map((e) => `${e.type} ${e.resource?.metadata.id} v${e.resource?.metadata.version}`)).toEqual(['created e/1 v1', 'created e/2 v1', 'updated e/1 v2']);
+    expect(states).not.toContain('resyncing');
   });
 });
