@@ -221,7 +221,7 @@ export class Cosid {
       await store.close();
       throw err;
     }
-    log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName, store: store.backend });
+    log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName, store: store.backend, proxy: proxy === undefined ? 'off (no impersonator certificate)' : 'on', nodes: directory.nodes.length });
     return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close(), endLogs: (err) => machine.endAll(err), metrics, metricsServer, applier, directory, proxy });
   }
 

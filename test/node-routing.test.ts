@@ -18,6 +18,8 @@ import { issueClientCert, generateCa, type KeyPairPem } from '../shared/pki.js';
 import { ApplyMode, ContainerDriver, machineWire, wire, type Json } from '../shared/wire.js';
 import { eventually, makePki, podStatus, startServer, STATUSES, TEST_OWNER, type TestPki, type TestServer } from './harness.js';
 import { freePort } from './pipeline-harness.js';
+import { NodeDirectory, parseNodeList } from '../server/api/node-directory.js';
+import { silentLogger } from '../shared/log.js';
 
 const run = promisify(execFile);
 const BUF = join(process.cwd(), 'node_modules', '.bin', 'buf');
@@ -437,5 +439,40 @@ describe('restarts', () => {
     await eventually(() => expect(events.length).toBe(4), 20_000);
     expect(events.slice(1).map((e) => `${e.type} ${e.resource?.metadata.id} v${e.resource?.metadata.version}`)).toEqual(['created e/1 v1', 'created e/2 v1', 'updated e/1 v2']);
     expect(states).not.toContain('resyncing');
+  });
+});
+
+describe('names', () => {
+  it('reads a node list, and says what is wrong with a broken one', () => {
+    expect(parseNodeList('nodes:\n  - name: a\n    address: 10.0.0.1\n  - name: b\n    address: "[fd00::2]:5000"\n  - name: c\n    address: c.example:50000\n', 'f', 50001)).toEqual([
+      { name: 'a', address: '10.0.0.1:50001' },
+      { name: 'b', address: '[fd00::2]:5000' },
+      { name: 'c', address: 'c.example:50000' },
+    ]);
+    expect(parseNodeList('', 'f', 1)).toEqual([]);
+    expect(() => parseNodeList('nodes:\n  - name: a\n    address: 10.0.0.1\n  - name: a\n    address: 10.0.0.2\n', 'f', 1)).toThrow('f: nodes[1]: the name "a" is listed twice');
+    expect(() => parseNodeList('nodes:\n  - name: a\n    address: somehost\n', 'f', 1)).toThrow('f: nodes[0] (a): address "somehost" is not host:port or an IP address');
+    expect(() => parseNodeList('nodes:\n  - name: a\n    adress: 10.0.0.1\n', 'f', 1)).toThrow('unknown key "adress"');
+    expect(() => parseNodeList('node: []\n', 'f', 1)).toThrow('unknown key "node"');
+  });
+
+  it('routes its own name and addresses here, other addresses there, and nothing else', () => {
+    const d = new NodeDirectory({ nodeName: 'me', listen: '127.0.0.1:7000', port: () => 7000, log: silentLogger });
+    expect(d.route('me')).toEqual({ kind: 'local' });
+    expect(d.route('127.0.0.1:7000')).toEqual({ kind: 'local' });
+    expect(d.route('localhost:7000')).toEqual({ kind: 'local' });
+    // A bare IP address: this cosid's own port.
+    expect(d.route('127.0.0.1')).toEqual({ kind: 'local' });
+    expect(d.route('127.0.0.1:7001')).toEqual({ kind: 'remote', target: { name: '127.0.0.1:7001', address: '127.0.0.1:7001' } });
+    expect(d.route('10.1.2.3')).toEqual({ kind: 'remote', target: { name: '10.1.2.3:7000', address: '10.1.2.3:7000' } });
+    expect(d.route('::1')).toEqual({ kind: 'remote', target: { name: '[::1]:7000', address: '[::1]:7000' } });
+    expect(d.route('somehost')).toEqual({ kind: 'unknown', name: 'somehost' });
+  });
+
+  it('refuses to start with a broken node list, or an impersonator certificate without the role', async () => {
+    const broken = join(dir, 'broken.yaml');
+    await writeFile(broken, 'nodes: {}\n');
+    await expect(startServer({ pki, nodesFile: broken })).rejects.toThrow(`${broken}: nodes must be a list of {name, address}`);
+    await expect(startServer({ pki, impersonator: pki.admin })).rejects.toThrow('the impersonator certificate (CN=admin, O=os:admin) does not carry the role os:impersonator (O=os:impersonator): issue one with cosictl gen cert --roles os:impersonator');
   });
 });
