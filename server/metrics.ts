@@ -217,7 +217,7 @@ export class Metrics implements WatchMetrics, ProxyMetrics {
     this.proxiedCalls.inc({ node: this.nodeLabel(node), type, outcome });
   }
 
-  relayed(node: string, direction: 'to-node' | 'from-node', bytes: number): void {
+  relayCounter(node: string, direction: 'to-node' | 'from-node'): (bytes: number) => void {
     const label = this.nodeLabel(node);
     const key = `${label}\u0000${direction}`;
     let r = this.pendingRelayed.get(key);
@@ -225,7 +225,10 @@ export class Metrics implements WatchMetrics, ProxyMetrics {
       r = { node: label, direction, bytes: 0 };
       this.pendingRelayed.set(key, r);
     }
-    r.bytes += bytes;
+    const entry = r;
+    return (bytes) => {
+      entry.bytes += bytes;
+    };
   }
 
   /** The node's label: itself, until MAX_NODE_LABELS nodes have one. */

@@ -351,6 +351,38 @@ describe('streams through the endpoint', () => {
   });
 });
 
+describe('limits on the node', () => {
+  it("hold each caller behind the endpoint to its own connection's limits, not the proxy's one connection", async () => {
+    const nodeC = await startServer({ pki, nodeName: 'node-c', maxWatchesPerConnection: 2 });
+    cleanups.push(() => nodeC.close());
+    const watch = (client: grpc.Client) => {
+      const md = new grpc.Metadata();
+      md.set('node', nodeC.endpoint);
+      const req = wire.watchRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', apiVersion: 1, options: { bootstrapContents: false, tailEvents: 0, labelQuery: [], aggregated: false, bootstrapBookmark: false } });
+      const call = client.makeServerStreamRequest('/cosi.resource.State/Watch', (b: Buffer) => b, (b: Buffer) => b, Buffer.from(req), md);
+      const w = { call, errors: [] as grpc.ServiceError[] };
+      call.on('data', () => {});
+      call.on('error', (e: grpc.ServiceError) => w.errors.push(e));
+      cleanups.push(() => call.cancel());
+      return w;
+    };
+    // Three callers, three connections to the endpoint, one connection from the endpoint to node-c: all served.
+    const own = () => {
+      const c = new grpc.Client(endpoint.endpoint, grpc.credentials.createSsl(Buffer.from(pki.ca.certPem), Buffer.from(pki.admin.keyPem), Buffer.from(pki.admin.certPem)), { 'grpc.use_local_subchannel_pool': 1 });
+      cleanups.push(() => c.close());
+      return c;
+    };
+    const callers = [watch(own()), watch(own()), watch(own())];
+    await eventually(() => expect(nodeC.cosid.hub.stats().sessions).toBe(3));
+    expect(callers.flatMap((w) => w.errors)).toEqual([]);
+    // One caller with three watches on its connection meets the limit, as it would on node-c directly.
+    const one = own();
+    const mine = [watch(one), watch(one), watch(one)];
+    await eventually(() => expect(mine.flatMap((w) => w.errors.map((e) => e.code))).toEqual([grpc.status.RESOURCE_EXHAUSTED]));
+    expect(mine.flatMap((w) => w.errors)[0]?.details).toBe('too many watches on this connection (limit 2); close some or open another connection');
+  });
+});
+
 describe('the end of a stream', () => {
   it("comes after every message the node sent before it, even when the caller was slow to read them", async () => {
     const ended = async () => {

@@ -52,6 +52,23 @@ export function peerOf(call: CallForPeer): Peer {
   return { subject, roles: ROLES.filter((r) => values.includes(r)) };
 }
 
+/**
+ * The connection a call's per-connection limits count against (grpc-js names one "ip:port"): its own, or for a call
+ * an os:impersonator proxied, the caller's connection to the proxy (proxyfrom). A proxy carries many callers on one
+ * connection; each is held to the limits it would meet here directly.
+ */
+export function connectionOf(call: CallForPeer & { getPeer(): string }): string {
+  const from = call.metadata.get(PROXY_FROM_METADATA_KEY)[0];
+  if (typeof from !== 'string' || from === '') return call.getPeer();
+  let peer: Peer;
+  try {
+    peer = peerOf(call);
+  } catch {
+    return call.getPeer();
+  }
+  return peer.via !== undefined && peer.via.from !== '' ? `${peer.via.from} (through ${call.getPeer()})` : call.getPeer();
+}
+
 /** Who the peer is, for messages: the caller's subject, and the proxy it came through. */
 export function describePeer(peer: Peer): string {
   return peer.via === undefined ? `certificate ${peer.subject}` : `caller ${peer.subject} (through the proxy ${peer.via.subject})`;

@@ -10,7 +10,7 @@ import { PROTO_DIR, type WireContainerInfo } from '../../shared/wire.js';
 import { CriReader } from '../runtime/cri.js';
 import { parseContainerRef, RuntimeInspector } from '../runtime/inspector.js';
 import { readLog } from '../runtime/log-file.js';
-import { authorizeRead, peerOf } from './access.js';
+import { authorizeRead, connectionOf, peerOf } from './access.js';
 import { PeerCounter } from './peer-counter.js';
 import { applyConfigurationHandler, type ApplierRef } from './apply-config.js';
 import { callRecorder, toStatus, type RecordedCall } from './service.js';
@@ -164,7 +164,7 @@ export function machineService(deps: MachineServiceDeps): MachineService {
         try {
           authorize(call);
           const req = requestOf(call);
-          release = logStreamsByPeer.admit(call.getPeer(), maxLogStreams, `too many log streams on this connection (limit ${maxLogStreams}); close some or open another connection`);
+          release = logStreamsByPeer.admit(connectionOf(call), maxLogStreams, `too many log streams on this connection (limit ${maxLogStreams}); close some or open another connection`);
           // A container's log stays confined to the pod logs directory at every open, rotations included.
           const { path, confineTo } = await logOf(req);
           call.sendMetadata(header);

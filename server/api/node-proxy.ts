@@ -18,8 +18,8 @@ import { toStatus } from './service.js';
 export interface ProxyMetrics {
   /** A proxied call ended: unary or stream, and its outcome (the status code's name, or unreachable). */
   proxied(node: string, type: 'unary' | 'stream', outcome: string): void;
-  /** Bytes of messages relayed, to the node (requests) or from it (responses). */
-  relayed(node: string, direction: 'to-node' | 'from-node', bytes: number): void;
+  /** Counts bytes of messages relayed, to the node (requests) or from it (responses): one counter per call, used per message. */
+  relayCounter(node: string, direction: 'to-node' | 'from-node'): (bytes: number) => void;
 }
 
 export interface NodeProxyOptions {
@@ -94,7 +94,7 @@ export class NodeProxy {
   /** Relays a unary call. `end` is called once, however the call ends. */
   unary(call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>, target: NodeTarget, path: string, metadata: grpc.Metadata, end: RelayEnd): void {
     const channel = this.acquire(target.address);
-    this.opts.metrics?.relayed(target.name, 'to-node', call.request.length);
+    this.opts.metrics?.relayCounter(target.name, 'to-node')(call.request.length);
     let result: { err: grpc.ServiceError | null; value: Buffer | undefined } = { err: null, value: undefined };
     let done = false;
     let answered = false;
@@ -104,7 +104,7 @@ export class NodeProxy {
       this.inFlight.delete(stop);
       this.release(target.address, channel);
       if (failed === undefined) {
-        this.opts.metrics?.relayed(target.name, 'from-node', value?.length ?? 0);
+        this.opts.metrics?.relayCounter(target.name, 'from-node')(value?.length ?? 0);
         this.opts.metrics?.proxied(target.name, 'unary', 'OK');
         callback(null, value, trailers);
         end();
@@ -146,7 +146,8 @@ export class NodeProxy {
   serverStream(call: grpc.ServerWritableStream<Buffer, Buffer>, target: NodeTarget, path: string, metadata: grpc.Metadata, end: RelayEnd): void {
     const channel = this.acquire(target.address);
     const metrics = this.opts.metrics;
-    metrics?.relayed(target.name, 'to-node', call.request.length);
+    metrics?.relayCounter(target.name, 'to-node')(call.request.length);
+    const fromNode = metrics?.relayCounter(target.name, 'from-node');
     this.openStreams.set(target.name, (this.openStreams.get(target.name) ?? 0) + 1);
     let done = false;
     let status: grpc.StatusObject | undefined;
@@ -199,7 +200,7 @@ export class NodeProxy {
     upstream.on('data', (message: Buffer) => {
       if (done) return;
       const bytes = message.length;
-      metrics?.relayed(target.name, 'from-node', bytes);
+      fromNode?.(bytes);
       queuedBytes += bytes;
       const room = call.write(message, () => {
         queuedBytes -= bytes;

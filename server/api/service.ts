@@ -10,7 +10,7 @@ import { readableHistory, type ChangeFeed } from '../store/store.js';
 import type { WatchHub } from '../watch/hub.js';
 import type { Metrics } from '../metrics.js';
 import { planWatch } from '../watch/plan.js';
-import { authorizeRead, peerOf, ROLE_METADATA_KEY, type Peer } from './access.js';
+import { authorizeRead, connectionOf, peerOf, ROLE_METADATA_KEY, type Peer } from './access.js';
 import { PeerCounter } from './peer-counter.js';
 import type { EventForm, Frames } from '../watch/frames.js';
 import { acceptsGzip, type FramedMessage } from '../grpc-internals.js';
@@ -129,10 +129,11 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   // Calls in flight per connection, and connections per remote address (grpc-js names a connection "ip:port").
   const callsByPeer = new PeerCounter();
   const peersByAddress = new Map<string, Set<string>>();
-  const addressOf = (peer: string) => peer.replace(/:\d+$/, '');
+  // A proxied caller's connection is "ip:port (through ip:port)": its own address counts.
+  const addressOf = (peer: string) => peer.replace(/ \(through .*\)$/, '').replace(/:\d+$/, '');
   /** Counts a call against its connection and address; throws when the address holds too many connections. */
-  function admit(call: { getPeer(): string }): () => void {
-    const peer = call.getPeer();
+  function admit(call: RecordedCall & { getPeer(): string }): () => void {
+    const peer = connectionOf(call);
     const address = addressOf(peer);
     const peers = peersByAddress.get(address) ?? new Set<string>();
     if (!peers.has(peer) && peers.size >= maxConnections) {
@@ -244,7 +245,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
         if (req.id !== undefined) checkName('id', req.id);
         const plan = { ...planWatch(req, feed.instance), form: eventFormOf(call.metadata) };
         const gzip = deps.watchCompression !== false && acceptsGzip(call);
-        const peer = call.getPeer();
+        const peer = connectionOf(call);
         if (watchesByPeer.get(peer) >= maxWatches) {
           throw new CosiError('resource-exhausted', `too many watches on this connection (limit ${maxWatches}); close some or open another connection`);
         }
