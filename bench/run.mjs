@@ -10,6 +10,8 @@
 // lean, lean+gzip) next to the ceiling (at the full and the lean event's size) and etcd. BENCH_FORMS=1 runs only
 // these rows (BENCH_FORMS_SIZES=1,100,1000 picks the watcher counts; default 1, 100, 1000, quick 100, 1000); they are also reported in a table of their own.
 // BENCH_PIPELINE=1 runs only scenario 6 (bench/pipeline.mjs): a file edit and an ApplyConfiguration to a StaticPod event.
+// BENCH_ROUTING=1 runs only scenario 11 (bench/routing.mjs): Get and a 100-watcher fan-out through an endpoint cosid
+// that proxies to the node (metadata node), against the node read directly in the same run.
 import { execFileSync, fork, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -23,6 +25,7 @@ import { wire } from '../dist/shared/wire.js';
 import { CHANNEL_OPTIONS, freePort, machineBusySeconds, makeBenchPki, podStatusPayload, procStats, readPem, rpc, sleep, summarize } from './common.mjs';
 import { runtimeScenarios } from './runtime.mjs';
 import { pipelineRows, pipelineScenario } from './pipeline.mjs';
+import { routingRows, routingScenario } from './routing.mjs';
 
 const QUICK = process.argv.includes('--quick');
 // cosid's watchers ask for aggregated delivery, as its client library does by default since 2026-12-01 (events that
@@ -85,6 +88,15 @@ const pem = readPem(pki);
 if (process.env.BENCH_PIPELINE === '1') {
   const p = await pipelineScenario({ pki, pem, cfg, progress, children });
   process.stdout.write('\n' + pipelineRows(p).map((r) => `${r[0]}: ${r[1]} (target ${r[4]})`).join('\n') + '\n\n');
+  await rm(pki.dir, { recursive: true, force: true });
+  process.exit(0);
+}
+// BENCH_ROUTING=1: scenario 11 alone (no etcd), its rows printed as the full run prints them.
+if (process.env.BENCH_ROUTING === '1') {
+  const r = await routingScenario({ pki, pem, cfg, progress, forkServer });
+  process.stdout.write('\n' + routingRows(r).map((x) => `${x[0]}: ${x[1]} (target ${x[4]})`).join('\n') + '\n\n');
+  mkdirSync('bench/out', { recursive: true });
+  writeFileSync(`bench/out/routing${QUICK ? '-quick' : ''}.json`, JSON.stringify(r, null, 2));
   await rm(pki.dir, { recursive: true, force: true });
   process.exit(0);
 }
@@ -588,6 +600,9 @@ await formsScenario();
 progress('scenario 6: machine config change (file edit, apply-config) -> StaticPod event; cosictl get staticpods as a whole process');
 results.scenarios.pipeline = await pipelineScenario({ pki, pem, cfg, progress, children });
 
+// ---- 11. One endpoint, many nodes: Get and fan-out through an endpoint vs direct (bench/routing.mjs) ----------
+results.scenarios.routing = await routingScenario({ pki, pem, cfg, progress, forkServer });
+
 // ---- 8-10. Containers and logs from a real containerd (bench/runtime.mjs) -------------------------------------
 // Skipped with a message where containerd cannot run; a failure is reported (exit code 1) after the other figures.
 results.scenarios.runtime = await runtimeScenarios({ quick: QUICK, cliRuns: cfg.cliRuns, pki, pem, progress, children }).catch((err) => {
@@ -641,6 +656,7 @@ for (const n of cfg.fanout) {
 rows.push(['flood: Get p99 alone / under a List flood (ms)', pair(s.flood.alone.p99, s.flood.underFlood.p99), undefined, undefined, 'served throughout']);
 rows.push(['stalled watcher: healthy p99 without / with (ms)', pair(s.stalled.without.p99, s.stalled.with.p99), undefined, undefined, '+ < 10%']);
 rows.push(...pipelineRows(s.pipeline));
+rows.push(...routingRows(s.routing));
 rows.push(['cosictl get staticpods / bare node, median (ms)', pair(s.pipeline.cosictlMedianMs, s.pipeline.nodeStartupMedianMs), undefined, undefined, '<= 300']);
 // Scenarios 8-10: the peer measured in the same run goes in the ceiling column (named in the figure).
 const rt = s.runtime;

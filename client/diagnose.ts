@@ -2,19 +2,14 @@
 // with words meant for its own logs ("No connection established. Last error: ... Resolution note: ..."), and a
 // client certificate the server refused as nothing but "Failed to connect (<time>)": under TLS 1.3 the client has
 // finished its handshake before the server checks the certificate, and a Node server then just closes the socket.
-// So after such a failure the client dials once more itself, with the same credentials, and reads what happened
+// So after such a failure the client dials once more itself (shared/tls-probe.ts), with the same credentials, and reads what happened
 // from structured facts: the socket's error code, the verification of the server's certificate, whether the
 // server closed the connection before its first HTTP/2 frame; and for a refused certificate, what the client can
 // see in its own certificate (its dates, its issuer, its purpose).
 import { X509Certificate } from 'node:crypto';
-import { isIP } from 'node:net';
-import { checkServerIdentity, connect, type PeerCertificate, type TLSSocket } from 'node:tls';
+import { probe, type ProbeOutcome, type ProbeTarget } from '../shared/tls-probe.js';
 
-/** How long the second dial may take before the diagnosis gives up (the call then fails with grpc-js's words). */
-const PROBE_TIMEOUT_MS = 3000;
-
-/** The HTTP/2 client preface and an empty SETTINGS frame (RFC 9113, 3.4 and 6.5): what makes a server answer. */
-const H2_PREFACE = Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]);
+export type { ProbeTarget } from '../shared/tls-probe.js';
 
 /** OpenSSL's codes for a record that is not TLS: the peer answered in plain text (HTTP) or some other protocol. */
 const NOT_TLS = new Set(['ERR_SSL_WRONG_VERSION_NUMBER', 'ERR_SSL_PACKET_LENGTH_TOO_LONG', 'ERR_SSL_HTTP_REQUEST', 'ERR_SSL_UNKNOWN_PROTOCOL', 'ERR_SSL_RECORD_LAYER_FAILURE']);
@@ -23,83 +18,6 @@ const NOT_TLS = new Set(['ERR_SSL_WRONG_VERSION_NUMBER', 'ERR_SSL_PACKET_LENGTH_
 const UNTRUSTED = new Set(['SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_GET_ISSUER_CERT', 'CERT_SIGNATURE_FAILURE', 'CERT_UNTRUSTED']);
 
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
-
-export interface ProbeTarget {
-  /** host:port or [v6]:port, as dialled. */
-  target: string;
-  host: string;
-  port: number;
-  /** The name the server's certificate must carry (serverName, else the host). */
-  name: string;
-  caPem: string;
-  certPem: string;
-  keyPem: string;
-}
-
-/** What the second dial saw. */
-type Outcome =
-  | { kind: 'socket-error'; code: string }
-  | { kind: 'untrusted-server'; code: string; peer: PeerCertificate }
-  | { kind: 'wrong-name'; peer: PeerCertificate }
-  | { kind: 'closed-after-handshake' }
-  | { kind: 'answered' }
-  | { kind: 'no-answer' };
-
-function probe(t: ProbeTarget, signal: AbortSignal): Promise<Outcome> {
-  return new Promise((resolve) => {
-    let socket: TLSSocket | undefined;
-    let settled = false;
-    const finish = (o: Outcome) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      signal.removeEventListener('abort', abort);
-      socket?.destroy();
-      resolve(o);
-    };
-    const abort = () => finish({ kind: 'no-answer' });
-    const timer = setTimeout(abort, PROBE_TIMEOUT_MS);
-    timer.unref();
-    signal.addEventListener('abort', abort);
-    try {
-      socket = connect({
-        host: t.host,
-        port: t.port,
-        ca: t.caPem,
-        cert: t.certPem,
-        key: t.keyPem,
-        ALPNProtocols: ['h2'],
-        // No SNI for an IP address (RFC 6066): Node warns (DEP0123) when given one.
-        ...(isIP(t.name) === 0 ? { servername: t.name } : {}),
-        // The server's certificate is judged below, its chain and then its name, so that each failure can be told
-        // apart from the others.
-        rejectUnauthorized: false,
-        checkServerIdentity: () => undefined,
-      });
-    } catch {
-      return finish({ kind: 'no-answer' });
-    }
-    const s = socket;
-    // Whether the handshake went through with a server the client trusts: an end after that is the server's refusal.
-    let secured = false;
-    s.on('error', (err: NodeJS.ErrnoException) => finish(secured ? { kind: 'closed-after-handshake' } : { kind: 'socket-error', code: err.code ?? 'unknown' }));
-    s.on('close', () => finish(secured ? { kind: 'closed-after-handshake' } : { kind: 'socket-error', code: 'ECONNRESET' }));
-    s.on('secureConnect', () => {
-      const peer = s.getPeerCertificate();
-      if (!s.authorized) {
-        // A code at run time, though @types/node says Error.
-        const reason: unknown = s.authorizationError;
-        const code = typeof reason === 'string' ? reason : reason instanceof Error ? ((reason as NodeJS.ErrnoException).code ?? reason.message) : 'unknown';
-        return finish({ kind: 'untrusted-server', code, peer });
-      }
-      if (checkServerIdentity(t.name, peer) !== undefined) return finish({ kind: 'wrong-name', peer });
-      secured = true;
-      s.write(H2_PREFACE);
-    });
-    // The server's first frame: it took the client certificate.
-    s.on('data', () => finish({ kind: 'answered' }));
-  });
-}
 
 const when = (d: string): string => new Date(d).toISOString().replace(/\.000Z$/, 'Z');
 
@@ -133,7 +51,7 @@ function ownCertificateProblem(t: ProbeTarget, now: number): string | undefined 
 }
 
 /** The one line for what the probe saw, or undefined when it saw nothing better than the call's own error. */
-function explain(t: ProbeTarget, o: Outcome): string | undefined {
+function explain(t: ProbeTarget, o: ProbeOutcome): string | undefined {
   const at = t.target;
   switch (o.kind) {
     case 'socket-error':

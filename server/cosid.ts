@@ -16,6 +16,10 @@ import type { ApplierRef } from './api/apply-config.js';
 import type { ConfigApplier } from './config/apply.js';
 import { MAX_CONFIG_BYTES } from './config/machine-config.js';
 import { stateServiceDefinition, stateServiceHandlers } from './api/service.js';
+import { IMPERSONATOR_ROLE } from './api/access.js';
+import { NodeDirectory } from './api/node-directory.js';
+import { NodeProxy } from './api/node-proxy.js';
+import { NodeRouter } from './api/node-routing.js';
 import { installFramedWrites, rememberAcceptedEncodings, tlsServersOf } from './grpc-internals.js';
 import { registerK8sTypes } from './resources/k8s.js';
 import { Registry } from './resources/registry.js';
@@ -65,6 +69,13 @@ export interface CosidOptions {
   metricsListen?: string;
   /** Compress the watch messages many watchers share, for clients that accept gzip (default true). */
   watchCompression?: boolean;
+  /** The node list (YAML `nodes: [{name, address}]`): the names calls may give in metadata `node`; reloaded when it changes. */
+  nodesFile?: string;
+  /**
+   * The client certificate (role os:impersonator) this cosid dials other nodes' cosids with when it proxies a call
+   * naming another node, and the CA their serving certificates are signed by. Without one it proxies nothing.
+   */
+  impersonator?: TlsPem | TlsMaterial;
 }
 
 const STATE_SERVICE = 'cosi.resource.State';
@@ -84,6 +95,9 @@ export class Cosid {
   private readonly endLogs: (err: CosiError) => void;
   private stopping: Promise<void> | undefined;
   private readonly applier: ApplierRef;
+  /** The names calls may give in metadata `node`. */
+  readonly directory: NodeDirectory;
+  private readonly proxy: NodeProxy | undefined;
 
   private constructor(
     private readonly opts: CosidOptions,
@@ -99,9 +113,13 @@ export class Cosid {
       metrics: Metrics;
       metricsServer: { url: string; close(): Promise<void> } | undefined;
       applier: ApplierRef;
+      directory: NodeDirectory;
+      proxy: NodeProxy | undefined;
     },
   ) {
     this.applier = parts.applier;
+    this.directory = parts.directory;
+    this.proxy = parts.proxy;
     this.metrics = parts.metrics;
     this.metricsUrl = parts.metricsServer?.url;
     this.closeMetrics = () => parts.metricsServer?.close() ?? Promise.resolve();
@@ -154,10 +172,24 @@ export class Cosid {
       // A connection with no call for this long is closed.
       'grpc.max_connection_idle_ms': 300_000,
     });
-    server.addService(stateServiceDefinition(), stateServiceHandlers({ feed: store.feed, registry, frames, hub, log, metrics, watchCompression: opts.watchCompression, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
+    // Calls naming another node in metadata `node` are proxied to it; the port is known once bound.
+    let boundPort = 0;
+    const directory = new NodeDirectory({ nodeName: opts.nodeName, listen: opts.listen, port: () => boundPort, ...(opts.nodesFile !== undefined ? { file: opts.nodesFile } : {}), log });
+    let proxy: NodeProxy | undefined;
+    if (opts.impersonator !== undefined) {
+      const identity = opts.impersonator instanceof TlsMaterial ? opts.impersonator : TlsMaterial.fromPem(opts.impersonator, log);
+      checkImpersonator(identity);
+      proxy = new NodeProxy({ identity, log, metrics });
+      const relays = proxy;
+      metrics.sources.proxyStreams = () => relays.openStreams;
+    }
+    const router = new NodeRouter({ directory, proxy, log, audit: opts.audit === true });
+    const state = router.route(stateServiceDefinition(), stateServiceHandlers({ feed: store.feed, registry, frames, hub, log, metrics, watchCompression: opts.watchCompression, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
+    server.addService(state.definition, state.handlers);
     const applier: ApplierRef = { current: undefined };
     const machine = machineService({ runtime: { ...DEFAULT_RUNTIME, ...opts.runtime }, nodeName: opts.nodeName, log, metrics, audit: opts.audit, maxLogStreamsPerConnection: opts.maxLogStreamsPerConnection, applier });
-    server.addService(machineServiceDefinition(), machine.handlers);
+    const machineRouted = router.route(machineServiceDefinition(), machine.handlers);
+    server.addService(machineRouted.definition, machineRouted.handlers);
     const health = new HealthImplementation({ '': 'SERVING', [STATE_SERVICE]: 'SERVING', [MACHINE_SERVICE]: 'SERVING' });
     health.addToServer(server);
     new ReflectionService(reflectionPackage()).addToServer(server);
@@ -175,17 +207,22 @@ export class Cosid {
       logHandshakeRefusals(tlsServers, log);
       rememberPeerCertificates(tlsServers);
       rememberAcceptedEncodings(tlsServers);
+      boundPort = port;
+      await directory.load();
+      directory.watch();
       if (opts.metricsListen !== undefined) metricsServer = await serveMetrics(opts.metricsListen, metrics, log);
     } catch (err) {
       // Nothing of a cosid that did not start may go on running: the hub's bookmark timer included.
       hub.endAll(new CosiError('unavailable', 'cosid did not start'));
+      directory.stop();
       server.forceShutdown();
+      proxy?.close();
       machine.close();
       await store.close();
       throw err;
     }
-    log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName, store: store.backend });
-    return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close(), endLogs: (err) => machine.endAll(err), metrics, metricsServer, applier });
+    log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName, store: store.backend, proxy: proxy === undefined ? 'off (no impersonator certificate)' : 'on', nodes: directory.nodes.length });
+    return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close(), endLogs: (err) => machine.endAll(err), metrics, metricsServer, applier, directory, proxy });
   }
 
   /** From now on ApplyConfiguration calls go to `applier` (the node's machine config controller). */
@@ -201,9 +238,13 @@ export class Cosid {
       this.health.setStatus(MACHINE_SERVICE, 'NOT_SERVING');
       this.hub.endAll(new CosiError('unavailable', 'cosid is shutting down; reconnect and resume from your last bookmark'));
       this.endLogs(new CosiError('unavailable', 'cosid is shutting down; follow the log again once it is back'));
+      // Proxied calls too: their callers reconnect (to this endpoint or another) and resume.
+      this.proxy?.endAll(new CosiError('unavailable', 'cosid (the endpoint that proxied this call) is shutting down; reconnect and resume from your last bookmark'));
+      this.directory.stop();
       // Streams to clients that stopped reading cannot finish: after the grace period they are cut.
       const done = () => {
         this.closeRuntime();
+        this.proxy?.close();
         void Promise.allSettled([this.store.close(), this.closeMetrics()]).then(() => resolve());
       };
       const timer = setTimeout(() => {
@@ -216,6 +257,18 @@ export class Cosid {
       });
     });
     return this.stopping;
+  }
+}
+
+/** Refuses an impersonator certificate that cannot do its job: a client certificate with role os:impersonator. */
+function checkImpersonator(identity: TlsMaterial): void {
+  const cert = identity.certificate();
+  const orgs = cert.subject.split('\n').filter((l) => l.startsWith('O=')).map((l) => l.slice(2));
+  if (!orgs.includes(IMPERSONATOR_ROLE)) {
+    throw new Error(`the impersonator certificate (${cert.subject.replace(/\n/g, ', ')}) does not carry the role ${IMPERSONATOR_ROLE} (O=${IMPERSONATOR_ROLE}): issue one with cosictl gen cert --roles ${IMPERSONATOR_ROLE}`);
+  }
+  if (cert.keyUsage !== undefined && !cert.keyUsage.includes('1.3.6.1.5.5.7.3.2')) {
+    throw new Error(`the impersonator certificate (${cert.subject.replace(/\n/g, ', ')}) is not a client certificate (extended key usage clientAuth)`);
   }
 }
 

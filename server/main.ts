@@ -2,7 +2,7 @@
 // cosid: serves the COSI State API for this node's static pods over mutual TLS.
 import * as grpc from '@grpc/grpc-js';
 import { readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { format, parseArgs } from 'node:util';
@@ -35,6 +35,12 @@ const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [flags]
   --etcd-key FILE           its key
   --etcd-prefix PREFIX      key prefix of this node's resources (default /cosi/<node>/)
   --etcd-insecure           plaintext to etcd, allowed only on loopback (http://127.0.0.1:PORT); for tests
+  --nodes-file FILE         node list for calls naming another node (metadata node, talosctl -n): YAML
+                            nodes: [{name, address}], reloaded when it changes (a broken file keeps the last good list)
+  --impersonator-cert FILE  client certificate with role os:impersonator that cosid dials other nodes' cosids with
+                            when it proxies a call to them (default: DIR/impersonator.crt of --pki when it exists;
+                            issue one with: cosictl gen cert --roles os:impersonator); without one cosid proxies nothing
+  --impersonator-key FILE   its key (default: DIR/impersonator.key of --pki)
   --metrics-listen ADDR     host:port to serve Prometheus metrics on (GET /metrics, plain HTTP; default: off)
   --watch-compression MODE  gzip (default: the watch messages many watchers share go compressed once to clients that
                             accept gzip) or off (a client's CPU matters more than the bytes, e.g. on the same host)
@@ -84,6 +90,9 @@ async function main(): Promise<number> {
         'kubelet-log': { type: 'string' },
         store: { type: 'string', default: 'memory' },
         'metrics-listen': { type: 'string' },
+        'nodes-file': { type: 'string' },
+        'impersonator-cert': { type: 'string' },
+        'impersonator-key': { type: 'string' },
         'watch-compression': { type: 'string', default: 'gzip' },
         'etcd-endpoints': { type: 'string' },
         'etcd-ca': { type: 'string' },
@@ -158,6 +167,7 @@ async function main(): Promise<number> {
   });
   tls.watch();
   const clusterCaPem = await read(tlsPaths.caFile, pkiHint);
+  const impersonator = await impersonatorMaterial(pki, args['impersonator-cert'], args['impersonator-key'], tlsPaths.caFile, log);
   const nodeName = args.node ?? hostname();
   const configPath = args.config;
   // A machine config that cannot be read is refused before anything serves (an invalid one is the controller's:
@@ -184,6 +194,8 @@ async function main(): Promise<number> {
     store,
     ...(args['metrics-listen'] !== undefined ? { metricsListen: args['metrics-listen'] } : {}),
     watchCompression: compression === 'gzip',
+    ...(args['nodes-file'] !== undefined ? { nodesFile: args['nodes-file'] } : {}),
+    ...(impersonator !== undefined ? { impersonator } : {}),
     listen: args.listen ?? '127.0.0.1:50000',
     tls,
     nodeName,
@@ -222,6 +234,29 @@ async function main(): Promise<number> {
     process.send({ event: 'serving', listen: args.listen, port: node.cosid.port, manifestUrl: node.manifests.url });
   }
   return -1;
+}
+
+/**
+ * The certificate cosid proxies calls to other nodes with: the files given, else impersonator.crt/.key in the PKI
+ * folder when both are there, else none. Reloaded when they change; the CA that signs the nodes' serving
+ * certificates is the cluster CA (ca.crt).
+ */
+async function impersonatorMaterial(pki: string, certFlag: string | undefined, keyFlag: string | undefined, caFile: string, log: Logger): Promise<TlsMaterial | undefined> {
+  if ((certFlag === undefined) !== (keyFlag === undefined)) throw new UsageError('--impersonator-cert and --impersonator-key go together');
+  let certFile = certFlag;
+  let keyFile = keyFlag;
+  if (certFile === undefined || keyFile === undefined) {
+    const inPki = { cert: join(pki, 'impersonator.crt'), key: join(pki, 'impersonator.key') };
+    const present = await Promise.all([inPki.cert, inPki.key].map((f) => stat(f).then(() => true, () => false)));
+    if (!present.every(Boolean)) return undefined;
+    certFile = inPki.cert;
+    keyFile = inPki.key;
+  }
+  const material = await TlsMaterial.load({ caFile, certFile, keyFile }, log).catch((err: unknown) => {
+    throw new Error(`the impersonator certificate ${certFile}: ${err instanceof Error ? err.message : String(err)}`);
+  });
+  material.watch();
+  return material;
 }
 
 /** Why a file could not be read, short: its error code (ENOENT, EACCES, EISDIR), else the message. */

@@ -5,6 +5,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Logger } from '../shared/log.js';
+import type { ProxyMetrics } from './api/node-proxy.js';
 
 /** What the watch layer reports as it goes: the API's watch sink what it sends (server/api/watch-sink.ts), a session an overrun. */
 export interface WatchMetrics {
@@ -19,11 +20,16 @@ export interface MetricSources {
   watchers?: () => { streaming: number; parked: number; lagTotal: number; lagMax: number };
   kinds?: () => { namespace: string; type: string; resources: number; history: number }[];
   certificates?: () => { server: Date | undefined; cas: { subject: string; notAfter: Date }[] };
+  /** Streams this cosid relays to other nodes, open now, by node. */
+  proxyStreams?: () => ReadonlyMap<string, number>;
 }
+
+/** Distinct node labels the proxy metrics keep; beyond them a node counts as "other" (callers may name any address). */
+const MAX_NODE_LABELS = 256;
 
 const CALL_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
-export class Metrics implements WatchMetrics {
+export class Metrics implements WatchMetrics, ProxyMetrics {
   readonly registry = new Registry();
   readonly sources: MetricSources = {};
   private readonly calls: Histogram<'service' | 'method' | 'code'>;
@@ -35,6 +41,10 @@ export class Metrics implements WatchMetrics {
   private readonly reloads: Counter<'outcome'>;
   private readonly applies: Counter<'mode' | 'outcome'>;
   private readonly tryReverts: Counter;
+  private readonly proxiedCalls: Counter<'node' | 'type' | 'outcome'>;
+  /** Bytes relayed, by node and direction: counted as plain numbers per message, handed to prom-client at scrape time. */
+  private readonly pendingRelayed = new Map<string, { node: string; direction: string; bytes: number }>();
+  private readonly nodeLabels = new Set<string>();
 
   constructor() {
     const registers = [this.registry];
@@ -66,7 +76,36 @@ export class Metrics implements WatchMetrics {
       registers,
     });
     this.tryReverts = new Counter({ name: 'cosi_config_try_reverts_total', help: "Configs applied in 'try' mode that timed out and were reverted", registers });
+    this.proxiedCalls = new Counter({
+      name: 'cosi_proxy_calls_total',
+      help: 'Calls this cosid proxied to another node, by node, type (unary, stream) and outcome (the status code, or unreachable, refused-certificate)',
+      labelNames: ['node', 'type', 'outcome'],
+      registers,
+    });
+    const relayed = this.pendingRelayed;
+    new Counter({
+      name: 'cosi_proxy_bytes_relayed_total',
+      help: 'Bytes of messages relayed for proxied calls, by node and direction (to-node, from-node)',
+      labelNames: ['node', 'direction'],
+      registers,
+      collect() {
+        for (const r of relayed.values()) {
+          this.inc({ node: r.node, direction: r.direction }, r.bytes);
+          r.bytes = 0;
+        }
+      },
+    });
     const sources = this.sources;
+    new Gauge({
+      name: 'cosi_proxy_streams',
+      help: 'Streams this cosid relays to other nodes, open now, by node',
+      labelNames: ['node'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [node, open] of sources.proxyStreams?.() ?? []) this.set({ node }, open);
+      },
+    });
     new Gauge({
       name: 'cosi_watchers',
       help: 'Open watches, by state (streaming, or parked: waiting for a slow client)',
@@ -172,6 +211,32 @@ export class Metrics implements WatchMetrics {
 
   tryReverted(): void {
     this.tryReverts.inc();
+  }
+
+  proxied(node: string, type: 'unary' | 'stream', outcome: string): void {
+    this.proxiedCalls.inc({ node: this.nodeLabel(node), type, outcome });
+  }
+
+  relayCounter(node: string, direction: 'to-node' | 'from-node'): (bytes: number) => void {
+    const label = this.nodeLabel(node);
+    const key = `${label}\u0000${direction}`;
+    let r = this.pendingRelayed.get(key);
+    if (r === undefined) {
+      r = { node: label, direction, bytes: 0 };
+      this.pendingRelayed.set(key, r);
+    }
+    const entry = r;
+    return (bytes) => {
+      entry.bytes += bytes;
+    };
+  }
+
+  /** The node's label: itself, until MAX_NODE_LABELS nodes have one. */
+  private nodeLabel(node: string): string {
+    if (this.nodeLabels.has(node)) return node;
+    if (this.nodeLabels.size >= MAX_NODE_LABELS) return 'other';
+    this.nodeLabels.add(node);
+    return node;
   }
 }
 

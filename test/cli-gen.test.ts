@@ -33,6 +33,18 @@ function cosictl(args: string[], env: Record<string, string> = {}): Promise<CliR
 const exists = (path: string) => stat(path).then(() => true, () => false);
 
 describe('cosictl gen cert', () => {
+  it('--roles os:impersonator writes cosid\'s proxy certificate and no client context', async () => {
+    const out = join(tmp, 'proxy');
+    const r = await cosictl(['gen', 'cert', '--ca-dir', srv.pki.dir, '--name', 'impersonator', '--roles', 'os:impersonator', '--out', out]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain('for cosid, to proxy calls to other nodes; start it with --impersonator-cert');
+    expect((await readdir(out)).sort()).toEqual(['impersonator.crt', 'impersonator.key']);
+    const cert = new X509Certificate(await readFile(join(out, 'impersonator.crt'), 'utf8'));
+    expect(cert.subject).toBe('CN=impersonator\nO=os:impersonator');
+    expect(cert.keyUsage).toEqual(['1.3.6.1.5.5.7.3.2']);
+    expect(await exists(join(home, '.cosi'))).toBe(false);
+  });
+
   it('without a client config, writes a new one beside the certificate, creates the --out folder, and never ~/.cosi/config', async () => {
     const out = join(tmp, 'certs', 'ops');
     const r = await cosictl(['gen', 'cert', '--ca-dir', srv.pki.dir, '--name', 'ops', '--roles', 'os:operator', '--out', out, '--endpoint', srv.endpoint]);

@@ -73,7 +73,7 @@ describe('cosictl usage errors', () => {
     [['gen', 'pki', '--out', '/nonexistent/pki', 'extra'], 'gen pki takes no arguments; unexpected "extra"', 'gen pki'],
     [['gen', 'cert', '--name', 'ops'], 'gen cert needs --ca-dir DIR (the folder with ca.crt and ca.key)', 'gen cert'],
     [['gen', 'cert', '--ca-dir', '/nonexistent'], 'gen cert needs --name NAME (lower-case letters, digits and -): the certificate CN, file names and context name', 'gen cert'],
-    [['gen', 'cert', '--ca-dir', '/nonexistent', '--name', 'ops', '--roles', 'root'], 'unknown role root: use os:admin, os:operator, os:reader', 'gen cert'],
+    [['gen', 'cert', '--ca-dir', '/nonexistent', '--name', 'ops', '--roles', 'root'], 'unknown role root: use os:admin, os:operator, os:reader, os:impersonator', 'gen cert'],
     [['gen', 'cert', '--ca-dir', '/nonexistent', '--name', 'ops', '--ttl', 'forever'], 'invalid --ttl "forever": use for example 30d, 12h or 90m', 'gen cert'],
     [['gen', 'cert', '--ca-dir', '/nonexistent', '--name', 'ops', '-n', 'a'], '-n does not apply to gen cert', 'gen cert'],
     [['logs'], 'logs needs an ID: cosictl logs -k <namespace>/<pod>:<container>[:<id>] (IDs as listed by cosictl containers -k), or cosictl logs kubelet', 'logs'],

@@ -76,6 +76,10 @@ export async function startServer(
     store?: () => Promise<ResourceStore>;
     /** Compress shared watch messages for clients that accept gzip (default true). */
     watchCompression?: boolean;
+    /** The node list file (YAML nodes: [{name, address}]) for calls naming another node. */
+    nodesFile?: string;
+    /** A client certificate with role os:impersonator: this cosid proxies calls naming another node with it. */
+    impersonator?: KeyPairPem;
   } = {},
 ): Promise<TestServer> {
   const pki = opts.pki ?? (await makePki());
@@ -89,6 +93,8 @@ export async function startServer(
     historyAgeMs: opts.historyAgeMs,
     ...(opts.store !== undefined ? { store: await opts.store() } : {}),
     ...(opts.watchCompression !== undefined ? { watchCompression: opts.watchCompression } : {}),
+    ...(opts.nodesFile !== undefined ? { nodesFile: opts.nodesFile } : {}),
+    ...(opts.impersonator !== undefined ? { impersonator: { caPem: pki.ca.certPem, certPem: opts.impersonator.certPem, keyPem: opts.impersonator.keyPem } } : {}),
     watchLimits: {
       ...(opts.bookmarkIntervalMs !== undefined ? { bookmarkIntervalMs: opts.bookmarkIntervalMs } : {}),
       ...(opts.maxBacklog !== undefined ? { maxBacklog: opts.maxBacklog } : {}),

@@ -84,6 +84,8 @@ if (cfg.mode === 'cosid' || cfg.mode === 'ceiling') {
   // resource's metadata, whose `updated` is the write's time. gzipped messages are inflated by grpc-js before `data`.
   const metadata = new grpc.Metadata();
   if (cfg.form === 'lean') metadata.set('cosi-event-form', 'lean');
+  // cfg.node: the node the endpoint proxies the watch to (Talos's metadata node; bench/routing.mjs).
+  if (cfg.node !== undefined) metadata.set('node', cfg.node);
   else if (cfg.form !== undefined && cfg.form !== 'full') throw new Error(`form ${cfg.form}? use full or lean`);
   for (let i = 0; i < cfg.count; i++) {
     const call = client.makeServerStreamRequest(path, (b) => b, (b) => b, req, metadata);

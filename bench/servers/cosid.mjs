@@ -3,7 +3,9 @@
 // client certificate); the writes then go to etcd and come back to the hub through the kind's etcd watch.
 // BENCH_WATCH_COMPRESSION=0 starts it with watchCompression off (every grpc-js client accepts gzip: without it, all
 // the bench's watchers would get gzipped messages). Metrics are served on 127.0.0.1 (op `metricsUrl`), so the bench
-// reads cosi_watch_bytes_sent_total{form} around each fan-out run.
+// reads cosi_watch_bytes_sent_total{form} around each fan-out run. BENCH_NODE_NAME names it (default bench);
+// BENCH_NODES_FILE and BENCH_IMPERSONATOR ({"cert", "key"}: files of an os:impersonator certificate) make it an endpoint
+// that proxies calls naming another node (bench/routing.mjs).
 import { readFileSync } from 'node:fs';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { WatchFraming } from '../../dist/server/api/watch-sink.js';
@@ -30,13 +32,20 @@ async function etcdStore() {
   }
 }
 
+/** The endpoint's certificate for dialing nodes, with the CA their certificates have. */
+function impersonator({ cert, key }) {
+  return { caPem: readFileSync(pki.caCert, 'utf8'), certPem: readFileSync(cert, 'utf8'), keyPem: readFileSync(key, 'utf8') };
+}
+
 let store;
 if (backend === 'etcd') store = await etcdStore();
 else if (backend !== 'memory') throw new Error(`BENCH_STORE=${backend}: use memory or etcd`);
 const cosid = await Cosid.start({
   listen: '127.0.0.1:0',
   tls: { caPem: readFileSync(pki.caCert, 'utf8'), certPem: readFileSync(pki.serverCert, 'utf8'), keyPem: readFileSync(pki.serverKey, 'utf8') },
-  nodeName: 'bench',
+  nodeName: process.env.BENCH_NODE_NAME ?? 'bench',
+  ...(process.env.BENCH_NODES_FILE !== undefined ? { nodesFile: process.env.BENCH_NODES_FILE } : {}),
+  ...(process.env.BENCH_IMPERSONATOR !== undefined ? { impersonator: impersonator(JSON.parse(process.env.BENCH_IMPERSONATOR)) } : {}),
   maxWatchesPerConnection: 4096,
   maxConnectionsPerAddress: 4096,
   watchCompression: process.env.BENCH_WATCH_COMPRESSION !== '0',
@@ -45,6 +54,19 @@ const cosid = await Cosid.start({
 });
 store = cosid.store;
 if (store.backend !== backend) throw new Error(`asked for a ${backend} store, cosid runs on ${store.backend}`);
+
+/**
+ * The kind's history once it holds every change committed before the call (as test/caught-up.ts): memory at once;
+ * etcd once the kind's watch has reached the cluster's revision as of this call. ChangeFeed.sync() is gone.
+ */
+async function caughtUp(kind) {
+  const history = await store.feed.history(kind);
+  if (store.backend === 'etcd') {
+    const { header } = await store.client.maintenance.status({});
+    await store.feed.reach(kind, Number(header.revision));
+  }
+  return history;
+}
 
 let payloadBytes = 2048;
 // The writer's own work (building payloads) is not the server's: build each once, then only bump seq.
@@ -74,16 +96,16 @@ serveRpc({
     payloadBytes = bytes;
     await inParallel(count, 32, (i) => store.create({ ...STATUS_KIND, id: `default/pod-${i}`, spec: podStatusPayload(i, bytes) }, 'bench'));
     // The API reads the kind's history: loaded means there (etcd: once the kind's watch has delivered every write).
-    const h = await store.feed.sync(STATUS_KIND);
+    const h = await caughtUp(STATUS_KIND);
     return h.list().length;
   },
   // The bytes cosid sends for one resource of `bytes` of JSON: as a Get/List message, and as an UPDATED event.
   sizes: async ({ bytes }) => {
     const probe = { ...STATUS_KIND, id: 'size-probe' };
     await store.create({ ...probe, spec: podStatusPayload(0, bytes) }, 'bench');
-    const before = (await store.feed.sync(STATUS_KIND)).revision;
+    const before = (await caughtUp(STATUS_KIND)).revision;
     await store.update({ ...probe, spec: podStatusPayload(0, bytes, 1) }, 'bench');
-    const h = await store.feed.sync(STATUS_KIND);
+    const h = await caughtUp(STATUS_KIND);
     // Revisions may have gaps (etcd): the probe's update is the change after `before` that names it.
     const change = h.readChanges(before, 16).changes.find((c) => c.type === 'updated' && c.resource.metadata.id === probe.id);
     if (change === undefined) throw new Error('sizes: the probe update is not in the kind history');
@@ -115,7 +137,7 @@ serveRpc({
   clear: async () => {
     const all = await store.list(STATUS_KIND);
     await inParallel(all.length, 32, (i) => store.destroy(all[i].metadata, 'bench'));
-    await store.feed.sync(STATUS_KIND);
+    await caughtUp(STATUS_KIND);
     return true;
   },
   // Updates `ids` resources round robin at `rate` per second for `seconds`; reports how far behind schedule it fell.

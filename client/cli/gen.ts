@@ -20,7 +20,9 @@ export interface GenOptions {
   cosiconfig: string | undefined;
 }
 
-const ROLES = ['os:admin', 'os:operator', 'os:reader'];
+const ROLES = ['os:admin', 'os:operator', 'os:reader', 'os:impersonator'];
+/** The role of cosid's own certificate for proxying calls to other nodes (cosid --impersonator-cert). */
+const IMPERSONATOR = 'os:impersonator';
 const DEFAULT_ENDPOINT = '127.0.0.1:50000';
 
 export async function runGen(o: GenOptions): Promise<number> {
@@ -75,6 +77,19 @@ function currentEndpoints(cfg: CosiConfig | undefined): readonly string[] | unde
   return endpoints !== undefined && endpoints.length > 0 ? endpoints : undefined;
 }
 
+/** Writes cosid's impersonator certificate, and says how cosid takes it. */
+async function writeImpersonator(pair: { certPem: string; keyPem: string }, outDir: string, name: string, ttl: string): Promise<number> {
+  await mkdir(outDir, { recursive: true, mode: 0o700 });
+  const certFile = join(outDir, `${name}.crt`);
+  const keyFile = join(outDir, `${name}.key`);
+  await writeFile(certFile, pair.certPem, { mode: 0o644 });
+  await writeFile(keyFile, pair.keyPem, { mode: 0o600 });
+  process.stderr.write(
+    `wrote ${resolve(certFile)} and ${resolve(keyFile)} (${IMPERSONATOR}, valid ${ttl}): for cosid, to proxy calls to other nodes; start it with --impersonator-cert ${certFile} --impersonator-key ${keyFile}, or name them impersonator.crt and impersonator.key in its --pki folder (no client context added)\n`,
+  );
+  return 0;
+}
+
 async function genCert(o: GenOptions): Promise<number> {
   if (o.caDir === undefined) throw new UsageError('gen cert needs --ca-dir DIR (the folder with ca.crt and ca.key)', 'gen cert');
   const caDir = o.caDir;
@@ -94,6 +109,9 @@ async function genCert(o: GenOptions): Promise<number> {
   };
   const ca = { certPem: await read('ca.crt'), keyPem: await read('ca.key') };
   const outDir = o.out ?? caDir;
+  // A proxy's certificate grants nothing by itself: it gets no client context.
+  const forCosid = roles.every((r) => r === IMPERSONATOR);
+  if (forCosid) return writeImpersonator(await issueClientCert(ca, { commonName: name, organizations: roles, validDays: days }), outDir, name, ttl);
   const config = await targetConfig(o.cosiconfig, outDir, name);
   // A config that cannot be read is refused before anything is written.
   const existing = config.existed ? await loadCosiConfig(config.path) : undefined;

@@ -233,7 +233,8 @@ Flags:
   --ca-dir DIR        required: the folder with ca.crt and ca.key (as gen pki wrote them)
   --name NAME         required: lower-case letters, digits and -; the certificate's CN, its file names and the
                       context's name
-  --roles ROLE,...    os:admin, os:operator or os:reader, the certificate's O= values (default: os:reader)
+  --roles ROLE,...    os:admin, os:operator or os:reader, the certificate's O= values (default: os:reader); or
+                      os:impersonator alone: cosid's certificate for proxying calls to other nodes (no context added)
   --ttl D             how long it is valid: 30d, 12h or 90m (default: 365d; at most 10 years)
   --out DIR           where to write NAME.crt and NAME.key (default: --ca-dir; created when missing)
   --endpoint H:P      the endpoint of the new context (default: the endpoints of the config's current context, else

@@ -10,10 +10,10 @@ import { PROTO_DIR, type WireContainerInfo } from '../../shared/wire.js';
 import { CriReader } from '../runtime/cri.js';
 import { parseContainerRef, RuntimeInspector } from '../runtime/inspector.js';
 import { readLog } from '../runtime/log-file.js';
-import { authorizeRead, peerOf } from './access.js';
+import { authorizeRead, connectionOf, peerOf } from './access.js';
 import { PeerCounter } from './peer-counter.js';
 import { applyConfigurationHandler, type ApplierRef } from './apply-config.js';
-import { callRecorder, toStatus } from './service.js';
+import { callRecorder, toStatus, type RecordedCall } from './service.js';
 import type { Metrics } from '../metrics.js';
 import { drained, requestOf, tolerant } from './requests.js';
 
@@ -100,7 +100,7 @@ export function machineService(deps: MachineServiceDeps): MachineService {
   }
 
   /** Talos lets os:admin, os:operator and os:reader see containers and logs. */
-  function authorize(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>): void {
+  function authorize(call: RecordedCall): void {
     authorizeRead(peerOf(call), false, 'containers and logs');
   }
 
@@ -164,7 +164,7 @@ export function machineService(deps: MachineServiceDeps): MachineService {
         try {
           authorize(call);
           const req = requestOf(call);
-          release = logStreamsByPeer.admit(call.getPeer(), maxLogStreams, `too many log streams on this connection (limit ${maxLogStreams}); close some or open another connection`);
+          release = logStreamsByPeer.admit(connectionOf(call), maxLogStreams, `too many log streams on this connection (limit ${maxLogStreams}); close some or open another connection`);
           // A container's log stays confined to the pod logs directory at every open, rotations included.
           const { path, confineTo } = await logOf(req);
           call.sendMetadata(header);

@@ -10,7 +10,7 @@ import { readableHistory, type ChangeFeed } from '../store/store.js';
 import type { WatchHub } from '../watch/hub.js';
 import type { Metrics } from '../metrics.js';
 import { planWatch } from '../watch/plan.js';
-import { authorizeRead, peerOf } from './access.js';
+import { authorizeRead, connectionOf, peerOf, ROLE_METADATA_KEY, type Peer } from './access.js';
 import { PeerCounter } from './peer-counter.js';
 import type { EventForm, Frames } from '../watch/frames.js';
 import { acceptsGzip, type FramedMessage } from '../grpc-internals.js';
@@ -52,42 +52,53 @@ export function toStatus(err: unknown): Partial<grpc.StatusObject> {
   return { code: e.code, details: e.message, metadata };
 }
 
+/** What a call is to the one who records it: its certificate and metadata (the roles a proxy passed). */
+export type RecordedCall = Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext' | 'metadata'>;
+
 /** What one service records of each finished call: its method, what it named (kind, ID), its start, its error. */
-export type CallRecorder = (call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, method: string, what: Readonly<Record<string, unknown>>, started: number, err?: unknown) => void;
+export type CallRecorder = (call: RecordedCall, method: string, what: Readonly<Record<string, unknown>>, started: number, err?: unknown) => void;
 
 /**
  * The one place calls are recorded, for every service: a refusal (PERMISSION_DENIED, UNAUTHENTICATED) is logged
- * once per peer subject and reason, and with `audit` every call gets one line: peer subject, roles, method, what it
- * named (each string cut at 256 characters; lists of names come as namesForLog's count and first few), outcome,
- * duration.
+ * once per peer subject and reason, and so is a `talos-role` sent by a peer that is no os:impersonator (ignored);
+ * with `audit` every call gets one line: peer subject, roles, the proxy it came through (via, proxyfrom), method,
+ * what it named (each string cut at 256 characters; lists of names come as namesForLog's count and first few),
+ * outcome, duration. `metrics: undefined` leaves the call out of the call metrics (the calls a node proxies are
+ * counted apart).
  */
 export function callRecorder(log: Logger, audit: boolean, service: string, metrics?: Metrics): CallRecorder {
   // A bounded memory of the refusals already logged.
   const refusalsSeen = new Set<string>();
+  const once = (key: string): boolean => {
+    if (refusalsSeen.has(key)) return false;
+    if (refusalsSeen.size >= 10_000) refusalsSeen.clear();
+    refusalsSeen.add(key);
+    return true;
+  };
   return (call, method, what, started, err) => {
     const code = err === undefined ? grpc.status.OK : (toStatus(err).code ?? grpc.status.UNKNOWN);
     metrics?.call(service, method, grpc.status[code] ?? String(code), (Date.now() - started) / 1000, isCosiError(err, 'too-old'));
     const refused = code === grpc.status.PERMISSION_DENIED || code === grpc.status.UNAUTHENTICATED;
+    const rolesSent = call.metadata.get(ROLE_METADATA_KEY).length > 0;
     // Reading the peer certificate costs real time per call: only when there is something to log.
-    if (!refused && !audit) return;
-    let peer: { subject: string; roles: readonly string[] } = { subject: '(no certificate)', roles: [] };
+    if (!refused && !audit && !rolesSent) return;
+    let peer: Peer = { subject: '(no certificate)', roles: [] };
     try {
       peer = peerOf(call);
     } catch {
       // Without a certificate there is nothing more to say about the peer.
     }
+    if (peer.forgedRoles === true && once(`${peer.subject}\u0000forged`)) {
+      log.warn('talos-role ignored: the peer is not os:impersonator', { peer: peer.subject, roles: peer.roles, method });
+    }
+    const proxy = peer.via === undefined ? {} : { via: peer.via.subject, proxyfrom: peer.via.from };
     if (refused) {
       const reason = err instanceof Error ? err.message : String(err);
-      const key = `${peer.subject}\u0000${reason}`;
-      if (!refusalsSeen.has(key)) {
-        if (refusalsSeen.size >= 10_000) refusalsSeen.clear();
-        refusalsSeen.add(key);
-        log.warn('request refused', { peer: peer.subject, roles: peer.roles, method, reason });
-      }
+      if (once(`${peer.subject}\u0000${reason}`)) log.warn('request refused', { peer: peer.subject, roles: peer.roles, ...proxy, method, reason });
     }
     if (audit) {
       const named = Object.fromEntries(Object.entries(what).map(([k, v]) => [k, typeof v === 'string' ? v.slice(0, 256) : v]));
-      log.info('audit', { peer: peer.subject, roles: peer.roles, method, ...named, outcome: grpc.status[code] ?? String(code), durationMs: Date.now() - started });
+      log.info('audit', { peer: peer.subject, roles: peer.roles, ...proxy, method, ...named, outcome: grpc.status[code] ?? String(code), durationMs: Date.now() - started });
     }
   };
 }
@@ -118,10 +129,11 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   // Calls in flight per connection, and connections per remote address (grpc-js names a connection "ip:port").
   const callsByPeer = new PeerCounter();
   const peersByAddress = new Map<string, Set<string>>();
-  const addressOf = (peer: string) => peer.replace(/:\d+$/, '');
+  // A proxied caller's connection is "ip:port (through ip:port)": its own address counts.
+  const addressOf = (peer: string) => peer.replace(/ \(through .*\)$/, '').replace(/:\d+$/, '');
   /** Counts a call against its connection and address; throws when the address holds too many connections. */
-  function admit(call: { getPeer(): string }): () => void {
-    const peer = call.getPeer();
+  function admit(call: RecordedCall & { getPeer(): string }): () => void {
+    const peer = connectionOf(call);
     const address = addressOf(peer);
     const peers = peersByAddress.get(address) ?? new Set<string>();
     if (!peers.has(peer) && peers.size >= maxConnections) {
@@ -149,7 +161,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   const watchFraming = new WatchFraming();
   const recordCall = callRecorder(log, deps.audit === true, 'cosi.resource.State', deps.metrics);
   /** Audit line and refusal log for one finished call. */
-  const record = (call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, method: string, type: string, started: number, err?: unknown): void =>
+  const record = (call: RecordedCall, method: string, type: string, started: number, err?: unknown): void =>
     recordCall(call, method, { type }, started, err);
   const typeOf = (request: unknown): string => {
     const t = request !== null && typeof request === 'object' && 'type' in request ? (request as { type: unknown }).type : undefined;
@@ -157,7 +169,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   };
 
   /** Validates the kind and the caller's right to read it. */
-  function checkRead(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'getAuthContext'>, kind: Kind): void {
+  function checkRead(call: RecordedCall, kind: Kind): void {
     const peer = peerOf(call);
     if (peer.roles.length === 0) authorizeRead(peer, false, kind.type);
     checkName('namespace', kind.namespace);
@@ -234,7 +246,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
         if (req.id !== undefined) checkName('id', req.id);
         const plan = { ...planWatch(req, feed.instance), form: eventFormOf(call.metadata), idleBookmarks: idleBookmarksOf(call.metadata) };
         const gzip = deps.watchCompression !== false && acceptsGzip(call);
-        const peer = call.getPeer();
+        const peer = connectionOf(call);
         if (watchesByPeer.get(peer) >= maxWatches) {
           throw new CosiError('resource-exhausted', `too many watches on this connection (limit ${maxWatches}); close some or open another connection`);
         }

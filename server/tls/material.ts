@@ -71,6 +71,18 @@ export class TlsMaterial {
     };
   }
 
+  /** The files' text in use: for a second dial of its own (shared/tls-probe.ts). */
+  pem(): { caPem: string; certPem: string; keyPem: string } {
+    return { caPem: this.current.ca.toString('utf8'), certPem: this.current.cert.toString('utf8'), keyPem: this.current.key.toString('utf8') };
+  }
+
+  /** The certificate in use (this side's own, not a CA's). */
+  certificate(): X509Certificate {
+    const [cert] = parseBundle(this.current.cert.toString('utf8'), this.paths.certFile);
+    if (cert === undefined) throw new Error(`${this.paths.certFile}: no certificate`);
+    return cert;
+  }
+
   /** Reads and checks the files; fails when they are not a usable set. */
   static async load(paths: TlsPaths, log: Logger): Promise<TlsMaterial> {
     const m = await readMaterial(paths);
