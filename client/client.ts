@@ -25,6 +25,11 @@ export interface ClientOptions {
   /** Verify the server certificate against this name instead of the endpoint host. */
   serverName?: string;
   /**
+   * The node every call is for, when it is not the endpoint itself: sent as gRPC metadata `node`, as talosctl's
+   * `-n`, and the endpoint passes the call on to that node. See also `withNode`.
+   */
+  node?: string;
+  /**
    * Deadline, in milliseconds, of a call that produces an answer (get, list, listIter, definitions, resolveType,
    * containers) when the call does not give its own `timeoutMs` (default 30 s). Watches and logs have none.
    */
@@ -43,11 +48,7 @@ export interface ClientOptions {
 export interface ConnectOptions extends ClientOptions {
   /** host[:port]; the port defaults to 50000. */
   endpoint: string;
-  /**
-   * The node every call is for, when it is not the endpoint itself: sent as gRPC metadata `node`, as talosctl's
-   * `-n`, and the endpoint passes the call on to that node. See also `withNode`.
-   */
-  node?: string;
+
   caPem: string;
   certPem: string;
   keyPem: string;

@@ -70,24 +70,31 @@ export interface TargetOptions {
 }
 
 /**
- * One connection per node to ask, and the name printed for each (the NODE column): the `-n` name, else the node
- * the server reports (known once a call has answered), else the endpoint's host. The caller closes the clients.
+ * The nodes to ask, each with its client, and the name printed for each (the NODE column). As talosctl: the first
+ * endpoint (-e, else the context's) is dialled, once; each node named with -n (else the context's nodes) is asked
+ * through it (gRPC metadata `node`, which the endpoint routes), one call per node. Without nodes the endpoint itself
+ * answers, and the NODE column shows the name it reports. The caller closes every target's client.
  */
 export async function openTargets(o: TargetOptions): Promise<{ targets: NodeTarget[]; labelOf: (node: string) => string }> {
   const configPath = o.cosiconfig ?? defaultCosiConfigPath();
   const ctx = selectContext(await loadCosiConfig(configPath), o.context);
   const endpoints = o.endpoints.length > 0 ? o.endpoints : ctx.endpoints;
   const nodes = o.nodes.length > 0 ? o.nodes : ctx.nodes;
-  // cosid has no proxy: a named node is dialled at its own address (at the endpoint's port unless it names one).
-  // Without nodes, the first endpoint is asked, and the NODE column shows the name that server reports.
   const named = nodes.length > 0;
   const twice = nodes.find((n, i) => nodes.indexOf(n) !== i);
   if (twice !== undefined) throw new UsageError(o.nodes.length > 0 ? `-n names ${twice} twice` : `context ${JSON.stringify(ctx.name)} in ${configPath} names the node ${twice} twice`);
+  const endpoint = endpoints[0];
+  if (endpoint === undefined) throw new Error(`context ${JSON.stringify(ctx.name)} in ${configPath} has no endpoints; pass -e HOST:PORT`);
   const options = o.requestTimeoutMs !== undefined ? { defaultTimeoutMs: o.requestTimeoutMs } : {};
-  const targets: NodeTarget[] = named
-    ? nodes.map((n) => ({ node: n, client: connectContext(ctx, nodeAddress(n, endpoints), options) }))
-    : endpoints.slice(0, 1).map((e) => ({ node: e, client: connectContext(ctx, e, options) }));
-  if (targets.length === 0) throw new Error(`context ${JSON.stringify(ctx.name)} in ${configPath} has no endpoints; pass -e HOST:PORT`);
+  let targets: NodeTarget[];
+  if (!named) {
+    targets = [{ node: endpoint, client: connectContext(ctx, endpoint, options) }];
+  } else {
+    // One connection: the first node's client owns it (closing it ends the others' calls too), the rest share it.
+    const [first, ...rest] = nodes as [string, ...string[]];
+    const owner = connectContext(ctx, endpoint, { ...options, node: first });
+    targets = [{ node: first, client: owner }, ...rest.map((n) => ({ node: n, client: owner.withNode(n) }))];
+  }
   const label = (t: NodeTarget) => (named ? t.node : (t.client.node ?? hostOf(t.node)));
   const byNode = new Map(targets.map((t) => [t.node, t]));
   const labelOf = (node: string) => {
@@ -166,21 +173,6 @@ function watch(targets: NodeTarget[], type: string, namespace: string, id: strin
       complete: () => finish(failures > 0 ? 1 : 0),
     });
   });
-}
-
-const WITH_PORT = [/^\[[^\]]+\]:(\d+)$/, /^[^:]+:(\d+)$/];
-
-/**
- * Where a node named with -n is dialled: as given when it names a port, else at the port of the first endpoint
- * (the context's, or -e's), so that a context whose cosid listens on another port than 50000 works with -n HOST.
- */
-export function nodeAddress(node: string, endpoints: readonly string[]): string {
-  if (WITH_PORT.some((re) => re.test(node))) return node;
-  const first = endpoints[0] ?? '';
-  const port = WITH_PORT.map((re) => re.exec(first)?.[1]).find((p) => p !== undefined);
-  if (port === undefined) return node;
-  // A bare IPv6 address gets its brackets.
-  return node.includes(':') && !node.startsWith('[') ? `[${node}]:${port}` : `${node}:${port}`;
 }
 
 function hostOf(endpoint: string): string {
