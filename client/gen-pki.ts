@@ -13,6 +13,8 @@ export interface PkiFiles {
   adminKey: string;
   reader: string;
   readerKey: string;
+  impersonator: string;
+  impersonatorKey: string;
   cosiconfig: string;
 }
 
@@ -39,8 +41,9 @@ async function writeOut(path: string, text: string, secret: boolean, exclusive: 
 
 /**
  * Writes a new PKI into dir: ca.crt/key, server.crt/key (SANs 127.0.0.1, localhost and opts.sans),
- * admin.crt/key (O=os:admin), reader.crt/key (O=os:reader) and a cosiconfig with the contexts admin
- * (current) and reader. Refuses when dir already holds a ca.key, unless opts.force.
+ * admin.crt/key (O=os:admin), reader.crt/key (O=os:reader), impersonator.crt/key (O=os:impersonator: what cosid
+ * passes calls naming another node on with, as Talos's apid) and a cosiconfig with the contexts admin (current) and
+ * reader. Refuses when dir already holds a ca.key, unless opts.force.
  */
 export async function generatePki(dir: string, opts: { sans?: string[]; endpoint?: string; force?: boolean } = {}): Promise<PkiFiles> {
   const files: PkiFiles = {
@@ -52,6 +55,8 @@ export async function generatePki(dir: string, opts: { sans?: string[]; endpoint
     adminKey: join(dir, 'admin.key'),
     reader: join(dir, 'reader.crt'),
     readerKey: join(dir, 'reader.key'),
+    impersonator: join(dir, 'impersonator.crt'),
+    impersonatorKey: join(dir, 'impersonator.key'),
     cosiconfig: join(dir, 'cosiconfig'),
   };
   const force = opts.force === true;
@@ -66,6 +71,7 @@ export async function generatePki(dir: string, opts: { sans?: string[]; endpoint
   const server = await issueServerCert(ca, { sans: [...new Set(['127.0.0.1', 'localhost', ...(opts.sans ?? [])])] });
   const admin = await issueClientCert(ca, { commonName: 'admin', organizations: ['os:admin'] });
   const reader = await issueClientCert(ca, { commonName: 'reader', organizations: ['os:reader'] });
+  const impersonator = await issueClientCert(ca, { commonName: 'cosid', organizations: ['os:impersonator'] });
   const context = (name: string, pair: KeyPairPem): CosiContext => ({ name, endpoints: [endpoint], nodes: [], caPem: ca.certPem, certPem: pair.certPem, keyPem: pair.keyPem });
   const config = serializeCosiConfig({
     currentContext: 'admin',
@@ -84,6 +90,8 @@ export async function generatePki(dir: string, opts: { sans?: string[]; endpoint
   await writeOut(files.adminKey, admin.keyPem, true, false);
   await writeOut(files.reader, reader.certPem, false, false);
   await writeOut(files.readerKey, reader.keyPem, true, false);
+  await writeOut(files.impersonator, impersonator.certPem, false, false);
+  await writeOut(files.impersonatorKey, impersonator.keyPem, true, false);
   await writeOut(files.cosiconfig, config, true, false);
   return files;
 }

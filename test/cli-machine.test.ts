@@ -90,7 +90,9 @@ beforeAll(async () => {
   await writeFile(kubeletLog, ['{"msg":"one"}', '{"msg":"two"}', '{"msg":"three"}', '{"msg":"Could not process manifest file","err":"invalid pod: [spec.containers: Required value]"}', ''].join('\n'));
   podLogs = join(tmp, 'pods');
   const tls = { caPem: pki.ca.certPem, certPem: pki.server.certPem, keyPem: pki.server.keyPem };
-  bare = await Cosid.start({ listen: '127.0.0.1:0', tls, nodeName: 'node-1', shutdownGraceMs: 1000, runtime: { criEndpoint: `unix://${MISSING_SOCKET}`, podLogsDir: podLogs, kubeletLog } });
+  // The endpoint the CLI dials: it passes calls naming node2 (-n) on, with the PKI's impersonator certificate.
+  const impersonator = { caPem: pki.ca.certPem, certPem: pki.impersonator.certPem, keyPem: pki.impersonator.keyPem };
+  bare = await Cosid.start({ listen: '127.0.0.1:0', tls, impersonator, nodeName: 'node-1', shutdownGraceMs: 1000, runtime: { criEndpoint: `unix://${MISSING_SOCKET}`, podLogsDir: podLogs, kubeletLog } });
   node2 = await Cosid.start({ listen: '127.0.0.1:0', tls, nodeName: 'node-2', shutdownGraceMs: 1000, runtime: { criEndpoint: cri?.endpoint ?? `unix://${MISSING_SOCKET}`, podLogsDir: podLogs, kubeletLog } });
   if (cri === null) return;
   const rt = new CriPodRuntime({ endpoint: cri.endpoint, podLogsDir: podLogs, cgroupParent: cri.cgroupParent, restartBackoffMs: 200, log: (l) => runtimeLog.push(l) });

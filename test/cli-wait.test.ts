@@ -228,7 +228,7 @@ describe('cosictl wait --for create', () => {
     const pki = await makePki();
     const one = await server('node-1', pki);
     const two = await server('node-2', pki);
-    const c = new Cosictl(one, ['wait', 'podstatus', 'default/web', '--for', 'create', '--timeout', '1m'], ['-n', `${one.endpoint},${two.endpoint}`]);
+    const c = new Cosictl(one, ['wait', 'podstatus', 'default/web', '--for', 'create', '--timeout', '1m'], ['-e', one.endpoint, '-n', `${one.endpoint},${two.endpoint}`]);
     await c.until('stderr', `${two.endpoint}: waiting for staticpodstatus/default/web to be created\n`);
     await put(two, 'default/web', podStatus(false));
     await c.until('stdout', `${two.endpoint}: staticpodstatus/default/web condition met\n`);
@@ -275,7 +275,7 @@ describe('cosictl wait for every resource of a type', () => {
     const two = await server('node-2', pki);
     await put(one, 'default/web-node-1', podStatus(false));
     await put(two, 'default/web-node-2', podStatus(false));
-    const nodes = ['-n', `${one.endpoint},${two.endpoint}`];
+    const nodes = ['-e', one.endpoint, '-n', `${one.endpoint},${two.endpoint}`];
     const c = new Cosictl(one, ['wait', 'podstatus', '--for', 'condition=Ready', '--timeout', '1m'], nodes);
     await c.until('stderr', `${one.endpoint}: waiting for staticpodstatus/default/web-node-1: condition Ready is False\n`);
     await c.until('stderr', `${two.endpoint}: waiting for staticpodstatus/default/web-node-2: condition Ready is False\n`);
@@ -301,7 +301,7 @@ describe('cosictl wait for every resource of a type', () => {
     const one = await server('node-1');
     await put(one, 'default/web-node-1', podStatus(true));
     const down = '127.0.0.1:1';
-    const r = await run(one, ['wait', 'podstatus', '--for', 'condition=Ready', '--timeout', '3s'], ['-n', `${one.endpoint},${down}`]);
+    const r = await run(one, ['wait', 'podstatus', '--for', 'condition=Ready', '--timeout', '3s'], ['-e', one.endpoint, '-n', `${one.endpoint},${down}`]);
     expect(r.code).toBe(1);
     expect(r.stdout).toBe(`${one.endpoint}: staticpodstatus/default/web-node-1 condition met\n`);
     expect(r.stderr).toContain(`node ${down}: connection lost (`);

@@ -90,7 +90,7 @@ describe('cosictl get', () => {
     expect(r.stdout).toBe('default-nginx\nkube-system-etcd\n');
   });
 
-  it('dials a node named without a port (-n HOST) at the port of the endpoint, from -e or the context', async () => {
+  it('names a node without a port (-n HOST) through the endpoint (-e or the context\'s), which answers for its own address', async () => {
     const port = srv.endpoint.slice(srv.endpoint.lastIndexOf(':') + 1);
     const viaFlag = await cosictl(['-n', '127.0.0.1', 'get', 'sp', '-o', 'jsonpath={.node} {.metadata.id}']);
     expect(viaFlag).toEqual({ code: 0, stdout: '127.0.0.1 default-nginx\n127.0.0.1 kube-system-etcd\n', stderr: '' });

@@ -20,6 +20,8 @@ export interface TestPki {
   server: KeyPairPem;
   admin: KeyPairPem;
   reader: KeyPairPem;
+  /** os:impersonator: what a test cosid passes calls naming another node on with. */
+  impersonator: KeyPairPem;
   cosiconfig: string;
 }
 
@@ -36,6 +38,7 @@ export async function makePki(): Promise<TestPki> {
     server: await pair('server'),
     admin: await pair('admin'),
     reader: await pair('reader'),
+    impersonator: await pair('impersonator'),
     cosiconfig: join(dir, 'cosiconfig'),
   };
 }
@@ -78,7 +81,7 @@ export async function startServer(
     watchCompression?: boolean;
     /** The node list file (YAML nodes: [{name, address}]) for calls naming another node. */
     nodesFile?: string;
-    /** A client certificate with role os:impersonator: this cosid proxies calls naming another node with it. */
+    /** A client certificate with role os:impersonator: this cosid proxies calls naming another node with it (default: the PKI's). */
     impersonator?: KeyPairPem;
   } = {},
 ): Promise<TestServer> {
@@ -94,7 +97,7 @@ export async function startServer(
     ...(opts.store !== undefined ? { store: await opts.store() } : {}),
     ...(opts.watchCompression !== undefined ? { watchCompression: opts.watchCompression } : {}),
     ...(opts.nodesFile !== undefined ? { nodesFile: opts.nodesFile } : {}),
-    ...(opts.impersonator !== undefined ? { impersonator: { caPem: pki.ca.certPem, certPem: opts.impersonator.certPem, keyPem: opts.impersonator.keyPem } } : {}),
+    impersonator: { caPem: pki.ca.certPem, certPem: (opts.impersonator ?? pki.impersonator).certPem, keyPem: (opts.impersonator ?? pki.impersonator).keyPem },
     watchLimits: {
       ...(opts.bookmarkIntervalMs !== undefined ? { bookmarkIntervalMs: opts.bookmarkIntervalMs } : {}),
       ...(opts.maxBacklog !== undefined ? { maxBacklog: opts.maxBacklog } : {}),

@@ -15,7 +15,7 @@ import { EtcdStore } from '../server/store/etcd.js';
 import { createLogger } from '../shared/log.js';
 import { issueClientCert, generateCa, type KeyPairPem } from '../shared/pki.js';
 import { ApplyMode, ContainerDriver, machineWire, wire, type Json } from '../shared/wire.js';
-import { eventually, makePki, podStatus, startServer, STATUSES, TEST_OWNER, type TestPki, type TestServer } from './harness.js';
+import { eventually, makePki, podStatus, runCli, startServer, STATUSES, TEST_OWNER, type TestPki, type TestServer } from './harness.js';
 import { freePort } from './pipeline-harness.js';
 import { NodeDirectory, parseNodeList } from '../server/api/node-directory.js';
 import { silentLogger } from '../shared/log.js';
@@ -505,5 +505,25 @@ describe('names', () => {
     await writeFile(broken, 'nodes: {}\n');
     await expect(startServer({ pki, nodesFile: broken })).rejects.toThrow(`${broken}: nodes must be a list of {name, address}`);
     await expect(startServer({ pki, impersonator: pki.admin })).rejects.toThrow('the impersonator certificate (CN=admin, O=os:admin) does not carry the role os:impersonator (O=os:impersonator): issue one with cosictl gen cert --roles os:impersonator');
+  });
+});
+
+describe('cosictl through one endpoint (-e dialled, -n named)', () => {
+  const cli = (args: string[], until?: (stdout: string) => boolean) =>
+    runCli(['--cosiconfig', pki.cosiconfig, '-e', endpoint.endpoint, ...args], until !== undefined ? { until } : {});
+
+  it('get asks each node by name through the endpoint, with the NODE column; an unknown node is reported next to the others', async () => {
+    const r = await cli(['-n', 'node-a,node-b,ghost', 'get', 'podstatus', '-o', 'jsonpath={.node} {.metadata.id}']);
+    expect(r.code).toBe(1);
+    expect(r.stdout.trimEnd().split('\n').sort()).toEqual(['node-a on-a', 'node-b on-b']);
+    expect(r.stderr).toContain('node ghost: node "ghost" is not known to this endpoint');
+  });
+
+  it('get -w streams every node through the endpoint, each row labelled with its node', async () => {
+    const r = await cli(['-n', 'node-a,node-b', 'get', 'podstatus', '-w'], (out) => out.includes('on-a') && out.includes('on-b'));
+    expect(r.code).toBe(0);
+    const rows = r.stdout.trimEnd().split('\n').slice(1);
+    expect(rows.some((l) => /^node-a\s.*\son-a\s/.test(l))).toBe(true);
+    expect(rows.some((l) => /^node-b\s.*\son-b\s/.test(l))).toBe(true);
   });
 });

@@ -59,9 +59,9 @@ afterAll(async () => {
 });
 
 describe('generatePki', () => {
-  it('writes the CA, server, admin and reader pairs and a cosiconfig, with keys readable by the owner only', async () => {
-    expect(Object.keys(files).sort()).toEqual(['admin', 'adminKey', 'ca', 'caKey', 'cosiconfig', 'reader', 'readerKey', 'server', 'serverKey']);
-    for (const secret of [files.caKey, files.serverKey, files.adminKey, files.readerKey, files.cosiconfig]) {
+  it('writes the CA, server, admin, reader and impersonator pairs and a cosiconfig, with keys readable by the owner only', async () => {
+    expect(Object.keys(files).sort()).toEqual(['admin', 'adminKey', 'ca', 'caKey', 'cosiconfig', 'impersonator', 'impersonatorKey', 'reader', 'readerKey', 'server', 'serverKey']);
+    for (const secret of [files.caKey, files.serverKey, files.adminKey, files.readerKey, files.impersonatorKey, files.cosiconfig]) {
       expect(((await stat(secret)).mode & 0o777).toString(8), secret).toBe('600');
     }
     for (const p of [ca, server, admin, reader]) {
