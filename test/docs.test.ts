@@ -50,7 +50,7 @@ describe('the README and CI', () => {
   });
 
   it('every relative link of the README and the docs leads to a file, and every #anchor to a heading', async () => {
-    const docs = ['README.md', 'SECURITY.md', ...(await readdir(join(ROOT, 'docs'))).map((f) => `docs/${f}`)];
+    const docs = ['README.md', 'SECURITY.md', ...(await readdir(join(ROOT, 'docs'), { recursive: true })).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
     const broken: string[] = [];
     for (const doc of docs) {
       const text = await read(doc);
