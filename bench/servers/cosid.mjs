@@ -58,6 +58,20 @@ const payload = (i, seq) => {
   return { ...base.spec, seq };
 };
 
+/**
+ * The kind's history once it holds every change committed before the call: memory commits reach it before their
+ * writer's promise settles; an etcd store's history is fed by its watch, so it is read once the feed has reached
+ * the cluster's revision as of this call (as test/caught-up.ts).
+ */
+async function caughtUp(kind) {
+  const history = await store.feed.history(kind);
+  if (store.backend === 'etcd') {
+    const { header } = await store.client.maintenance.status({});
+    await store.feed.reach(kind, Number(header.revision));
+  }
+  return history;
+}
+
 /** Runs fn(0..count-1) with at most `width` in flight (etcd: each write is a read and a transaction). */
 async function inParallel(count, width, fn) {
   let next = 0;
@@ -74,16 +88,16 @@ serveRpc({
     payloadBytes = bytes;
     await inParallel(count, 32, (i) => store.create({ ...STATUS_KIND, id: `default/pod-${i}`, spec: podStatusPayload(i, bytes) }, 'bench'));
     // The API reads the kind's history: loaded means there (etcd: once the kind's watch has delivered every write).
-    const h = await store.feed.sync(STATUS_KIND);
+    const h = await caughtUp(STATUS_KIND);
     return h.list().length;
   },
   // The bytes cosid sends for one resource of `bytes` of JSON: as a Get/List message, and as an UPDATED event.
   sizes: async ({ bytes }) => {
     const probe = { ...STATUS_KIND, id: 'size-probe' };
     await store.create({ ...probe, spec: podStatusPayload(0, bytes) }, 'bench');
-    const before = (await store.feed.sync(STATUS_KIND)).revision;
+    const before = (await caughtUp(STATUS_KIND)).revision;
     await store.update({ ...probe, spec: podStatusPayload(0, bytes, 1) }, 'bench');
-    const h = await store.feed.sync(STATUS_KIND);
+    const h = await caughtUp(STATUS_KIND);
     // Revisions may have gaps (etcd): the probe's update is the change after `before` that names it.
     const change = h.readChanges(before, 16).changes.find((c) => c.type === 'updated' && c.resource.metadata.id === probe.id);
     if (change === undefined) throw new Error('sizes: the probe update is not in the kind history');
@@ -115,7 +129,7 @@ serveRpc({
   clear: async () => {
     const all = await store.list(STATUS_KIND);
     await inParallel(all.length, 32, (i) => store.destroy(all[i].metadata, 'bench'));
-    await store.feed.sync(STATUS_KIND);
+    await caughtUp(STATUS_KIND);
     return true;
   },
   // Updates `ids` resources round robin at `rate` per second for `seconds`; reports how far behind schedule it fell.
