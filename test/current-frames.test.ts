@@ -16,7 +16,7 @@ const frames = () => new Frames({ lookup: () => undefined } as unknown as Regist
 
 function resource(id: string, version: number): Resource {
   const at = new Date(0);
-  return Object.freeze({ metadata: { ...K, id, version, owner: 'o', phase: 'running', created: at, updated: at, labels: {}, annotations: {}, finalizers: [] }, spec: { id, version } });
+  return Object.freeze({ metadata: { ...K, id, version, owner: 'o', phase: 'running' as const, created: at, updated: at, labels: {}, annotations: {}, finalizers: [] }, spec: { id, version } });
 }
 
 /** Resolves once the catch-up slices have nothing left (bounded: a slice runs every event-loop turn). */
