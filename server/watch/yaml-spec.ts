@@ -43,8 +43,8 @@ function plain(s: string): boolean {
 /** Scalars the package wrote, as a map value (or list item) and as a key; cleared when full. */
 const VALUES = new Map<string, string>();
 const KEYS = new Map<string, string>();
-const MAX_REMEMBERED = 8192;
-const MAX_REMEMBERED_LENGTH = 256;
+const MAX_REMEMBERED = 4096;
+const MAX_REMEMBERED_LENGTH = 128;
 
 /** A line starting like a document marker or directive: the package writes such strings by their depth. */
 const MARKER = /^(?:%|---|\.\.\.)/;
@@ -62,7 +62,7 @@ function remembered(cache: Map<string, string>, s: string, write: (s: string) =>
   return text;
 }
 
-/** The package's text for `s` as a map value, or ASK when that text spans lines. */
+/** The package's text for `s` as a map value; "\n" (no scalar's text) when it spans lines: the caller asks the package. */
 function valueText(s: string): string {
   const line = YAML.stringify({ k: s }, YAML_SPEC);
   // "k: <text>\n"
@@ -70,6 +70,7 @@ function valueText(s: string): string {
   return line.slice(3, -1);
 }
 
+/** The same for `s` as a key. */
 function keyText(s: string): string {
   const line = YAML.stringify({ [s]: null }, YAML_SPEC);
   // "<text>: null\n"
