@@ -9,6 +9,7 @@
 // "cosid-gzip", with it on. After the other fan-out scenarios, both run the fan-out with each form (full, full+gzip,
 // lean, lean+gzip) next to the ceiling (at the full and the lean event's size) and etcd. BENCH_FORMS=1 runs only
 // these rows (BENCH_FORMS_SIZES=1,100,1000 picks the watcher counts; default 1, 100, 1000, quick 100, 1000); they are also reported in a table of their own.
+// BENCH_READS=1 runs only scenarios 1, 2 and the memory per stored resource (Get, List, first List after loading).
 // BENCH_PIPELINE=1 runs only scenario 6 (bench/pipeline.mjs): a file edit and an ApplyConfiguration to a StaticPod event.
 // BENCH_ROUTING=1 runs only scenario 11 (bench/routing.mjs): Get and a 100-watcher fan-out through an endpoint cosid
 // that proxies to the node (metadata node), against the node read directly in the same run.
@@ -32,6 +33,9 @@ const QUICK = process.argv.includes('--quick');
 // piled up come in one message; a caught-up watcher still gets each at once); BENCH_AGGREGATED=0: one per message.
 const AGGREGATED = process.env.BENCH_AGGREGATED !== '0';
 const FORMS_ONLY = process.env.BENCH_FORMS === '1';
+// BENCH_READS=1 runs only the reads: scenario 1 (Get), scenario 2 (List 10,000, the first List after loading) and
+// memory per stored resource, for cosid, cosid (etcd), etcd and the ceiling; their rows are printed and it exits.
+const READS_ONLY = process.env.BENCH_READS === '1';
 // BENCH_RATE overrides the fan-out write rate (default 200/s), e.g. to profile at another rate.
 const cfg = QUICK
   ? { gets: 500, concurrentGets: 3000, list: 10_000, fanout: [1, 100], churnSeconds: 4, rate: 200, stalledSeconds: 4, pipelineRuns: 10, cliRuns: 5 }
@@ -257,10 +261,19 @@ const lists = {
   // Last: its 10,000 resources are written to etcd only after etcd's own memory figures were read.
   'cosid-etcd': () => timeStream(cosidEtcdRaw, '/cosi.resource.State/List', listReq),
 };
-// The first List is reported on its own (cosid encodes each resource for the wire at its first read); the figure
-// compared is the steady state: the median of 5 after 4 warm-up runs (Node's JIT needs a few to settle).
+// The first List after loading is reported on its own; the figure compared is the steady state: the median of 5 after
+// 4 warm-up runs (Node's JIT needs a few to settle). The bench's client reads one List of the ceiling first, not
+// counted, so that no peer's first List carries the client's own warm-up (its first stream of 10,000 messages). Each
+// List's server CPU (the peer process's, from /proc) is recorded too: on a shared machine a steadier figure.
 results.scenarios.list = {};
-for (const [name, fn] of Object.entries(lists)) {
+await lists.ceiling();
+const serverPid = { cosid: pids.cosid, 'cosid-etcd': pids['cosid-etcd'], etcd: pids.etcd, ceiling: pids.ceiling };
+for (const [name, list] of Object.entries(lists)) {
+  const fn = async () => {
+    const cpu0 = procStats(serverPid[name]).cpuSeconds;
+    const r = await list();
+    return { ...r, serverCpuMs: (procStats(serverPid[name]).cpuSeconds - cpu0) * 1000 };
+  };
   if (name === 'cosid-etcd') {
     const t0 = Date.now();
     const loaded = await rpc(cosidEtcdServer, { op: 'load', count: cfg.list, bytes: 2048 });
@@ -274,9 +287,10 @@ for (const [name, fn] of Object.entries(lists)) {
   for (let i = 0; i < 3; i++) await fn();
   const runs = [];
   for (let i = 0; i < 5; i++) runs.push(await fn());
+  const cpus = runs.map((r) => r.serverCpuMs).sort((a, b) => a - b);
   runs.sort((a, b) => a.ms - b.ms);
-  results.scenarios.list[name] = { ...runs[2], firstMs: first.ms };
-  progress(`  ${name}: ${runs[2].ms.toFixed(0)} ms (median of 5), ${runs[2].mbPerSecond.toFixed(1)} MB/s; the first List took ${first.ms.toFixed(0)} ms`);
+  results.scenarios.list[name] = { ...runs[2], firstMs: first.ms, serverCpuMs: cpus[2], firstServerCpuMs: first.serverCpuMs };
+  progress(`  ${name}: ${runs[2].ms.toFixed(0)} ms (median of 5), ${runs[2].mbPerSecond.toFixed(1)} MB/s, server CPU ${cpus[2].toFixed(0)} ms; the first List took ${first.ms.toFixed(0)} ms, server CPU ${first.serverCpuMs.toFixed(0)} ms`);
 }
 
 // cosid's memory per stored resource, in a server of its own: read after a full collection (--expose-gc), so the
@@ -299,6 +313,44 @@ for (const [name, fn] of Object.entries(lists)) {
   client.close();
   await rpc(server, { op: 'stop' }).catch(() => undefined);
   progress(`  memory per stored resource (${yamlBytes} B of YAML): cosid ${results.scenarios.memory.perStored.cosid.toFixed(0)} B, ${results.scenarios.memory.perStoredAfterList.cosid.toFixed(0)} B once listed; etcd ${results.scenarios.memory.perStored.etcd.toFixed(0)} B, ${results.scenarios.memory.perStoredAfterList.etcd.toFixed(0)} B`);
+}
+
+if (READS_ONLY) await finishReads();
+
+/** BENCH_READS=1: the reads' rows (Get, List, memory), results-reads[-quick].json, and exit. */
+async function finishReads() {
+  const s = results.scenarios;
+  const ce = 'cosid-etcd';
+  const rows = [
+    ['Get p50 sequential (ms)', s.get.cosid.sequential.p50, s.get[ce].sequential.p50, s.get.etcd.sequential.p50, s.get.ceiling.sequential.p50],
+    ['Get p99 sequential (ms)', s.get.cosid.sequential.p99, s.get[ce].sequential.p99, s.get.etcd.sequential.p99, s.get.ceiling.sequential.p99],
+    ['Get p99, 64 in flight (ms)', s.get.cosid.inFlight64.p99, s.get[ce].inFlight64.p99, s.get.etcd.inFlight64.p99, s.get.ceiling.inFlight64.p99],
+    ['Get calls/s, 64 in flight', s.get.cosid.inFlight64.perSecond, s.get[ce].inFlight64.perSecond, s.get.etcd.inFlight64.perSecond, s.get.ceiling.inFlight64.perSecond],
+    [`List ${cfg.list} (ms)`, s.list.cosid.ms, s.list[ce].ms, s.list.etcd.ms, s.list.ceiling.ms],
+    [`List ${cfg.list}, first after loading (ms)`, s.list.cosid.firstMs, s.list[ce].firstMs, s.list.etcd.firstMs, s.list.ceiling.firstMs],
+    ['first List / steady List', s.list.cosid.firstMs / s.list.cosid.ms, s.list[ce].firstMs / s.list[ce].ms, s.list.etcd.firstMs / s.list.etcd.ms, s.list.ceiling.firstMs / s.list.ceiling.ms],
+    [`List ${cfg.list}: server CPU (ms), steady`, s.list.cosid.serverCpuMs, s.list[ce].serverCpuMs, s.list.etcd.serverCpuMs, s.list.ceiling.serverCpuMs],
+    [`List ${cfg.list}: server CPU (ms), first after loading`, s.list.cosid.firstServerCpuMs, s.list[ce].firstServerCpuMs, s.list.etcd.firstServerCpuMs, s.list.ceiling.firstServerCpuMs],
+    ['RSS per stored resource / after a List (bytes)', `${s.memory.perStored.cosid.toFixed(0)} / ${s.memory.perStoredAfterList.cosid.toFixed(0)}`, undefined, `${s.memory.perStored.etcd.toFixed(0)} / ${s.memory.perStoredAfterList.etcd.toFixed(0)}`],
+    ['heap + buffers per stored resource / after a List (bytes)', `${s.memory.heapPerStored.cosid.toFixed(0)} / ${s.memory.heapPerStoredAfterList.cosid.toFixed(0)}`],
+  ];
+  const fmt = (v) => (v === undefined ? '-' : typeof v === 'number' ? v.toFixed(2) : v);
+  const table = [['figure', 'cosid', 'cosid (etcd)', 'etcd', 'ceiling'], ...rows.map((r) => [r[0], ...[1, 2, 3, 4].map((i) => fmt(r[i]))])];
+  const widths = table[0].map((_, i) => Math.max(...table.map((r) => r[i].length)));
+  process.stdout.write('\n' + table.map((r) => r.map((c, i) => c.padEnd(widths[i] + 2)).join('').trimEnd()).join('\n') + '\n\n');
+  mkdirSync('bench/out', { recursive: true });
+  const out = `bench/out/results-reads${QUICK ? '-quick' : ''}.json`;
+  writeFileSync(out, JSON.stringify({ ...results, table }, null, 2));
+  progress(`wrote ${out} (${((Date.now() - started) / 1000).toFixed(0)} s)`);
+  await stopServers();
+  etcd.close();
+  cosidRaw.close();
+  cosidEtcdRaw.close();
+  ceilingRaw.close();
+  etcdProc.kill('SIGTERM');
+  for (const c of cleanup) await c();
+  await rm(pki.dir, { recursive: true, force: true });
+  process.exit(0);
 }
 
 // ---- 7. A flood from one client does not starve another (SECURITY.md) -------------------------------------
@@ -624,7 +676,9 @@ const rows = [
   ['Get calls/s, 64 in flight', s.get.cosid.inFlight64.perSecond, s.get.etcd.inFlight64.perSecond, s.get.ceiling.inFlight64.perSecond, '', s.get[ce].inFlight64.perSecond],
   [`List ${cfg.list} (ms)`, s.list.cosid.ms, s.list.etcd.ms, s.list.ceiling.ms, '<= etcd; (etcd) <= 1.5 x etcd', s.list[ce].ms],
   [`List ${cfg.list} (MB/s)`, s.list.cosid.mbPerSecond, s.list.etcd.mbPerSecond, s.list.ceiling.mbPerSecond, '', s.list[ce].mbPerSecond],
-  [`List ${cfg.list}, first after loading (ms)`, s.list.cosid.firstMs, s.list.etcd.firstMs, s.list.ceiling.firstMs, '', s.list[ce].firstMs],
+  [`List ${cfg.list}, first after loading (ms)`, s.list.cosid.firstMs, s.list.etcd.firstMs, s.list.ceiling.firstMs, '<= 1.5 x steady', s.list[ce].firstMs],
+  [`List ${cfg.list}: server CPU, steady (ms)`, s.list.cosid.serverCpuMs, s.list.etcd.serverCpuMs, s.list.ceiling.serverCpuMs, '', s.list[ce].serverCpuMs],
+  [`List ${cfg.list}: server CPU, first after loading (ms)`, s.list.cosid.firstServerCpuMs, s.list.etcd.firstServerCpuMs, s.list.ceiling.firstServerCpuMs, '', s.list[ce].firstServerCpuMs],
   ['RSS per stored resource (bytes)', s.memory.perStored.cosid, s.memory.perStored.etcd, undefined, `<= 2 x ${s.memory.perStored.specBytes}`],
   ['RSS per stored resource, after a List (bytes)', s.memory.perStoredAfterList.cosid, s.memory.perStoredAfterList.etcd, undefined, `<= 2 x ${s.memory.perStored.specBytes}`],
   ['heap + buffers per stored resource / after a List (bytes)', pair(s.memory.heapPerStored.cosid, s.memory.heapPerStoredAfterList.cosid, 0), undefined, undefined, `<= 2 x ${s.memory.perStored.specBytes}`],

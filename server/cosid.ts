@@ -11,6 +11,8 @@ import { CosiError } from '../shared/errors.js';
 import { silentLogger, type Logger } from '../shared/log.js';
 import { PROTO_DIR } from '../shared/wire.js';
 import { Frames } from './watch/frames.js';
+import { CurrentFrames } from './watch/current-frames.js';
+import { FramedStreamStats } from './api/framed-stream.js';
 import { DEFAULT_RUNTIME, machineServiceDefinition, machineService, type RuntimeOptions } from './api/machine-service.js';
 import type { ApplierRef } from './api/apply-config.js';
 import type { ConfigApplier } from './config/apply.js';
@@ -89,6 +91,10 @@ export class Cosid {
   private readonly closeMetrics: () => Promise<void>;
   readonly registry: Registry;
   readonly hub: WatchHub;
+  /** The encodings of the current resources of every kind read, kept from their commit. */
+  readonly current: CurrentFrames;
+  /** What the Lists in flight have queued. */
+  readonly lists: FramedStreamStats;
   private readonly server: grpc.Server;
   private readonly health: HealthImplementation;
   private readonly closeRuntime: () => void;
@@ -106,6 +112,8 @@ export class Cosid {
       store: ResourceStore;
       registry: Registry;
       hub: WatchHub;
+      current: CurrentFrames;
+      lists: FramedStreamStats;
       server: grpc.Server;
       health: HealthImplementation;
       closeRuntime: () => void;
@@ -128,6 +136,8 @@ export class Cosid {
     this.store = parts.store;
     this.registry = parts.registry;
     this.hub = parts.hub;
+    this.current = parts.current;
+    this.lists = parts.lists;
     this.server = parts.server;
     this.health = parts.health;
   }
@@ -146,6 +156,15 @@ export class Cosid {
       throw new Error(`cannot write the resource definitions to the ${store.backend} store: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
     }
     const frames = new Frames(registry);
+    const current = new CurrentFrames(frames);
+    // The kinds cosid serves are kept encoded from the start: their first read finds every resource's bytes ready.
+    for (const def of registry.definitions()) {
+      store.feed.history({ namespace: def.defaultNamespace, type: def.type }).then(
+        (history) => current.track(history),
+        (err: unknown) => log.debug('kind not opened at start; it is tracked at its first read', { type: def.type, error: err instanceof Error ? err.message : String(err) }),
+      );
+    }
+    const lists = new FramedStreamStats();
     const metrics = new Metrics();
     const hub = new WatchHub(store.feed, frames, { ...DEFAULT_WATCH_LIMITS, ...opts.watchLimits }, metrics);
     metrics.sources.watchers = () => {
@@ -184,7 +203,7 @@ export class Cosid {
       metrics.sources.proxyStreams = () => relays.openStreams;
     }
     const router = new NodeRouter({ directory, proxy, log, audit: opts.audit === true });
-    const state = router.route(stateServiceDefinition(), stateServiceHandlers({ feed: store.feed, registry, frames, hub, log, metrics, watchCompression: opts.watchCompression, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
+    const state = router.route(stateServiceDefinition(), stateServiceHandlers({ feed: store.feed, registry, frames, current, listStats: lists, hub, log, metrics, watchCompression: opts.watchCompression, nodeName: opts.nodeName, maxWatchesPerConnection: opts.maxWatchesPerConnection, maxConnectionsPerAddress: opts.maxConnectionsPerAddress, audit: opts.audit }));
     server.addService(state.definition, state.handlers);
     const applier: ApplierRef = { current: undefined };
     const machine = machineService({ runtime: { ...DEFAULT_RUNTIME, ...opts.runtime }, nodeName: opts.nodeName, log, metrics, audit: opts.audit, maxLogStreamsPerConnection: opts.maxLogStreamsPerConnection, applier });
@@ -215,6 +234,7 @@ export class Cosid {
       // Nothing of a cosid that did not start may go on running: the hub's bookmark timer included.
       hub.endAll(new CosiError('unavailable', 'cosid did not start'));
       directory.stop();
+      current.close();
       server.forceShutdown();
       proxy?.close();
       machine.close();
@@ -222,7 +242,7 @@ export class Cosid {
       throw err;
     }
     log.info('cosid serving', { listen: opts.listen, port, node: opts.nodeName, store: store.backend, proxy: proxy === undefined ? 'off (no impersonator certificate)' : 'on', nodes: directory.nodes.length });
-    return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close(), endLogs: (err) => machine.endAll(err), metrics, metricsServer, applier, directory, proxy });
+    return new Cosid(opts, port, { store, registry, hub, server, health, closeRuntime: () => machine.close(), endLogs: (err) => machine.endAll(err), metrics, metricsServer, applier, directory, proxy, current, lists });
   }
 
   /** From now on ApplyConfiguration calls go to `applier` (the node's machine config controller). */
@@ -243,6 +263,7 @@ export class Cosid {
       this.directory.stop();
       // Streams to clients that stopped reading cannot finish: after the grace period they are cut.
       const done = () => {
+        this.current.close();
         this.closeRuntime();
         this.proxy?.close();
         void Promise.allSettled([this.store.close(), this.closeMetrics()]).then(() => resolve());

@@ -53,8 +53,9 @@ export function limitHandshake(creds: grpc.ServerCredentials, handshakeTimeoutMs
 }
 
 /**
- * A whole gRPC message cosid framed itself (flag, length, payload): grpc-js sends its bytes as they are (see
- * installFramedWrites). Its own type, so that it cannot be taken for a payload or a payload for it.
+ * A whole gRPC message cosid framed itself (flag, length, payload), or several back to back: grpc-js sends its bytes
+ * as they are (see installFramedWrites), in one write. Its own type, so that it cannot be taken for a payload or a
+ * payload for it.
  */
 export class FramedMessage {
   private constructor(private readonly wire: Buffer) {}
@@ -66,6 +67,14 @@ export class FramedMessage {
     out.writeUInt32BE(payload.length, 1);
     payload.copy(out, 5);
     return new FramedMessage(out);
+  }
+
+  /**
+   * Bytes that already are one or more whole gRPC messages (Frames.message, or several of them concatenated): sent
+   * as they are, without a copy.
+   */
+  static of(framed: Buffer): FramedMessage {
+    return new FramedMessage(framed);
   }
 
   /** Bytes on the wire. */

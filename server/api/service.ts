@@ -13,15 +13,19 @@ import { planWatch } from '../watch/plan.js';
 import { authorizeRead, connectionOf, peerOf, ROLE_METADATA_KEY, type Peer } from './access.js';
 import { PeerCounter } from './peer-counter.js';
 import type { EventForm, Frames } from '../watch/frames.js';
-import { acceptsGzip, type FramedMessage } from '../grpc-internals.js';
+import type { CurrentFrames } from '../watch/current-frames.js';
+import { acceptsGzip, FramedMessage } from '../grpc-internals.js';
 import { grpcWatchSink, WatchFraming } from './watch-sink.js';
-import { drained, requestOf, tolerant } from './requests.js';
+import { requestOf, tolerant } from './requests.js';
+import { DEFAULT_FRAMED_STREAM_LIMITS, FramedStream, type FramedStreamLimits, type FramedStreamStats } from './framed-stream.js';
 
 export interface StateServiceDeps {
   /** Reads (Get, List, Watch) are served from the feed: each kind's state as its watch keeps it in memory. */
   feed: ChangeFeed;
   registry: Registry;
   frames: Frames;
+  /** Keeps the current resources of every kind read encoded (the kind is tracked at its first read). */
+  current?: CurrentFrames;
   hub: WatchHub;
   log: Logger;
   /** Sent as response header `cosi-node` so clients can fill the NODE column. */
@@ -35,6 +39,10 @@ export interface StateServiceDeps {
   metrics?: Metrics;
   /** Compress shared watch messages for clients that accept gzip (default true). */
   watchCompression?: boolean;
+  /** How Lists gather their messages into writes, and how far ahead of a client they may write. */
+  listLimits?: FramedStreamLimits;
+  /** What the Lists in flight have queued (tests, stats). */
+  listStats?: FramedStreamStats;
 }
 
 const WRITE_METHODS = ['Create', 'Update', 'Destroy', 'Teardown', 'TeardownAndDestroy'] as const;
@@ -103,7 +111,10 @@ export function callRecorder(log: Logger, audit: boolean, service: string, metri
   };
 }
 
-/** The grpc-js service definition, with Buffer pass-through serializers: responses are pre-encoded. */
+/**
+ * The grpc-js service definition, with pass-through serializers: responses are pre-encoded (Get and List answer
+ * with FramedMessage, whole gRPC messages that installFramedWrites lets through as they are).
+ */
 export function stateServiceDefinition(): grpc.ServiceDefinition {
   const def: Record<string, grpc.MethodDefinition<unknown, Buffer>> = {};
   for (const method of stateService.methodsArray) {
@@ -182,7 +193,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   }
 
   const handlers: grpc.UntypedServiceImplementation = {
-    Get(call: grpc.ServerUnaryCall<WireGetRequest, Buffer>, callback: grpc.sendUnaryData<Buffer>) {
+    Get(call: grpc.ServerUnaryCall<WireGetRequest, FramedMessage>, callback: grpc.sendUnaryData<FramedMessage>) {
       const started = Date.now();
       void (async () => {
         let release = () => {};
@@ -191,10 +202,13 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           const req = requestOf(call);
           checkRead(call, req);
           checkName('id', req.id);
-          const r = (await readableHistory(feed, req)).current(req.id);
+          const history = await readableHistory(feed, req);
+          deps.current?.track(history);
+          const r = history.current(req.id);
           if (r === undefined) throw new CosiError('not-found', `${describePointer(req)} doesn't exist`);
           call.sendMetadata(header);
-          callback(null, frames.single(r));
+          // The bytes kept since the version was committed, without a copy.
+          callback(null, FramedMessage.of(frames.message(r)));
           record(call, 'Get', req.type, started);
         } catch (err) {
           record(call, 'Get', typeOf(call.request), started, err);
@@ -205,7 +219,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
       })();
     },
 
-    List(call: grpc.ServerWritableStream<WireListRequest, Buffer>) {
+    List(call: grpc.ServerWritableStream<WireListRequest, FramedMessage>) {
       const started = Date.now();
       void (async () => {
         let release = () => {};
@@ -214,12 +228,18 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           const req = requestOf(call);
           checkRead(call, req);
           const selector = compileSelector(req.options?.labelQuery ?? [], req.options?.idQuery);
-          const items = (await readableHistory(feed, req)).list().filter((r) => selector.matches(r.metadata));
+          const history = await readableHistory(feed, req);
+          deps.current?.track(history);
+          const all = deps.current?.list(history) ?? history.list();
+          const items = selector.everything ? all : all.filter((r) => selector.matches(r.metadata));
           call.sendMetadata(header);
+          // Each resource's message as it was encoded at its commit, many to a write; a slow client parks the List.
+          const out = new FramedStream(call, deps.listLimits ?? DEFAULT_FRAMED_STREAM_LIMITS, deps.listStats);
           for (const r of items) {
             if (call.cancelled) break;
-            if (!call.write(frames.single(r))) await drained(call);
+            if (!out.add(frames.message(r))) await out.room();
           }
+          out.flush();
           if (call.cancelled) {
             // Recorded like any other end: a List cut short by its client is a call too.
             record(call, 'List', req.type, started, new CosiError('cancelled', 'cancelled by the client'));
@@ -259,6 +279,9 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           watchesByPeer.down(peer);
         };
         call.sendMetadata(gzip ? gzipHeader : header);
+        // Its bootstrap and events are built from the kind's encoded resources: kept encoded from now on.
+        const current = deps.current;
+        if (current !== undefined) void readableHistory(feed, req).then((h) => current.track(h), () => undefined);
         const watch = hub.open(
           plan,
           grpcWatchSink(call, {

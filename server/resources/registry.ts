@@ -149,6 +149,11 @@ export class Registry {
     return this.byType.get(type);
   }
 
+  /** Every registered type. */
+  definitions(): Definition[] {
+    return [...this.byType.values()];
+  }
+
   hasNamespace(name: string): boolean {
     return this.namespaces.has(name);
   }

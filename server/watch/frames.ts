@@ -1,10 +1,10 @@
 // Hand-framed protobuf for the hot paths: a resource is encoded once, an event once per shape,
 // and responses are concatenations of those bytes (no re-encoding per watcher). The watch layer builds its events
 // from these and the API layer above it frames Get and List answers with them, so they live here, below both.
-import YAML, { type ToStringOptions, type DocumentOptions, type SchemaOptions, type CreateNodeOptions } from 'yaml';
 import { toWireMetadata, type Resource } from '../../shared/resource.js';
 import { EventType, wire } from '../../shared/wire.js';
 import type { Registry } from '../resources/registry.js';
+import { toYaml } from './yaml-spec.js';
 
 function varint(n: number): Buffer {
   const out: number[] = [];
@@ -23,26 +23,8 @@ function lengthDelimited(tag: number, bytes: Uint8Array): Buffer[] {
 // Tags: (field number << 3) | wire type; 2 = length-delimited, 0 = varint.
 const TAG = { field1: 0x0a, eventType: 0x10, old: 0x1a, error: 0x22, bookmark: 0x2a } as const;
 
-/**
- * The options of yaml_spec, built once. The text is what talosctl-like clients have always read from cosid: block
- * style, two-space indent, no line folding, keys in insertion order, no anchors, single quotes where quoting is needed.
- * The core (YAML 1.2) schema with YAML 1.1 as `compat` quotes every string that either a 1.1 parser (yes/no/on/off,
- * timestamps, `1:20`) or a 1.2 parser (`0o17`) would read as something else, so Go's yaml.v3 and yaml.v2 alike get the
- * strings back. yaml_spec for every change is on the hot path (about 0.3-0.8 ms for a 2 KB PodStatus, several times
- * js-yaml's dump): a resource's text is made once and shared by its full and lean encodings.
- */
-const YAML_SPEC: DocumentOptions & SchemaOptions & CreateNodeOptions & ToStringOptions = {
-  schema: 'core',
-  compat: 'yaml-1.1',
-  aliasDuplicateObjects: false,
-  indent: 2,
-  lineWidth: 0,
-  singleQuote: true,
-};
-
-export function toYaml(spec: unknown): string {
-  return YAML.stringify(spec, YAML_SPEC);
-}
+// Where the YAML text comes from, for the callers that only need that (the bench, tests).
+export { toYaml };
 
 /**
  * How a watch's events are encoded. `full` is the reference's: each resource with its spec as protobuf and as YAML,
@@ -55,24 +37,47 @@ export type EventForm = 'full' | 'lean';
 const GO_ZERO_TIME = { seconds: -62_135_596_800, nanos: 0 };
 const placeholders = new Map<string, Buffer>();
 
+/** Where the Resource bytes start in a message: after the 5-byte gRPC prefix, field 1's tag and its length (a varint). */
+function resourceOffset(message: Buffer): number {
+  let i = 6;
+  while (((message[i] ?? 0) & 0x80) !== 0) i++;
+  return i + 1;
+}
+
 export class Frames {
-  // One buffer per resource: its GetResponse/ListResponse framing; the Resource bytes are a view into it.
-  private readonly singles = new WeakMap<Resource, { frame: Buffer; resource: Buffer }>();
+  /**
+   * One buffer per resource version: its GetResponse/ListResponse as a whole gRPC message (5-byte prefix included),
+   * which Get and List send as they are; the Resource bytes (for watch events) are a view into it.
+   */
+  private readonly messages = new WeakMap<Resource, Buffer>();
   // The lean Resource bytes (YAML spec only), for lean watchers.
   private readonly leans = new WeakMap<Resource, Buffer>();
+  private encodings = 0;
 
   constructor(private readonly registry: Registry) {}
 
+  /** Resource versions encoded in the full form so far (tests: a read that finds its bytes encodes nothing). */
+  get encoded(): number {
+    return this.encodings;
+  }
+
+  /** Whether the resource's full encoding is kept: reading it costs no encoding. */
+  has(r: Resource): boolean {
+    return this.messages.has(r);
+  }
+
   /** cosi.resource.Resource bytes, encoded once for the (immutable) resource. */
   resource(r: Resource): Buffer {
-    return this.encoded(r).resource;
+    const message = this.message(r);
+    return message.subarray(resourceOffset(message));
   }
 
   /** cosi.resource.Resource bytes with the YAML spec only (no proto_spec), encoded once. */
   leanResource(r: Resource): Buffer {
     let bytes = this.leans.get(r);
     if (bytes === undefined) {
-      bytes = Buffer.from(wire.resource.encode({ metadata: toWireMetadata(r.metadata), spec: { protoSpec: new Uint8Array(), yamlSpec: this.yamlSpec(r, this.singles.get(r)?.resource) } }));
+      const full = this.messages.get(r);
+      bytes = Buffer.from(wire.resource.encode({ metadata: toWireMetadata(r.metadata), spec: { protoSpec: new Uint8Array(), yamlSpec: this.yamlSpec(r, full?.subarray(resourceOffset(full))) } }));
       this.leans.set(r, bytes);
     }
     return bytes;
@@ -80,28 +85,38 @@ export class Frames {
 
   /** Drops the cached encoding of a resource version that is no longer current (events carry their own copy). */
   forget(r: Resource): void {
-    this.singles.delete(r);
+    this.messages.delete(r);
     this.leans.delete(r);
   }
 
-  /** A GetResponse or ListResponse: both are { resource = 1 }. */
+  /** A GetResponse or ListResponse (both are { resource = 1 }), without the gRPC message prefix. */
   single(r: Resource): Buffer {
-    return this.encoded(r).frame;
+    return this.message(r).subarray(5);
   }
 
-  private encoded(r: Resource): { frame: Buffer; resource: Buffer } {
-    let e = this.singles.get(r);
-    if (e === undefined) {
+  /**
+   * The GetResponse/ListResponse of the resource as a whole gRPC message (uncompressed): encoded once, when the
+   * resource was committed or first read, and sent as it is by every Get and List.
+   */
+  message(r: Resource): Buffer {
+    let message = this.messages.get(r);
+    if (message === undefined) {
       const def = this.registry.lookup(r.metadata.type);
-      const bytes = wire.resource.encode({
-        metadata: toWireMetadata(r.metadata),
-        spec: { protoSpec: def?.encodeProto?.(r.spec) ?? new Uint8Array(), yamlSpec: this.yamlSpec(r, this.leans.get(r)) },
+      const response = wire.getResponse.encode({
+        resource: {
+          metadata: toWireMetadata(r.metadata),
+          spec: { protoSpec: def?.encodeProto?.(r.spec) ?? new Uint8Array(), yamlSpec: this.yamlSpec(r, this.leans.get(r)) },
+        },
       });
-      const frame = Buffer.concat(lengthDelimited(TAG.field1, bytes));
-      e = { frame, resource: frame.subarray(frame.length - bytes.length) };
-      this.singles.set(r, e);
+      // Its own memory, exactly sized: kept for as long as the version is current (a pooled slice would pin 8 KiB).
+      message = Buffer.allocUnsafeSlow(5 + response.length);
+      message.writeUInt8(0, 0); // not compressed
+      message.writeUInt32BE(response.length, 1);
+      message.set(response, 5);
+      this.messages.set(r, message);
+      this.encodings++;
     }
-    return e;
+    return message;
   }
 
   /** The resource's yaml_spec: read back from its other encoding when there is one (decoding is far cheaper than YAML). */
