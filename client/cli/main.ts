@@ -5,7 +5,10 @@ import { parseArgs } from 'node:util';
 import { isCosiError } from '../../shared/errors.js';
 import { parseDuration } from './duration.js';
 import { runGet } from './get.js';
+import { installIPv6Check } from './ipv6-check.js';
 import { hasHelp, helpFor, UsageError } from './usage.js';
+
+installIPv6Check();
 
 // `cosictl ... | head`: once the reader has gone, nothing more can be printed, and the command ends quietly with
 // exit code 0 as Unix tools do (Node ignores SIGPIPE, so the closed pipe is an EPIPE error event on the stream,
