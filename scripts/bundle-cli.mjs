@@ -28,6 +28,9 @@ await build({
   platform: 'node',
   target: 'node20',
   sourcemap: true,
+  // Less for V8 to scan at every start (about 2% of a `get`'s instructions); names are kept, for stack traces.
+  minifyWhitespace: true,
+  minifySyntax: true,
   // grpc-js loads proto-loader (and protobufjs's .proto parser with it) only for the channelz and ORCA services of a
   // server: left out of the bundle, still found in node_modules should it ever be asked for.
   external: ['@grpc/proto-loader'],
