@@ -139,11 +139,13 @@ export async function pipelineScenario({ pki, pem, cfg, progress, children }) {
       cosictlVersionMedianMs: summarize(version).p50,
       cosictlWatchFirstLineMedianMs: summarize(watchFirst).p50,
       cosictlGetFirstLineMedianMs: summarize(getFirst).p50,
+      // The median of each round's cosictl / bare node: steadier than the ratio of the medians when the load moves.
+      cosictlPerRoundRatio: summarize(cli.map((ms, i) => ms / bare[i])).p50,
     };
     const r = (s) => `p50 ${s.p50.toFixed(1)} ms p99 ${s.p99.toFixed(1)} ms`;
     progress(`  file edit -> event (${configToEvent.length}) ${r(result.configToEvent)}; apply-config -> event (${APPLIES}) ${r(result.applyToEvent)}, the call ${r(result.applyCall)}`);
     const ms = (v) => (cli.length ? v.toFixed(0) : '-');
-    progress(`  cosictl get staticpods median ${ms(result.cosictlMedianMs)} ms (node itself ${ms(result.nodeStartupMedianMs)} ms); --help ${ms(result.cosictlHelpMedianMs)} ms, --version ${ms(result.cosictlVersionMedianMs)} ms; first line of get -w ${ms(result.cosictlWatchFirstLineMedianMs)} ms, of get ${ms(result.cosictlGetFirstLineMedianMs)} ms`);
+    progress(`  cosictl get staticpods median ${ms(result.cosictlMedianMs)} ms (node itself ${ms(result.nodeStartupMedianMs)} ms; ratio per round ${cli.length ? result.cosictlPerRoundRatio.toFixed(2) : '-'}); --help ${ms(result.cosictlHelpMedianMs)} ms, --version ${ms(result.cosictlVersionMedianMs)} ms; first line of get -w ${ms(result.cosictlWatchFirstLineMedianMs)} ms, of get ${ms(result.cosictlGetFirstLineMedianMs)} ms`);
     return result;
   } finally {
     await rm(nodeDir, { recursive: true, force: true });
