@@ -1,6 +1,6 @@
 // Many nodes: one connection and one stream per node, merged; a node that fails is reported, not fatal.
 import type { Observable } from 'rxjs';
-import { rxjs } from './rx.js';
+import { observableClass } from './rx.js';
 import { CosiError } from '../shared/errors.js';
 import type { ConnectionState, CosiClient, ListOptions, ReadOptions, WatchOptions } from './client.js';
 import type { CosiResource, WatchEvent } from './resource.js';
@@ -48,7 +48,7 @@ export function getNodes(targets: readonly NodeTarget[], type: string, id: strin
  * for good ('failed') ends only its own stream; the merged Observable completes when every node is done.
  */
 export function watchNodes(targets: readonly NodeTarget[], type: string, opts: WatchOptions = {}): Observable<NodeWatchEvent> {
-  return new (rxjs().Observable)<NodeWatchEvent>((subscriber) => {
+  return new (observableClass())<NodeWatchEvent>((subscriber) => {
     let open = targets.length;
     const done = () => {
       if (--open === 0) subscriber.complete();

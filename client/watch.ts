@@ -9,7 +9,7 @@ import type { WatchOptions, WatchStream } from './client.js';
 import type { WatchEvent } from './resource.js';
 import { leanEvents, Reflector, relistable, type Delta, type WatchTransport } from './reflector.js';
 import { ResourceCache } from './resource-cache.js';
-import { rxjs } from './rx.js';
+import { observableClass } from './rx.js';
 
 export type { WatchTransport } from './reflector.js';
 
@@ -102,7 +102,7 @@ export function openWatchStream(t: WatchTransport, type: string, opts: WatchOpti
 
 /** The same watch as an rxjs Observable: each subscription opens its own WatchStream and pulls it as fast as it can. */
 export function observeWatch(t: WatchTransport, type: string, opts: WatchOptions): Observable<WatchEvent> {
-  return new (rxjs().Observable)<WatchEvent>((subscriber) => {
+  return new (observableClass())<WatchEvent>((subscriber) => {
     let stream: ResilientWatchStream;
     try {
       stream = new ResilientWatchStream(t, type, opts);

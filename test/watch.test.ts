@@ -1,7 +1,8 @@
 // Watch semantics end to end: bootstrap, events, queries, bookmarks, tail, api_version, slow watchers.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
-import type { Subscription } from 'rxjs';
+import { firstValueFrom, Observable, type Subscription } from 'rxjs';
+import { filter, map, take, toArray } from 'rxjs/operators';
 import type { WatchEvent, WatchOptions } from '../client/index.js';
 import { upsert } from '../server/store/upsert.js';
 import { EventType, wire } from '../shared/wire.js';
@@ -135,6 +136,26 @@ describe('watch a kind', () => {
     await eventually(() => expect(w.events.length).toBe(21));
     const resumed = collect({ fromBookmark: w.events[0]?.bookmark, idRegexp: `^${p}/` });
     await eventually(() => expect(resumed.events.length).toBe(20));
+  });
+});
+
+describe('the Observable', () => {
+  // client/rx.ts loads rxjs's Observable module alone: it must be the class the application's `rxjs` exports.
+  it("is an instance of the application's rxjs Observable and takes its operators", async () => {
+    const p = prefix();
+    await put(`${p}/a`, false);
+    await put(`${p}/b`, true);
+    const watch = srv.client().watch('podstatus', { bootstrap: true, idRegexp: `^${p}/` });
+    expect(watch).toBeInstanceOf(Observable);
+    const ids = await firstValueFrom(
+      watch.pipe(
+        filter((e) => e.type === 'created'),
+        map((e) => e.resource?.metadata.id),
+        take(2),
+        toArray(),
+      ),
+    );
+    expect(ids).toEqual([`${p}/a`, `${p}/b`]);
   });
 });
 

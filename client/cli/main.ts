@@ -4,8 +4,10 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isCosiError } from '../../shared/errors.js';
 import { parseDuration } from './duration.js';
-import { runGet } from './get.js';
+import { installIPv6Check } from './ipv6-check.js';
 import { hasHelp, helpFor, UsageError } from './usage.js';
+
+installIPv6Check();
 
 // `cosictl ... | head`: once the reader has gone, nothing more can be printed, and the command ends quietly with
 // exit code 0 as Unix tools do (Node ignores SIGPIPE, so the closed pipe is an EPIPE error event on the stream,
@@ -222,7 +224,9 @@ async function run(command: string, rest: string[], values: Values): Promise<num
   };
   switch (command) {
     case 'get':
-      return runGet({
+      // Each command's code (and the packages it needs: grpc-js, protobufjs...) loads when it runs: --help and
+      // --version start as fast as Node does.
+      return (await import('./get.js')).runGet({
         ...targetOptions,
         args: rest,
         namespace: values.namespace,
@@ -279,7 +283,7 @@ async function run(command: string, rest: string[], values: Values): Promise<num
       return (await import('./edit.js')).runEdit({ ...targetOptions, ...flags, args: rest });
     }
     case 'gen':
-      // Loaded only when needed: X.509 generation is heavy and `get` must start fast.
+      // X.509 generation is heavy: loaded by gen alone.
       return (await import('./gen.js')).runGen({
         args: rest,
         out: values.out,
