@@ -45,8 +45,8 @@ describe('manifest server regressions', () => {
     await store.create({ ...K, id: 'p1', spec: pod('p1') }, 'test');
     // The first watch the store creates is the StaticPod kind's own (opened by the manifest server).
     const watches: Watcher[] = [];
-    const createWatch = store.createWatch.bind(store);
-    store.createWatch = async (p, start, onData, previousValues) => {
+    const createWatch = store.etcd.createWatch.bind(store.etcd);
+    store.etcd.createWatch = async (p, start, onData, previousValues) => {
       const w = await createWatch(p, start, onData, previousValues);
       watches.push(w);
       return w;

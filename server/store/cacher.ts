@@ -1,24 +1,26 @@
-// The etcd store's change feed: one watch cache per kind (kind-cache.ts), opened when first read and shared by every
-// reader of that kind; resumes from before a cache's window are read from etcd's own history.
-import { CosiError } from '../../../shared/errors.js';
-import { kindKey, type Kind, type Resource } from '../../../shared/resource.js';
-import { sortById, type HistoryLimits } from '../kind-log.js';
-import type { ChangeFeed, KindHistory } from '../store.js';
-import { decodeAll } from './codec.js';
-import { KindCache, type EtcdAccess } from './kind-cache.js';
+// The watch cache over a backend (backend.ts), as the Kubernetes Cacher over its storage: one KindCache per kind,
+// opened when the kind is first read and shared by every reader of it. It is the ChangeFeed of a store whose
+// resources live elsewhere (etcd.ts); resumes from before a kind's window are served from the backend's history.
+import { CosiError } from '../../shared/errors.js';
+import { kindKey, type Kind, type Resource } from '../../shared/resource.js';
+import type { Backend } from './backend.js';
+import { KindCache, type KindCacheOptions } from './kind-cache.js';
+import type { ChangeFeed, KindHistory } from './store.js';
 
-export class EtcdFeed implements ChangeFeed {
+export class Cacher implements ChangeFeed {
+  readonly instance: string;
   private readonly kinds = new Map<string, Promise<KindCache>>();
   private readonly ready = new Map<string, KindCache>();
   private closed = false;
 
   constructor(
-    private readonly etcd: EtcdAccess,
-    readonly instance: string,
-    private readonly limits: HistoryLimits,
-  ) {}
+    private readonly backend: Backend,
+    private readonly opts: KindCacheOptions,
+  ) {
+    this.instance = backend.instance;
+  }
 
-  /** The kind's cache if it is open now (the writer decides on it first). */
+  /** The kind's cache if it is open now (a writer decides on it first). */
   cached(kind: Kind): KindCache | undefined {
     return this.ready.get(kindKey(kind));
   }
@@ -32,17 +34,14 @@ export class EtcdFeed implements ChangeFeed {
   }
 
   async reach(kind: Kind, after: number): Promise<void> {
-    const k = await this.kindOf(kind);
-    await k.reach(after);
+    await (await this.kindOf(kind)).reach(after);
   }
 
   async listAt(kind: Kind, revision: number): Promise<Resource[]> {
     const k = await this.kindOf(kind);
     if (revision > k.log.revision) await k.reach(revision);
     if (revision >= k.log.oldestRevision) return k.log.listAt(revision);
-    const prefix = this.etcd.kindPrefix(kind);
-    const res = await this.etcd.call(() => this.etcd.client.getAll().prefix(prefix).revision(revision).exec());
-    return sortById(decodeAll(kind, prefix, res.kvs, this.etcd.log));
+    return this.backend.listAt(kind, revision);
   }
 
   /** Stops every kind's watch; readers waiting on one fail with unavailable. */
@@ -56,14 +55,14 @@ export class EtcdFeed implements ChangeFeed {
   }
 
   private kindOf(kind: Kind): Promise<KindCache> {
-    if (this.closed) return Promise.reject(new CosiError('unavailable', 'the etcd store is closed'));
+    if (this.closed) return Promise.reject(new CosiError('unavailable', `the ${this.backend.name} store is closed`));
     const key = kindKey(kind);
     let k = this.kinds.get(key);
     if (k === undefined) {
-      k = KindCache.open(this.etcd, { namespace: kind.namespace, type: kind.type }, this.limits);
+      k = KindCache.open(this.backend, { namespace: kind.namespace, type: kind.type }, this.opts);
       this.kinds.set(key, k);
       k.then((opened) => this.ready.set(key, opened), () => undefined);
-      // A kind that could not be opened (etcd unreachable) is tried again by the next reader.
+      // A kind that could not be opened (the backend unreachable) is tried again by the next reader.
       k.catch(() => this.kinds.delete(key));
     }
     return k;
