@@ -46,6 +46,19 @@ const cosid = await Cosid.start({
 store = cosid.store;
 if (store.backend !== backend) throw new Error(`asked for a ${backend} store, cosid runs on ${store.backend}`);
 
+/**
+ * The kind's history once it holds every change committed before the call: memory's commits are there before their
+ * writer's promise settles; etcd's history is fed by the kind's watch, read once it reached etcd's revision now.
+ */
+async function caughtUp(kind) {
+  const history = await store.feed.history(kind);
+  if (store.backend === 'etcd') {
+    const { header } = await store.etcd.client.maintenance.status({});
+    await store.feed.reach(kind, Number(header.revision));
+  }
+  return history;
+}
+
 let payloadBytes = 2048;
 // The writer's own work (building payloads) is not the server's: build each once, then only bump seq.
 const payloads = new Map();
@@ -74,16 +87,16 @@ serveRpc({
     payloadBytes = bytes;
     await inParallel(count, 32, (i) => store.create({ ...STATUS_KIND, id: `default/pod-${i}`, spec: podStatusPayload(i, bytes) }, 'bench'));
     // The API reads the kind's history: loaded means there (etcd: once the kind's watch has delivered every write).
-    const h = await store.feed.sync(STATUS_KIND);
+    const h = await caughtUp(STATUS_KIND);
     return h.list().length;
   },
   // The bytes cosid sends for one resource of `bytes` of JSON: as a Get/List message, and as an UPDATED event.
   sizes: async ({ bytes }) => {
     const probe = { ...STATUS_KIND, id: 'size-probe' };
     await store.create({ ...probe, spec: podStatusPayload(0, bytes) }, 'bench');
-    const before = (await store.feed.sync(STATUS_KIND)).revision;
+    const before = (await caughtUp(STATUS_KIND)).revision;
     await store.update({ ...probe, spec: podStatusPayload(0, bytes, 1) }, 'bench');
-    const h = await store.feed.sync(STATUS_KIND);
+    const h = await caughtUp(STATUS_KIND);
     // Revisions may have gaps (etcd): the probe's update is the change after `before` that names it.
     const change = h.readChanges(before, 16).changes.find((c) => c.type === 'updated' && c.resource.metadata.id === probe.id);
     if (change === undefined) throw new Error('sizes: the probe update is not in the kind history');
@@ -115,7 +128,7 @@ serveRpc({
   clear: async () => {
     const all = await store.list(STATUS_KIND);
     await inParallel(all.length, 32, (i) => store.destroy(all[i].metadata, 'bench'));
-    await store.feed.sync(STATUS_KIND);
+    await caughtUp(STATUS_KIND);
     return true;
   },
   // Updates `ids` resources round robin at `rate` per second for `seconds`; reports how far behind schedule it fell.
