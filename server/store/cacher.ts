@@ -20,9 +20,14 @@ export class Cacher implements ChangeFeed {
     this.instance = backend.instance;
   }
 
-  /** The kind's cache if it is open now (a writer decides on it first). */
+  /** The kind's cache if it is open now. */
   cached(kind: Kind): KindCache | undefined {
     return this.ready.get(kindKey(kind));
+  }
+
+  /** The kind's cache, opened when first asked. Throws unavailable. */
+  open(kind: Kind): Promise<KindCache> {
+    return this.kindOf(kind);
   }
 
   opened(): KindHistory[] {
@@ -30,15 +35,15 @@ export class Cacher implements ChangeFeed {
   }
 
   async history(kind: Kind): Promise<KindHistory> {
-    return (await this.kindOf(kind)).log;
+    return (await this.open(kind)).log;
   }
 
   async reach(kind: Kind, after: number): Promise<void> {
-    await (await this.kindOf(kind)).reach(after);
+    await (await this.open(kind)).reach(after);
   }
 
   async listAt(kind: Kind, revision: number): Promise<Resource[]> {
-    const k = await this.kindOf(kind);
+    const k = await this.open(kind);
     if (revision > k.log.revision) await k.reach(revision);
     if (revision >= k.log.oldestRevision) return k.log.listAt(revision);
     return this.backend.listAt(kind, revision);

@@ -84,8 +84,12 @@ export class EtcdStore extends MutatingStore implements ResourceStore {
     this.etcd.close();
   }
 
-  /** Decides and commits one write by compare-and-swap (etcd/cas-writer.ts), first on the kind's cache when open. */
-  protected write(p: Pointer, m: Mutation): Promise<Resource> {
-    return writeByCas(this.etcd, this.feed.cached(p), p, m);
+  /**
+   * Decides and commits one write by compare-and-swap (etcd/cas-writer.ts), first on the kind's cache: opened here
+   * if no reader has yet, so that a write costs one round trip (and its watch event is not decoded again).
+   */
+  protected async write(p: Pointer, m: Mutation): Promise<Resource> {
+    const cache = this.feed.cached(p) ?? (await this.feed.open(p).catch(() => undefined));
+    return writeByCas(this.etcd, cache, p, m);
   }
 }

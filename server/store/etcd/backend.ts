@@ -12,6 +12,7 @@ import { sortById } from '../kind-log.js';
 import { decodeValue, kindPrefixOf } from './codec.js';
 import { asStoreError, errorText } from './errors.js';
 import { keepResumePoint } from './resume-point.js';
+import { SwapBatcher, type Swap, type SwapResult } from './swap-batcher.js';
 
 export interface EtcdBackendOptions {
   readonly client: Etcd3;
@@ -24,12 +25,23 @@ export interface EtcdBackendOptions {
   readonly log: Logger;
 }
 
+/** A value this process wrote, kept until the kind's watch brings it back, so that it is not decoded again. */
+interface Written {
+  readonly value: Buffer;
+  readonly resource: Resource;
+  /** Where it was committed, once etcd said. */
+  revision?: number;
+}
+
 export class EtcdBackend implements Backend {
   readonly name = 'etcd';
   readonly client: Etcd3;
   readonly instance: string;
   readonly prefix: string;
   private readonly log: Logger;
+  private readonly swaps: SwapBatcher;
+  /** By key: the last value this process wrote there, until its watch event. */
+  private readonly written = new Map<string, Written>();
   private closed = false;
 
   constructor(private readonly opts: EtcdBackendOptions) {
@@ -37,6 +49,7 @@ export class EtcdBackend implements Backend {
     this.instance = opts.instance;
     this.prefix = opts.prefix;
     this.log = opts.log;
+    this.swaps = new SwapBatcher((req) => this.call(() => this.client.kv.txn(req)));
   }
 
   /** The key prefix of a kind: a kind's watch and list cover exactly its keys (and its fence, the prefix itself). */
@@ -91,6 +104,22 @@ export class EtcdBackend implements Backend {
     return sortById([...(await this.range(k, revision)).items]);
   }
 
+  /**
+   * Commits one compare-and-swap (swap-batcher.ts); `resource` is what the value decodes to, which the kind's watch
+   * then takes instead of decoding the value again.
+   */
+  async swap(swap: Swap, resource: Resource, alone: boolean): Promise<SwapResult> {
+    const key = swap.key.toString('utf8');
+    const written: Written | undefined = swap.value === undefined ? undefined : { value: swap.value, resource };
+    if (written !== undefined) this.written.set(key, written);
+    // A swap that fails with an error may have been committed all the same: its watch event then still finds it.
+    const result = await this.swaps.swap(swap, alone);
+    if (written === undefined) return result;
+    if (result.swapped) written.revision = result.revision;
+    else if (this.written.get(key) === written) this.written.delete(key);
+    return result;
+  }
+
   // ----- the watch cache's backend -----
 
   snapshot(kind: Kind): Promise<KindSnapshot> {
@@ -110,7 +139,7 @@ export class EtcdBackend implements Backend {
   async watch(kind: Kind, after: number, sink: WatchSink): Promise<BackendWatch> {
     const prefix = this.kindPrefix(kind);
     const prefixBytes = Buffer.byteLength(prefix);
-    const w = await this.createWatch(prefix, after + 1, (res) => sink.events(res.events.map((ev) => this.eventOf(kind, prefixBytes, ev))));
+    const w = await this.createWatch(prefix, after + 1, (res) => sink.events(res.events.map((ev) => this.eventOf(kind, prefix, prefixBytes, ev))));
     keepResumePoint(w, () => sink.position() + 1);
     w.on('disconnected', (err: Error) => sink.disconnected(err));
     w.on('connected', () => sink.reconnected());
@@ -222,12 +251,26 @@ export class EtcdBackend implements Backend {
     return { revision: Number(res.header.revision), items, modRevisions };
   }
 
-  private eventOf(kind: Kind, prefixBytes: number, ev: IWatchResponse['events'][number]): BackendEvent {
+  private eventOf(kind: Kind, prefix: string, prefixBytes: number, ev: IWatchResponse['events'][number]): BackendEvent {
     const revision = Number(ev.kv.mod_revision);
     if (ev.kv.key.length <= prefixBytes) return { type: 'progress', revision };
     const id = idOf(ev.kv, prefixBytes);
     if (ev.type === 'Delete') return { type: 'delete', id, revision };
-    return { type: 'put', id, revision, value: this.decodeReported({ ...kind, id }, ev.kv) };
+    return { type: 'put', id, revision, value: this.ownWrite(prefix + id, ev.kv) ?? this.decodeReported({ ...kind, id }, ev.kv) };
+  }
+
+  /** The resource this process wrote as this event's value, if it did (the same bytes, at the key's new version). */
+  private ownWrite(key: string, kv: IKeyValue): Resource | undefined {
+    const written = this.written.get(key);
+    if (written === undefined) return undefined;
+    const revision = Number(kv.mod_revision);
+    if (written.resource.metadata.version === Number(kv.version) && written.value.equals(kv.value)) {
+      this.written.delete(key);
+      return written.resource;
+    }
+    // Someone else's change after ours: ours has come and gone.
+    if (written.revision !== undefined && revision >= written.revision) this.written.delete(key);
+    return undefined;
   }
 
   /** A watched value, decoded; one that does not decode is logged, and watchers are told (ERRORED). */
