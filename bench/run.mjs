@@ -181,6 +181,32 @@ if (FORMS_ONLY) {
   await formsScenario();
   await finishForms();
 }
+// Profiling aid (with BENCH_CPU_PROF=1): BENCH_FANOUT=N runs only the cosids' fan-out at N watchers, nothing before
+// it; BENCH_FANOUT_MODE picks which (cosid, cosid-etcd, or both comma-separated; default cosid), each with the 100
+// resources the churn updates. BENCH_FANOUT_ROUNDS=K runs the modes K times, interleaved (the machine may be shared).
+if (process.env.BENCH_FANOUT) {
+  const modes = (process.env.BENCH_FANOUT_MODE ?? 'cosid').split(',');
+  const servers = { cosid: cosidServer, 'cosid-etcd': cosidEtcdServer };
+  for (const mode of modes) {
+    if (servers[mode] === undefined) throw new Error(`BENCH_FANOUT_MODE: ${mode}? use cosid and/or cosid-etcd`);
+    await rpc(servers[mode], { op: 'clear' });
+    await rpc(servers[mode], { op: 'load', count: 100, bytes: 2048 });
+  }
+  const runs = [];
+  for (let round = 0; round < Number(process.env.BENCH_FANOUT_ROUNDS ?? 1); round++) {
+    for (const mode of modes) {
+      const r = await fanout(mode, Number(process.env.BENCH_FANOUT));
+      runs.push({ mode, ...r });
+      progress(`  ${mode}: ${describeFanout(r, mode)}; the churn in its profile: ${r.profileWindowUs?.join('-')} us (pid ${pids[mode]})`);
+    }
+  }
+  writeFileSync('bench/out/fanout-runs.json', JSON.stringify(runs, null, 1));
+  await stopServers();
+  etcdProc.kill('SIGTERM');
+  for (const c of cleanup) await c();
+  await rm(pki.dir, { recursive: true, force: true });
+  process.exit(0);
+}
 
 // ---- 1. Get -----------------------------------------------------------------------------------------------
 async function timeGets(fn, n, inFlight) {
@@ -609,17 +635,6 @@ async function finishForms() {
 }
 
 results.scenarios.fanout = {};
-if (process.env.BENCH_FANOUT) {
-  // Profiling aid (with BENCH_CPU_PROF=1): only the cosids' fan-out at the given size; BENCH_FANOUT_MODE picks which
-  // (cosid, cosid-etcd, or both comma-separated; default cosid). The List scenario above loaded their resources.
-  for (const mode of (process.env.BENCH_FANOUT_MODE ?? 'cosid').split(',')) {
-    if (mode !== 'cosid' && mode !== 'cosid-etcd') throw new Error(`BENCH_FANOUT_MODE: ${mode}? use cosid and/or cosid-etcd`);
-    const r = await fanout(mode, Number(process.env.BENCH_FANOUT));
-    progress(`  ${mode}: ${describeFanout(r, mode)}; the churn in its profile: ${r.profileWindowUs?.join('-')} us (pid ${pids[mode]})`);
-  }
-  await stopServers();
-  process.exit(0);
-}
 for (const n of cfg.fanout) {
   // cosid (etcd) at 100 watchers only, next to cosid (memory) in time.
   for (const mode of n === 100 ? ['cosid', 'cosid-etcd', 'etcd', 'ceiling'] : ['cosid', 'etcd', 'ceiling']) {

@@ -8,7 +8,7 @@ import type { Kind } from '../shared/resource.js';
 export async function caughtUp(store: ResourceStore, kind: Kind): Promise<KindHistory> {
   const history = await store.feed.history(kind);
   if (store instanceof EtcdStore) {
-    const { header } = await store.client.maintenance.status({});
+    const { header } = await store.etcd.client.maintenance.status({});
     await store.feed.reach(kind, Number(header.revision));
   }
   return history;

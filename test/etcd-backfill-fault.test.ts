@@ -1,5 +1,5 @@
-// etcd going away while a freshly started cosid fetches older history for a resume (server/store/etcd.ts,
-// backfill()): the replay watch breaks while the backfill waits for its fence's put, and the put then fails too.
+// etcd going away while a freshly started cosid fetches older history for a resume (server/store/etcd/backend.ts,
+// history()): the replay watch breaks while the backfill waits for its fence's put, and the put then fails too.
 // cosid must stay up (no unhandled rejection: Node 20 would exit) and the watch must end with a clean UNAVAILABLE.
 import type { Watcher } from 'etcd3';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -63,8 +63,8 @@ describe.skipIf(skip)('a resume from an old bookmark while etcd goes away', () =
     // A fresh cosid: its history of the kind begins now, so the resume must fetch the changes since the bookmark.
     const store = await openStore();
     let replay: Watcher | undefined;
-    const createWatch = store.createWatch.bind(store);
-    store.createWatch = async (p, start, onData, previousValues) => {
+    const createWatch = store.etcd.createWatch.bind(store.etcd);
+    store.etcd.createWatch = async (p, start, onData, previousValues) => {
       const w = await createWatch(p, start, onData, previousValues);
       if (previousValues === true) replay = w;
       return w;
@@ -72,12 +72,12 @@ describe.skipIf(skip)('a resume from an old bookmark while etcd goes away', () =
     const second = await startCosid(store);
     cleanups.push(() => second.stop());
     // The backfill's fence: before it is written, etcd dies and the replay watch hears of it.
-    const client = store.client as unknown as { put(key: string): { exec(): Promise<unknown> } };
+    const client = store.etcd.client as unknown as { put(key: string): { exec(): Promise<unknown> } };
     const put = client.put.bind(client);
     let fenced = false;
     client.put = (key: string) => {
       const b = put(key);
-      if (!fenced && key === store.kindPrefix(STATUSES) && replay !== undefined) {
+      if (!fenced && key === store.etcd.kindPrefix(STATUSES) && replay !== undefined) {
         fenced = true;
         const w = replay;
         const exec = b.exec.bind(b);

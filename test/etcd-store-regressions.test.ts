@@ -1,9 +1,10 @@
-// Regressions of the etcd store's watch cache and reads (server/store/etcd.ts), on the run's real etcd:
-// - a foreign transaction that changes several keys of one kind at one revision keeps every key (apply());
+// Regressions of the etcd store's watch cache and reads (server/store/kind-cache.ts over etcd/backend.ts), on the
+// run's real etcd:
+// - a foreign transaction that changes several keys of one kind at one revision keeps every key (ingest());
 // - a kind's watch that breaks right after its creation resumes before the changes it has not delivered yet
 //   (keepResumePoint());
 // - a value that does not decode is left out of list() and of listAt() below the window instead of failing the
-//   whole kind (decodeAll());
+//   whole kind (EtcdBackend.range());
 // - a resume from before the window, fetched while the kind's own watch makes the window forget changes, is served
 //   without a gap (backfill()).
 import { caughtUp } from './caught-up.js';
@@ -54,11 +55,11 @@ describe.skipIf(etcd === null)('etcd store regressions', () => {
     history.subscribe({ committed: (c) => seen.push(c) });
     // One resource written by cosid, then copied twice by a script in one transaction (a restore, a migration).
     await store.create({ ...K, id: 'a', spec: { n: 1 } }, 'me');
-    const a = await raw.get(store.keyOf({ ...K, id: 'a' })).buffer();
+    const a = await raw.get(store.etcd.keyOf({ ...K, id: 'a' })).buffer();
     expect(a).not.toBeNull();
     const txn = await raw
-      .if(store.keyOf({ ...K, id: 'x' }), 'Create', '==', 0)
-      .then(raw.put(store.keyOf({ ...K, id: 'b' })).value(a as Buffer), raw.put(store.keyOf({ ...K, id: 'c' })).value(a as Buffer))
+      .if(store.etcd.keyOf({ ...K, id: 'x' }), 'Create', '==', 0)
+      .then(raw.put(store.etcd.keyOf({ ...K, id: 'b' })).value(a as Buffer), raw.put(store.etcd.keyOf({ ...K, id: 'c' })).value(a as Buffer))
       .commit();
     const at = Number(txn.header.revision);
     await caughtUp(store, K);
@@ -78,9 +79,9 @@ describe.skipIf(etcd === null)('etcd store regressions', () => {
     const other = await connect(prefix);
     // Another cosid writes between this kind's snapshot and its watch's creation, and the connection breaks right
     // after etcd answered the create, before the catch-up events arrived.
-    const createWatch = store.createWatch.bind(store);
+    const createWatch = store.etcd.createWatch.bind(store.etcd);
     let armed = true;
-    store.createWatch = async (p, start, onData, previousValues) => {
+    store.etcd.createWatch = async (p, start, onData, previousValues) => {
       if (!armed) return createWatch(p, start, onData, previousValues);
       armed = false;
       await other.create({ ...K, id: 'early', spec: { n: 1 } }, 'other');
@@ -99,19 +100,19 @@ describe.skipIf(etcd === null)('etcd store regressions', () => {
     const { log, lines } = errorLines();
     const store = await connect(newPrefix(), { log });
     const SP = { namespace: K8S_NAMESPACE, type: STATIC_POD_TYPE };
-    await rawClient().put(`${store.kindPrefix(SP)}junk`).value('{not ours').exec();
+    await rawClient().put(`${store.etcd.kindPrefix(SP)}junk`).value('{not ours').exec();
     const pod = { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'web' }, spec: { containers: [{ name: 'web', image: 'nginx' }] } };
     const result = await reconcileStaticPods(store, [{ id: 'default-web', pod, origin: 'test' }], silentLogger);
     expect(result.created).toEqual(['default-web']);
     expect((await store.list(SP)).map((r) => r.metadata.id)).toEqual(['default-web']);
-    expect(lines.filter((l) => l.startsWith('stored value does not decode; left out') && l.includes(`${store.kindPrefix(SP)}junk`)).length).toBeGreaterThan(0);
+    expect(lines.filter((l) => l.startsWith('stored value does not decode; left out') && l.includes(`${store.etcd.kindPrefix(SP)}junk`)).length).toBeGreaterThan(0);
   });
 
   it('leaves a value that does not decode out of listAt() below the window (a resumed bootstrap after a restart)', async () => {
     const prefix = newPrefix();
     const first = await connect(prefix);
     await first.create({ ...K, id: 'good', spec: { n: 1 } }, 'me');
-    await rawClient().put(`${first.kindPrefix(K)}junk`).value('{not ours').exec();
+    await rawClient().put(`${first.etcd.kindPrefix(K)}junk`).value('{not ours').exec();
     const at = (await caughtUp(first, K)).revision;
     await first.create({ ...K, id: 'later', spec: { n: 2 } }, 'me');
     // A restarted cosid: its window begins after `at`, so listAt reads etcd at that revision.
@@ -131,7 +132,7 @@ describe.skipIf(etcd === null)('etcd store regressions', () => {
 
     // A restarted cosid with a window of one change: its history begins after x2.
     const store = await connect(prefix, { history: { historySize: 1, historyAgeMs: 0 } });
-    const idsIn = (res: IWatchResponse) => res.events.map((ev) => ev.kv.key.toString('utf8').slice(store.kindPrefix(K).length));
+    const idsIn = (res: IWatchResponse) => res.events.map((ev) => ev.kv.key.toString('utf8').slice(store.etcd.kindPrefix(K).length));
     const waiter = () => {
       let resolve!: () => void;
       return { promise: new Promise<void>((r) => (resolve = r)), resolve: () => resolve() };
@@ -141,8 +142,8 @@ describe.skipIf(etcd === null)('etcd store regressions', () => {
     const replaySawY3 = waiter();
     const liveHeldY3 = waiter();
     let held: unknown[][] | undefined;
-    const createWatch = store.createWatch.bind(store);
-    store.createWatch = async (p, start, onData, previousValues) => {
+    const createWatch = store.etcd.createWatch.bind(store.etcd);
+    store.etcd.createWatch = async (p, start, onData, previousValues) => {
       const w = await createWatch(p, start, onData, previousValues);
       watches.push(w);
       if (watches.length === 1) {
@@ -175,12 +176,12 @@ describe.skipIf(etcd === null)('etcd store regressions', () => {
 
     // While the backfill waits for its fence: three more changes, which the replay delivers first (they are then
     // above the window's start), and only then the kind's own watch (the window of one forgets y1 and y2).
-    const client = store.client as unknown as { put(key: string): { exec(): Promise<unknown> } };
+    const client = store.etcd.client as unknown as { put(key: string): { exec(): Promise<unknown> } };
     const put = client.put.bind(client);
     let armed = true;
     client.put = (key: string) => {
       const b = put(key);
-      if (armed && key === store.kindPrefix(K)) {
+      if (armed && key === store.etcd.kindPrefix(K)) {
         armed = false;
         const exec = b.exec.bind(b);
         b.exec = async () => {

@@ -1,5 +1,5 @@
-// KindLog (server/store/kind-log.ts), the etcd backend's watch cache, on its own:
-// - older history fetched for a resume (the etcd backfill's prepend()) may hold up to the hard bound of changes
+// KindLog (server/store/kind-log.ts), what a kind's watch cache holds, on its own:
+// - older history fetched for a resume (the cache's backfill, prepend()) may hold up to the hard bound of changes
 //   (131,072 by default), far more than a function call takes as arguments.
 import { describe, expect, it } from 'vitest';
 import type { Resource } from '../shared/resource.js';

@@ -42,15 +42,15 @@ describe('manifest server regressions', () => {
     opened.push(store);
     const other = await EtcdStore.connect({ endpoints: e.endpoints, tls, prefix });
     opened.push(other);
-    await store.create({ ...K, id: 'p1', spec: pod('p1') }, 'test');
-    // The first watch the store creates is the StaticPod kind's own (opened by the manifest server).
+    // The StaticPod kind's own watch (opened by the first write).
     const watches: Watcher[] = [];
-    const createWatch = store.createWatch.bind(store);
-    store.createWatch = async (p, start, onData, previousValues) => {
+    const createWatch = store.etcd.createWatch.bind(store.etcd);
+    store.etcd.createWatch = async (p, start, onData, previousValues) => {
       const w = await createWatch(p, start, onData, previousValues);
-      watches.push(w);
+      if (p === store.etcd.kindPrefix(K)) watches.push(w);
       return w;
     };
+    await store.create({ ...K, id: 'p1', spec: pod('p1') }, 'test');
     const server = await ManifestServer.start({ listen: '127.0.0.1:0', store, log: silentLogger });
     opened.push({ close: () => server.stop() });
     server.markReady();

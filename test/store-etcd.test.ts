@@ -61,7 +61,7 @@ describe.skipIf(etcd === null)('etcd store', () => {
     history.subscribe({ committed: (c) => seen.push(c) });
     await store.create({ ...K, id: 'good', spec: { n: 1 } }, 'me');
     // Someone else writes garbage into our keyspace.
-    await rawClient(e).put(`${store.kindPrefix(K)}bad`).value('{not ours').exec();
+    await rawClient(e).put(`${store.etcd.kindPrefix(K)}bad`).value('{not ours').exec();
     await store.create({ ...K, id: 'after', spec: { n: 2 } }, 'me');
     await caughtUp(store, K);
     expect(seen.map((c) => [c.resource.metadata.id, c.type, c.error !== undefined])).toEqual([
@@ -88,7 +88,7 @@ describe.skipIf(etcd === null)('etcd store', () => {
     await first.close();
     const second = await EtcdStore.connect({ endpoints: e.endpoints, tls: tlsOf(e), prefix });
     opened.push(second);
-    expect(second.instance).toBe(first.instance);
+    expect(second.feed.instance).toBe(first.feed.instance);
     const history = await second.feed.history(K);
     expect(history.oldestRevision).toBeGreaterThan(mark);
     await second.feed.reach(K, mark);
@@ -101,7 +101,7 @@ describe.skipIf(etcd === null)('etcd store', () => {
     // Another prefix is another history.
     const other = await EtcdStore.connect({ endpoints: e.endpoints, tls: tlsOf(e), prefix: `${prefix}other/` });
     opened.push(other);
-    expect(other.instance).not.toBe(first.instance);
+    expect(other.feed.instance).not.toBe(first.feed.instance);
   });
 
   it('refuses plaintext off loopback and a prefix without a trailing slash, before connecting', async () => {

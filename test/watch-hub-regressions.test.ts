@@ -88,7 +88,7 @@ describe.skipIf(etcd === null)('watch hub regressions on etcd', () => {
     for (const id of ['a', 'b', 'c']) await first.create({ ...K, id, spec: { id } }, 'me');
     const snapshot = (await caughtUp(first, K)).revision;
     // The bookmark the first bootstrap event (after 'a') carried, then a change after the snapshot.
-    const bookmark = encodeBookmark(first.instance, { revision: snapshot, bootstrapAfterId: 'a' });
+    const bookmark = encodeBookmark(first.feed.instance, { revision: snapshot, bootstrapAfterId: 'a' });
     await first.update({ ...K, id: 'b', spec: { id: 'b2' } }, 'me');
     await first.close();
 
@@ -98,7 +98,7 @@ describe.skipIf(etcd === null)('watch hub regressions on etcd', () => {
     const hub = new WatchHub(second.feed, frames());
     opened.push({ close: () => hub.endAll() });
     const s = recordingSink();
-    hub.open(plan(decodeBookmark(second.instance, bookmark)), s.sink);
+    hub.open(plan(decodeBookmark(second.feed.instance, bookmark)), s.sink);
     // Done when the update arrives, or when the watch ends instead.
     await s.until(() => s.events.includes('UPDATED b@2') || s.ended.length > 0);
     expect({ events: s.events, ended: s.ended }).toEqual({

@@ -56,13 +56,13 @@ store = cosid.store;
 if (store.backend !== backend) throw new Error(`asked for a ${backend} store, cosid runs on ${store.backend}`);
 
 /**
- * The kind's history once it holds every change committed before the call (as test/caught-up.ts): memory at once;
- * etcd once the kind's watch has reached the cluster's revision as of this call. ChangeFeed.sync() is gone.
+ * The kind's history once it holds every change committed before the call: memory's commits are there before their
+ * writer's promise settles; etcd's history is fed by the kind's watch, read once it reached etcd's revision now.
  */
 async function caughtUp(kind) {
   const history = await store.feed.history(kind);
   if (store.backend === 'etcd') {
-    const { header } = await store.client.maintenance.status({});
+    const { header } = await store.etcd.client.maintenance.status({});
     await store.feed.reach(kind, Number(header.revision));
   }
   return history;
@@ -79,20 +79,6 @@ const payload = (i, seq) => {
   }
   return { ...base.spec, seq };
 };
-
-/**
- * The kind's history once it holds every change committed before the call: memory commits reach it before their
- * writer's promise settles; an etcd store's history is fed by its watch, so it is read once the feed has reached
- * the cluster's revision as of this call (as test/caught-up.ts).
- */
-async function caughtUp(kind) {
-  const history = await store.feed.history(kind);
-  if (store.backend === 'etcd') {
-    const { header } = await store.client.maintenance.status({});
-    await store.feed.reach(kind, Number(header.revision));
-  }
-  return history;
-}
 
 /** Runs fn(0..count-1) with at most `width` in flight (etcd: each write is a read and a transaction). */
 async function inParallel(count, width, fn) {

@@ -1,5 +1,6 @@
-// One kind's state and bounded, ordered history in memory: the memory backend's storage, and the etcd backend's
-// watch cache. Revisions come from the backend and only grow; they may have gaps (etcd numbers all keys together).
+// One kind's state and bounded, ordered history in memory: the memory backend's storage, and what a kind's watch
+// cache holds (kind-cache.ts). Revisions come from the backend and only grow; they may have gaps (etcd numbers all
+// keys together).
 import { CosiError } from '../../shared/errors.js';
 import type { Kind, Resource } from '../../shared/resource.js';
 import type { Change, ChangeBatch, HistoryListener, KindHistory } from './store.js';

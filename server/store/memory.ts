@@ -1,5 +1,7 @@
 // The in-memory store: one KindLog per kind (state and bounded history), one revision counter for all. Its feed is
-// those logs themselves: a commit lands in its kind's log before the writer's promise settles.
+// those logs themselves: a commit lands in its kind's log before the writer's promise settles. It needs no watch
+// cache (cacher.ts): its logs are its storage, so there is no watch to keep connected, no fence to wait for and no
+// older history to fetch; a cache over them would hold every resource twice.
 import { randomBytes } from 'node:crypto';
 import { CosiError } from '../../shared/errors.js';
 import { describePointer, kindKey, type Kind, type Pointer, type Resource } from '../../shared/resource.js';

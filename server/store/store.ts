@@ -2,8 +2,9 @@
 // - ResourceStore: the authoritative reads and the writes, async because a backend may be remote (etcd.ts) or not
 //   (memory.ts). Writers (controllers) use it.
 // - ChangeFeed: each kind's current state and recent ordered changes, kept in memory and fed in revision order by
-//   the backend (etcd: one etcd watch per kind, etcd/feed.ts; memory: its own per-kind logs, MemoryFeed). The watch
-//   hub and the API's reads are served from it, synchronously, like the Kubernetes watch cache.
+//   the backend (etcd: the watch cache over it, cacher.ts, one watch per kind; memory: its own per-kind logs,
+//   MemoryFeed). The watch hub and the API's reads are served from it, synchronously, like the Kubernetes watch
+//   cache.
 // The contract has no multi-resource transaction: a writer of several resources plans its writes so that none fails
 // for a reason it can foresee (see controllers/static-pods.ts).
 import { isCosiError, type CosiError } from '../../shared/errors.js';

@@ -1,9 +1,7 @@
 // How a resource is held in etcd: its key (`<prefix><namespace>/<type>/<id>`, segments escaped) and its value (a
 // format line, the metadata as JSON, the spec's JSON text). The key's etcd version is the resource's version.
 import type { IKeyValue } from 'etcd3';
-import { CosiError } from '../../../shared/errors.js';
-import type { Logger } from '../../../shared/log.js';
-import { describePointer, type Kind, type Metadata, type Pointer, type Resource } from '../../../shared/resource.js';
+import type { Kind, Metadata, Pointer, Resource } from '../../../shared/resource.js';
 import type { Json } from '../../../shared/wire.js';
 import { storedResource } from '../mutations.js';
 import { errorText } from './errors.js';
@@ -74,34 +72,6 @@ export function decodeValue(p: Pointer, kv: IKeyValue): Resource | string {
     finalizers: finalizers as string[],
   };
   return storedResource(md, specJson);
-}
-
-/** The resources of a range read of a kind; a value that does not decode is left out and logged. */
-export function decodeAll(kind: Kind, prefix: string, kvs: readonly IKeyValue[], log: Logger): Resource[] {
-  const items: Resource[] = [];
-  for (const kv of kvs) {
-    if (kv.key.length <= Buffer.byteLength(prefix)) continue;
-    const decoded = decodeValue({ ...kind, id: idOf(kv, prefix) }, kv);
-    if (typeof decoded === 'string') log.error('stored value does not decode; left out', { key: kv.key.toString('utf8'), revision: Number(kv.mod_revision), error: decoded });
-    else items.push(decoded);
-  }
-  return items;
-}
-
-export function decodeOrThrow(p: Pointer, kv: IKeyValue): Resource {
-  const r = decodeValue(p, kv);
-  if (typeof r === 'string') throw new CosiError('data-loss', `${describePointer(p)}: the value stored at ${kv.key.toString('utf8')} does not decode: ${r}`);
-  return r;
-}
-
-/** What names a resource whose value does not decode. */
-export function placeholder(p: Pointer): Resource {
-  const epoch = new Date(0);
-  return { metadata: { ...p, version: 0, owner: '', phase: 'running', created: epoch, updated: epoch, labels: {}, annotations: {}, finalizers: [] }, spec: null };
-}
-
-export function idOf(kv: IKeyValue, prefix: string): string {
-  return kv.key.subarray(Buffer.byteLength(prefix)).toString('utf8');
 }
 
 /** Namespaces and types may not hold "/" or "%" in a key segment: escaped, so two kinds never share a prefix. */
