@@ -6,14 +6,7 @@ import type { CosiContext } from './cosiconfig.js';
 import { GrpcCosiClient } from './grpc-client.js';
 import type { ContainerInfo, CosiResource, ResourceDefinition, WatchEvent } from './resource.js';
 
-export const DEFAULT_PORT = 50000;
-
-/**
- * HTTP/2 receive window of a connection and of each stream. grpc-js keeps Node's 64 KiB default, so a List of
- * 10,000 resources or a few hundred busy watches on one connection wait on WINDOW_UPDATE round trips; 8 MiB lets
- * the server keep sending (bench/RESULTS.md has the figures). It is also what one stream can hold unread.
- */
-export const FLOW_CONTROL_WINDOW = 8 << 20;
+export { DEFAULT_PORT, FLOW_CONTROL_WINDOW } from './connection-defaults.js';
 
 /** Where the library's debug lines go: any object with a `debug` method (console, pino, our own logger). */
 export interface ClientLogger {

@@ -185,9 +185,14 @@ export function runCli(args: readonly string[], opts: { env?: NodeJS.ProcessEnv;
   const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
+  let interrupted = false;
   child.stdout.on('data', (d: Buffer) => {
     stdout += d.toString();
-    if (opts.until?.(stdout) === true) child.kill('SIGINT');
+    // Once, as a user's Ctrl-C: a second one after the CLI has let go of SIGINT would kill it.
+    if (!interrupted && opts.until?.(stdout) === true) {
+      interrupted = true;
+      child.kill('SIGINT');
+    }
   });
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   const kill = setTimeout(() => child.kill('SIGKILL'), 30_000);

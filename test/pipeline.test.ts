@@ -31,10 +31,11 @@ describe('the whole loop', () => {
     await eventually(async () => expect(ready(await t.client.get('podstatus', `default/nginx-${NODE}`))).toBe('True'), 20_000);
     // The watch saw it appear once and end Ready (how many steps it saw in between depends on the machine's load),
     // and saw only static pods (not the kubelet's API pods).
+    // The watch's stream may trail the Get: wait for it to reach Ready too before reading what it saw.
+    await eventually(() => expect(events.filter((e) => e.resource !== undefined).map((e) => ready(e.resource)).at(-1)).toBe('True'));
     const seen = events.filter((e) => e.resource !== undefined).map((e) => `${e.type} ${e.resource?.metadata.id} ${ready(e.resource)}`);
     expect(seen[0]).toMatch(new RegExp(`^created default/nginx-${NODE} (True|False)$`));
     expect(seen.filter((x) => x.startsWith('created')).length).toBe(1);
-    await eventually(() => expect(events.filter((e) => e.resource !== undefined).map((e) => ready(e.resource)).at(-1)).toBe('True'));
     expect(events.some((e) => e.resource?.metadata.id.includes('kube-proxy'))).toBe(false);
   });
 
