@@ -11,6 +11,7 @@ import { CONFIG_NAMESPACE, INVALID_LABEL, MACHINE_CONFIG_STATUS_ID, MACHINE_CONF
 import { MemoryStore } from '../server/store/memory.js';
 import type { ChangeFeed, ResourceInput, ResourceStore, UpdateOptions } from '../server/store/store.js';
 import type { Kind, Pointer, Resource } from '../shared/resource.js';
+import { CosiError, isCosiError } from '../shared/errors.js';
 import { createLogger, silentLogger } from '../shared/log.js';
 import { pod, STATIC_PODS } from './harness.js';
 
@@ -22,6 +23,8 @@ class FailingStore implements ResourceStore {
   writes = 0;
   failAt = Infinity;
   failAfter = false;
+  /** What the failing write throws (default: a plain Error, as a store bug would). */
+  failure: (what: string) => Error = (what) => new Error(`injected failure: ${what}`);
   /** Reads fail too once a write has failed. */
   readsFailAfterWrite = false;
   private readsBroken = false;
@@ -37,7 +40,7 @@ class FailingStore implements ResourceStore {
     return this.inner.revision;
   }
   async get(p: Pointer): Promise<Resource> {
-    if (this.readsBroken) throw new Error('injected read failure');
+    if (this.readsBroken) throw this.failure('read');
     return this.inner.get(p);
   }
   list(k: Kind): Promise<Resource[]> {
@@ -74,7 +77,7 @@ class FailingStore implements ResourceStore {
     this.writes++;
     if (this.writes === this.failAt || (this.failAfter && this.writes > this.failAt)) {
       this.readsBroken = this.readsFailAfterWrite;
-      throw new Error(`injected failure: ${what}`);
+      throw this.failure(what);
     }
   }
 }
@@ -189,6 +192,24 @@ describe('reconcileStaticPods is all or nothing', () => {
       'cannot update static pod b: injected failure: update b (and the store cannot tell whether that update took effect); the 1 change(s) made were undone',
     );
     expect(await content(store.inner)).toEqual(before);
+  });
+
+  it('gives the store\'s own "unavailable" back when the store goes away at the first write, so the caller waits and runs it again', async () => {
+    const { store, before, after } = await seeded();
+    store.failAt = 1;
+    store.readsFailAfterWrite = true;
+    store.failure = (what) => new CosiError('unavailable', `etcd is unreachable (${what})`);
+    const err = await reconcileStaticPods(store, NEW, silentLogger).catch((e: unknown) => e);
+    // Not a ReconcileError (which would make the config controller give the config up): the store's error.
+    expect(err).not.toBeInstanceOf(ReconcileError);
+    expect(isCosiError(err, 'unavailable')).toBe(true);
+    expect(await content(store.inner)).toEqual(before);
+    // The store is back: the same reconcile, run again as untilWritten does, lands the new config.
+    store.failAt = Infinity;
+    store.readsFailAfterWrite = false;
+    const healthy = new FailingStore(store.inner);
+    await reconcileStaticPods(healthy, NEW, silentLogger);
+    expect(await content(healthy)).toEqual(after);
   });
 
   it('restores labels, annotations and invalid pods as they were', async () => {

@@ -2,6 +2,7 @@
 // Each pod is validated as a kubelet would; an invalid one is kept visible with its reason, never served.
 // All or nothing: the whole change is planned and checked before the first write, and should a write still fail,
 // the writes already made are undone; what the store then holds is said exactly (ReconcileError).
+import { isCosiError } from '../../shared/errors.js';
 import { namesForLog, namesForText, type Logger } from '../../shared/log.js';
 import type { Pointer, Resource } from '../../shared/resource.js';
 import type { Json } from '../../shared/wire.js';
@@ -78,6 +79,10 @@ export async function reconcileStaticPods(store: ResourceStore, pods: readonly S
       const d = await apply(store, step);
       if (d !== undefined) done.push(d);
     } catch (err) {
+      // The store went away at the first write, and nothing else was changed: the store's own error, so the caller
+      // waits for the store and runs the reconcile again (which plans from what the store then holds, so a write
+      // that landed after all is not made twice) instead of giving the config up.
+      if (done.length === 0 && isCosiError(err, 'unavailable')) throw err;
       // A store may throw after committing (a listener failing): then the write is undone too.
       const partial = await tookEffect(store, step);
       throw await rollBack(step, err, partial !== undefined && partial !== 'unknown' ? [...done, partial] : done, partial === 'unknown');
