@@ -26,7 +26,8 @@ export interface TestPki {
 }
 
 export async function makePki(): Promise<TestPki> {
-  const dir = await mkdtemp(join(tmpdir(), 'cosi-pki-'));
+  // Under the run's folder (test/tmp-setup.ts), removed at the end of the run even if a test file forgets to.
+  const dir = await mkdtemp(join(process.env['COSI_TEST_TMP'] ?? tmpdir(), 'cosi-pki-'));
   await generatePki(dir, { endpoint: '127.0.0.1:0' });
   const pair = async (name: string): Promise<KeyPairPem> => ({
     certPem: await readFile(join(dir, `${name}.crt`), 'utf8'),
