@@ -65,14 +65,8 @@ export class NodeRouter {
   private unaryHandler(path: string, method: string, local: grpc.UntypedHandleCall, decode: (b: Buffer) => unknown): grpc.handleUnaryCall<Buffer, unknown> {
     return (call, callback) => {
       const started = Date.now();
-      let decision: Decision;
-      try {
-        decision = this.decide(call);
-      } catch (err) {
-        this.record(call, method, {}, started, err);
-        callback(toStatus(err));
-        return;
-      }
+      const decision = this.decideOrRefuse(call, method, started, (status) => callback(status));
+      if (decision === undefined) return;
       if (decision.local) {
         (call as { request: unknown }).request = decode(call.request);
         (local as grpc.handleUnaryCall<unknown, unknown>)(call, callback);
@@ -89,14 +83,8 @@ export class NodeRouter {
   private streamHandler(path: string, method: string, local: grpc.UntypedHandleCall, decode: (b: Buffer) => unknown): grpc.handleServerStreamingCall<Buffer, unknown> {
     return (call) => {
       const started = Date.now();
-      let decision: Decision;
-      try {
-        decision = this.decide(call);
-      } catch (err) {
-        this.record(call, method, {}, started, err);
-        call.emit('error', toStatus(err));
-        return;
-      }
+      const decision = this.decideOrRefuse(call, method, started, (status) => call.emit('error', status));
+      if (decision === undefined) return;
       if (decision.local) {
         (call as { request: unknown }).request = decode(call.request);
         (local as grpc.handleServerStreamingCall<unknown, unknown>)(call);
@@ -109,6 +97,22 @@ export class NodeRouter {
   }
 
   /** Where a call goes; throws the refusal when it goes nowhere. */
+  /** Where the call goes; a call that cannot be routed is recorded and refused with `refuse`, and undefined returned. */
+  private decideOrRefuse(
+    call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>,
+    method: string,
+    started: number,
+    refuse: (status: ReturnType<typeof toStatus>) => void,
+  ): Decision | undefined {
+    try {
+      return this.decide(call);
+    } catch (err) {
+      this.record(call, method, {}, started, err);
+      refuse(toStatus(err));
+      return undefined;
+    }
+  }
+
   private decide(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>): Decision {
     const md = call.metadata;
     if (md.get(NODES_METADATA_KEY).length > 0) {

@@ -326,17 +326,20 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
 }
 
 function eventFormOf(metadata: grpc.Metadata): EventForm {
-  const [value] = metadata.get(EVENT_FORM_METADATA_KEY);
-  if (value === undefined || value === 'full') return 'full';
-  if (value === 'lean') return 'lean';
-  throw new CosiError('invalid-argument', `${EVENT_FORM_METADATA_KEY} must be "lean" or "full", not ${JSON.stringify(String(value))}`);
+  return metadataChoice(metadata, EVENT_FORM_METADATA_KEY, ['lean', 'full'], 'full');
 }
 
 function idleBookmarksOf(metadata: grpc.Metadata): boolean {
-  const [value] = metadata.get(IDLE_BOOKMARKS_METADATA_KEY);
-  if (value === undefined || value === 'off') return false;
-  if (value === 'on') return true;
-  throw new CosiError('invalid-argument', `${IDLE_BOOKMARKS_METADATA_KEY} must be "on" or "off", not ${JSON.stringify(String(value))}`);
+  return metadataChoice(metadata, IDLE_BOOKMARKS_METADATA_KEY, ['on', 'off'], 'off') === 'on';
+}
+
+/** One of `values` from request metadata `key` (absent: `absent`); anything else is INVALID_ARGUMENT naming them. */
+function metadataChoice<T extends string>(metadata: grpc.Metadata, key: string, values: readonly [T, T], absent: T): T {
+  const [value] = metadata.get(key);
+  if (value === undefined) return absent;
+  const known = values.find((v) => v === value);
+  if (known !== undefined) return known;
+  throw new CosiError('invalid-argument', `${key} must be "${values[0]}" or "${values[1]}", not ${JSON.stringify(String(value))}`);
 }
 
 function checkName(field: string, value: string): void {
