@@ -1,10 +1,12 @@
 // How a resource is held in etcd: its key (`<prefix><namespace>/<type>/<id>`, segments escaped) and its value (a
-// format line, the metadata as JSON, the spec's JSON text). The key's etcd version is the resource's version.
+// format line, the metadata as JSON, the spec's JSON text). The key's etcd version is the resource's version, except
+// in a fleet's copy of a node's resource (fleet/mirror.ts: `cosi-mirror/1`), which keeps the node's version.
 import type { IKeyValue } from 'etcd3';
 import type { Kind, Metadata, Pointer, Resource } from '../../../shared/resource.js';
 import type { Json } from '../../../shared/wire.js';
 import { storedResource } from '../mutations.js';
 import { errorText } from './errors.js';
+import { fleetLabels, MIRROR_FORMAT, splitFleetId } from '../../fleet/mirror.js';
 
 /** First line of a stored value: its format. The metadata line and the spec's JSON text follow. */
 const FORMAT = 'cosi-resource/1';
@@ -33,7 +35,9 @@ export function decodeValue(p: Pointer, kv: IKeyValue): Resource | string {
   const text = kv.value.toString('utf8');
   const first = text.indexOf('\n');
   const second = first < 0 ? -1 : text.indexOf('\n', first + 1);
-  if (first < 0 || second < 0 || text.slice(0, first) !== FORMAT) return `not a ${FORMAT} value`;
+  const format = first < 0 ? '' : text.slice(0, first);
+  const mirrored = format.startsWith(`${MIRROR_FORMAT} `);
+  if (second < 0 || (format !== FORMAT && !mirrored)) return `not a ${FORMAT} value`;
   let meta: unknown;
   const specJson = text.slice(second + 1);
   try {
@@ -58,16 +62,24 @@ export function decodeValue(p: Pointer, kv: IKeyValue): Resource | string {
   ) {
     return 'metadata fields are missing or of the wrong type';
   }
+  let version = Number(kv.version);
+  let labels = m['labels'];
+  if (mirrored) {
+    const fleetId = splitFleetId(p.id);
+    if (typeof m['version'] !== 'number' || fleetId === undefined) return 'a mirrored value needs a version and a key <node>/<id>';
+    version = m['version'];
+    labels = fleetLabels(labels, fleetId.node);
+  }
   const md: Metadata = {
     namespace: p.namespace,
     type: p.type,
     id: p.id,
-    version: Number(kv.version),
+    version,
     owner: m['owner'],
     phase: m['phase'],
     created: new Date(m['created']),
     updated: new Date(m['updated']),
-    labels: m['labels'],
+    labels,
     annotations: m['annotations'],
     finalizers: finalizers as string[],
   };
