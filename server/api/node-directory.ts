@@ -82,13 +82,11 @@ function addressOf(s: string, defaultPort: number): string | undefined {
   return isIP(bare) !== 0 ? joinHostPort(bare.toLowerCase(), defaultPort) : undefined;
 }
 
-export class NodeDirectory {
+export class NodeDirectory implements NodeRoutes {
   private byName = new Map<string, NodeTarget>();
   private byAddress = new Map<string, NodeTarget>();
   private lastText: string | undefined;
-  private watcher: FSWatcher | undefined;
-  private poll: NodeJS.Timeout | undefined;
-  private debounce: NodeJS.Timeout | undefined;
+  private unwatch: () => void = () => {};
   private reloading: Promise<void> = Promise.resolve();
   private ownHosts: Set<string> | undefined;
 
@@ -121,24 +119,11 @@ export class NodeDirectory {
   watch(pollMs = 10_000): void {
     const file = this.opts.file;
     if (file === undefined) return;
-    try {
-      this.watcher = watch(dirname(file), { persistent: false }, (_event, changed) => {
-        if (changed !== null && changed !== basename(file)) return;
-        clearTimeout(this.debounce);
-        this.debounce = setTimeout(() => void this.reload(), 100);
-      });
-      this.watcher.on('error', () => {});
-    } catch (err) {
-      this.opts.log.warn('cannot watch the node list; polling only', { file, error: err });
-    }
-    this.poll = setInterval(() => void this.reload(), pollMs);
-    this.poll.unref();
+    this.unwatch = watchFile(file, () => void this.reload(), this.opts.log, pollMs);
   }
 
   stop(): void {
-    clearInterval(this.poll);
-    clearTimeout(this.debounce);
-    this.watcher?.close();
+    this.unwatch();
   }
 
   /** Re-reads the file; a list that cannot be read or is not valid is logged and the last good one stays. */
@@ -207,6 +192,38 @@ export class NodeDirectory {
     this.ownHosts = hosts;
     return hosts;
   }
+}
+
+/**
+ * Calls `changed` when a file may have changed: its folder is watched (files are often replaced, not written in
+ * place), events 100 ms apart are taken as one, and every `pollMs` in any case. Returns the stop function.
+ */
+export function watchFile(file: string, changed: () => void, log: Logger, pollMs = 10_000): () => void {
+  let watcher: FSWatcher | undefined;
+  let debounce: NodeJS.Timeout | undefined;
+  try {
+    watcher = watch(dirname(file), { persistent: false }, (_event, name) => {
+      if (name !== null && name !== basename(file)) return;
+      clearTimeout(debounce);
+      debounce = setTimeout(changed, 100);
+    });
+    watcher.on('error', () => {});
+  } catch (err) {
+    log.warn('cannot watch the file; polling only', { file, error: err });
+  }
+  const poll = setInterval(changed, pollMs);
+  poll.unref();
+  return () => {
+    clearInterval(poll);
+    clearTimeout(debounce);
+    watcher?.close();
+  };
+}
+
+/** What a node router needs of a directory: where a name goes, and why a name is unknown. */
+export interface NodeRoutes {
+  route(node: string): Route;
+  unknownHint(): string;
 }
 
 /** A CosiError for a node name this endpoint cannot route. */

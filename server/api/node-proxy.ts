@@ -13,6 +13,7 @@ import { probe, type ProbeOutcome } from '../../shared/tls-probe.js';
 import type { TlsMaterial } from '../tls/material.js';
 import { splitHostPort, type NodeTarget } from './node-directory.js';
 import { toStatus } from './service.js';
+import { IMPERSONATOR_ROLE } from './access.js';
 
 /** What the relay counts (server/metrics.ts). */
 export interface ProxyMetrics {
@@ -359,4 +360,16 @@ function ours(err: CosiError): Relayed {
 function errorOf(s: Partial<grpc.StatusObject>): CosiError {
   const kind = s.metadata?.get(ERROR_KIND_METADATA_KEY)[0];
   return new CosiError(kindOfStatus(s.code ?? grpc.status.UNKNOWN, kind), s.details ?? '');
+}
+
+/** Refuses an impersonator certificate that cannot do its job: a client certificate with role os:impersonator. */
+export function checkImpersonator(identity: TlsMaterial): void {
+  const cert = identity.certificate();
+  const orgs = cert.subject.split('\n').filter((l) => l.startsWith('O=')).map((l) => l.slice(2));
+  if (!orgs.includes(IMPERSONATOR_ROLE)) {
+    throw new Error(`the impersonator certificate (${cert.subject.replace(/\n/g, ', ')}) does not carry the role ${IMPERSONATOR_ROLE} (O=${IMPERSONATOR_ROLE}): issue one with cosictl gen cert --roles ${IMPERSONATOR_ROLE}`);
+  }
+  if (cert.keyUsage !== undefined && !cert.keyUsage.includes('1.3.6.1.5.5.7.3.2')) {
+    throw new Error(`the impersonator certificate (${cert.subject.replace(/\n/g, ', ')}) is not a client certificate (extended key usage clientAuth)`);
+  }
 }

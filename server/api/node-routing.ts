@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { CosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { authorizeRead, CALLER_METADATA_KEY, peerOf, PROXY_FROM_METADATA_KEY, ROLE_METADATA_KEY, type Peer } from './access.js';
-import { unknownNode, type NodeDirectory, type NodeTarget } from './node-directory.js';
+import { unknownNode, type NodeRoutes, type NodeTarget } from './node-directory.js';
 import { callMetadataOf, type NodeProxy } from './node-proxy.js';
 import { callRecorder, toStatus, type CallRecorder } from './service.js';
 
@@ -20,14 +20,20 @@ export const NODES_METADATA_KEY = 'nodes';
 const NOT_PASSED = new Set([NODE_METADATA_KEY, NODES_METADATA_KEY, ROLE_METADATA_KEY, PROXY_FROM_METADATA_KEY, CALLER_METADATA_KEY]);
 
 export interface NodeRouterDeps {
-  directory: NodeDirectory;
+  directory: NodeRoutes;
+  /**
+   * Whether a call naming another node is answered here after all (the fleet answers a node's mirrored kinds from
+   * its own copy): told the method and the decoded request. Absent: every such call is proxied.
+   */
+  answerHere?: (method: string, request: unknown, target: NodeTarget) => boolean;
   /** The relay; absent when this cosid has no impersonator certificate (it proxies nothing). */
   proxy: NodeProxy | undefined;
   log: Logger;
   audit: boolean;
 }
 
-type Decision = { local: true } | { local: false; target: NodeTarget; peer: Peer };
+/** Local: answered here (`request`: already decoded to decide). */
+type Decision = { local: true; request?: unknown } | { local: false; target: NodeTarget; peer: Peer };
 const LOCAL: Decision = { local: true };
 
 export class NodeRouter {
@@ -65,10 +71,10 @@ export class NodeRouter {
   private unaryHandler(path: string, method: string, local: grpc.UntypedHandleCall, decode: (b: Buffer) => unknown): grpc.handleUnaryCall<Buffer, unknown> {
     return (call, callback) => {
       const started = Date.now();
-      const decision = this.decideOrRefuse(call, method, started, (status) => callback(status));
+      const decision = this.decideOrRefuse(call, method, decode, started, (status) => callback(status));
       if (decision === undefined) return;
       if (decision.local) {
-        (call as { request: unknown }).request = decode(call.request);
+        (call as { request: unknown }).request = decision.request ?? decode(call.request);
         (local as grpc.handleUnaryCall<unknown, unknown>)(call, callback);
         return;
       }
@@ -83,10 +89,10 @@ export class NodeRouter {
   private streamHandler(path: string, method: string, local: grpc.UntypedHandleCall, decode: (b: Buffer) => unknown): grpc.handleServerStreamingCall<Buffer, unknown> {
     return (call) => {
       const started = Date.now();
-      const decision = this.decideOrRefuse(call, method, started, (status) => call.emit('error', status));
+      const decision = this.decideOrRefuse(call, method, decode, started, (status) => call.emit('error', status));
       if (decision === undefined) return;
       if (decision.local) {
-        (call as { request: unknown }).request = decode(call.request);
+        (call as { request: unknown }).request = decision.request ?? decode(call.request);
         (local as grpc.handleServerStreamingCall<unknown, unknown>)(call);
         return;
       }
@@ -96,16 +102,16 @@ export class NodeRouter {
     };
   }
 
-  /** Where a call goes; throws the refusal when it goes nowhere. */
   /** Where the call goes; a call that cannot be routed is recorded and refused with `refuse`, and undefined returned. */
   private decideOrRefuse(
     call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>,
     method: string,
+    decode: (b: Buffer) => unknown,
     started: number,
     refuse: (status: ReturnType<typeof toStatus>) => void,
   ): Decision | undefined {
     try {
-      return this.decide(call);
+      return this.decide(call, method, decode);
     } catch (err) {
       this.record(call, method, {}, started, err);
       refuse(toStatus(err));
@@ -113,7 +119,7 @@ export class NodeRouter {
     }
   }
 
-  private decide(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>): Decision {
+  private decide(call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>, method: string, decode: (b: Buffer) => unknown): Decision {
     const md = call.metadata;
     if (md.get(NODES_METADATA_KEY).length > 0) {
       throw new CosiError('invalid-argument', 'metadata nodes is not supported (deprecated in Talos 1.14); name one node per call with metadata node');
@@ -139,6 +145,10 @@ export class NodeRouter {
       );
     }
     if (route.kind === 'unknown') throw unknownNode(route.name, this.deps.directory.unknownHint());
+    if (this.deps.answerHere !== undefined) {
+      const request = decode(call.request as Buffer);
+      if (this.deps.answerHere(method, request, route.target)) return { local: true, request };
+    }
     if (this.deps.proxy === undefined) {
       throw new CosiError('failed-precondition', `node ${JSON.stringify(name)} is another node, and this cosid does not proxy: it has no impersonator certificate (start it with --impersonator-cert and --impersonator-key)`);
     }

@@ -30,6 +30,8 @@ export interface StateServiceDeps {
   log: Logger;
   /** Sent as response header `cosi-node` so clients can fill the NODE column. */
   nodeName: string;
+  /** More response headers, asked for at each call (the fleet's: `cosi-fleet`, a node's state). */
+  extraHeaders?: () => Readonly<Record<string, string>> | undefined;
   /** Open watches one connection may hold (default 256). */
   maxWatchesPerConnection?: number;
   /** One log line per call: peer subject, roles, method, kind, outcome, duration (off by default). */
@@ -169,6 +171,14 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
   // Watches whose client accepts gzip get the messages many watchers share compressed (once for all of them).
   const gzipHeader = header.clone();
   gzipHeader.set('grpc-encoding', 'gzip');
+  /** The response header of one call: the fixed one, or a copy with the extra headers of the moment. */
+  const headerOf = (base: grpc.Metadata): grpc.Metadata => {
+    const extra = deps.extraHeaders?.();
+    if (extra === undefined) return base;
+    const h = base.clone();
+    for (const [k, v] of Object.entries(extra)) h.set(k, v);
+    return h;
+  };
   const watchFraming = new WatchFraming();
   const recordCall = callRecorder(log, deps.audit === true, 'cosi.resource.State', deps.metrics);
   /** Audit line and refusal log for one finished call. */
@@ -206,7 +216,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           deps.current?.track(history);
           const r = history.current(req.id);
           if (r === undefined) throw new CosiError('not-found', `${describePointer(req)} doesn't exist`);
-          call.sendMetadata(header);
+          call.sendMetadata(headerOf(header));
           // The bytes kept since the version was committed, without a copy.
           callback(null, FramedMessage.of(frames.message(r)));
           record(call, 'Get', req.type, started);
@@ -232,7 +242,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           deps.current?.track(history);
           const all = deps.current?.list(history) ?? history.list();
           const items = selector.everything ? all : all.filter((r) => selector.matches(r.metadata));
-          call.sendMetadata(header);
+          call.sendMetadata(headerOf(header));
           // Each resource's message as it was encoded at its commit, many to a write; a slow client parks the List.
           const out = new FramedStream(call, deps.listLimits ?? DEFAULT_FRAMED_STREAM_LIMITS, deps.listStats);
           for (const r of items) {
@@ -278,7 +288,7 @@ export function stateServiceHandlers(deps: StateServiceDeps): grpc.UntypedServic
           counted = false;
           watchesByPeer.down(peer);
         };
-        call.sendMetadata(gzip ? gzipHeader : header);
+        call.sendMetadata(headerOf(gzip ? gzipHeader : header));
         // Its bootstrap and events are built from the kind's encoded resources: kept encoded from now on.
         const current = deps.current;
         if (current !== undefined) void readableHistory(feed, req).then((h) => current.track(h), () => undefined);
