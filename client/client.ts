@@ -96,7 +96,11 @@ export interface WatchOptions extends ListOptions {
   bootstrap?: boolean;
   /** Replay this many past events first. */
   tailEvents?: number;
-  /** Resume right after the event that carried this bookmark. */
+  /**
+   * Resume right after the event that carried this bookmark. With `bootstrap`: the consumer holds the picture this
+   * bookmark names, so the watch resumes (no `created` for what exists) and lists again, yielding the difference as
+   * `resync` events, only when the server cannot resume from it (too old, another server instance).
+   */
   fromBookmark?: Uint8Array;
   /** Ask for a noop event carrying a bookmark for the starting point. */
   bootstrapBookmark?: boolean;

@@ -2,7 +2,31 @@
 // backoff and jitter, resumes from the last bookmark, and when the server cannot resume ("too old", a restart) it
 // lists again and hands the complete picture on as one `replaced` step; otherwise each event as an `added`,
 // `updated` or `deleted` step. Whoever pulls it keeps the one store (client/resource-cache.ts): a watch stream
-// (client/watch.ts) or an informer's node (client/informer.ts).
+// (client/watch.ts), an informer's node (client/informer.ts), or the fleet's follower (it keeps what it wrote).
+//
+// What a consumer of `new Reflector(t, type, opts).steps()` sees, for a kind (each pull: the steps of one message).
+// With cosid every created/updated/destroyed step carries `event.bookmark` (resuming from it goes on right after that
+// event), and the library asks for idle bookmarks: a quiet, caught-up watch gets `noop` markers with a fresh one.
+// `onState`: 'connecting' once at the start; 'streaming' when a call's first message (the server's "ready") arrives,
+// or, during a re-list, when the re-list is complete; 'reconnecting' (detail: the error) before the backoff of a
+// failure worth retrying; 'resyncing' (detail) when the server cannot resume; 'closed' once at the end.
+//  (a) `bootstrap: true`, no `fromBookmark`: 'streaming', then `created` for each current resource (its bookmark
+//      resumes inside that bootstrap, on the same snapshot), then a `bootstrapped` marker (bookmark: the snapshot's
+//      point), then each change. Should the bootstrap itself become too old before its `bootstrapped`, as in (c), but
+//      the `replaced` step is followed by a `bootstrapped` marker with `resync: true` carrying the same bookmark.
+//  (b) `bootstrap: true` with `fromBookmark` that the server can resume: the call sends only the bookmark;
+//      'streaming', then only the changes after the bookmark, as created/updated/destroyed. No `created` for what
+//      exists and no `bootstrapped` marker (unless the bookmark was inside a bootstrap: the rest of it, then its marker).
+//  (c) the server cannot resume (too-old, invalid-bookmark, a bookmark from another server instance, or a bare
+//      FAILED_PRECONDITION to a resume), on the first call or later: 'resyncing', then at once a bootstrap call whose
+//      events are collected, not handed out; once complete, one `replaced` step with the whole picture (`items`) and
+//      `bookmark` (the re-list's BOOTSTRAPPED event's), then 'streaming' and the changes after it. No `bootstrapped`
+//      marker follows (the watch had its picture before). A re-list cut off by any failure starts over.
+//  (d) a reconnect in the middle: 'reconnecting', the backoff, a call from the last bookmark handed out (of any
+//      event or marker), 'streaming', and the next change. No step at all marks it: nothing repeats, nothing is lost.
+// Markers (`noop`, `bootstrapped`) change no state; a server-side "fell behind" (`errored`) is not handed out when
+// reconnecting is on, its too-old leads to (c). For one resource (`id`), (c)'s picture is the resource's first event
+// (`created`, or `destroyed` if it does not exist) and its bookmark, and there are no `bootstrapped` markers.
 import { CosiError, StatusCode, type ErrorKind } from '../shared/errors.js';
 import { checkMs } from './call.js';
 import type { CallOptions, ClientLogger, ConnectionState, ReconnectOptions, Timers, WatchOptions } from './client.js';
@@ -43,12 +67,22 @@ export function isWatchTransport(client: object): client is WatchTransport {
  */
 export type Delta =
   | { readonly op: 'created' | 'updated' | 'destroyed'; readonly event: WatchEvent; readonly resource: CosiResource }
-  | { readonly op: 'replaced'; readonly items: ReadonlyMap<string, CosiResource> }
+  /** `bookmark`: the re-list's BOOTSTRAPPED event's (one resource: its first event's): resume from it after `items`. */
+  | { readonly op: 'replaced'; readonly items: ReadonlyMap<string, CosiResource>; readonly bookmark?: Uint8Array }
   | { readonly op: 'marker'; readonly event: WatchEvent };
 
 /** Only a watch that starts from a full picture (bootstrap, or one resource) can be listed again and diffed. */
 export function relistable(opts: WatchOptions): boolean {
   return opts.bootstrap === true || opts.id !== undefined;
+}
+
+/**
+ * Where a watch that keeps a picture of its own resumes: `bootstrap` with `fromBookmark` is "my picture is the one
+ * this bookmark names; list again only if the server cannot resume from it". The server refuses the two together on
+ * the wire, so the first call sends only the bookmark.
+ */
+function resumePoint(opts: WatchOptions): Uint8Array | undefined {
+  return opts.bootstrap === true ? opts.fromBookmark : undefined;
 }
 
 /** Whether the server is asked for lean events (WatchOptions.eventForm, and its default). */
@@ -128,8 +162,9 @@ function deltaOf(e: WatchEvent): Delta {
 async function* reflect(t: WatchTransport, type: string, opts: WatchOptions, p: Policy, stop: AbortSignal): AsyncGenerator<readonly Delta[], void, undefined> {
   const canRelist = relistable(opts);
   const lean = leanEvents(opts);
-  let bookmark: Uint8Array | undefined;
-  let bootstrapped = false;
+  let bookmark = resumePoint(opts);
+  // A watch that resumes had its bootstrap before: a re-list is then a resync, with no BOOTSTRAPPED marker after it.
+  let bootstrapped = bookmark !== undefined;
   let state: ConnectionState | undefined;
   // While listing again: the list so far, handed on whole as one `replaced` step once complete (a list in
   // progress, as client-go's Reflector lists before it calls Replace; nothing is kept after).
@@ -168,11 +203,13 @@ async function* reflect(t: WatchTransport, type: string, opts: WatchOptions, p: 
         // Collect the fresh picture: a kind's bootstrap up to BOOTSTRAPPED, or a single resource's first event.
         if (e.type === 'created' && e.resource !== undefined) relist.set(e.resource.metadata.id, e.resource);
         if (e.type === 'bootstrapped' || (opts.id !== undefined && (e.type === 'created' || e.type === 'destroyed'))) {
-          out.push({ op: 'replaced', items: relist });
+          // The bookmark of the event that completed the picture: a resume from it follows on from `items`.
+          const at = e.bookmark !== undefined ? { bookmark: e.bookmark } : {};
+          out.push({ op: 'replaced', items: relist, ...at });
           relist = undefined;
           if (opts.id === undefined && !bootstrapped) {
             bootstrapped = true;
-            out.push({ op: 'marker', event: { type: 'bootstrapped', resync: true } });
+            out.push({ op: 'marker', event: { type: 'bootstrapped', resync: true, ...at } });
           }
           succeeded();
           streaming();
@@ -287,6 +324,8 @@ export class Reflector {
 
   constructor(t: WatchTransport, private readonly type: string, opts: WatchOptions, owner?: Closable) {
     const policy = policyOf(opts.reconnect);
+    // A resume replays nothing: the server would refuse tail_events with a bookmark, so refuse it here too.
+    if (opts.fromBookmark !== undefined && (opts.tailEvents ?? 0) > 0) throw new CosiError('invalid-argument', 'tailEvents and fromBookmark cannot be combined');
     const timeoutMs = checkMs('timeoutMs', opts.timeoutMs, Infinity);
     const abort = () => this.stop.abort();
     opts.signal?.addEventListener('abort', abort);

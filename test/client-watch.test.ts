@@ -6,6 +6,7 @@ import { connect, type Timers, type WatchOptions, type WatchStream } from '../cl
 import { CosiError, type ErrorKind } from '../shared/errors.js';
 import type { WatchRequest } from '../client/convert.js';
 import type { ResourceDefinition, WatchEvent } from '../client/resource.js';
+import { isWatchTransport, Reflector, type Delta } from '../client/reflector.js';
 import { observeWatch, openWatchStream, type WatchTransport } from '../client/watch.js';
 import { upsert } from '../server/store/upsert.js';
 import { eventually, makePki, podStatus, startServer, STATUSES, TEST_OWNER, type TestServer } from './harness.js';
@@ -146,6 +147,14 @@ async function take(w: AsyncIterator<WatchEvent>, n: number): Promise<WatchEvent
   }
   return out;
 }
+
+/** Steps in short, with the first byte of their bookmark. */
+const stepSummary = (ds: readonly Delta[]) =>
+  ds.map((d) => {
+    if (d.op === 'replaced') return `replaced ${[...d.items.values()].map((r) => `${r.metadata.id}@${r.metadata.version}`).join(',')} #${d.bookmark?.[0] ?? '-'}`;
+    const e = d.event;
+    return `${e.type}${e.resource ? ` ${e.resource.metadata.id}@${e.resource.metadata.version}` : ''}${e.resync === true ? ' resync' : ''} #${e.bookmark?.[0] ?? '-'}`;
+  });
 
 const summary = (es: readonly WatchEvent[]) => es.map((e) => `${e.type}${e.resource ? ` ${e.resource.metadata.id}@${e.resource.metadata.version}` : ''}${e.resync === true ? ' resync' : ''}`);
 
@@ -366,6 +375,43 @@ describe('resync when the server cannot resume', () => {
   });
 });
 
+describe('bootstrap with fromBookmark: resume, and list again only when the server cannot (scripted)', () => {
+  it('the first call sends only the bookmark; a too-old lists again and yields only the difference from what the watch saw, with no bootstrapped marker', async () => {
+    const { t, w, states } = scripted(
+      [
+        { batches: [[ev('updated', 'a', 2, 11), ev('created', 'b', 1, 12)]], fail: 'too-old' },
+        { batches: [[ev('created', 'a', 2, 20), ev('created', 'c', 1, 21), BOOTSTRAPPED(22)], [ev('destroyed', 'c', 1, 23)]] },
+      ],
+      { initialDelayMs: 10, jitter: 0, timers: new ManualTimers() },
+      { bootstrap: true, fromBookmark: mark(5) },
+    );
+    // a unchanged since the watch saw it: not told again.
+    expect(summary(await take(w, 5))).toEqual(['updated a@2', 'created b@1', 'destroyed b@1 resync', 'created c@1 resync', 'destroyed c@1']);
+    expect(t.requests.map((r) => [r.bootstrap, r.fromBookmark?.[0]])).toEqual([[false, 5], [true, undefined]]);
+    expect(states).toEqual(['connecting', 'streaming', 'resyncing: failed: too-old', 'streaming']);
+    await w.close();
+  });
+
+  it('hands out the re-list\'s BOOTSTRAPPED bookmark on `replaced`, and on the resync marker of a first bootstrap cut short', async () => {
+    const t = new ScriptedTransport([{ batches: [[ev('created', 'a', 1, 1)]], fail: 'too-old' }, { batches: [[ev('created', 'a', 1, 10), ev('created', 'b', 1, 11), BOOTSTRAPPED(12)]] }]);
+    const r = new Reflector(t, 'thing', { bootstrap: true, reconnect: { initialDelayMs: 10, timers: new ManualTimers() } });
+    const steps = r.steps();
+    expect(stepSummary((await steps.next()).value ?? [])).toEqual(['created a@1 #1']);
+    expect(stepSummary((await steps.next()).value ?? [])).toEqual(['replaced a@1,b@1 #12', 'bootstrapped resync #12']);
+    await r.close();
+  });
+
+  it('one resource (`id`): resumes without bootstrap on the wire, and its re-list is the resource\'s first event, with its bookmark', async () => {
+    const t = new ScriptedTransport([{ refuse: 'invalid-bookmark' }, { batches: [[ev('created', 'a', 3, 30)], [ev('updated', 'a', 4, 31)]] }]);
+    const r = new Reflector(t, 'thing', { id: 'a', bootstrap: true, fromBookmark: mark(5), reconnect: { initialDelayMs: 10, timers: new ManualTimers() } });
+    const steps = r.steps();
+    expect(stepSummary((await steps.next()).value ?? [])).toEqual(['replaced a@3 #30']);
+    expect(stepSummary((await steps.next()).value ?? [])).toEqual(['updated a@4 #31']);
+    expect(t.requests.map((q) => [q.id, q.bootstrap, q.fromBookmark?.[0]])).toEqual([['a', false, 5], ['a', false, undefined]]);
+    await r.close();
+  });
+});
+
 describe('the stream object', () => {
   it('close() ends a pending next() as done and cancels the attempt; asyncDispose does the same', async () => {
     const { t, w } = scripted([{}], {});
@@ -414,6 +460,7 @@ describe('the stream object', () => {
     const t = new ScriptedTransport([]);
     expect(() => openWatchStream(t, 'thing', { timeoutMs: -1 })).toThrow(expect.objectContaining({ kind: 'invalid-argument' }));
     expect(() => openWatchStream(t, 'thing', { reconnect: { jitter: 2 } })).toThrow(expect.objectContaining({ kind: 'invalid-argument' }));
+    expect(() => openWatchStream(t, 'thing', { bootstrap: true, fromBookmark: mark(1), tailEvents: 3 })).toThrow(expect.objectContaining({ kind: 'invalid-argument' }));
     expect(t.requests).toEqual([]);
   });
 
@@ -507,6 +554,120 @@ describe('backpressure end to end', () => {
     const w = client.watchIter('podstatus', { bootstrap: true, reconnect: { initialDelayMs: 10, onState: (s) => states.push(s) } });
     await expect(w.next()).rejects.toMatchObject({ kind: 'permission-denied', code: 7 });
     expect(states).toEqual(['connecting', 'closed']);
+  });
+});
+
+describe('bootstrap with fromBookmark on a real cosid', () => {
+  const put = (id: string, ready: boolean) => upsert(srv.cosid.store, { ...STATUSES, id, spec: podStatus(ready) }, TEST_OWNER);
+  const remove = (id: string) => srv.cosid.store.destroy({ ...STATUSES, id }, TEST_OWNER);
+  // A bookmark of another cosid instance: the server cannot resume from it ("too old").
+  let foreign: Uint8Array;
+  beforeAll(async () => {
+    const other = await startServer();
+    try {
+      const first = await take(other.client().watchIter('podstatus', { id: 'any' }), 1);
+      foreign = first[0]?.bookmark ?? new Uint8Array();
+    } finally {
+      await other.close();
+    }
+  });
+
+  /** The next n events that are not idle bookmarks. */
+  async function changes(w: WatchStream, n: number): Promise<WatchEvent[]> {
+    const out: WatchEvent[] = [];
+    while (out.length < n) {
+      const [e] = await take(w, 1);
+      if (e !== undefined && e.type !== 'noop') out.push(e);
+    }
+    return out;
+  }
+
+  /** The next pull's steps that are not idle bookmarks (a pull of idle bookmarks alone is skipped). */
+  async function nextSteps(steps: AsyncGenerator<readonly Delta[], void, undefined>): Promise<readonly Delta[]> {
+    for (;;) {
+      const r = await steps.next();
+      if (r.done === true) throw new Error('the steps ended');
+      const out = r.value.filter((d) => d.op !== 'marker' || d.event.type !== 'noop');
+      if (out.length > 0) return out;
+    }
+  }
+
+  it('resumes from the bookmark: only the changes after it; a lean update has `old` once the watch has seen the resource', async () => {
+    await put('pair/a', false);
+    await put('pair/b', false);
+    const first = srv.client().watchIter('podstatus', { bootstrap: true, idRegexp: '^pair/' });
+    const [boot] = (await changes(first, 3)).slice(2);
+    await first.close();
+    expect(boot?.type).toBe('bootstrapped');
+    await put('pair/a', true);
+    await put('pair/c', false);
+    await remove('pair/b');
+    await put('pair/a', false);
+    const w = srv.client().watchIter('podstatus', { bootstrap: true, fromBookmark: boot?.bookmark, idRegexp: '^pair/' });
+    const got = await changes(w, 4);
+    expect(summary(got)).toEqual(['updated pair/a@2', 'created pair/c@1', 'destroyed pair/b@1', 'updated pair/a@3']);
+    // Lean events carry no old resource: the watch's view, empty at the start of a resume, fills it in from the
+    // second change of a resource on.
+    expect(got[0]?.old).toBeUndefined();
+    expect(got[3]?.old?.metadata.version).toBe(2);
+    await w.close();
+  });
+
+  it('a bookmark of another instance is too old: one re-list, a `replaced` step with a bookmark that resumes; watchIter yields the difference', async () => {
+    await put('foreign/a', false);
+    await put('foreign/b', false);
+    const client = srv.client();
+    if (!isWatchTransport(client)) throw new Error('the library client is its own transport');
+    const states: string[] = [];
+    const r = new Reflector(client, 'podstatus', {
+      bootstrap: true,
+      fromBookmark: foreign,
+      idRegexp: '^foreign/',
+      eventForm: 'lean',
+      reconnect: { onState: (s, d) => states.push(d === undefined ? s : `${s}: ${d}`) },
+    });
+    const steps = r.steps();
+    const first = await nextSteps(steps);
+    expect(first.map((d) => (d.op === 'replaced' ? [...d.items.keys()] : d.op))).toEqual([['foreign/a', 'foreign/b']]);
+    const resumeAt = first[0]?.op === 'replaced' ? first[0].bookmark : undefined;
+    expect(resumeAt).toBeInstanceOf(Uint8Array);
+    expect(states).toEqual(['connecting', expect.stringMatching(/^resyncing: .*another server instance/), 'streaming']);
+    await put('foreign/a', true);
+    const [change] = await nextSteps(steps);
+    expect(change?.op === 'updated' && [change.resource.metadata.id, change.resource.metadata.version, change.event.bookmark instanceof Uint8Array]).toEqual(['foreign/a', 2, true]);
+    await r.close();
+
+    // The replaced step's bookmark is a place to resume from: after it, that update and nothing before it.
+    await put('foreign/z', false);
+    const resumed = client.watchIter('podstatus', { bootstrap: true, fromBookmark: resumeAt, idRegexp: '^foreign/' });
+    expect(summary(await changes(resumed, 2))).toEqual(['updated foreign/a@2', 'created foreign/z@1']);
+    await resumed.close();
+
+    // watchIter starts with an empty view: the re-list's difference is every resource, marked resync, with no
+    // bootstrapped marker; then the changes.
+    const w = client.watchIter('podstatus', { bootstrap: true, fromBookmark: foreign, idRegexp: '^foreign/' });
+    expect(summary(await changes(w, 3))).toEqual(['created foreign/a@2 resync', 'created foreign/b@1 resync', 'created foreign/z@1 resync']);
+    await remove('foreign/b');
+    expect(summary(await changes(w, 1))).toEqual(['destroyed foreign/b@1']);
+    await w.close();
+  });
+
+  it('works with `id`: resumes after the bookmark, and a foreign bookmark gets the resource\'s state as a resync', async () => {
+    await put('one/a', false);
+    const single = srv.client().watchIter('podstatus', { id: 'one/a' });
+    const [state] = await take(single, 1);
+    await single.close();
+    expect(summary(state ? [state] : [])).toEqual(['created one/a@1']);
+    await put('one/a', true);
+    const w = srv.client().watchIter('podstatus', { id: 'one/a', bootstrap: true, fromBookmark: state?.bookmark });
+    expect(summary(await changes(w, 1))).toEqual(['updated one/a@2']);
+    await w.close();
+    const fresh = srv.client().watchIter('podstatus', { id: 'one/a', bootstrap: true, fromBookmark: foreign });
+    expect(summary(await changes(fresh, 1))).toEqual(['created one/a@2 resync']);
+    await put('one/a', false);
+    const [update] = await changes(fresh, 1);
+    expect([update?.type, update?.old?.metadata.version, update?.resource?.metadata.version]).toEqual(['updated', 2, 3]);
+    await fresh.close();
   });
 });
 
