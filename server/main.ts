@@ -1,13 +1,12 @@
 #!/usr/bin/env node
 // cosid: serves the COSI State API for this node's static pods over mutual TLS.
-import * as grpc from '@grpc/grpc-js';
-import { readFileSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { format, parseArgs } from 'node:util';
+import { parseArgs } from 'node:util';
 import { createLogger, parseLevel, type Logger } from '../shared/log.js';
 import { CosiNode } from './node.js';
+import { duration, readProblem, routeLibraryLogs, UsageError, version } from './cli-support.js';
 import type { ResourceStore } from './store/store.js';
 import { TlsMaterial } from './tls/material.js';
 
@@ -50,24 +49,6 @@ const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [flags]
   -h, --help                print this help and exit
 
 Exit codes: 0 stopped cleanly (SIGTERM or SIGINT), 1 cannot start or failed, 2 usage error.`;
-
-/** A mistake in the command line: exit code 2. */
-class UsageError extends Error {
-  override readonly name = 'UsageError';
-}
-
-/** The package's version, from the package.json next to dist/. */
-function version(): string {
-  const pkg: unknown = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
-  return pkg !== null && typeof pkg === 'object' && 'version' in pkg && typeof pkg.version === 'string' ? pkg.version : 'unknown';
-}
-
-function duration(s: string): number {
-  const m = /^(\d+)(ms|s|m)?$/.exec(s.trim());
-  if (m === null) throw new UsageError(`invalid duration ${JSON.stringify(s)}: use for example 15s or 500ms`);
-  const n = Number(m[1]);
-  return m[2] === 'ms' ? n : m[2] === 'm' ? n * 60_000 : n * 1000;
-}
 
 async function main(): Promise<number> {
   let args;
@@ -138,19 +119,7 @@ async function main(): Promise<number> {
   const kubeletIntervalMs = duration(args['kubelet-interval'] ?? '15s');
   const pki = args.pki;
   const log = createLogger({ level });
-  // grpc-js's own log lines (a failed bind says "No address added out of total 1 resolved" before cosid can say
-  // why, in its words) go to the debug level; what matters reaches the log or the exit message in cosid's words.
-  const grpcLine = (message: unknown, ...rest: unknown[]) => log.debug('grpc-js', { text: format(message, ...rest) });
-  grpc.setLogger({ error: grpcLine, info: grpcLine, debug: grpcLine });
-  // Node's own warnings would be the only lines on stderr that are not JSON. The etcd client (etcd3 over grpc-js)
-  // sends an IP endpoint's address as the TLS server name, which Node warns about (DEP0123) at every start: the
-  // certificate is still checked against that IP, so that one goes to debug; any other warning is a warn line.
-  process.removeAllListeners('warning');
-  process.on('warning', (w: Error & { code?: string }) => {
-    const fields = { code: w.code ?? w.name, text: w.message };
-    if (w.code === 'DEP0123') log.debug('node warning', fields);
-    else log.warn('node warning', fields);
-  });
+  routeLibraryLogs(log);
   const read = async (file: string, hint: string) => {
     try {
       return await readFile(file, 'utf8');
@@ -257,12 +226,6 @@ async function impersonatorMaterial(pki: string, certFlag: string | undefined, k
   });
   material.watch();
   return material;
-}
-
-/** Why a file could not be read, short: its error code (ENOENT, EACCES, EISDIR), else the message. */
-function readProblem(err: unknown): string {
-  if (err !== null && typeof err === 'object' && 'code' in err && typeof err.code === 'string') return err.code;
-  return err instanceof Error ? err.message : String(err);
 }
 
 /** The store the flags name: memory, or etcd with its endpoints and credentials (checked before anything is read). */

@@ -1,0 +1,49 @@
+// What the server binaries (cosid, cosi-fleet) share on their command line: usage errors, the version, durations,
+// file errors in a few words, and library log lines routed into our structured log.
+import * as grpc from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
+import { format } from 'node:util';
+import type { Logger } from '../shared/log.js';
+
+/** A mistake in the command line: exit code 2. */
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
+
+/** The package's version, from the package.json next to dist/. */
+export function version(): string {
+  const pkg: unknown = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
+  return pkg !== null && typeof pkg === 'object' && 'version' in pkg && typeof pkg.version === 'string' ? pkg.version : 'unknown';
+}
+
+/** A duration flag: 15s, 500ms, 2m, or a bare number of seconds. */
+export function duration(s: string): number {
+  const m = /^(\d+)(ms|s|m)?$/.exec(s.trim());
+  if (m === null) throw new UsageError(`invalid duration ${JSON.stringify(s)}: use for example 15s or 500ms`);
+  const n = Number(m[1]);
+  return m[2] === 'ms' ? n : m[2] === 'm' ? n * 60_000 : n * 1000;
+}
+
+/** Why a file could not be read, short: its error code (ENOENT, EACCES, EISDIR), else the message. */
+export function readProblem(err: unknown): string {
+  if (err !== null && typeof err === 'object' && 'code' in err && typeof err.code === 'string') return err.code;
+  return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * grpc-js's own log lines (a failed bind says "No address added out of total 1 resolved" before we can say why, in
+ * our words) go to the debug level. Node's own warnings would be the only lines on stderr that are not JSON. The
+ * etcd client (etcd3 over grpc-js) sends an IP endpoint's address as the TLS server name, which Node warns about
+ * (DEP0123) at every start: the certificate is still checked against that IP, so that one goes to debug; any other
+ * warning is a warn line.
+ */
+export function routeLibraryLogs(log: Logger): void {
+  const grpcLine = (message: unknown, ...rest: unknown[]) => log.debug('grpc-js', { text: format(message, ...rest) });
+  grpc.setLogger({ error: grpcLine, info: grpcLine, debug: grpcLine });
+  process.removeAllListeners('warning');
+  process.on('warning', (w: Error & { code?: string }) => {
+    const fields = { code: w.code ?? w.name, text: w.message };
+    if (w.code === 'DEP0123') log.debug('node warning', fields);
+    else log.warn('node warning', fields);
+  });
+}
