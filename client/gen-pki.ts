@@ -15,6 +15,8 @@ export interface PkiFiles {
   readerKey: string;
   impersonator: string;
   impersonatorKey: string;
+  fleet: string;
+  fleetKey: string;
   cosiconfig: string;
 }
 
@@ -42,7 +44,8 @@ async function writeOut(path: string, text: string, secret: boolean, exclusive: 
 /**
  * Writes a new PKI into dir: ca.crt/key, server.crt/key (SANs 127.0.0.1, localhost and opts.sans),
  * admin.crt/key (O=os:admin), reader.crt/key (O=os:reader), impersonator.crt/key (O=os:impersonator: what cosid
- * passes calls naming another node on with, as Talos's apid) and a cosiconfig with the contexts admin (current) and
+ * passes calls naming another node on with, as Talos's apid), fleet.crt/key (O=os:reader and O=os:impersonator: what
+ * cosi-fleet follows nodes and relays calls to them with) and a cosiconfig with the contexts admin (current) and
  * reader. Refuses when dir already holds a ca.key, unless opts.force.
  */
 export async function generatePki(dir: string, opts: { sans?: string[]; endpoint?: string; force?: boolean } = {}): Promise<PkiFiles> {
@@ -57,6 +60,8 @@ export async function generatePki(dir: string, opts: { sans?: string[]; endpoint
     readerKey: join(dir, 'reader.key'),
     impersonator: join(dir, 'impersonator.crt'),
     impersonatorKey: join(dir, 'impersonator.key'),
+    fleet: join(dir, 'fleet.crt'),
+    fleetKey: join(dir, 'fleet.key'),
     cosiconfig: join(dir, 'cosiconfig'),
   };
   const force = opts.force === true;
@@ -72,6 +77,7 @@ export async function generatePki(dir: string, opts: { sans?: string[]; endpoint
   const admin = await issueClientCert(ca, { commonName: 'admin', organizations: ['os:admin'] });
   const reader = await issueClientCert(ca, { commonName: 'reader', organizations: ['os:reader'] });
   const impersonator = await issueClientCert(ca, { commonName: 'cosid', organizations: ['os:impersonator'] });
+  const fleet = await issueClientCert(ca, { commonName: 'cosi-fleet', organizations: ['os:reader', 'os:impersonator'] });
   const context = (name: string, pair: KeyPairPem): CosiContext => ({ name, endpoints: [endpoint], nodes: [], caPem: ca.certPem, certPem: pair.certPem, keyPem: pair.keyPem });
   const config = serializeCosiConfig({
     currentContext: 'admin',
@@ -92,6 +98,8 @@ export async function generatePki(dir: string, opts: { sans?: string[]; endpoint
   await writeOut(files.readerKey, reader.keyPem, true, false);
   await writeOut(files.impersonator, impersonator.certPem, false, false);
   await writeOut(files.impersonatorKey, impersonator.keyPem, true, false);
+  await writeOut(files.fleet, fleet.certPem, false, false);
+  await writeOut(files.fleetKey, fleet.keyPem, true, false);
   await writeOut(files.cosiconfig, config, true, false);
   return files;
 }

@@ -60,8 +60,8 @@ afterAll(async () => {
 
 describe('generatePki', () => {
   it('writes the CA, server, admin, reader and impersonator pairs and a cosiconfig, with keys readable by the owner only', async () => {
-    expect(Object.keys(files).sort()).toEqual(['admin', 'adminKey', 'ca', 'caKey', 'cosiconfig', 'impersonator', 'impersonatorKey', 'reader', 'readerKey', 'server', 'serverKey']);
-    for (const secret of [files.caKey, files.serverKey, files.adminKey, files.readerKey, files.impersonatorKey, files.cosiconfig]) {
+    expect(Object.keys(files).sort()).toEqual(['admin', 'adminKey', 'ca', 'caKey', 'cosiconfig', 'fleet', 'fleetKey', 'impersonator', 'impersonatorKey', 'reader', 'readerKey', 'server', 'serverKey']);
+    for (const secret of [files.caKey, files.serverKey, files.adminKey, files.readerKey, files.impersonatorKey, files.fleetKey, files.cosiconfig]) {
       expect(((await stat(secret)).mode & 0o777).toString(8), secret).toBe('600');
     }
     for (const p of [ca, server, admin, reader]) {
