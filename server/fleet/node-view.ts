@@ -242,7 +242,8 @@ export class NodeKindHistory implements KindHistory {
     const fleet = this.fleet;
     this.floor = fleet.oldestRevision;
     const prefix = `${this.node}/`;
-    for (const r of fleet.list()) if (r.metadata.id.startsWith(prefix)) {
+    for (const r of fleet.list()) {
+      if (!r.metadata.id.startsWith(prefix)) continue;
       const p = this.project(r);
       this.items.set(p.metadata.id, p);
     }
