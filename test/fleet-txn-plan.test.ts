@@ -39,7 +39,7 @@ const limitsArb: fc.Arbitrary<TxnLimits> = fc.oneof(
 function bytesOf(plan: TxnPlan): number {
   const req = commitRequest(plan);
   let n = 0;
-  for (const op of req.success) n += (op.request_put?.key.length ?? op.request_delete_range?.key?.length ?? 0) + (op.request_put?.value?.length ?? 0);
+  for (const op of req.success ?? []) n += (op.request_put?.key?.length ?? op.request_delete_range?.key?.length ?? 0) + (op.request_put?.value?.length ?? 0);
   return n;
 }
 
