@@ -223,13 +223,15 @@ describe.skipIf(etcd === null)('fleet writer on etcd', () => {
     const acquired = await Promise.all(Array.from({ length: 1000 }, (_, i) => own(c, keys, `node-${i}`)));
     const w = writer(c, keys);
     const value = 'x'.repeat(600);
+    const cpu0 = process.cpuUsage();
     const t0 = performance.now();
     const results = await Promise.all(
       acquired.map((a) => w.submit(a, Array.from({ length: 5 }, (_, i) => ({ key: keys.resource(KIND, a.node, `pod-${i}`), value, bookmark: { type: KIND.type, value: new Uint8Array(40) } })))),
     );
     const s = (performance.now() - t0) / 1000;
+    const cpu = process.cpuUsage(cpu0);
     expect(results.every((r) => r !== 'fenced' && r.committed === 5)).toBe(true);
     withinLimits(sent);
-    process.stdout.write(`fleet writer bench: 5000 ops in ${sent.length} txns, ${s.toFixed(2)} s: ${(5000 / s).toFixed(0)} ops/s, ${(sent.length / s).toFixed(0)} txns/s\n`);
+    process.stdout.write(`fleet writer bench: 5000 ops in ${sent.length} txns, ${s.toFixed(2)} s: ${(5000 / s).toFixed(0)} ops/s, ${(sent.length / s).toFixed(0)} txns/s, this process's CPU ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms\n`);
   });
 });

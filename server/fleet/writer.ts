@@ -321,4 +321,4 @@ export class FleetWriter {
 }
 
 /** etcd answered, refusing the request itself: sending it again cannot help (a bug in planning, or a huge value). */
-const REFUSED = /too many operations|duplicate key|request is too large|exceeds? (the )?(maximum|limit)/i;
+const REFUSED = /too many operations|duplicate key|request is too large|larger than max|exceeds? (the )?(maximum|limit)/i;
