@@ -57,6 +57,10 @@ interface NodeState {
 
 const stateId = (node: string, token: string): string => `${node}\0${token}`;
 
+/**
+ * `client`'s own retries should be off for the writer (etcd3's default global policy sends a call again after a
+ * deadline, and a commit sent again by it writes its values a second time; the writer's own retry reads first).
+ */
 export class FleetWriter {
   private readonly limits: TxnLimits;
   private readonly maxInFlight: number;
