@@ -228,6 +228,7 @@ export class PrefixWatch {
   private watcher: Watcher | undefined;
   private closed = false;
   private seen = 0n;
+  /** Ends the current wait (a retry's delay, or following the watch) when the view is closed. */
   private wake: (() => void) | undefined;
   readonly ready: Promise<void>;
 
@@ -301,8 +302,11 @@ export class PrefixWatch {
       if (changes.size > 0) this.handler.events(changes);
     });
     return new Promise((resolve) => {
+      // A watcher cancelled before etcd confirmed it ends without an 'end' event: close() wakes this too.
+      this.wake = () => resolve(undefined);
       watcher.once('end', () => resolve(undefined));
-      watcher.once('error', (err: Error) => {
+      // `on`, not `once`: an 'error' with no listener would throw.
+      watcher.on('error', (err: Error) => {
         void watcher.cancel().catch(() => undefined);
         resolve(this.closed ? undefined : err);
       });

@@ -98,6 +98,9 @@ export class Ownership extends EventEmitter<OwnershipEvents> {
     }
     if (!res.succeeded) return undefined;
     const token = res.header.revision;
+    // Held under an earlier token whose deletion the watch has not shown yet: that one is gone, since the key was absent.
+    const earlier = this.mine.get(node);
+    if (earlier !== undefined) this.lose(node, earlier);
     this.mine.set(node, token);
     // After the put: the bookmarks, each mirrored kind, the FleetNode.
     const ranges = res.responses.slice(1).map((r) => r.response_range.kvs);
