@@ -271,10 +271,11 @@ export class PrefixWatch {
         this.handler.reset(res.kvs);
         ready();
         delay = FIRST_RETRY_MS;
-        const err = await this.follow(this.seen + 1n);
-        if (err !== undefined) this.log.warn('watch ended; reading again', { prefix: this.prefix, error: errorText(err) });
+        const ended = await this.follow(this.seen + 1n);
+        if (ended !== undefined) throw ended;
       } catch (err) {
-        this.log.warn('could not read; retrying', { prefix: this.prefix, error: errorText(err), retryInMs: delay });
+        if (this.closed) return;
+        this.log.warn('could not read or watch; reading again', { prefix: this.prefix, error: errorText(err), retryInMs: delay });
         await new Promise<void>((r) => {
           this.wake = r;
           setTimeout(r, delay);
