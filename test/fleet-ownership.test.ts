@@ -10,7 +10,8 @@ import { K8S_NAMESPACE, STATIC_POD_STATUS_TYPE, STATIC_POD_TYPE } from '../serve
 import { FleetKeys, MIRRORED_KINDS } from '../server/fleet/keys.js';
 import { Membership } from '../server/fleet/membership.js';
 import { encodeMirrored, mirrorDigest } from '../server/fleet/mirror.js';
-import { decodeBookmark, encodeBookmark, Ownership } from '../server/fleet/ownership.js';
+import { Ownership } from '../server/fleet/ownership.js';
+import { decodeBookmarkValue, encodeBookmarkValue } from '../server/fleet/bookmark-value.js';
 import { etcdClient } from '../server/store/etcd/client.js';
 import { createLogger } from '../shared/log.js';
 import { eventually } from './harness.js';
@@ -112,9 +113,9 @@ describe.skipIf(etcd === null)('fleet membership and ownership', () => {
     await a.client.put(keys.resource(pods, 'node-1', 'kube-system/web')).value(podValue);
     await a.client.put(keys.resource(statuses, 'node-1', 'kube-system/web')).value(statusValue);
     await a.client.put(keys.resource(pods, 'node-10', 'other')).value(podValue);
-    await a.client.put(keys.bookmark('node-1', STATIC_POD_TYPE)).value(encodeBookmark('41', podBookmark));
+    await a.client.put(keys.bookmark('node-1', STATIC_POD_TYPE)).value(encodeBookmarkValue('41', podBookmark));
     await a.client.put(keys.bookmark('node-1', STATIC_POD_STATUS_TYPE)).value('not json');
-    await a.client.put(keys.bookmark('node-10', STATIC_POD_TYPE)).value(encodeBookmark('41', new Uint8Array([9])));
+    await a.client.put(keys.bookmark('node-10', STATIC_POD_TYPE)).value(encodeBookmarkValue('41', new Uint8Array([9])));
     await a.client.put(keys.fleetNode('node-1')).value(fleetNodeValue);
 
     const got = await a.ownership.acquire('node-1');
@@ -140,7 +141,7 @@ describe.skipIf(etcd === null)('fleet membership and ownership', () => {
     expect(empty?.bookmarks.size).toBe(0);
     expect(empty?.fleetNode).toBeUndefined();
     expect([...(empty?.written.values() ?? [])].every((m) => m.size === 0)).toBe(true);
-    expect(decodeBookmark(Buffer.from(encodeBookmark('5', podBookmark)))).toEqual(podBookmark);
+    expect(decodeBookmarkValue(encodeBookmarkValue('5', podBookmark))?.bookmark).toEqual(podBookmark);
   });
 
   it('releases a node only under its own token', async () => {

@@ -12,6 +12,7 @@ import type { Acquired } from './contracts.js';
 import { checkNodeName, MIRRORED_KINDS, type FleetKeys } from './keys.js';
 import { PrefixWatch, prefixEnd, type Membership } from './membership.js';
 import { mirrorDigest } from './mirror.js';
+import { decodeBookmarkValue } from './bookmark-value.js';
 
 export interface OwnerInfo {
   readonly replica: string;
@@ -31,12 +32,6 @@ export interface OwnershipEvents {
 
 export interface OwnershipOptions {
   readonly log?: Logger;
-}
-
-/** The value of `<P>bm/<node>/<type>`: the token it was written under, and the bookmark in base64. */
-interface StoredBookmark {
-  readonly w: string;
-  readonly b: string;
 }
 
 export class Ownership extends EventEmitter<OwnershipEvents> {
@@ -193,7 +188,7 @@ export class Ownership extends EventEmitter<OwnershipEvents> {
     const bookmarks = new Map<string, Uint8Array>();
     for (const kv of kvs) {
       const type = kv.key.subarray(prefixBytes).toString('utf8');
-      const b = decodeBookmark(kv.value);
+      const b = decodeBookmarkValue(kv.value)?.bookmark;
       // Without it the node's kind is listed again (a bootstrap), which is correct, only slower.
       if (b === undefined) this.log.warn('stored bookmark does not decode; the kind will be listed again', { node, type });
       else bookmarks.set(type, b);
@@ -213,18 +208,4 @@ function sameOwner(a: OwnerInfo | undefined, b: OwnerInfo | undefined): boolean 
 /** node-local id -> digest of the stored value, for the keys under a node's kind prefix. */
 function digestsOf(kvs: readonly IKeyValue[], prefixBytes: number): Map<string, string> {
   return new Map(kvs.map((kv) => [kv.key.subarray(prefixBytes).toString('utf8'), mirrorDigest(kv.value)]));
-}
-
-export function encodeBookmark(token: string, bookmark: Uint8Array): string {
-  const stored: StoredBookmark = { w: token, b: Buffer.from(bookmark).toString('base64') };
-  return JSON.stringify(stored);
-}
-
-export function decodeBookmark(value: Buffer): Uint8Array | undefined {
-  try {
-    const v = JSON.parse(value.toString('utf8')) as Partial<StoredBookmark>;
-    return typeof v.b === 'string' && typeof v.w === 'string' ? new Uint8Array(Buffer.from(v.b, 'base64')) : undefined;
-  } catch {
-    return undefined;
-  }
 }

@@ -1,6 +1,6 @@
 // The etcd client the store talks through: which endpoints it accepts (TLS, or plaintext on loopback only), and its
 // deadlines, watch backoff and keepalive.
-import type { IBackoff } from 'cockatiel';
+import { noop, type IBackoff } from 'cockatiel';
 import { Etcd3 } from 'etcd3';
 
 export interface EtcdTls {
@@ -9,8 +9,12 @@ export interface EtcdTls {
   readonly keyPem: string;
 }
 
-/** A client for `endpoints` whose unary calls end at `timeoutMs`. Throws for an endpoint the policy refuses. */
-export function etcdClient(endpoints: readonly string[], tls: EtcdTls | undefined, timeoutMs: number): Etcd3 {
+/**
+ * A client for `endpoints` whose unary calls end at `timeoutMs`. Throws for an endpoint the policy refuses.
+ * `resend: false` turns off etcd3's own retries (it sends a call again after a deadline, and a transaction whose
+ * answer was lost would commit twice): for a writer that checks before it sends again (fleet/writer.ts).
+ */
+export function etcdClient(endpoints: readonly string[], tls: EtcdTls | undefined, timeoutMs: number, opts: { resend?: boolean } = {}): Etcd3 {
   if (endpoints.length === 0) throw new Error('etcd: no endpoint given');
   for (const e of endpoints) checkEndpoint(e, tls !== undefined);
   return new Etcd3({
@@ -19,7 +23,7 @@ export function etcdClient(endpoints: readonly string[], tls: EtcdTls | undefine
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeoutMs }),
     dialTimeout: timeoutMs,
     // A watch stream that broke reconnects within a second or two once etcd is back (the default waits up to 30 s).
-    faultHandling: { watchBackoff: WATCH_BACKOFF },
+    faultHandling: { watchBackoff: WATCH_BACKOFF, ...(opts.resend === false ? { global: noop } : {}) },
     grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5_000, 'grpc.max_receive_message_length': 256 << 20 },
   });
 }

@@ -1,0 +1,248 @@
+// Which nodes this replica follows: the nodes rendezvous hashing gives it among the live replicas (assign.ts),
+// each acquired (ownership.ts) and followed (follower.ts), handed over when another replica wins it, and cleaned
+// out of etcd when it leaves the node list. Connecting, resuming and listing again take a bootstrap slot (a FIFO
+// semaphore of --max-bootstraps), so a fleet restart resumes a bounded number of nodes at once and never lists a
+// thousand at the same moment (omni#1234). docs/design/fleet.md §3-4.
+import type { Etcd3 } from 'etcd3';
+import type { Logger } from '../../shared/log.js';
+import type { NodeTarget } from '../api/node-directory.js';
+import { desiredNodes } from './assign.js';
+import type { Acquired } from './contracts.js';
+import { NodeFollower, type FollowerDeps } from './follower.js';
+import { MIRRORED_KINDS, type FleetKeys } from './keys.js';
+
+/** What the followers need of ownership (ownership.ts). */
+export interface Owners {
+  acquire(node: string): Promise<Acquired | undefined>;
+  /** Deletes the owner key if it still has the acquisition's token. */
+  release(a: Acquired): Promise<unknown>;
+  /** Current owner of each owned node, as the owner keys say. */
+  owners(): ReadonlyMap<string, { readonly replica: string }>;
+}
+
+export interface FollowersOptions {
+  replica: string;
+  keys: FleetKeys;
+  client: Etcd3;
+  owners: Owners;
+  /** The live replicas. */
+  replicas(): readonly string[];
+  /** The node list of record. */
+  nodes(): ReadonlyMap<string, NodeTarget>;
+  follower: Omit<FollowerDeps, 'log'>;
+  maxBootstraps: number;
+  log: Logger;
+}
+
+export interface FollowersStats {
+  following: number;
+  bootstrapsInFlight: number;
+  /** The most bootstrap slots held at once since start. */
+  bootstrapsMax: number;
+  handovers: number;
+  fenced: number;
+}
+
+export class Followers {
+  private readonly following = new Map<string, NodeFollower>();
+  /** Nodes on their way in (waiting for a slot, acquiring, catching up) or out (handing over, removing). */
+  private readonly busy = new Set<string>();
+  private readonly queue: (() => void)[] = [];
+  private slots = 0;
+  private readonly counters = { bootstrapsMax: 0, handovers: 0, fenced: 0 };
+  private stopped = false;
+  private reconciling = false;
+  private again = false;
+  private retryTimer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly opts: FollowersOptions) {}
+
+  stats(): FollowersStats {
+    return { following: this.following.size, bootstrapsInFlight: this.slots, ...this.counters };
+  }
+
+  /** How many followed nodes are in each state. */
+  countByState(): Map<string, number> {
+    const counts = new Map<string, number>();
+    for (const f of this.following.values()) counts.set(f.nodeState, (counts.get(f.nodeState) ?? 0) + 1);
+    return counts;
+  }
+
+  /** The owner key of a followed node went to another replica (or with our lease): stop following it. */
+  lost(node: string, token: string): void {
+    const f = this.following.get(node);
+    if (f === undefined || f.acquired.token !== token) return;
+    this.following.delete(node);
+    this.counters.fenced++;
+    this.opts.log.info('node lost to another replica', { node });
+    void f.stop().then(() => this.reconcile());
+  }
+
+  /** The follower of an owned node (its state), if any. */
+  follower(node: string): NodeFollower | undefined {
+    return this.following.get(node);
+  }
+
+  /** Brings the followed set to the desired one; call on any change of replicas, owners or the node list. */
+  reconcile(): void {
+    if (this.stopped) return;
+    if (this.reconciling) {
+      this.again = true;
+      return;
+    }
+    this.reconciling = true;
+    try {
+      const nodes = this.opts.nodes();
+      const desired = desiredNodes(this.opts.replica, [...nodes.keys()], this.opts.replicas());
+      const owners = this.opts.owners.owners();
+      for (const name of desired) {
+        if (this.following.has(name) || this.busy.has(name)) continue;
+        const owner = owners.get(name);
+        // Owned by another replica: it hands the node over when it sees it lost it; its key going away calls us again.
+        if (owner !== undefined && owner.replica !== this.opts.replica) continue;
+        const target = nodes.get(name);
+        if (target !== undefined) this.bringIn(target);
+      }
+      for (const [name, f] of this.following) {
+        if (this.busy.has(name) || desired.has(name)) continue;
+        if (nodes.has(name)) this.handOver(name, f);
+        else this.remove(name, f);
+      }
+      // Nodes that left the list while no replica owned them: their rendezvous winner cleans them up.
+      for (const [name, owner] of owners) {
+        if (owner.replica === this.opts.replica && !nodes.has(name) && !this.following.has(name) && !this.busy.has(name)) {
+          this.opts.log.debug('owner key of a node no longer listed', { node: name });
+        }
+      }
+    } finally {
+      this.reconciling = false;
+      if (this.again) {
+        this.again = false;
+        queueMicrotask(() => this.reconcile());
+      }
+    }
+  }
+
+  /** Stops every follower (handover by stopping: the owner keys go with the lease, or are released). */
+  async stop(release: boolean): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    for (const wake of this.queue.splice(0)) wake();
+    const all = [...this.following.values()];
+    this.following.clear();
+    await Promise.allSettled(
+      all.map(async (f) => {
+        await f.stop();
+        if (release) await this.opts.owners.release(f.acquired).catch(() => undefined);
+      }),
+    );
+  }
+
+  /** Everything this replica follows stops at once (the lease was lost: the writes would be fenced anyway). */
+  async dropAll(): Promise<void> {
+    const all = [...this.following.values()];
+    this.following.clear();
+    await Promise.allSettled(all.map((f) => f.stop()));
+  }
+
+  private async slot(): Promise<() => void> {
+    if (this.slots >= this.opts.maxBootstraps) await new Promise<void>((resolve) => this.queue.push(resolve));
+    this.slots++;
+    this.counters.bootstrapsMax = Math.max(this.counters.bootstrapsMax, this.slots);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.slots--;
+      this.queue.shift()?.();
+    };
+  }
+
+  private bringIn(target: NodeTarget): void {
+    const name = target.name;
+    this.busy.add(name);
+    void (async () => {
+      const free = await this.slot();
+      let keepSlot = false;
+      try {
+        if (this.stopped) return;
+        const acquired = await this.opts.owners.acquire(name);
+        if (acquired === undefined || this.stopped) return;
+        const follower = new NodeFollower({ ...this.opts.follower, log: this.opts.log }, target, acquired, {
+          caughtUp: () => free(),
+          fenced: () => this.onFenced(name, follower),
+        });
+        this.following.set(name, follower);
+        keepSlot = true;
+        follower.start();
+      } catch (err) {
+        this.opts.log.warn('cannot take a node yet', { node: name, error: err instanceof Error ? err.message : String(err) });
+        this.retryLater();
+      } finally {
+        if (!keepSlot) free();
+        this.busy.delete(name);
+      }
+    })();
+  }
+
+  /** A node another replica now wins: stop, let the writer drain, then release the owner key. */
+  private handOver(name: string, f: NodeFollower): void {
+    this.busy.add(name);
+    void (async () => {
+      const free = await this.slot();
+      try {
+        await f.stop();
+        this.following.delete(name);
+        await this.opts.owners.release(f.acquired);
+        this.counters.handovers++;
+        this.opts.log.info('node handed over', { node: name });
+      } catch (err) {
+        this.opts.log.warn('handover failed; the owner key goes with the lease', { node: name, error: err instanceof Error ? err.message : String(err) });
+      } finally {
+        free();
+        this.busy.delete(name);
+        this.reconcile();
+      }
+    })();
+  }
+
+  /** A node that left the list: its rows, bookmarks, FleetNode and owner key go, in one fenced transaction. */
+  private remove(name: string, f: NodeFollower): void {
+    this.busy.add(name);
+    void (async () => {
+      try {
+        await f.stop();
+        this.following.delete(name);
+        const { client, keys } = this.opts;
+        const ops = [
+          ...MIRRORED_KINDS.map((k) => client.delete().prefix(keys.nodeKindPrefix(k, name))),
+          client.delete().prefix(keys.bookmarkPrefix(name)),
+          client.delete().key(keys.fleetNode(name)),
+          client.delete().key(keys.owner(name)),
+        ];
+        const res = await client.if(keys.owner(name), 'Create', '==', f.acquired.token).then(...ops).commit();
+        this.opts.log.info(res.succeeded ? 'node removed from the fleet' : 'node removal fenced: another replica owns it', { node: name });
+      } catch (err) {
+        this.opts.log.warn('cannot remove a node yet', { node: name, error: err instanceof Error ? err.message : String(err) });
+      } finally {
+        this.busy.delete(name);
+      }
+    })();
+  }
+
+  private onFenced(name: string, f: NodeFollower): void {
+    if (this.following.get(name) !== f) return;
+    this.counters.fenced++;
+    this.following.delete(name);
+    this.opts.log.warn('writes for the node were fenced: another replica owns it now', { node: name });
+    void f.stop().then(() => this.reconcile());
+  }
+
+  private retryLater(): void {
+    if (this.retryTimer !== undefined || this.stopped) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.reconcile();
+    }, 1000);
+  }
+}
