@@ -131,7 +131,7 @@ describe('fleet simulator, in process: 50 nodes', () => {
 });
 
 describe('fleet simulator, forked: IPC operations', () => {
-  it('answers stats, memory, down/up, setRate and addNode (appended to nodes.yaml)', async () => {
+  it('answers stats, memory, down/up, setRate, flood, flap and addNode (appended to nodes.yaml)', async () => {
     const dir = await mkdtemp(join(tmpRoot(), 'cosi-fleet-sim-'));
     const sim = await forkSimFleet({ nodes: 3, pods: 2, rate: 0, dir, logLevel: 'warn' });
     try {
@@ -163,6 +163,22 @@ describe('fleet simulator, forked: IPC operations', () => {
 
       await sim.call('setRate', 50);
       await eventually(async () => expect((await sim.call('stats')).changes).toBeGreaterThan(0));
+      await sim.call('setRate', 0);
+
+      // A flood writes on its node alone, down or not.
+      await sim.call('down', 2);
+      const before = (await sim.call('stats')).nodes[2]?.writes ?? 0;
+      await sim.call('flood', 2, 200);
+      await eventually(async () => expect((await sim.call('stats')).nodes[2]?.writes).toBeGreaterThan(before + 20));
+      await sim.call('flood', 2, 0);
+      await sim.call('up', 2);
+
+      // A flapping node goes down and comes back, until the flap ends (and leaves it up).
+      await sim.call('flap', 0, 100);
+      await eventually(async () => expect((await sim.call('stats')).nodes[0]?.up).toBe(false));
+      await eventually(async () => expect((await sim.call('stats')).nodes[0]?.up).toBe(true));
+      await sim.call('flap', 0, 0);
+      await eventually(async () => expect((await sim.call('stats')).nodes[0]?.up).toBe(true));
 
       const added = await sim.call('addNode');
       expect(added.name).toBe('sim-3');

@@ -166,9 +166,8 @@ export class SimNode {
   }
 
   /**
-   * Stops answering at once, as a node that died or dropped off the network: its connections are cut without a
-   * goodbye, so clients see UNAVAILABLE (grpc-js's forceShutdown alone says GOAWAY with CANCEL, which clients take for
-   * a cancellation). The store and its history stay.
+   * Stops answering at once, as a node that died or dropped off the network: its connections are cut first, with no
+   * GOAWAY (forceShutdown alone would send one), then the port is closed. The store and its history stay.
    */
   down(): void {
     for (const socket of this.sockets) socket.destroy();
