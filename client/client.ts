@@ -215,6 +215,19 @@ export interface CosiClient {
   /** The node name the server reported (response header `cosi-node`), once a call has answered. */
   readonly node: string | undefined;
   /**
+   * Set when the endpoint is a cosi-fleet answering for all its nodes (response header `cosi-fleet`: the fleet's etcd
+   * prefix), once a call has answered. Each resource's id is then `<node>/<id>` and its label `cosi-pods.dev/node`
+   * names its node; `node` above is the fleet replica that answered, not the resources' node. Undefined otherwise,
+   * and for a client naming a node (`node`, `withNode`): a fleet answers that as the node itself would.
+   */
+  readonly fleet?: string | undefined;
+  /**
+   * For a client naming a node through a cosi-fleet: why the fleet's copy of that node may not be current, as the
+   * last answer said (response header `cosi-fleet-node-state`, such as `Unreachable; since=2025-01-02T03:04:05Z` or
+   * `Waiting`). Undefined while the fleet follows the node live, and from any other server.
+   */
+  readonly fleetNodeState?: string | undefined;
+  /**
    * A client for `node` behind the same endpoint (its calls carry metadata `node`), sharing this client's connection:
    * one connection to the endpoint serves every node. Closing it ends its own calls only; closing this client ends
    * the connection, and with it every such client's calls.

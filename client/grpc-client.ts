@@ -67,6 +67,8 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
   private readonly watches = new Set<Closable>();
   private definitionsCache: Promise<ResourceDefinition[]> | undefined;
   private reportedNode: string | undefined;
+  private reportedFleet: string | undefined;
+  private reportedFleetNodeState: string | undefined;
   /** Where and how to dial again to tell why a connection failed. */
   private readonly probeTarget: ProbeTarget;
   /** The diagnosis in flight: calls that fail together share one second dial. */
@@ -125,6 +127,14 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
 
   get node(): string | undefined {
     return this.reportedNode;
+  }
+
+  get fleet(): string | undefined {
+    return this.reportedFleet;
+  }
+
+  get fleetNodeState(): string | undefined {
+    return this.reportedFleetNodeState;
   }
 
   close(): void {
@@ -206,9 +216,15 @@ export class GrpcCosiClient implements CosiClient, WatchTransport, MachineTransp
     return () => this.watches.delete(w);
   }
 
+  /** What a response header says about the server: its node name, and a fleet's `cosi-fleet` and node state. */
   noteNode(md: grpc.Metadata): void {
     const v = md.get('cosi-node')[0];
     if (typeof v === 'string' && v !== '') this.reportedNode = v;
+    const fleet = md.get('cosi-fleet')[0];
+    if (typeof fleet === 'string' && fleet !== '') this.reportedFleet = fleet;
+    // Each answer tells the node's state of the moment: no header means the fleet follows it (again).
+    const state = md.get('cosi-fleet-node-state')[0];
+    this.reportedFleetNodeState = typeof state === 'string' && state !== '' ? state : undefined;
   }
 
   /** One raw Watch call, no reconnects: each message's events ([] is the "ready" marker), pulled. */

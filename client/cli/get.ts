@@ -3,8 +3,10 @@ import type { Subscription } from 'rxjs';
 import { connectContext } from '../client.js';
 import { defaultCosiConfigPath, loadCosiConfig, selectContext } from '../cosiconfig.js';
 import { getNodes, listNodes, watchNodes, type NodeResult, type NodeTarget } from '../nodes.js';
-import type { CosiResource } from '../resource.js';
-import { createPrinter, parseOutputFormat, type Printer } from './output.js';
+import type { CosiClient } from '../client.js';
+import type { CosiResource, WatchEventType } from '../resource.js';
+import { FLEET_NAMESPACE, FLEET_NODE_TYPE, fleetNameOf, FleetNodeStates, nodeStateWarning } from './fleet-view.js';
+import { createPrinter, parseOutputFormat, type Printer, type Row } from './output.js';
 import { UsageError } from './usage.js';
 
 export interface GetOptions extends TargetOptions {
@@ -28,32 +30,149 @@ export async function runGet(o: GetOptions): Promise<number> {
   if (o.jsonArray && format.kind !== 'json') throw new UsageError('--json-array only applies to -o json');
 
   const { targets, labelOf } = await openTargets(o);
+  const view = new FleetAware(targets, labelOf);
 
   try {
     const def = await resolveOnAny(targets, typeName);
     const namespace = o.namespace ?? def.defaultNamespace;
-    const printer = createPrinter(format, def, o.watch, (s) => process.stdout.write(s));
-    if (o.watch) return await watch(targets, def.type, namespace, id, printer, labelOf);
+    const printer = createPrinter(format, def, o.watch, (s) => process.stdout.write(s), { stale: () => view.staleColumn() });
+    if (o.watch) return await watch(targets, def.type, namespace, id, printer, view, format.kind === 'table');
     const results: NodeResult<CosiResource[]>[] =
       id !== undefined
         ? (await getNodes(targets, def.type, id, { namespace })).map((r) => (r.error === undefined ? { node: r.node, value: [r.value] } : r))
         : await listNodes(targets, def.type, { namespace });
     let failed = 0;
     for (const r of results) {
+      view.warnNodeState(r.node);
       if (r.error !== undefined) {
         if (targets.length === 1) throw r.error;
         failed++;
         process.stderr.write(`error: node ${r.node}: ${r.error.message}\n`);
         continue;
       }
-      for (const resource of r.value) printer.add({ node: labelOf(r.node), resource });
+      for (const resource of r.value) printer.add(view.row(r.node, resource));
     }
+    if (format.kind === 'table') await view.listStates();
     printer.flush();
     printer.close();
     return failed > 0 ? 1 : 0;
   } finally {
     if (!o.watch) for (const t of targets) t.client.close();
   }
+}
+
+/**
+ * What a fleet endpoint changes in get's output (docs/design/fleet.md §5). Through the fleet view (the server sent
+ * `cosi-fleet`), a row's NODE is its node label and its ID drops `<node>/`; the table adds STALE from the fleet's
+ * FleetNodes. Through a fleet to a named node, a node the fleet does not follow live gets one warning.
+ */
+class FleetAware {
+  private readonly byNode: Map<string, NodeTarget>;
+  private readonly warned = new Set<string>();
+  /** The FleetNodes, once asked for (a List, or a Watch kept current). */
+  private states: FleetNodeStates | undefined;
+  /** The Watch of FleetNodes alongside get -w: its subscription, and whether it has bootstrapped or given up. */
+  private statesWatch: Subscription | undefined;
+  private statesSettled = false;
+
+  constructor(
+    targets: readonly NodeTarget[],
+    private readonly labelOf: (node: string) => string,
+  ) {
+    this.byNode = new Map(targets.map((t) => [t.node, t]));
+  }
+
+  /** The fleet view's client, when this target is one (its answers carried `cosi-fleet`). */
+  private fleetOf(node: string): CosiClient | undefined {
+    const client = this.byNode.get(node)?.client;
+    return client?.fleet !== undefined ? client : undefined;
+  }
+
+  row(node: string, resource: CosiResource, event?: WatchEventType): Row {
+    const at = event !== undefined ? { event } : {};
+    if (this.fleetOf(node) === undefined) return { node: this.labelOf(node), resource, ...at };
+    const named = fleetNameOf(resource);
+    return { node: named.node, id: named.id, resource, ...at };
+  }
+
+  /** Once per node: the fleet answered for it without following it live (response header `cosi-fleet-node-state`). */
+  warnNodeState(node: string): void {
+    const state = this.byNode.get(node)?.client.fleetNodeState;
+    if (state === undefined || this.warned.has(node)) return;
+    this.warned.add(node);
+    process.stderr.write(nodeStateWarning(this.labelOf(node), state));
+  }
+
+  /** The STALE cell of each row, when there is a STALE column: through the fleet view, once its FleetNodes are read. */
+  staleColumn(): ((row: Row) => string) | undefined {
+    const states = this.states;
+    return states === undefined ? undefined : (row) => (row.node === '' ? '' : states.staleOf(row.node));
+  }
+
+  /** get: one List of FleetNodes, when some answer came from the fleet view. A failure costs the column only. */
+  async listStates(): Promise<void> {
+    const client = this.fleetClient();
+    if (client === undefined) return;
+    try {
+      const states = new FleetNodeStates();
+      for (const r of await client.list(FLEET_NODE_TYPE, { namespace: FLEET_NAMESPACE })) states.set(r);
+      this.states = states;
+    } catch (err) {
+      warnNoStates(err);
+    }
+  }
+
+  /**
+   * get -w: a Watch of FleetNodes, started once the fleet view has answered, so rows printed later show the state of
+   * their moment. `ready` is called when it has bootstrapped or has failed (then rows go on without STALE).
+   */
+  watchStates(ready: () => void): void {
+    const client = this.fleetClient();
+    if (client === undefined || this.statesWatch !== undefined) return;
+    const states = new FleetNodeStates();
+    const settle = () => {
+      if (this.statesSettled) return;
+      this.statesSettled = true;
+      ready();
+    };
+    this.statesWatch = client.watch(FLEET_NODE_TYPE, { namespace: FLEET_NAMESPACE, bootstrap: true }).subscribe({
+      next: (e) => {
+        if (e.type === 'bootstrapped') {
+          this.states = states;
+          return settle();
+        }
+        if (e.resource === undefined) return;
+        if (e.type === 'destroyed') states.delete(e.resource);
+        else if (e.type === 'created' || e.type === 'updated') states.set(e.resource);
+      },
+      error: (err: unknown) => {
+        // Rows already printed with STALE keep the column, with the states last seen.
+        warnNoStates(err);
+        settle();
+      },
+    });
+  }
+
+  /** Whether rows must wait for the FleetNodes (their watch is open and has not bootstrapped). */
+  get statesPending(): boolean {
+    return this.statesWatch !== undefined && !this.statesSettled;
+  }
+
+  close(): void {
+    this.statesWatch?.unsubscribe();
+  }
+
+  private fleetClient(): CosiClient | undefined {
+    for (const node of this.byNode.keys()) {
+      const client = this.fleetOf(node);
+      if (client !== undefined) return client;
+    }
+    return undefined;
+  }
+}
+
+function warnNoStates(err: unknown): void {
+  process.stderr.write(`warning: cannot read the fleet's FleetNodes (${err instanceof Error ? err.message : String(err)}); rows shown without STALE\n`);
 }
 
 /** Where to connect: the global flags every command that talks to cosid shares. */
@@ -120,14 +239,22 @@ async function resolveOnAny(targets: NodeTarget[], typeName: string) {
   throw last;
 }
 
-function watch(targets: NodeTarget[], type: string, namespace: string, id: string | undefined, printer: Printer, labelOf: (node: string) => string): Promise<number> {
+function watch(targets: NodeTarget[], type: string, namespace: string, id: string | undefined, printer: Printer, view: FleetAware, table: boolean): Promise<number> {
   return new Promise((resolve) => {
-    // Rows are held until every node has bootstrapped, or has been reported as not answering.
-    const pending = new Set(id === undefined ? targets.map((t) => t.node) : []);
-    if (pending.size === 0) printer.flush();
-    const settle = (node: string) => {
-      if (pending.delete(node) && pending.size === 0) printer.flush();
+    // Rows are held until every node has answered (bootstrapped, or for one resource its first event) or has been
+    // reported as not answering, and the fleet's FleetNodes with them: the header then knows its columns.
+    const pending = new Set(targets.map((t) => t.node));
+    const tryFlush = () => {
+      if (pending.size === 0 && !view.statesPending) printer.flush();
     };
+    const settle = (node: string) => {
+      if (pending.delete(node)) tryFlush();
+    };
+    // The fleet view has answered: its FleetNodes are watched alongside, for the STALE column.
+    const fleetAnswered = () => {
+      if (table) view.watchStates(tryFlush);
+    };
+    fleetAnswered();
     const everStreamed = new Set<string>();
     let failures = 0;
     let sub: Subscription | undefined;
@@ -135,6 +262,7 @@ function watch(targets: NodeTarget[], type: string, namespace: string, id: strin
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
       sub?.unsubscribe();
+      view.close();
       printer.close();
       for (const t of targets) t.client.close();
       resolve(code);
@@ -160,15 +288,22 @@ function watch(targets: NodeTarget[], type: string, namespace: string, id: strin
           } else if (m.state === 'streaming') {
             if (everStreamed.has(m.node)) process.stderr.write(`node ${m.node}: watching again\n`);
             everStreamed.add(m.node);
+            view.warnNodeState(m.node);
+            fleetAnswered();
+            // One resource: the watch is open, the header can go (its row follows).
+            if (id !== undefined) settle(m.node);
           }
           return;
         }
         const event = m.event;
+        view.warnNodeState(m.node);
+        fleetAnswered();
         if (event.type === 'bootstrapped') return settle(m.node);
         if (event.type === 'noop' || event.type === 'errored') return;
-        // A single-resource watch of a missing resource starts with a placeholder "destroyed" event.
+        // A single-resource watch starts with the resource, or with a placeholder "destroyed" event when it is missing.
+        if (id !== undefined) settle(m.node);
         if (event.resource === undefined || event.resource.metadata.version === 0) return;
-        printer.add({ node: labelOf(m.node), event: event.type, resource: event.resource as CosiResource });
+        printer.add(view.row(m.node, event.resource as CosiResource, event.type));
       },
       complete: () => finish(failures > 0 ? 1 : 0),
     });

@@ -19,6 +19,17 @@ export interface Row {
   node: string;
   event?: WatchEventType;
   resource: CosiResource;
+  /** The ID the table shows when it is not `metadata.id` (the fleet view's, without its `<node>/`). */
+  id?: string;
+}
+
+/** What the table prints beyond the resource's own columns. */
+export interface TableOptions {
+  /**
+   * The fleet view's STALE column: asked once, when the header is printed (undefined: no such column), then asked
+   * for each row as it is printed, so a watch's later rows show the state of that moment.
+   */
+  stale?: () => ((row: Row) => string) | undefined;
 }
 
 export interface Printer {
@@ -54,10 +65,10 @@ export function resourceDocument(row: Row): { [key: string]: Json } {
   };
 }
 
-export function createPrinter(format: OutputFormat, def: ResourceDefinition, watch: boolean, write: (s: string) => void): Printer {
+export function createPrinter(format: OutputFormat, def: ResourceDefinition, watch: boolean, write: (s: string) => void, table: TableOptions = {}): Printer {
   switch (format.kind) {
     case 'table':
-      return new TablePrinter(def, watch, write);
+      return new TablePrinter(def, watch, write, table);
     case 'yaml': {
       let first = true;
       return simplePrinter((row) => {
@@ -93,21 +104,30 @@ function simplePrinter(print: (row: Row) => void): Printer {
 const PADDING = 3;
 
 class TablePrinter implements Printer {
-  private held: string[][] | undefined = [];
+  /** Rows before the first flush; their cells are made when printed, with the STALE state of that moment. */
+  private held: Row[] | undefined = [];
   private widths: number[] = [];
   private readonly columns: { name: string; template: Template }[];
   private headerPrinted = false;
+  /** The STALE cell of a row, once the header has settled that there is a STALE column. */
+  private staleOf: ((row: Row) => string) | undefined;
+  /** The STALE column's index among the print columns when the type has its own (StaticPodStatus's), else -1. */
+  private readonly ownStale: number;
 
   constructor(
     private readonly def: ResourceDefinition,
     private readonly watch: boolean,
     private readonly write: (s: string) => void,
+    private readonly options: TableOptions,
   ) {
     this.columns = def.printColumns.map((c) => ({ name: c.name.toUpperCase(), template: compileTemplate(c.jsonPath) }));
+    this.ownStale = this.columns.findIndex((c) => c.name === 'STALE');
   }
 
   private header(): string[] {
-    return ['NODE', ...(this.watch ? ['*'] : []), 'NAMESPACE', 'TYPE', 'ID', 'VERSION', ...this.columns.map((c) => c.name)];
+    // A type with a STALE column of its own shares it with the fleet's: two columns of one name would read as one.
+    const stale = this.staleOf !== undefined && this.ownStale < 0 ? ['STALE'] : [];
+    return ['NODE', ...(this.watch ? ['*'] : []), 'NAMESPACE', 'TYPE', 'ID', 'VERSION', ...this.columns.map((c) => c.name), ...stale];
   }
 
   private cells(row: Row): string[] {
@@ -120,17 +140,24 @@ class TablePrinter implements Printer {
         return '';
       }
     });
-    return [row.node, ...(this.watch ? [mark] : []), md.namespace, this.def.displayType, md.id, String(md.version), ...extra];
+    if (this.staleOf !== undefined) {
+      // The fleet's word wins where it has one: the row is as the fleet last saw it, whatever the row says of itself.
+      const stale = this.staleOf(row);
+      if (this.ownStale < 0) extra.push(stale);
+      else if (stale !== '') extra[this.ownStale] = stale;
+    }
+    // A fleet row of no node (a resource definition) still has a NODE cell, so the columns split on blanks.
+    return [row.node === '' ? '-' : row.node, ...(this.watch ? [mark] : []), md.namespace, this.def.displayType, row.id ?? md.id, String(md.version), ...extra];
   }
 
   add(row: Row): void {
-    const cells = this.cells(row);
-    if (this.held !== undefined) this.held.push(cells);
-    else this.print([cells]);
+    if (this.held !== undefined) this.held.push(row);
+    else this.print([this.cells(row)]);
   }
 
   flush(): void {
-    const rows = this.held ?? [];
+    if (!this.headerPrinted) this.staleOf = this.options.stale?.();
+    const rows = (this.held ?? []).map((r) => this.cells(r));
     this.held = undefined;
     const all = this.headerPrinted ? rows : [this.header(), ...rows];
     this.headerPrinted = true;
