@@ -376,7 +376,7 @@ export function runStoreContract(name: string, open: () => Promise<StoreUnderTes
       expect((await store().feed.listAt(k, h.revision)).map(at)).toEqual(['a@3', 'c@1']);
       expect(h.list().map(at)).toEqual(['a@3', 'c@1']);
       // A revision this history has not reached is a bookmark it never gave.
-      expect(await errorKind(() => store().feed.reach(k, h.revision + 1000))).toBe('invalid-bookmark');
+      expect(await errorKind(() => store().feed.reach(k, h.revision * 2 + 1_000_000))).toBe('invalid-bookmark');
     });
 
     it('says "too old" for a revision whose history was forgotten', async () => {

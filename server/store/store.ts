@@ -34,8 +34,9 @@ export function specDepth(value: Json): number {
 }
 
 /**
- * One committed change. Revisions grow with every commit of the store (memory: by one per change; etcd: the cluster
- * revision, so a kind's changes are numbered with gaps).
+ * One committed change. Revisions grow with every change of the store, each change its own (memory: by one per
+ * change; etcd: the cluster revision times 1024 plus the change's place in its transaction, etcd/backend.ts, so a
+ * kind's changes are numbered with gaps).
  */
 export interface Change {
   readonly revision: number;

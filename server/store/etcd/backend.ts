@@ -14,6 +14,41 @@ import { asStoreError, errorText } from './errors.js';
 import { keepResumePoint } from './resume-point.js';
 import { SwapBatcher, type Swap, type SwapResult } from './swap-batcher.js';
 
+/**
+ * Store revisions on etcd: etcd's revision times REVISION_SLOTS plus the change's place among the kind's changes
+ * of that etcd revision. One etcd transaction may change several keys of a kind at one etcd revision (the swap
+ * batcher's group commits, the fleet writer's); a position "after revision R" would resume past the rest of them.
+ * With a slot per change every change has its own position, and `wholeRevision(R)` is "every change of R".
+ */
+const REVISION_SLOTS = 1024;
+
+/** The store revision after every change of etcd revision `r`. */
+export function wholeRevision(r: number): number {
+  return r * REVISION_SLOTS + (REVISION_SLOTS - 1);
+}
+
+/** The etcd revision a store revision belongs to. */
+export function etcdRevisionOf(storeRevision: number): number {
+  return Math.floor(storeRevision / REVISION_SLOTS);
+}
+
+/** The first etcd revision with a change after store revision `after`. */
+function etcdStartAfter(after: number): number {
+  return after % REVISION_SLOTS === REVISION_SLOTS - 1 ? etcdRevisionOf(after) + 1 : etcdRevisionOf(after);
+}
+
+/** Numbers the changes of each etcd revision in a watch response, in order. */
+function slotted<T extends { kv: IKeyValue }>(events: readonly T[]): { ev: T; etcd: number; revision: number }[] {
+  let last = -1;
+  let slot = 0;
+  return events.map((ev) => {
+    const etcd = Number(ev.kv.mod_revision);
+    slot = etcd === last ? Math.min(slot + 1, REVISION_SLOTS - 2) : 0;
+    last = etcd;
+    return { ev, etcd, revision: etcd * REVISION_SLOTS + slot };
+  });
+}
+
 export interface EtcdBackendOptions {
   readonly client: Etcd3;
   /** Names the history in bookmarks: this cluster's keys under this prefix. */
@@ -133,14 +168,22 @@ export class EtcdBackend implements Backend {
   async fence(kind: Kind): Promise<number> {
     const prefix = this.kindPrefix(kind);
     const res = await this.call(() => this.client.put(prefix).value(randomBytes(8).toString('hex')).exec());
-    return Number(res.header.revision);
+    return wholeRevision(Number(res.header.revision));
   }
 
   async watch(kind: Kind, after: number, sink: WatchSink): Promise<BackendWatch> {
     const prefix = this.kindPrefix(kind);
     const prefixBytes = Buffer.byteLength(prefix);
-    const w = await this.createWatch(prefix, after + 1, (res) => sink.events(res.events.map((ev) => this.eventOf(kind, prefix, prefixBytes, ev))));
-    keepResumePoint(w, () => sink.position() + 1);
+    const w = await this.createWatch(prefix, etcdStartAfter(after), (res) => {
+      // A reconnect resumes at the etcd revision of the position: its changes already taken are left out.
+      const position = sink.position();
+      const events = slotted(res.events).filter((e) => e.revision > position).map((e) => this.eventOf(kind, prefix, prefixBytes, e.ev, e.revision));
+      const last = res.events.at(-1);
+      // Every change of the response's last etcd revision is in it: the kind has reached all of that revision.
+      if (last !== undefined) events.push({ type: 'progress', revision: wholeRevision(Number(last.kv.mod_revision)) });
+      if (events.length > 0) sink.events(events);
+    });
+    keepResumePoint(w, () => etcdStartAfter(sink.position()));
     w.on('disconnected', (err: Error) => sink.disconnected(err));
     w.on('connected', () => sink.reconnected());
     // etcd3 reports a watch etcd cancelled (its start was compacted) as an error.
@@ -157,7 +200,8 @@ export class EtcdBackend implements Backend {
     const prefixBytes = Buffer.byteLength(prefix);
     const changes: PastChange[] = [];
     let fenceRevision = Number.POSITIVE_INFINITY;
-    let seen = after;
+    // etcd revisions: the last seen, and the fence's.
+    let seen = 0;
     let done!: () => void;
     let fail!: (err: CosiError) => void;
     const finished = new Promise<void>((resolve, reject) => {
@@ -169,13 +213,13 @@ export class EtcdBackend implements Backend {
     // rejection, which would end the process.
     finished.catch(() => undefined);
     // Compacted history answers a read at that revision with an error (too-old); a watch would only be cancelled.
-    await this.call(() => this.client.getAll().prefix(prefix).revision(after + 1).limit(1).exec());
+    const start = etcdStartAfter(after);
+    await this.call(() => this.client.getAll().prefix(prefix).revision(start).limit(1).exec());
     const onData = (res: IWatchResponse) => {
-      for (const ev of res.events) {
-        const revision = Number(ev.kv.mod_revision);
-        seen = Math.max(seen, revision);
-        if (revision >= fenceRevision) return done();
-        if (ev.kv.key.length <= prefixBytes) continue;
+      for (const { ev, etcd, revision } of slotted(res.events)) {
+        seen = Math.max(seen, etcd);
+        if (etcd >= fenceRevision) return done();
+        if (ev.kv.key.length <= prefixBytes || revision <= after) continue;
         const p = { ...kind, id: idOf(ev.kv, prefixBytes) };
         const prev = ev.prev_kv === undefined || ev.prev_kv === null ? undefined : decodeValue(p, ev.prev_kv);
         const old = typeof prev === 'string' ? new Undecodable(prev) : prev;
@@ -184,11 +228,11 @@ export class EtcdBackend implements Backend {
         if (changes.length > max) return fail(new CosiError('too-old', `more than ${max} changes of ${kind.type} since revision ${after}; list again`));
       }
     };
-    const replay = await this.createWatch(prefix, after + 1, onData, true);
+    const replay = await this.createWatch(prefix, start, onData, true);
     try {
       replay.on('error', (err: Error) => fail(asStoreError(err, [])));
       replay.on('disconnected', (err: Error) => fail(new CosiError('unavailable', `etcd went away while reading history: ${errorText(err)}`)));
-      const put = this.fence(kind);
+      const put = this.fence(kind).then(etcdRevisionOf);
       put.catch(() => undefined); // a replay that failed first ends the fetch; the put's own failure then goes unheard
       // `finished` cannot resolve before the fence's revision is known: the race ends early only on a failed replay.
       fenceRevision = await Promise.race([put, finished.then(() => put)]);
@@ -199,7 +243,7 @@ export class EtcdBackend implements Backend {
       void replay.cancel().catch(() => undefined);
     }
     this.log.debug('history fetched from etcd', { kind: kind.type, after, changes: changes.length });
-    return { changes, through: fenceRevision };
+    return { changes, through: wholeRevision(fenceRevision) };
   }
 
   /**
@@ -234,7 +278,7 @@ export class EtcdBackend implements Backend {
     const prefix = this.kindPrefix(kind);
     const prefixBytes = Buffer.byteLength(prefix);
     const read = this.client.getAll().prefix(prefix);
-    const res = await this.call(() => (revision === undefined ? read : read.revision(revision)).exec());
+    const res = await this.call(() => (revision === undefined ? read : read.revision(etcdRevisionOf(revision))).exec());
     const items: Resource[] = [];
     const modRevisions = new Map<string, number>();
     for (const kv of res.kvs) {
@@ -246,14 +290,13 @@ export class EtcdBackend implements Backend {
         continue;
       }
       items.push(decoded);
-      modRevisions.set(id, Number(kv.mod_revision));
+      modRevisions.set(id, wholeRevision(Number(kv.mod_revision)));
     }
-    return { revision: Number(res.header.revision), items, modRevisions };
+    return { revision: wholeRevision(Number(res.header.revision)), items, modRevisions };
   }
 
-  private eventOf(kind: Kind, prefix: string, prefixBytes: number, ev: IWatchResponse['events'][number]): BackendEvent {
-    const revision = Number(ev.kv.mod_revision);
-    if (ev.kv.key.length <= prefixBytes) return { type: 'progress', revision };
+  private eventOf(kind: Kind, prefix: string, prefixBytes: number, ev: IWatchResponse['events'][number], revision: number): BackendEvent {
+    if (ev.kv.key.length <= prefixBytes) return { type: 'progress', revision: wholeRevision(Number(ev.kv.mod_revision)) };
     const id = idOf(ev.kv, prefixBytes);
     if (ev.type === 'Delete') return { type: 'delete', id, revision };
     return { type: 'put', id, revision, value: this.ownWrite(prefix + id, ev.kv) ?? this.decodeReported({ ...kind, id }, ev.kv) };

@@ -6,7 +6,7 @@ import { CosiError } from '../../../shared/errors.js';
 import { describePointer, type Pointer, type Resource } from '../../../shared/resource.js';
 import type { KindCache } from '../kind-cache.js';
 import { mutate, storedResource, storedSpecJson, type Mutation } from '../mutations.js';
-import type { EtcdBackend } from './backend.js';
+import { etcdRevisionOf, type EtcdBackend } from './backend.js';
 import { encodeValue } from './codec.js';
 
 /** More compare-and-swap rounds than this for one write means a writer storm: the write gives up (aborted). */
@@ -59,7 +59,7 @@ function cachedState(cached: KindCache, id: string): KeyState | undefined {
   const current = cached.log.current(id);
   const mod = cached.modRevision(id);
   if ((current === undefined) !== (mod === undefined)) return undefined;
-  return { current, modRevision: mod === undefined ? undefined : String(mod), authoritative: false };
+  return { current, modRevision: mod === undefined ? undefined : String(etcdRevisionOf(mod)), authoritative: false };
 }
 
 function stateOf(etcd: EtcdBackend, p: Pointer, kv: IKeyValue | undefined): KeyState {
