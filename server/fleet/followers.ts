@@ -142,6 +142,7 @@ export class Followers {
   async dropAll(): Promise<void> {
     const all = [...this.following.values()];
     this.following.clear();
+    this.counters.fenced += all.length;
     await Promise.allSettled(all.map((f) => f.stop()));
   }
 
