@@ -99,6 +99,7 @@ describe('flags: --help and the docs agree', () => {
   // Each command's own --help too: cosictl's top-level help lists the commands and the global flags only.
   for (const [binary, doc, commands] of [
     ['dist/server/main.js', 'docs/cosid.md', [[]]],
+    ['dist/server/fleet/main.js', 'docs/cosi-fleet.md', [[]]],
     ['dist/client/cli/main.js', 'docs/cosictl.md', [[], ['get'], ['containers'], ['logs'], ['wait'], ['apply-config'], ['patch'], ['edit'], ['gen', 'pki'], ['gen', 'cert']]],
   ] as const) {
     it(`${doc} documents every flag of ${binary} --help (and its commands'), and no other`, async () => {

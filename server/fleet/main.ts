@@ -128,7 +128,7 @@ async function main(): Promise<number> {
   const followCert = args['follow-cert'] ?? join(pki, 'fleet.crt');
   const followKey = args['follow-key'] ?? join(pki, 'fleet.key');
   if (!(await stat(followCert).then(() => true, () => false))) {
-    throw new Error(`no client certificate for the nodes at ${followCert} (issue one with: cosictl gen cert --roles os:reader,os:impersonator --out ${pki} --name fleet, or give --follow-cert/--follow-key)`);
+    throw new Error(`no client certificate for the nodes at ${followCert} (cosictl gen pki writes one; or issue one with: cosictl gen cert --ca-dir ${pki} --name fleet --roles os:reader,os:impersonator --out ${pki}; or give --follow-cert/--follow-key)`);
   }
   const follow = await TlsMaterial.load({ caFile, certFile: followCert, keyFile: followKey }, log).catch((err: unknown) => {
     throw new Error(`the fleet's client certificate ${followCert}: ${err instanceof Error ? err.message : String(err)}`);
