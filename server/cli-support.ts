@@ -47,3 +47,26 @@ export function routeLibraryLogs(log: Logger): void {
     else log.warn('node warning', fields);
   });
 }
+
+/**
+ * SIGTERM and SIGINT (and, under an IPC channel, the parent's end: even its SIGKILL closes the channel) stop the
+ * server gracefully, then exit 0; a second signal exits at once with 1. `stopping` says what a stop does.
+ */
+export function stopOnSignals(log: Logger, stopping: string, stop: () => Promise<void>): void {
+  let signalled = false;
+  const onSignal = (signal: string) => {
+    if (signalled) {
+      log.warn('second signal: exiting now', { signal });
+      process.exit(1);
+    }
+    signalled = true;
+    log.info(stopping, { signal });
+    void stop().then(() => {
+      log.info('stopped');
+      process.exit(0);
+    });
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+  if (process.send !== undefined) process.on('disconnect', () => onSignal('parent gone'));
+}

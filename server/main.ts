@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createLogger, parseLevel, type Logger } from '../shared/log.js';
 import { CosiNode } from './node.js';
-import { duration, readProblem, routeLibraryLogs, UsageError, version } from './cli-support.js';
+import { duration, readProblem, routeLibraryLogs, stopOnSignals, UsageError, version } from './cli-support.js';
 import type { ResourceStore } from './store/store.js';
 import { TlsMaterial } from './tls/material.js';
 
@@ -181,27 +181,9 @@ async function main(): Promise<number> {
   });
 
   process.on('SIGHUP', () => void node.config.reload('SIGHUP'));
-  let signalled = false;
-  const stop = (signal: string) => {
-    if (signalled) {
-      log.warn('second signal: exiting now', { signal });
-      process.exit(1);
-    }
-    signalled = true;
-    log.info('stopping: ending open streams', { signal });
-    void node.stop().then(() => {
-      log.info('stopped');
-      process.exit(0);
-    });
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
-  if (process.send !== undefined) {
-    // Started with an IPC channel (npm start): say when cosid serves, and stop when the parent is gone (its end,
-    // even a SIGKILL, closes the channel).
-    process.on('disconnect', () => stop('parent gone'));
-    process.send({ event: 'serving', listen: args.listen, port: node.cosid.port, manifestUrl: node.manifests.url });
-  }
+  stopOnSignals(log, 'stopping: ending open streams', () => node.stop());
+  // Started with an IPC channel (npm start): say when cosid serves.
+  process.send?.({ event: 'serving', listen: args.listen, port: node.cosid.port, manifestUrl: node.manifests.url });
   return -1;
 }
 

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { connect, isCosiError, type CosiClient, type CosiResource, type WatchEvent } from '../client/index.js';
-import { silentLogger } from '../shared/log.js';
+import { createLogger, silentLogger } from '../shared/log.js';
 import { Fleet, type FleetOptions } from '../server/fleet/fleet.js';
 import { TlsMaterial } from '../server/tls/material.js';
 import { SimFleet } from '../node-sim/fleet/sim-fleet.js';
@@ -40,6 +40,7 @@ describe.skipIf(etcd === null)('cosi-fleet, one replica', () => {
     nodeRate: 20,
     unreachableAfterMs: 1000,
     statusIntervalMs: 1000,
+    ...(process.env['FLEET_TEST_LOG'] === '1' ? { log: createLogger({ level: 'debug' }) } : {}),
   });
   const clientOf = (port: number): CosiClient =>
     connect({ endpoint: `127.0.0.1:${port}`, caPem: sim.pki.ca.certPem, certPem: sim.pki.fleet.certPem, keyPem: sim.pki.fleet.keyPem });
@@ -200,5 +201,18 @@ describe.skipIf(etcd === null)('cosi-fleet, one replica', () => {
     expect(sim.stats().bootstraps).toBe(bootstraps);
     expect(sim.stats().overruns).toBe(0);
     expect(fleet.followers.stats().bootstrapsMax).toBeLessThanOrEqual(4);
+  });
+
+  it('cleans up a node taken off the list while no replica ran', async () => {
+    const gone = `sim-${NODES - 1}`;
+    client.close();
+    await fleet.stop();
+    const text = await readFile(sim.nodesFile, 'utf8');
+    await writeFile(sim.nodesFile, text.split('\n  - ').filter((entry) => !entry.includes(`name: ${gone}\n`)).join('\n  - '));
+    fleet = await Fleet.start(await options());
+    client = clientOf(fleet.port);
+    await eventually(async () => expect(await client.list('staticpodstatus', { labelQuery: onNode(gone) })).toHaveLength(0), 20_000);
+    await eventually(async () => expect(await client.get('fleetnode', gone, { namespace: 'fleet' }).catch((err: unknown) => isCosiError(err, 'not-found'))).toBe(true));
+    expect((await client.list('fleetnode', { namespace: 'fleet' })).map((r) => r.metadata.id)).not.toContain(gone);
   });
 });

@@ -11,7 +11,8 @@ import { stateServiceDefinition, stateServiceHandlers } from '../../server/api/s
 import { MalformedRequest } from '../../server/api/requests.js';
 import { MACHINE_CONFIG_OWNER } from '../../server/controllers/machine-config.js';
 import { STATIC_POD_OWNER } from '../../server/controllers/static-pods.js';
-import { installFramedWrites, rememberAcceptedEncodings, tlsServersOf } from '../../server/grpc-internals.js';
+import { installFramedWrites, tlsServersOf } from '../../server/grpc-internals.js';
+import { bindServer, serverOptions } from '../../server/api/grpc-server.js';
 import { STATUS_OWNER } from '../../server/kubelet/poller.js';
 import {
   CONFIG_NAMESPACE,
@@ -68,16 +69,6 @@ export interface SimNodeStats {
   versions: Record<string, number>;
 }
 
-// As cosid's server: watches are long-lived, and a connection is asked to reconnect after an hour.
-const SERVER_OPTIONS: grpc.ServerOptions = {
-  'grpc.keepalive_time_ms': 60_000,
-  'grpc.keepalive_timeout_ms': 20_000,
-  'grpc.max_send_message_length': 16 << 20,
-  'grpc.max_concurrent_streams': 1024,
-  'grpc.max_connection_age_ms': 3_600_000,
-  'grpc.max_connection_age_grace_ms': 30_000,
-  'grpc.max_connection_idle_ms': 300_000,
-};
 
 export class SimNode {
   readonly store: MemoryStore;
@@ -148,15 +139,12 @@ export class SimNode {
   async up(): Promise<void> {
     if (this.closed) throw new Error(`node ${this.name} is closed`);
     if (this.server !== undefined) return;
-    const server = new grpc.Server(SERVER_OPTIONS);
+    const server = new grpc.Server(serverOptions());
     server.addService(stateServiceDefinition(), this.handlers);
     const creds = this.shared.tls.serverCredentials({ handshakeTimeoutMs: 10_000 });
-    this.boundPort = await new Promise<number>((resolve, reject) => {
-      server.bindAsync(`127.0.0.1:${this.boundPort}`, creds, (err, p) => (err ? reject(new Error(`node ${this.name}: cannot listen on 127.0.0.1:${this.boundPort}: ${err.message}`)) : resolve(p)));
-    });
-    const tlsServers = tlsServersOf(server);
-    rememberAcceptedEncodings(tlsServers);
-    for (const s of tlsServers) {
+    // As cosid binds: the TLS hooks (peer certificates, accepted encodings) included.
+    this.boundPort = await bindServer(server, `127.0.0.1:${this.boundPort}`, creds, this.shared.log);
+    for (const s of tlsServersOf(server)) {
       s.on('connection', (socket: Socket) => {
         this.sockets.add(socket);
         socket.once('close', () => this.sockets.delete(socket));

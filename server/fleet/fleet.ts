@@ -137,6 +137,7 @@ export class Fleet {
         owners: ownership,
         replicas: () => membership.replicas(),
         nodes: () => nodeList.current(),
+        known: () => fleetNodes.list().map((r) => r.metadata.id),
         follower: { keys, writer, identity, replica: opts.replica, unreachableAfterMs: opts.unreachableAfterMs, statusIntervalMs: opts.statusIntervalMs, nodeRate: opts.nodeRate, observeCommit: (s) => observeCommit.current(s) },
         maxBootstraps: opts.maxBootstraps,
         log: log.with({ part: 'followers' }),

@@ -13,7 +13,8 @@ import type { NodeTarget } from '../api/node-directory.js';
 import type { Acquired, NodeOp, SubmitResult } from './contracts.js';
 import { fleetNodeValue, type FleetNodeSpec, type FleetNodeState } from './fleet-node.js';
 import { MIRRORED_KINDS, type FleetKeys } from './keys.js';
-import { encodeMirrored, mirrorDigest } from './mirror.js';
+import { mirrorDigest } from './mirror.js';
+import { encodeMirrored } from '../store/etcd/codec.js';
 import { Throttle } from './throttle.js';
 
 /** The writer as a follower uses it. */

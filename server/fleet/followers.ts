@@ -6,7 +6,7 @@
 import type { Etcd3 } from 'etcd3';
 import type { Logger } from '../../shared/log.js';
 import type { NodeTarget } from '../api/node-directory.js';
-import { desiredNodes } from './assign.js';
+import { desiredNodes, rendezvousOwner } from './assign.js';
 import type { Acquired } from './contracts.js';
 import { NodeFollower, type FollowerDeps } from './follower.js';
 import { MIRRORED_KINDS, type FleetKeys } from './keys.js';
@@ -29,6 +29,8 @@ export interface FollowersOptions {
   replicas(): readonly string[];
   /** The node list of record. */
   nodes(): ReadonlyMap<string, NodeTarget>;
+  /** Nodes the fleet holds a FleetNode of (some may have left the list while no replica owned them). */
+  known(): Iterable<string>;
   follower: Omit<FollowerDeps, 'log'>;
   maxBootstraps: number;
   log: Logger;
@@ -54,6 +56,11 @@ export class Followers {
   private reconciling = false;
   private again = false;
   private retryTimer: NodeJS.Timeout | undefined;
+  /** A reconcile met a node on its way in or out: once that work ends, reconcile again. */
+  private skippedBusy = false;
+  private reconcileScheduled = false;
+  /** The desired set, computed again only when the node list or the replicas change. */
+  private desiredCache: { nodes: ReadonlyMap<string, NodeTarget>; replicas: string; desired: Set<string> } | undefined;
 
   constructor(private readonly opts: FollowersOptions) {}
 
@@ -93,10 +100,16 @@ export class Followers {
     this.reconciling = true;
     try {
       const nodes = this.opts.nodes();
-      const desired = desiredNodes(this.opts.replica, [...nodes.keys()], this.opts.replicas());
+      const desired = this.desired(nodes);
       const owners = this.opts.owners.owners();
+      // Work under way may end in a state this pass cannot see (a node acquired after it left the list).
+      this.skippedBusy = this.busy.size > 0;
       for (const name of desired) {
-        if (this.following.has(name) || this.busy.has(name)) continue;
+        if (this.following.has(name)) continue;
+        if (this.busy.has(name)) {
+          this.skippedBusy = true;
+          continue;
+        }
         const owner = owners.get(name);
         // Owned by another replica: it hands the node over when it sees it lost it; its key going away calls us again.
         if (owner !== undefined && owner.replica !== this.opts.replica) continue;
@@ -104,15 +117,19 @@ export class Followers {
         if (target !== undefined) this.bringIn(target);
       }
       for (const [name, f] of this.following) {
-        if (this.busy.has(name) || desired.has(name)) continue;
+        if (desired.has(name)) continue;
+        if (this.busy.has(name)) {
+          this.skippedBusy = true;
+          continue;
+        }
         if (nodes.has(name)) this.handOver(name, f);
         else this.remove(name, f);
       }
-      // Nodes that left the list while no replica owned them: their rendezvous winner cleans them up.
-      for (const [name, owner] of owners) {
-        if (owner.replica === this.opts.replica && !nodes.has(name) && !this.following.has(name) && !this.busy.has(name)) {
-          this.opts.log.debug('owner key of a node no longer listed', { node: name });
-        }
+      // Nodes that left the list while no replica owned them: their rendezvous winner takes them and cleans up.
+      const replicas = this.opts.replicas();
+      for (const name of this.opts.known()) {
+        if (nodes.has(name) || owners.has(name) || this.following.has(name) || this.busy.has(name)) continue;
+        if (rendezvousOwner(name, replicas) === this.opts.replica) this.removeUnowned(name);
       }
     } finally {
       this.reconciling = false;
@@ -121,6 +138,27 @@ export class Followers {
         queueMicrotask(() => this.reconcile());
       }
     }
+  }
+
+  private desired(nodes: ReadonlyMap<string, NodeTarget>): Set<string> {
+    const replicas = this.opts.replicas();
+    const key = replicas.join('\u0000');
+    const c = this.desiredCache;
+    if (c !== undefined && c.nodes === nodes && c.replicas === key) return c.desired;
+    const desired = desiredNodes(this.opts.replica, [...nodes.keys()], replicas);
+    this.desiredCache = { nodes, replicas: key, desired };
+    return desired;
+  }
+
+  /** A node's work ended (in or out): reconcile again if a reconcile passed it by meanwhile (once per tick). */
+  private settled(name: string): void {
+    this.busy.delete(name);
+    if (!this.skippedBusy || this.reconcileScheduled) return;
+    this.reconcileScheduled = true;
+    setImmediate(() => {
+      this.reconcileScheduled = false;
+      this.reconcile();
+    });
   }
 
   /** Stops every follower (handover by stopping: the owner keys go with the lease, or are released). */
@@ -181,7 +219,7 @@ export class Followers {
         this.retryLater();
       } finally {
         if (!keepSlot) free();
-        this.busy.delete(name);
+        this.settled(name);
       }
     })();
   }
@@ -201,8 +239,7 @@ export class Followers {
         this.opts.log.warn('handover failed; the owner key goes with the lease', { node: name, error: err instanceof Error ? err.message : String(err) });
       } finally {
         free();
-        this.busy.delete(name);
-        this.reconcile();
+        this.settled(name);
       }
     })();
   }
@@ -214,21 +251,41 @@ export class Followers {
       try {
         await f.stop();
         this.following.delete(name);
-        const { client, keys } = this.opts;
-        const ops = [
-          ...MIRRORED_KINDS.map((k) => client.delete().prefix(keys.nodeKindPrefix(k, name))),
-          client.delete().prefix(keys.bookmarkPrefix(name)),
-          client.delete().key(keys.fleetNode(name)),
-          client.delete().key(keys.owner(name)),
-        ];
-        const res = await client.if(keys.owner(name), 'Create', '==', f.acquired.token).then(...ops).commit();
-        this.opts.log.info(res.succeeded ? 'node removed from the fleet' : 'node removal fenced: another replica owns it', { node: name });
+        await this.deleteNode(name, f.acquired);
       } catch (err) {
         this.opts.log.warn('cannot remove a node yet', { node: name, error: err instanceof Error ? err.message : String(err) });
       } finally {
-        this.busy.delete(name);
+        this.settled(name);
       }
     })();
+  }
+
+  /** A node that left the list while nobody owned it: acquired first, so that the delete is fenced too. */
+  private removeUnowned(name: string): void {
+    this.busy.add(name);
+    void (async () => {
+      try {
+        const acquired = await this.opts.owners.acquire(name);
+        if (acquired !== undefined) await this.deleteNode(name, acquired);
+      } catch (err) {
+        this.opts.log.warn('cannot remove a node yet', { node: name, error: err instanceof Error ? err.message : String(err) });
+        this.retryLater();
+      } finally {
+        this.settled(name);
+      }
+    })();
+  }
+
+  private async deleteNode(name: string, acquired: Acquired): Promise<void> {
+    const { client, keys } = this.opts;
+    const ops = [
+      ...MIRRORED_KINDS.map((k) => client.delete().prefix(keys.nodeKindPrefix(k, name))),
+      client.delete().prefix(keys.bookmarkPrefix(name)),
+      client.delete().key(keys.fleetNode(name)),
+      client.delete().key(keys.owner(name)),
+    ];
+    const res = await client.if(keys.owner(name), 'Create', '==', acquired.token).then(...ops).commit();
+    this.opts.log.info(res.succeeded ? 'node removed from the fleet' : 'node removal fenced: another replica owns it', { node: name });
   }
 
   private onFenced(name: string, f: NodeFollower): void {

@@ -5,7 +5,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createLogger, parseLevel } from '../../shared/log.js';
-import { duration, readProblem, routeLibraryLogs, UsageError, version } from '../cli-support.js';
+import { duration, readProblem, routeLibraryLogs, stopOnSignals, UsageError, version } from '../cli-support.js';
 import { TlsMaterial } from '../tls/material.js';
 import { Fleet } from './fleet.js';
 
@@ -155,23 +155,8 @@ async function main(): Promise<number> {
     version: version(),
   });
 
-  let signalled = false;
-  const stop = (signal: string) => {
-    if (signalled) {
-      log.warn('second signal: exiting now', { signal });
-      process.exit(1);
-    }
-    signalled = true;
-    log.info('stopping: handing the nodes over and ending open streams', { signal });
-    void fleet.stop().then(() => {
-      log.info('stopped');
-      process.exit(0);
-    });
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  stopOnSignals(log, 'stopping: handing the nodes over and ending open streams', () => fleet.stop());
   if (process.send !== undefined) {
-    process.on('disconnect', () => stop('parent gone'));
     process.on('message', (m: unknown) => {
       if (m !== null && typeof m === 'object' && (m as { op?: unknown }).op === 'stats') {
         process.send?.({ event: 'stats', followers: fleet.followers.stats(), memory: process.memoryUsage() });

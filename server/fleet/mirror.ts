@@ -1,32 +1,13 @@
 // A node's resource as the fleet stores it: format line `cosi-mirror/1 <token>` (the fence token of the owner that
 // wrote it: for the fence test and debugging, never served), the node's metadata as JSON (its own version
 // included: the etcd key's version restarts whenever the fleet's copy is rebuilt, and a per-node read must answer
-// the node's number), the spec's JSON text. Decoded by the etcd codec (store/etcd/codec.ts) with the fleet id
-// `<node>/<id>` and the node label added. docs/design/fleet.md §2.
+// the node's number), the spec's JSON text. Encoded and decoded by the etcd codec (store/etcd/codec.ts), which adds
+// the fleet id `<node>/<id>` and the node label; here what the fleet needs of such values. docs/design/fleet.md §2.
 import { createHash } from 'node:crypto';
-import type { Metadata } from '../../shared/resource.js';
 
 export const MIRROR_FORMAT = 'cosi-mirror/1';
 /** The label the fleet view puts on every mirrored resource: which node it came from. */
 export const NODE_LABEL = 'cosi-pods.dev/node';
-
-/** What a mirrored value carries of its resource: the node's metadata (namespace, type, id are in the key). */
-export type MirroredMetadata = Omit<Metadata, 'namespace' | 'type' | 'id'>;
-
-export function encodeMirrored(md: MirroredMetadata, specJson: string, token: string): string {
-  const meta = {
-    version: md.version,
-    owner: md.owner,
-    phase: md.phase,
-    created: md.created.getTime(),
-    updated: md.updated.getTime(),
-    labels: md.labels,
-    annotations: md.annotations,
-    finalizers: md.finalizers,
-  };
-  // JSON text never holds a raw newline, so the three parts split unambiguously.
-  return `${MIRROR_FORMAT} ${token}\n${JSON.stringify(meta)}\n${specJson}`;
-}
 
 /**
  * What a stored value says of the resource, without the token: two writes of the same state by different owners

@@ -1,13 +1,14 @@
 // The fleet's node list. Replicas must agree on the set of nodes, or rendezvous hashing leaves some node with no
 // owner, so the list of record is one etcd key, `<P>nodelist` = {"sha256","nodes":[{name,address}],"by","at"}; the
 // file (--nodes-file, cosid's format) is the input of whoever edits it (docs/design/fleet.md §1):
-// - at start, a missing key is created from the file; a key that differs wins, with a warning;
+// - at start, a missing key is created from the file; a key that differs wins, with a warning, unless the file was
+//   changed after that key was published (an edit made while no replica ran);
 // - when the file changes, it is published with a compare on the key's mod_revision (the last local edit wins);
 // - every replica watches the key, and current() is what assignment and routing use.
 // It is also the fleet's directory for node routing: a listed name is a remote node, anything else unknown.
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import type { Etcd3, IKeyValue, Watcher } from 'etcd3';
 import type { Logger } from '../../shared/log.js';
 import { parseNodeList, watchFile, type NodeRoutes, type NodeTarget, type Route } from '../api/node-directory.js';
@@ -72,12 +73,17 @@ export class NodeList extends EventEmitter implements NodeRoutes {
     const kv = current.kvs[0];
     if (kv !== undefined) list.take(kv);
     if (!created.succeeded && list.published !== undefined && list.published.sha256 !== digest(nodes)) {
-      opts.log.warn('the nodes file differs from the fleet\'s; using the fleet\'s (edit the file to publish it)', {
-        file: opts.file,
-        publishedBy: list.published.by,
-        publishedAt: new Date(list.published.at).toISOString(),
-        nodes: list.published.nodes.length,
-      });
+      // Edited since the list in force was published (while no replica ran, say): it is the newer word.
+      if ((await stat(opts.file)).mtimeMs > list.published.at) {
+        await list.publish(nodes);
+      } else {
+        opts.log.warn('the nodes file differs from the fleet\'s, which is newer; using the fleet\'s (edit the file to publish it)', {
+          file: opts.file,
+          publishedBy: list.published.by,
+          publishedAt: new Date(list.published.at).toISOString(),
+          nodes: list.published.nodes.length,
+        });
+      }
     }
     list.watcher = await opts.client.watch().key(key).startRevision(String(Number(current.header.revision) + 1)).create();
     list.watcher.on('put', (kv) => list.take(kv));

@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { CosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { kindKey, type Kind, type Resource } from '../../shared/resource.js';
-import { sortById } from '../store/kind-log.js';
+import { rewind, sortById } from '../store/kind-log.js';
 import { storedResource, storedSpecJson } from '../store/mutations.js';
 import type { Change, ChangeBatch, ChangeFeed, HistoryListener, KindHistory } from '../store/store.js';
 import type { WatchHub } from '../watch/hub.js';
@@ -115,17 +115,7 @@ export class NodeKindHistory implements KindHistory {
   listAt(revision: number): Resource[] {
     this.fresh();
     this.checkReplayable(revision);
-    const state = new Map(this.items);
-    // Undo the node's changes newer than `revision`, newest first.
-    for (let i = this.history.length - 1; i >= this.start; i--) {
-      const c = this.history[i];
-      if (c === undefined || c.revision <= revision) break;
-      const id = c.resource.metadata.id;
-      if (c.type === 'created' && c.error === undefined) state.delete(id);
-      else if (c.old !== undefined) state.set(id, c.old);
-      else state.delete(id);
-    }
-    return sortById([...state.values()]);
+    return rewind(this.items, this.history, this.start, revision);
   }
 
   readChanges(after: number, max: number): ChangeBatch {

@@ -83,17 +83,7 @@ export class KindLog implements KindHistory {
 
   listAt(revision: number): Resource[] {
     this.checkReplayable(revision);
-    const state = new Map(this.items);
-    // Undo the changes newer than `revision`, newest first.
-    for (let i = this.history.length - 1; i >= this.start; i--) {
-      const c = this.history[i];
-      if (c === undefined || c.revision <= revision) break;
-      const id = c.resource.metadata.id;
-      if (c.type === 'created' && c.error === undefined) state.delete(id);
-      else if (c.old !== undefined) state.set(id, c.old);
-      else state.delete(id);
-    }
-    return sortById([...state.values()]);
+    return rewind(this.items, this.history, this.start, revision);
   }
 
   readChanges(after: number, max: number): ChangeBatch {
@@ -214,4 +204,21 @@ export class KindLog implements KindHistory {
 
 export function sortById(items: Resource[]): Resource[] {
   return items.sort((a, b) => (a.metadata.id < b.metadata.id ? -1 : a.metadata.id > b.metadata.id ? 1 : 0));
+}
+
+/**
+ * The resources as they were at `revision`: `items` (the state now) with the changes of `history[start..]` newer
+ * than `revision` undone, newest first; sorted by ID.
+ */
+export function rewind(items: ReadonlyMap<string, Resource>, history: readonly Change[], start: number, revision: number): Resource[] {
+  const state = new Map(items);
+  for (let i = history.length - 1; i >= start; i--) {
+    const c = history[i];
+    if (c === undefined || c.revision <= revision) break;
+    const id = c.resource.metadata.id;
+    if (c.type === 'created' && c.error === undefined) state.delete(id);
+    else if (c.old !== undefined) state.set(id, c.old);
+    else state.delete(id);
+  }
+  return sortById([...state.values()]);
 }

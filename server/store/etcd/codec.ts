@@ -16,8 +16,9 @@ export function kindPrefixOf(prefix: string, k: Kind): string {
   return `${prefix}${escapeSegment(k.namespace)}/${escapeSegment(k.type)}/`;
 }
 
-export function encodeValue(md: Metadata, specJson: string): string {
-  const meta = {
+/** The metadata line's fields (namespace, type and id are in the key; the version is the key's, or mirrored). */
+function metaOf(md: Omit<Metadata, 'namespace' | 'type' | 'id' | 'version'>): Record<string, unknown> {
+  return {
     owner: md.owner,
     phase: md.phase,
     created: md.created.getTime(),
@@ -26,8 +27,19 @@ export function encodeValue(md: Metadata, specJson: string): string {
     annotations: md.annotations,
     finalizers: md.finalizers,
   };
+}
+
+export function encodeValue(md: Metadata, specJson: string): string {
   // JSON text never holds a raw newline, so the three parts split unambiguously.
-  return `${FORMAT}\n${JSON.stringify(meta)}\n${specJson}`;
+  return `${FORMAT}\n${JSON.stringify(metaOf(md))}\n${specJson}`;
+}
+
+/**
+ * A node's resource as the fleet stores it (fleet/mirror.ts): the format line names the fence token it was written
+ * under, and the metadata keeps the node's own version.
+ */
+export function encodeMirrored(md: Omit<Metadata, 'namespace' | 'type' | 'id'>, specJson: string, token: string): string {
+  return `${MIRROR_FORMAT} ${token}\n${JSON.stringify({ version: md.version, ...metaOf(md) })}\n${specJson}`;
 }
 
 /** The resource a key holds, or why it does not decode. */
