@@ -10,7 +10,7 @@ import { silentLogger } from '../shared/log.js';
 import type { Kind, Resource } from '../shared/resource.js';
 import type { Json } from '../shared/wire.js';
 import { stateServiceDefinition, stateServiceHandlers } from '../server/api/service.js';
-import { NODE_LABEL } from '../server/fleet/mirror.js';
+import { NODE_LABEL } from '../server/store/etcd/codec.js';
 import { NodeKindHistory, nodeInstance, NodeViews, type NodeScopedFeed } from '../server/fleet/node-view.js';
 import { installFramedWrites } from '../server/grpc-internals.js';
 import { registerK8sTypes } from '../server/resources/k8s.js';

@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { caughtUp } from './caught-up.js';
 import { compileSelector } from '../server/store/query.js';
+import { upsert } from '../server/store/upsert.js';
 import { MAX_SPEC_DEPTH, type Change, type ResourceStore } from '../server/store/store.js';
 import { isCosiError } from '../shared/errors.js';
 import type { Kind, Resource } from '../shared/resource.js';
@@ -391,6 +392,14 @@ export function runStoreContract(name: string, open: () => Promise<StoreUnderTes
       // What is there now is still there.
       expect((await store().get({ ...k, id: 'a' })).spec).toBe(3);
       expect((await caughtUp(store(), k)).current('a')?.spec).toBe(3);
+    });
+
+    it('lets 5 concurrent upserts of one new resource all succeed: one creates it, the others find it (fleet replicas publishing definitions at once)', async () => {
+      const k = newKind();
+      const outcomes = await Promise.all(Array.from({ length: 5 }, () => upsert(store(), { ...k, id: 'def', spec: { same: true } }, 'cosi.meta')));
+      expect(outcomes.filter((o) => o === 'created')).toHaveLength(1);
+      expect(outcomes.filter((o) => o === 'unchanged')).toHaveLength(4);
+      expect((await store().get({ ...k, id: 'def' })).metadata.version).toBe(1);
     });
 
     it('lets exactly one of 20 concurrent creates of one ID succeed', async () => {

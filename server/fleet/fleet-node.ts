@@ -4,7 +4,7 @@ import type { Json } from '../../shared/wire.js';
 import type { Registry } from '../resources/registry.js';
 import { encodeValue } from '../store/etcd/codec.js';
 import { FLEET_NAMESPACE, FLEET_NODE_TYPE } from './keys.js';
-import { NODE_LABEL } from './mirror.js';
+import { NODE_LABEL } from '../store/etcd/codec.js';
 
 export type FleetNodeState = 'Waiting' | 'Following' | 'Unreachable' | 'Throttled';
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// cosi-fleet: every node's static pods behind one replicated COSI API on etcd (docs/operations.md "A fleet").
+// cosi-fleet: every node's static pods behind one replicated COSI API on etcd (docs/cosi-fleet.md).
 import { readFile, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';

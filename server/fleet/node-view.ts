@@ -15,7 +15,7 @@ import { storedResource, storedSpecJson } from '../store/mutations.js';
 import type { Change, ChangeBatch, ChangeFeed, HistoryListener, KindHistory } from '../store/store.js';
 import type { WatchHub } from '../watch/hub.js';
 import { isMirroredKind } from './keys.js';
-import { NODE_LABEL } from './mirror.js';
+import { NODE_LABEL } from '../store/etcd/codec.js';
 
 /** Fleet changes read per step while a view is built or extended. */
 const SCAN_STEP = 4096;

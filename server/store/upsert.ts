@@ -5,6 +5,8 @@ import type { ResourceInput, ResourceStore } from './store.js';
 /**
  * Creates the resource, or updates it when it exists. 'unchanged' means the update changed nothing and the store
  * kept the version. Errors other than "not found" (an owner conflict, say) are thrown, not papered over by a create.
+ * A create that another writer beat (several fleet replicas publishing the same definitions at once) becomes an
+ * update.
  */
 export async function upsert(store: ResourceStore, input: ResourceInput, owner: string): Promise<'created' | 'updated' | 'unchanged'> {
   let before: number;
@@ -12,8 +14,13 @@ export async function upsert(store: ResourceStore, input: ResourceInput, owner: 
     before = (await store.get(input)).metadata.version;
   } catch (err) {
     if (!isCosiError(err, 'not-found')) throw err;
-    await store.create(input, owner);
-    return 'created';
+    try {
+      await store.create(input, owner);
+      return 'created';
+    } catch (createErr) {
+      if (!isCosiError(createErr, 'already-exists')) throw createErr;
+      before = (await store.get(input)).metadata.version;
+    }
   }
   return (await store.update(input, owner)).metadata.version === before ? 'unchanged' : 'updated';
 }

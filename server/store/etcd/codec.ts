@@ -6,7 +6,22 @@ import type { Kind, Metadata, Pointer, Resource } from '../../../shared/resource
 import type { Json } from '../../../shared/wire.js';
 import { storedResource } from '../mutations.js';
 import { errorText } from './errors.js';
-import { fleetLabels, MIRROR_FORMAT, splitFleetId } from '../../fleet/mirror.js';
+
+/** First line of a fleet's copy of a node's resource (server/fleet/mirror.ts), then the owner's fence token. */
+export const MIRROR_FORMAT = 'cosi-mirror/1';
+/** The label the fleet view puts on every mirrored resource: which node it came from. */
+export const NODE_LABEL = 'cosi-pods.dev/node';
+
+/** The node a fleet id names (`<node>/<id>`), and the node's own id. */
+export function splitFleetId(id: string): { node: string; id: string } | undefined {
+  const slash = id.indexOf('/');
+  return slash <= 0 ? undefined : { node: id.slice(0, slash), id: id.slice(slash + 1) };
+}
+
+/** The fleet view's labels: the node's own, with the node label set (it overrides a node's label of that name). */
+function fleetLabels(labels: Readonly<Record<string, string>>, node: string): Record<string, string> {
+  return { ...labels, [NODE_LABEL]: node };
+}
 
 /** First line of a stored value: its format. The metadata line and the spec's JSON text follow. */
 const FORMAT = 'cosi-resource/1';
