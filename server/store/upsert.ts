@@ -12,8 +12,14 @@ export async function upsert(store: ResourceStore, input: ResourceInput, owner: 
     before = (await store.get(input)).metadata.version;
   } catch (err) {
     if (!isCosiError(err, 'not-found')) throw err;
-    await store.create(input, owner);
-    return 'created';
+    try {
+      await store.create(input, owner);
+      return 'created';
+    } catch (createErr) {
+      // Another writer of a shared store (a second fleet replica starting on the same etcd) created it meanwhile.
+      if (!isCosiError(createErr, 'already-exists')) throw createErr;
+      before = (await store.get(input)).metadata.version;
+    }
   }
   return (await store.update(input, owner)).metadata.version === before ? 'unchanged' : 'updated';
 }
