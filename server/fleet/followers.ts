@@ -54,6 +54,8 @@ export class Followers {
   private reconciling = false;
   private again = false;
   private retryTimer: NodeJS.Timeout | undefined;
+  /** The bootstrap slot a follower holds until it has caught up: given back if it stops before that. */
+  private readonly heldSlots = new WeakMap<NodeFollower, () => void>();
 
   constructor(private readonly opts: FollowersOptions) {}
 
@@ -75,7 +77,7 @@ export class Followers {
     this.following.delete(node);
     this.counters.fenced++;
     this.opts.log.info('node lost to another replica', { node });
-    void f.stop().then(() => this.reconcile());
+    void this.stopFollower(f).then(() => this.reconcile());
   }
 
   /** The follower of an owned node (its state), if any. */
@@ -132,7 +134,7 @@ export class Followers {
     this.following.clear();
     await Promise.allSettled(
       all.map(async (f) => {
-        await f.stop();
+        await this.stopFollower(f);
         if (release) await this.opts.owners.release(f.acquired).catch(() => undefined);
       }),
     );
@@ -142,7 +144,7 @@ export class Followers {
   async dropAll(): Promise<void> {
     const all = [...this.following.values()];
     this.following.clear();
-    await Promise.allSettled(all.map((f) => f.stop()));
+    await Promise.allSettled(all.map((f) => this.stopFollower(f)));
   }
 
   private async slot(): Promise<() => void> {
@@ -173,6 +175,7 @@ export class Followers {
           fenced: () => this.onFenced(name, follower),
         });
         this.following.set(name, follower);
+        this.heldSlots.set(follower, free);
         keepSlot = true;
         follower.start();
       } catch (err) {
@@ -191,7 +194,7 @@ export class Followers {
     void (async () => {
       const free = await this.slot();
       try {
-        await f.stop();
+        await this.stopFollower(f);
         this.following.delete(name);
         await this.opts.owners.release(f.acquired);
         this.counters.handovers++;
@@ -211,7 +214,7 @@ export class Followers {
     this.busy.add(name);
     void (async () => {
       try {
-        await f.stop();
+        await this.stopFollower(f);
         this.following.delete(name);
         const { client, keys } = this.opts;
         const ops = [
@@ -235,7 +238,13 @@ export class Followers {
     this.counters.fenced++;
     this.following.delete(name);
     this.opts.log.warn('writes for the node were fenced: another replica owns it now', { node: name });
-    void f.stop().then(() => this.reconcile());
+    void this.stopFollower(f).then(() => this.reconcile());
+  }
+
+  /** Stops a follower, giving back its bootstrap slot if it had not caught up (lost lease, fenced, handed over). */
+  private stopFollower(f: NodeFollower): Promise<void> {
+    this.heldSlots.get(f)?.();
+    return f.stop();
   }
 
   private retryLater(): void {
