@@ -200,7 +200,9 @@ export class Followers {
         this.counters.handovers++;
         this.opts.log.info('node handed over', { node: name });
       } catch (err) {
-        this.opts.log.warn('handover failed; the owner key goes with the lease', { node: name, error: err instanceof Error ? err.message : String(err) });
+        // Our lease lives on, so the owner key would too: the node's new winner would wait for it for good.
+        this.opts.log.warn('handover: the owner key is not released yet; retrying', { node: name, error: err instanceof Error ? err.message : String(err) });
+        if (!this.following.has(name)) this.releaseLater(f.acquired);
       } finally {
         free();
         this.busy.delete(name);
@@ -245,6 +247,20 @@ export class Followers {
   private stopFollower(f: NodeFollower): Promise<void> {
     this.heldSlots.get(f)?.();
     return f.stop();
+  }
+
+  /** Releases an owner key again until etcd takes it (a key with another token is left alone by release). */
+  private releaseLater(a: Acquired): void {
+    if (this.stopped) return;
+    setTimeout(() => {
+      this.opts.owners.release(a).then(
+        () => {
+          this.counters.handovers++;
+          this.opts.log.info('node handed over', { node: a.node });
+        },
+        () => this.releaseLater(a),
+      );
+    }, 1000).unref();
   }
 
   private retryLater(): void {
