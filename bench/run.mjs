@@ -13,6 +13,9 @@
 // BENCH_PIPELINE=1 runs only scenario 6 (bench/pipeline.mjs): a file edit and an ApplyConfiguration to a StaticPod event.
 // BENCH_ROUTING=1 runs only scenario 11 (bench/routing.mjs): Get and a 100-watcher fan-out through an endpoint cosid
 // that proxies to the node (metadata node), against the node read directly in the same run.
+// BENCH_FLEET=1 runs only scenario 12 (bench/fleet.mjs): 3 cosi-fleet replicas over simulated nodes (100, then 1000;
+// --quick: 100 only; BENCH_FLEET_SIZES=100,1000 picks them) on a private etcd, and the 10,000-node projection. It
+// takes about 15 minutes (quick: about 3), so a plain `npm run bench` does not run it.
 import { execFileSync, fork, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -27,6 +30,7 @@ import { CHANNEL_OPTIONS, freePort, machineBusySeconds, makeBenchPki, podStatusP
 import { runtimeScenarios } from './runtime.mjs';
 import { pipelineRows, pipelineScenario } from './pipeline.mjs';
 import { routingRows, routingScenario } from './routing.mjs';
+import { fleetRows, fleetScenario } from './fleet.mjs';
 
 const QUICK = process.argv.includes('--quick');
 // cosid's watchers ask for aggregated delivery, as its client library does by default since 2026-12-01 (events that
@@ -102,6 +106,26 @@ if (process.env.BENCH_ROUTING === '1') {
   process.stdout.write('\n' + routingRows(r).map((x) => `${x[0]}: ${x[1]} (target ${x[4]})`).join('\n') + '\n\n');
   mkdirSync('bench/out', { recursive: true });
   writeFileSync(`bench/out/routing${QUICK ? '-quick' : ''}.json`, JSON.stringify(r, null, 2));
+  await rm(pki.dir, { recursive: true, force: true });
+  process.exit(0);
+}
+// BENCH_FLEET=1: scenario 12 alone (its own etcd, sim and replicas), its rows and the projection printed.
+if (process.env.BENCH_FLEET === '1') {
+  const sizes = process.env.BENCH_FLEET_SIZES ? process.env.BENCH_FLEET_SIZES.split(',').map(Number) : undefined;
+  progress(`machine: ${cpus().length} cores, node ${process.version}, ${etcdVersion}, load average ${loadavg()[0].toFixed(2)}`);
+  const f = await fleetScenario({ quick: QUICK, progress, children, sizes });
+  const table = [['figure', 'fleet', 'peer (same run)', 'load 1m', 'target'], ...fleetRows(f)];
+  const widths = table[0].map((_, i) => Math.max(...table.map((r) => String(r[i]).length)));
+  process.stdout.write('\n' + table.map((r) => r.map((c, i) => String(c).padEnd(widths[i] + 2)).join('').trimEnd()).join('\n') + '\n\n');
+  const pr = f.projection;
+  if (pr !== undefined) {
+    const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toPrecision(3));
+    for (const [k, fit] of Object.entries(pr.fits)) process.stdout.write(`fit ${k}: ${fmt(fit.c0)} + ${fmt(fit.cNode)} x N + ${fmt(fit.cChange)} x rate -> ${fmt(fit.at10k)} at (10,000, 2,000/s)\n`);
+    process.stdout.write(`first budget to break: ${pr.first.name}, projected ${fmt(pr.first.projected)} against ${pr.first.limit} (x${pr.first.ratio.toFixed(2)}); remedy: ${pr.first.remedy}\n`);
+    process.stdout.write(`etcd history: ${pr.historyBytesPerChange.toFixed(0)} B per change: at 2,000/s the 2 GB quota is reached in ${pr.minutesToQuota.toFixed(0)} min without compaction; a 50k-item fleet List: ~${pr.list50kMs.toFixed(0)} ms\n`);
+  } else process.stdout.write('(no projection: it needs the 100 and 1000 node runs)\n');
+  mkdirSync('bench/out', { recursive: true });
+  writeFileSync(`bench/out/fleet${QUICK ? '-quick' : ''}.json`, JSON.stringify({ ...f, loadAverage1m: loadSamples }, null, 2));
   await rm(pki.dir, { recursive: true, force: true });
   process.exit(0);
 }

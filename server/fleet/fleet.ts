@@ -136,6 +136,7 @@ export class Fleet {
         client,
         owners: ownership,
         replicas: () => membership.replicas(),
+        live: () => membership.live,
         nodes: () => nodeList.current(),
         known: () => fleetNodes.list().map((r) => r.metadata.id),
         follower: { keys, writer, identity, replica: opts.replica, unreachableAfterMs: opts.unreachableAfterMs, statusIntervalMs: opts.statusIntervalMs, nodeRate: opts.nodeRate, observeCommit: (s) => observeCommit.current(s) },

@@ -309,7 +309,8 @@ export class NodeFollower {
 
   private refreshLag(): void {
     const lag = this.lagMs();
-    if (Math.abs(lag - this.writtenLagMs) > LAG_WRITE_STEP_MS) this.writeState();
+    // Caught up is said too: a small lag written with a state change would otherwise stay in the FleetNode for good.
+    if (Math.abs(lag - this.writtenLagMs) > LAG_WRITE_STEP_MS || (lag === 0 && this.writtenLagMs !== 0)) this.writeState();
   }
 
   private lagMs(): number {

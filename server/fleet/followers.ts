@@ -27,6 +27,8 @@ export interface FollowersOptions {
   owners: Owners;
   /** The live replicas. */
   replicas(): readonly string[];
+  /** Whether this replica holds a lease now (while it rejoins, no node can be acquired). */
+  live(): boolean;
   /** The node list of record. */
   nodes(): ReadonlyMap<string, NodeTarget>;
   /** Nodes the fleet holds a FleetNode of (some may have left the list while no replica owned them). */
@@ -61,6 +63,8 @@ export class Followers {
   private reconcileScheduled = false;
   /** The desired set, computed again only when the node list or the replicas change. */
   private desiredCache: { nodes: ReadonlyMap<string, NodeTarget>; replicas: string; desired: Set<string> } | undefined;
+  /** The bootstrap slot a follower holds until it has caught up: given back if it stops before that. */
+  private readonly heldSlots = new WeakMap<NodeFollower, () => void>();
 
   constructor(private readonly opts: FollowersOptions) {}
 
@@ -82,7 +86,7 @@ export class Followers {
     this.following.delete(node);
     this.counters.fenced++;
     this.opts.log.info('node lost to another replica', { node });
-    void f.stop().then(() => this.reconcile());
+    void this.stopFollower(f).then(() => this.reconcile());
   }
 
   /** The follower of an owned node (its state), if any. */
@@ -104,7 +108,8 @@ export class Followers {
       const owners = this.opts.owners.owners();
       // Work under way may end in a state this pass cannot see (a node acquired after it left the list).
       this.skippedBusy = this.busy.size > 0;
-      for (const name of desired) {
+      // Without a lease no acquisition can succeed: 'rejoined' reconciles again.
+      for (const name of this.opts.live() ? desired : []) {
         if (this.following.has(name)) continue;
         if (this.busy.has(name)) {
           this.skippedBusy = true;
@@ -170,7 +175,7 @@ export class Followers {
     this.following.clear();
     await Promise.allSettled(
       all.map(async (f) => {
-        await f.stop();
+        await this.stopFollower(f);
         if (release) await this.opts.owners.release(f.acquired).catch(() => undefined);
       }),
     );
@@ -181,7 +186,7 @@ export class Followers {
     const all = [...this.following.values()];
     this.following.clear();
     this.counters.fenced += all.length;
-    await Promise.allSettled(all.map((f) => f.stop()));
+    await Promise.allSettled(all.map((f) => this.stopFollower(f)));
   }
 
   private async slot(): Promise<() => void> {
@@ -212,6 +217,7 @@ export class Followers {
           fenced: () => this.onFenced(name, follower),
         });
         this.following.set(name, follower);
+        this.heldSlots.set(follower, free);
         keepSlot = true;
         follower.start();
       } catch (err) {
@@ -230,13 +236,15 @@ export class Followers {
     void (async () => {
       const free = await this.slot();
       try {
-        await f.stop();
+        await this.stopFollower(f);
         this.following.delete(name);
         await this.opts.owners.release(f.acquired);
         this.counters.handovers++;
         this.opts.log.info('node handed over', { node: name });
       } catch (err) {
-        this.opts.log.warn('handover failed; the owner key goes with the lease', { node: name, error: err instanceof Error ? err.message : String(err) });
+        // Our lease lives on, so the owner key would too: the node's new winner would wait for it for good.
+        this.opts.log.warn('handover: the owner key is not released yet; retrying', { node: name, error: err instanceof Error ? err.message : String(err) });
+        if (!this.following.has(name)) this.releaseLater(f.acquired);
       } finally {
         free();
         this.settled(name);
@@ -249,7 +257,7 @@ export class Followers {
     this.busy.add(name);
     void (async () => {
       try {
-        await f.stop();
+        await this.stopFollower(f);
         this.following.delete(name);
         await this.deleteNode(name, f.acquired);
       } catch (err) {
@@ -293,7 +301,27 @@ export class Followers {
     this.counters.fenced++;
     this.following.delete(name);
     this.opts.log.warn('writes for the node were fenced: another replica owns it now', { node: name });
-    void f.stop().then(() => this.reconcile());
+    void this.stopFollower(f).then(() => this.reconcile());
+  }
+
+  /** Stops a follower, giving back its bootstrap slot if it had not caught up (lost lease, fenced, handed over). */
+  private stopFollower(f: NodeFollower): Promise<void> {
+    this.heldSlots.get(f)?.();
+    return f.stop();
+  }
+
+  /** Releases an owner key again until etcd takes it (a key with another token is left alone by release). */
+  private releaseLater(a: Acquired): void {
+    if (this.stopped) return;
+    setTimeout(() => {
+      this.opts.owners.release(a).then(
+        () => {
+          this.counters.handovers++;
+          this.opts.log.info('node handed over', { node: a.node });
+        },
+        () => this.releaseLater(a),
+      );
+    }, 1000).unref();
   }
 
   private retryLater(): void {
