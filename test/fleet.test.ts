@@ -188,6 +188,30 @@ describe.skipIf(etcd === null)('cosi-fleet, one replica', () => {
     await eventually(() => caughtUp(client), 30_000);
   });
 
+  it('backs off a node that flaps, resuming it each time without a re-list, and the others keep flowing', async () => {
+    const flapper = 'sim-6';
+    await eventually(() => caughtUp(client), 20_000);
+    const before = sim.node(flapper).stats();
+    sim.flap(flapper, 300);
+    try {
+      for (let round = 0; round < 5; round++) {
+        sim.bump(flapper, 1);
+        sim.bump('sim-8', 1);
+        const want = sim.node('sim-8').stats().versions;
+        await eventually(async () => {
+          const got = new Map((await client.withNode('sim-8').list('staticpodstatus')).map((r) => [r.metadata.id, r.metadata.version]));
+          for (const [id, v] of Object.entries(want)) expect(got.get(id)).toBe(v);
+        }, 10_000);
+      }
+    } finally {
+      sim.flap(flapper, 0);
+    }
+    await eventually(async () => expect((await fleetNode(flapper))['state']).toBe('Following'), 20_000);
+    await eventually(() => caughtUp(client), 20_000);
+    // Every reconnect resumed from a bookmark: the flapping node was never listed again.
+    expect(sim.node(flapper).stats().bootstraps).toBe(before.bootstraps);
+  });
+
   it('a restarted replica resumes every node from its bookmarks: no re-list, nothing missed', async () => {
     await eventually(() => caughtUp(client), 20_000);
     const bootstraps = sim.stats().bootstraps;

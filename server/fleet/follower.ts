@@ -84,6 +84,8 @@ export class NodeFollower {
   private caughtUpSent = false;
   /** The last submit: a stop waits for it, so a handover leaves nothing half-sent. */
   private lastSubmit: Promise<unknown> = Promise.resolve();
+  /** Submissions not settled yet, oldest first. */
+  private readonly outstanding = new Set<Promise<void>>();
 
   constructor(
     private readonly deps: FollowerDeps,
@@ -174,7 +176,7 @@ export class NodeFollower {
         this.throttle.add(ops, received);
         if (this.throttle.throttled && this.state === 'Following') this.setState('Throttled');
         // Backpressure: the node's own flow control holds what we do not pull.
-        while (!this.stopped && this.deps.writer.pending(this.target.name) > MAX_PENDING_OPS) await this.lastSubmit.catch(() => undefined);
+        await this.room();
       }
     } catch (err) {
       if (this.stopped) return;
@@ -183,6 +185,19 @@ export class NodeFollower {
       this.log.warn('following a kind of the node failed', { type: kind.type, error: this.lastError });
       this.unreachableSince ??= new Date();
       this.setState('Unreachable');
+    }
+  }
+
+  /**
+   * Backpressure: while the node has more than MAX_PENDING_OPS ops in the writer, wait for this follower's oldest
+   * submission to settle, or, when the ops are another acquisition's of this node (being fenced), a moment. Never
+   * an already settled promise in a loop: that would spin on microtasks and starve the I/O that drains the writer
+   * (a replica stopped renewing its lease that way).
+   */
+  private async room(): Promise<void> {
+    while (!this.stopped && this.deps.writer.pending(this.target.name) > MAX_PENDING_OPS) {
+      const oldest = this.outstanding.values().next();
+      await (oldest.done === true ? new Promise((resolve) => setTimeout(resolve, 100)) : oldest.value);
     }
   }
 
@@ -207,6 +222,8 @@ export class NodeFollower {
       },
     );
     this.lastSubmit = p;
+    this.outstanding.add(p);
+    void p.finally(() => this.outstanding.delete(p));
     return p;
   }
 
