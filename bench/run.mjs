@@ -14,7 +14,8 @@
 // BENCH_ROUTING=1 runs only scenario 11 (bench/routing.mjs): Get and a 100-watcher fan-out through an endpoint cosid
 // that proxies to the node (metadata node), against the node read directly in the same run.
 // BENCH_FLEET=1 runs only scenario 12 (bench/fleet.mjs): 3 cosi-fleet replicas over simulated nodes (100, then 1000;
-// --quick: 100 only; BENCH_FLEET_SIZES=100,1000 picks them) on a private etcd, and the 10,000-node projection. It
+// --quick: 100 only; BENCH_FLEET_SIZES=100,1000 picks them; BENCH_FLEET_FAST=0 skips the 1000/s window) on a
+// private etcd, and the 10,000-node projection. It
 // takes about 15 minutes (quick: about 3), so a plain `npm run bench` does not run it.
 import { execFileSync, fork, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';

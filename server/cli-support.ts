@@ -61,10 +61,16 @@ export function stopOnSignals(log: Logger, stopping: string, stop: () => Promise
     }
     signalled = true;
     log.info(stopping, { signal });
-    void stop().then(() => {
-      log.info('stopped');
-      process.exit(0);
-    });
+    void stop().then(
+      () => {
+        log.info('stopped');
+        process.exit(0);
+      },
+      (err: unknown) => {
+        log.error('stop failed', { error: err instanceof Error ? err.message : String(err) });
+        process.exit(1);
+      },
+    );
   };
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   process.on('SIGINT', () => onSignal('SIGINT'));

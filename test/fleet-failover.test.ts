@@ -177,6 +177,18 @@ describe.skipIf(!available)('cosi-fleet, three replicas on a three-member etcd',
     expect(written.length).toBeGreaterThan(0);
     expect(written.filter((kv) => tokenOf(kv) === oldToken).map((kv) => kv.key.toString('utf8'))).toEqual([]);
   }, 90_000);
+
+  it('replicas stop on SIGTERM even when etcd is gone (writes still pending are refused after the grace period)', async () => {
+    sim.setRate(60);
+    await Promise.all([0, 1, 2].map((i) => cluster.stop(i)));
+    sim.bump('sim-1', 5);
+    const codes = await Promise.all([...replicas.values()].map(async (r) => {
+      r.signal('SIGTERM');
+      return r.exited;
+    }));
+    sim.setRate(0);
+    expect(codes).toEqual([0, 0, 0]);
+  }, 90_000);
 });
 
 /** Every put under `prefix` with a revision in (after, through], from etcd's history (a watch from after + 1). */

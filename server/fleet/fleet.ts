@@ -223,7 +223,10 @@ export class Fleet {
     this.stopping ??= (async () => {
       const p = this.parts;
       for (const s of ['', STATE_SERVICE, MACHINE_SERVICE]) p.health.setStatus(s, 'NOT_SERVING');
+      // Pending writes get the grace period to commit (a clean handover); past it (etcd gone, say) they are refused.
+      const cut = setTimeout(() => p.writer.close(), p.shutdownGraceMs);
       await this.followers.stop(true);
+      clearTimeout(cut);
       p.scopes.endAll(new CosiError('unavailable', 'this fleet replica is shutting down; reconnect (to any replica) and resume from your last bookmark'));
       p.views.close();
       p.proxy.endAll(new CosiError('unavailable', 'this fleet replica is shutting down'));
