@@ -1,6 +1,5 @@
 // A whole node in-process: cosid with its pipeline, a kubelet simulator on HTTPS, a machine config file on disk.
 import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import YAML from 'yaml';
@@ -9,6 +8,9 @@ import { CosiNode } from '../server/node.js';
 import { generateCa, issueClientCert, issueServerCert, type KeyPairPem } from '../shared/pki.js';
 import type { Json } from '../shared/wire.js';
 import { makePki, type TestPki } from './harness.js';
+import { freePort } from './ports.js';
+
+export { freePort };
 import { KubeletSimulator } from '../node-sim/kubelet/kubelet.js';
 import { CriPodRuntime } from '../node-sim/kubelet/cri-runtime.js';
 import type { CriTestEnv } from './cri/global-setup.js';
@@ -28,16 +30,6 @@ export async function makeKubeletPki(): Promise<KubeletPki> {
     serving: await issueServerCert(ca, { commonName: NODE, sans: [NODE, '127.0.0.1'] }),
     client: await issueClientCert(ca, { commonName: 'apiserver-kubelet-client', organizations: ['system:masters'] }),
   };
-}
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      s.close(() => (typeof addr === 'object' && addr !== null ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
 }
 
 export function machineConfig(pods: Json[], extra: { type?: string; docs?: Json[] } = {}): string {

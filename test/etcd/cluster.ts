@@ -149,21 +149,26 @@ function track(child: ChildProcess): void {
   liveProcesses.add(child);
 }
 
-/** Distinct free loopback ports: all are held open until every one is chosen, then released for etcd. */
+/**
+ * Distinct free loopback ports: all are held open until every one is chosen, then released for etcd. They are
+ * chosen below the kernel's ephemeral range (32768 and up here), where no other test's bind(0) or outgoing
+ * connection can take one before etcd binds it (a member is also started again on its ports).
+ */
 async function freePorts(n: number): Promise<number[]> {
   const servers: Server[] = [];
   try {
     const ports: number[] = [];
-    for (let i = 0; i < n; i++) {
+    for (let attempt = 0; ports.length < n; attempt++) {
+      if (attempt >= 50 * n) throw new Error('no free ports found between 20000 and 32000');
+      const port = 20_000 + Math.floor(Math.random() * 12_000);
       const server = createServer();
-      servers.push(server);
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(0, '127.0.0.1', () => resolve());
+      const bound = await new Promise<boolean>((resolve) => {
+        server.once('error', () => resolve(false));
+        server.listen(port, '127.0.0.1', () => resolve(true));
       });
-      const addr = server.address();
-      if (addr === null || typeof addr === 'string') throw new Error('a TCP server on 127.0.0.1 has no port');
-      ports.push(addr.port);
+      if (!bound) continue;
+      servers.push(server);
+      ports.push(port);
     }
     return ports;
   } finally {

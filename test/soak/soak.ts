@@ -14,7 +14,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { freePort } from '../ports.js';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, isCosiError, type CosiClient, type WatchStream } from '../../client/index.js';
@@ -89,15 +89,6 @@ const sleep = (ms: number, signal?: AbortSignal) =>
     }
     signal?.addEventListener('abort', done, { once: true });
   });
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const addr = s.address();
-  await new Promise<void>((r) => s.close(() => r()));
-  if (addr === null || typeof addr === 'string') throw new Error('no port');
-  return addr.port;
-}
 
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
