@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { CosiError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { kindKey, type Kind, type Resource } from '../../shared/resource.js';
-import { rewind, sortById } from '../store/kind-log.js';
+import { firstAfter, rewind, sortById } from '../store/kind-log.js';
 import { storedResource, storedSpecJson } from '../store/mutations.js';
 import type { Change, ChangeBatch, ChangeFeed, HistoryListener, KindHistory } from '../store/store.js';
 import type { WatchHub } from '../watch/hub.js';
@@ -273,14 +273,7 @@ export class NodeKindHistory implements KindHistory {
   }
 
   private firstAfter(after: number): number {
-    let lo = this.start;
-    let hi = this.history.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if ((this.history[mid]?.revision ?? 0) <= after) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    return firstAfter(this.history, this.start, after);
   }
 
   private checkReplayable(revision: number): void {

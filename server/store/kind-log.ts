@@ -171,14 +171,7 @@ export class KindLog implements KindHistory {
   }
 
   private firstAfter(after: number): number {
-    let lo = this.start;
-    let hi = this.history.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if ((this.history[mid]?.revision ?? 0) <= after) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    return firstAfter(this.history, this.start, after);
   }
 
   private checkReplayable(revision: number): void {
@@ -221,4 +214,16 @@ export function rewind(items: ReadonlyMap<string, Resource>, history: readonly C
     else state.delete(id);
   }
   return sortById([...state.values()]);
+}
+
+/** The index of the first change of `history[start..]` after revision `after` (revisions increase). */
+export function firstAfter(history: readonly Change[], start: number, after: number): number {
+  let lo = start;
+  let hi = history.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if ((history[mid]?.revision ?? 0) <= after) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
