@@ -143,7 +143,7 @@ export class SimNode {
     server.addService(stateServiceDefinition(), this.handlers);
     const creds = this.shared.tls.serverCredentials({ handshakeTimeoutMs: 10_000 });
     // As cosid binds: the TLS hooks (peer certificates, accepted encodings) included.
-    this.boundPort = await bindServer(server, `127.0.0.1:${this.boundPort}`, creds, this.shared.log);
+    this.boundPort = await bindServer(server, `127.0.0.1:${this.boundPort}`, creds, handshakesAtDebug(this.shared.log));
     for (const s of tlsServersOf(server)) {
       s.on('connection', (socket: Socket) => {
         this.sockets.add(socket);
@@ -290,4 +290,12 @@ function containerIdOf(status: JsonObject): string | undefined {
   const first = Array.isArray(status['containerStatuses']) ? asObject(status['containerStatuses'][0]) : {};
   const id = first['containerID'];
   return typeof id === 'string' ? id.replace(/^[a-z]+:\/\//, '') : undefined;
+}
+
+/**
+ * The node's log with its refused TLS handshakes at debug: a simulated node sees them whenever a fleet replica is
+ * killed in the middle of its handshakes (the bench and the failover tests do it), which is no news for its operator.
+ */
+function handshakesAtDebug(log: Logger): Logger {
+  return { debug: (m, f) => log.debug(m, f), info: (m, f) => log.info(m, f), warn: (m, f) => log.debug(m, f), error: (m, f) => log.error(m, f), with: (f) => handshakesAtDebug(log.with(f)) };
 }
