@@ -129,6 +129,42 @@ export function serveRpc(handlers) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** Latencies in ms of `n` calls of `fn`, `inFlight` at a time (each worker starts the next call when its own ends). */
+export async function callLatencies(fn, n, inFlight) {
+  const lat = [];
+  let next = 0;
+  await Promise.all(Array.from({ length: inFlight }, async () => {
+    while (next < n) {
+      next++;
+      const t = process.hrtime.bigint();
+      await fn();
+      lat.push(Number(process.hrtime.bigint() - t) / 1e6);
+    }
+  }));
+  return lat;
+}
+
+export const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+/**
+ * The markdown table of two checkouts' figures (`figures.A[name]`, `figures.B[name]`: a value per round): median
+ * [range] of each, and B/A. A figure one side lacks is left out.
+ */
+export function abTable(figures) {
+  const fmt = (x) => (Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(2));
+  const lines = ['| figure | A median [range] | B median [range] | B/A |', '|---|---:|---:|---:|'];
+  for (const name of new Set([...Object.keys(figures.A), ...Object.keys(figures.B)])) {
+    const a = figures.A[name] ?? [];
+    const b = figures.B[name] ?? [];
+    if (a.length === 0 || b.length === 0) continue;
+    lines.push(`| ${name} | ${fmt(median(a))} [${fmt(Math.min(...a))}-${fmt(Math.max(...a))}] | ${fmt(median(b))} [${fmt(Math.min(...b))}-${fmt(Math.max(...b))}] | ${(median(b) / median(a)).toFixed(2)} |`);
+  }
+  return lines;
+}
+
 export function freePort() {
   return new Promise((resolve) => {
     const s = createServer();

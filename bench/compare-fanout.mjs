@@ -8,7 +8,7 @@ import { writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { resolve } from 'node:path';
-import { machineBusySeconds, makeBenchPki, procStats, rpc, sleep, summarize } from './common.mjs';
+import { abTable, machineBusySeconds, makeBenchPki, procStats, rpc, sleep, summarize } from './common.mjs';
 
 const opt = (name, fallback) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -95,17 +95,7 @@ for (let r = 0; r < rounds; r++) {
   }
 }
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-const fmt = (x) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
-const lines = ['| figure | A median [range] | B median [range] | B/A |', '|---|---:|---:|---:|'];
-for (const name of Object.keys(figures.A)) {
-  const a = figures.A[name];
-  const b = figures.B[name];
-  lines.push(`| ${name} | ${fmt(median(a))} [${fmt(Math.min(...a))}-${fmt(Math.max(...a))}] | ${fmt(median(b))} [${fmt(Math.min(...b))}-${fmt(Math.max(...b))}] | ${(median(b) / median(a)).toFixed(2)} |`);
-}
+const lines = abTable(figures);
 writeFileSync(out, JSON.stringify({ trees, rounds, watchers, rate, seconds, figures }, null, 2));
 process.stdout.write(`A = ${trees.A}\nB = ${trees.B}\n${watchers} watchers, ${rate} updates/s for ${seconds} s\n\n${lines.join('\n')}\n`);
 for (const label of ['A', 'B']) await rpc(servers[label], { op: 'stop' }).catch(() => undefined);

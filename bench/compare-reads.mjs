@@ -11,7 +11,7 @@ import { loadavg } from 'node:os';
 import { resolve } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { wire } from '../dist/shared/wire.js';
-import { CHANNEL_OPTIONS, makeBenchPki, readPem, rpc, summarize } from './common.mjs';
+import { abTable, callLatencies, CHANNEL_OPTIONS, makeBenchPki, readPem, rpc, summarize } from './common.mjs';
 
 const opt = (name, fallback) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -46,17 +46,7 @@ const getReq = Buffer.from(wire.getRequest.encode({ ...KIND, id: 'default/pod-0'
 const listReq = Buffer.from(wire.listRequest.encode(KIND));
 const get = (label) => new Promise((res, rej) => clients[label].makeUnaryRequest('/cosi.resource.State/Get', (b) => b, (b) => b, getReq, (e, r) => (e ? rej(e) : res(r))));
 async function timeGets(label, n, inFlight) {
-  const lat = [];
-  let next = 0;
-  await Promise.all(Array.from({ length: inFlight }, async () => {
-    while (next < n) {
-      next++;
-      const t = process.hrtime.bigint();
-      await get(label);
-      lat.push(Number(process.hrtime.bigint() - t) / 1e6);
-    }
-  }));
-  return summarize(lat);
+  return summarize(await callLatencies(() => get(label), n, inFlight));
 }
 async function timeList(label) {
   const t0 = process.hrtime.bigint();
@@ -96,17 +86,7 @@ for (let r = 0; r < rounds; r++) {
 }
 loads.push(Number(loadavg()[0].toFixed(2)));
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-const fmt = (x) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
-const lines = ['| figure | A median [range] | B median [range] | B/A |', '|---|---:|---:|---:|'];
-for (const name of Object.keys(figures.A)) {
-  const a = figures.A[name];
-  const b = figures.B[name];
-  lines.push(`| ${name} | ${fmt(median(a))} [${fmt(Math.min(...a))}-${fmt(Math.max(...a))}] | ${fmt(median(b))} [${fmt(Math.min(...b))}-${fmt(Math.max(...b))}] | ${(median(b) / median(a)).toFixed(2)} |`);
-}
+const lines = abTable(figures);
 writeFileSync(out, JSON.stringify({ trees, rounds, loadAverage1m: loads, figures }, null, 2));
 process.stdout.write(`A = ${trees.A}\nB = ${trees.B}\nload average (1 min) at each round: ${loads.join(', ')}\n\n${lines.join('\n')}\n`);
 for (const label of ['A', 'B']) await rpc(servers[label], { op: 'stop' }).catch(() => undefined);

@@ -9,6 +9,7 @@ import { spawn, execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
+import { abTable, median } from './common.mjs';
 
 const argv = process.argv.slice(2);
 const dash = argv.indexOf('--');
@@ -81,21 +82,15 @@ for (let i = 1; i <= pairs; i++) {
   }
 }
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-const fmt = (x) => (Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(2));
 const names = [...new Set(runs.flatMap((r) => Object.keys(r.figures)))];
-const lines = ['| figure | A median [range] | B median [range] | B/A |', '|---|---:|---:|---:|'];
+const of = (label, name) => runs.filter((r) => r.label === label).map((r) => r.figures[name]).filter((x) => x !== undefined);
+const figures = { A: Object.fromEntries(names.map((n) => [n, of('A', n)])), B: Object.fromEntries(names.map((n) => [n, of('B', n)])) };
+const lines = abTable(figures);
 const summary = {};
 for (const name of names) {
-  const of = (label) => runs.filter((r) => r.label === label).map((r) => r.figures[name]).filter((x) => x !== undefined);
-  const a = of('A');
-  const b = of('B');
-  if (a.length === 0 || b.length === 0) continue;
-  summary[name] = { A: a, B: b, ratio: median(b) / median(a) };
-  lines.push(`| ${name} | ${fmt(median(a))} [${fmt(Math.min(...a))}-${fmt(Math.max(...a))}] | ${fmt(median(b))} [${fmt(Math.min(...b))}-${fmt(Math.max(...b))}] | ${(median(b) / median(a)).toFixed(2)} |`);
+  const a = figures.A[name];
+  const b = figures.B[name];
+  if (a.length > 0 && b.length > 0) summary[name] = { A: a, B: b, ratio: median(b) / median(a) };
 }
 writeFileSync(join(outDir, 'runs.json'), JSON.stringify({ trees, runArgs, runs, summary }, null, 2));
 process.stdout.write(`A = ${trees.A}\nB = ${trees.B}\n\n${lines.join('\n')}\n`);

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { issueClientCert } from '../dist/shared/pki.js';
 import { wire } from '../dist/shared/wire.js';
-import { CHANNEL_OPTIONS, procStats, rpc, sleep, summarize } from './common.mjs';
+import { callLatencies, CHANNEL_OPTIONS, procStats, rpc, sleep, summarize } from './common.mjs';
 
 const NODE = 'node-1';
 
@@ -48,26 +48,13 @@ export async function routingScenario({ pki, pem, cfg, progress, forkServer }) {
     const getReq = Buffer.from(wire.getRequest.encode({ namespace: 'k8s', type: 'StaticPodStatuses.kubernetes.talos.dev', id: 'default/pod-0' }));
     const get = (c, md) => new Promise((res, rej) => c.makeUnaryRequest('/cosi.resource.State/Get', (b) => b, (b) => b, getReq, md ?? new grpc.Metadata(), (e, r) => (e ? rej(e) : res(r))));
     const paths = { direct: () => get(direct), endpoint: () => get(viaEndpoint, named) };
-    const timeGets = async (fn, n, inFlight) => {
-      const lat = [];
-      let next = 0;
-      await Promise.all(Array.from({ length: inFlight }, async () => {
-        while (next < n) {
-          next++;
-          const t = process.hrtime.bigint();
-          await fn();
-          lat.push(Number(process.hrtime.bigint() - t) / 1e6);
-        }
-      }));
-      return lat;
-    };
-    for (const fn of Object.values(paths)) await timeGets(fn, 300, 8); // warm up
+    for (const fn of Object.values(paths)) await callLatencies(fn, 300, 8); // warm up
     const lat = { direct: { seq: [], flight: [] }, endpoint: { seq: [], flight: [] } };
     const rounds = 4;
     for (let r = 0; r < rounds; r++) {
       for (const [name, fn] of Object.entries(paths)) {
-        lat[name].seq.push(...(await timeGets(fn, cfg.gets / rounds, 1)));
-        lat[name].flight.push(...(await timeGets(fn, cfg.concurrentGets / rounds / 4, 64)));
+        lat[name].seq.push(...(await callLatencies(fn, cfg.gets / rounds, 1)));
+        lat[name].flight.push(...(await callLatencies(fn, cfg.concurrentGets / rounds / 4, 64)));
       }
     }
     const get11 = Object.fromEntries(Object.entries(lat).map(([k, v]) => [k, { sequential: summarize(v.seq), inFlight64: summarize(v.flight) }]));

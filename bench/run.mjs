@@ -27,7 +27,7 @@ import { Etcd3 } from 'etcd3';
 import { connect } from '../dist/client/index.js';
 import { toYaml } from '../dist/server/watch/frames.js';
 import { wire } from '../dist/shared/wire.js';
-import { CHANNEL_OPTIONS, freePort, machineBusySeconds, makeBenchPki, podStatusPayload, procStats, readPem, rpc, sleep, summarize } from './common.mjs';
+import { callLatencies, CHANNEL_OPTIONS, freePort, machineBusySeconds, makeBenchPki, podStatusPayload, procStats, readPem, rpc, sleep, summarize } from './common.mjs';
 import { runtimeScenarios } from './runtime.mjs';
 import { pipelineRows, pipelineScenario } from './pipeline.mjs';
 import { routingRows, routingScenario } from './routing.mjs';
@@ -235,17 +235,8 @@ if (process.env.BENCH_FANOUT) {
 
 // ---- 1. Get -----------------------------------------------------------------------------------------------
 async function timeGets(fn, n, inFlight) {
-  const lat = [];
-  let next = 0;
   const t0 = Date.now();
-  await Promise.all(Array.from({ length: inFlight }, async () => {
-    while (next < n) {
-      next++;
-      const t = process.hrtime.bigint();
-      await fn();
-      lat.push(Number(process.hrtime.bigint() - t) / 1e6);
-    }
-  }));
+  const lat = await callLatencies(fn, n, inFlight);
   return { ...summarize(lat), perSecond: n / ((Date.now() - t0) / 1000) };
 }
 progress('scenario 1: Get (2 KB PodStatus), sequential and 64 in flight');
