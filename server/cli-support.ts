@@ -2,7 +2,10 @@
 // file errors in a few words, and library log lines routed into our structured log.
 import * as grpc from '@grpc/grpc-js';
 import { readFileSync } from 'node:fs';
-import { format } from 'node:util';
+import { format, parseArgs, type ParseArgsConfig } from 'node:util';
+
+/** parseArgs's option definitions (the type is not exported by name). */
+type OptionsConfig = NonNullable<ParseArgsConfig['options']>;
 import type { Logger } from '../shared/log.js';
 
 /** A mistake in the command line: exit code 2. */
@@ -22,6 +25,33 @@ export function duration(s: string): number {
   if (m === null) throw new UsageError(`invalid duration ${JSON.stringify(s)}: use for example 15s or 500ms`);
   const n = Number(m[1]);
   return m[2] === 'ms' ? n : m[2] === 'm' ? n * 60_000 : n * 1000;
+}
+
+/** What parseArgs gives for a server bin's options. */
+export type Flags<O extends OptionsConfig> = ReturnType<typeof parseArgs<{ options: O; strict: true; allowPositionals: false }>>['values'];
+
+/**
+ * A server bin's command line: its flags, or the exit code when it was answered here: --help and --version (0), a
+ * flag parseArgs refuses (2, with the usage on stderr). `options` must define `help` and `version`.
+ */
+export function serverFlags<O extends OptionsConfig>(bin: string, usage: string, options: O): Flags<O> | number {
+  let values: Flags<O>;
+  try {
+    values = parseArgs({ options, strict: true, allowPositionals: false }).values;
+  } catch (err) {
+    process.stderr.write(`${bin}: ${err instanceof Error ? err.message : String(err)}\n${usage}\n`);
+    return 2;
+  }
+  const asked = values as { help?: unknown; version?: unknown };
+  if (asked.help === true) {
+    process.stdout.write(usage + '\n');
+    return 0;
+  }
+  if (asked.version === true) {
+    process.stdout.write(`${bin} ${version()}\n`);
+    return 0;
+  }
+  return values;
 }
 
 /** Why a file could not be read, short: its error code (ENOENT, EACCES, EISDIR), else the message. */

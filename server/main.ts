@@ -3,10 +3,9 @@
 import { readFile, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { createLogger, parseLevel, type Logger } from '../shared/log.js';
 import { CosiNode } from './node.js';
-import { duration, readProblem, routeLibraryLogs, stopOnSignals, UsageError, version } from './cli-support.js';
+import { duration, readProblem, routeLibraryLogs, serverFlags, stopOnSignals, UsageError } from './cli-support.js';
 import type { ResourceStore } from './store/store.js';
 import { TlsMaterial } from './tls/material.js';
 
@@ -51,56 +50,39 @@ const USAGE = `Usage: cosid --pki DIR --config MACHINE.yaml [flags]
 Exit codes: 0 stopped cleanly (SIGTERM or SIGINT), 1 cannot start or failed, 2 usage error.`;
 
 async function main(): Promise<number> {
-  let args;
-  try {
-    args = parseArgs({
-      options: {
-        pki: { type: 'string' },
-        config: { type: 'string' },
-        listen: { type: 'string', default: '127.0.0.1:50000' },
-        node: { type: 'string', default: hostname() },
-        'manifest-listen': { type: 'string', default: '127.0.0.1:0' },
-        'kubelet-url': { type: 'string', default: 'https://127.0.0.1:10250/pods/' },
-        'kubelet-ca': { type: 'string' },
-        'kubelet-cert': { type: 'string' },
-        'kubelet-key': { type: 'string' },
-        'kubelet-server-name': { type: 'string' },
-        'kubelet-interval': { type: 'string', default: '15s' },
-        'cri-endpoint': { type: 'string', default: 'unix:///run/containerd/containerd.sock' },
-        'pod-logs-dir': { type: 'string', default: '/var/log/pods' },
-        'kubelet-log': { type: 'string' },
-        store: { type: 'string', default: 'memory' },
-        'metrics-listen': { type: 'string' },
-        'nodes-file': { type: 'string' },
-        'impersonator-cert': { type: 'string' },
-        'impersonator-key': { type: 'string' },
-        'watch-compression': { type: 'string', default: 'gzip' },
-        'etcd-endpoints': { type: 'string' },
-        'etcd-ca': { type: 'string' },
-        'etcd-cert': { type: 'string' },
-        'etcd-key': { type: 'string' },
-        'etcd-prefix': { type: 'string' },
-        'etcd-insecure': { type: 'boolean', default: false },
-        'log-level': { type: 'string', default: 'info' },
-        audit: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h' },
-        version: { type: 'boolean' },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values;
-  } catch (err) {
-    process.stderr.write(`cosid: ${err instanceof Error ? err.message : String(err)}\n${USAGE}\n`);
-    return 2;
-  }
-  if (args.help === true) {
-    process.stdout.write(USAGE + '\n');
-    return 0;
-  }
-  if (args.version === true) {
-    process.stdout.write(`cosid ${version()}\n`);
-    return 0;
-  }
+  const args = serverFlags('cosid', USAGE, {
+    pki: { type: 'string' },
+    config: { type: 'string' },
+    listen: { type: 'string', default: '127.0.0.1:50000' },
+    node: { type: 'string', default: hostname() },
+    'manifest-listen': { type: 'string', default: '127.0.0.1:0' },
+    'kubelet-url': { type: 'string', default: 'https://127.0.0.1:10250/pods/' },
+    'kubelet-ca': { type: 'string' },
+    'kubelet-cert': { type: 'string' },
+    'kubelet-key': { type: 'string' },
+    'kubelet-server-name': { type: 'string' },
+    'kubelet-interval': { type: 'string', default: '15s' },
+    'cri-endpoint': { type: 'string', default: 'unix:///run/containerd/containerd.sock' },
+    'pod-logs-dir': { type: 'string', default: '/var/log/pods' },
+    'kubelet-log': { type: 'string' },
+    store: { type: 'string', default: 'memory' },
+    'metrics-listen': { type: 'string' },
+    'nodes-file': { type: 'string' },
+    'impersonator-cert': { type: 'string' },
+    'impersonator-key': { type: 'string' },
+    'watch-compression': { type: 'string', default: 'gzip' },
+    'etcd-endpoints': { type: 'string' },
+    'etcd-ca': { type: 'string' },
+    'etcd-cert': { type: 'string' },
+    'etcd-key': { type: 'string' },
+    'etcd-prefix': { type: 'string' },
+    'etcd-insecure': { type: 'boolean', default: false },
+    'log-level': { type: 'string', default: 'info' },
+    audit: { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h' },
+    version: { type: 'boolean' },
+  });
+  if (typeof args === 'number') return args;
   const level = parseLevel(args['log-level']);
   if (args.pki === undefined || args.config === undefined || level === undefined) {
     process.stderr.write(`cosid: ${level === undefined ? 'unknown --log-level' : '--pki and --config are required'}\n${USAGE}\n`);

@@ -89,11 +89,6 @@ export class Followers {
     void this.stopFollower(f).then(() => this.reconcile());
   }
 
-  /** The follower of an owned node (its state), if any. */
-  follower(node: string): NodeFollower | undefined {
-    return this.following.get(node);
-  }
-
   /** Brings the followed set to the desired one; call on any change of replicas, owners or the node list. */
   reconcile(): void {
     if (this.stopped) return;

@@ -3,9 +3,8 @@
 import { readFile, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { createLogger, parseLevel } from '../../shared/log.js';
-import { duration, readProblem, routeLibraryLogs, stopOnSignals, UsageError, version } from '../cli-support.js';
+import { duration, readProblem, routeLibraryLogs, serverFlags, stopOnSignals, UsageError, version } from '../cli-support.js';
 import { TlsMaterial } from '../tls/material.js';
 import { Fleet } from './fleet.js';
 
@@ -47,48 +46,31 @@ function positive(flag: string, s: string): number {
 }
 
 async function main(): Promise<number> {
-  let args;
-  try {
-    args = parseArgs({
-      options: {
-        pki: { type: 'string' },
-        'follow-cert': { type: 'string' },
-        'follow-key': { type: 'string' },
-        listen: { type: 'string', default: '127.0.0.1:50001' },
-        'nodes-file': { type: 'string' },
-        replica: { type: 'string', default: hostname() },
-        'etcd-endpoints': { type: 'string' },
-        'etcd-ca': { type: 'string' },
-        'etcd-cert': { type: 'string' },
-        'etcd-key': { type: 'string' },
-        'etcd-insecure': { type: 'boolean', default: false },
-        'etcd-prefix': { type: 'string', default: '/cosi-fleet/' },
-        'lease-ttl': { type: 'string', default: '5s' },
-        'max-bootstraps': { type: 'string', default: '32' },
-        'node-rate': { type: 'string', default: '20' },
-        'unreachable-after': { type: 'string', default: '3s' },
-        'status-interval': { type: 'string', default: '15s' },
-        'metrics-listen': { type: 'string' },
-        audit: { type: 'boolean', default: false },
-        'log-level': { type: 'string', default: 'info' },
-        help: { type: 'boolean', short: 'h' },
-        version: { type: 'boolean' },
-      },
-      strict: true,
-      allowPositionals: false,
-    }).values;
-  } catch (err) {
-    process.stderr.write(`cosi-fleet: ${err instanceof Error ? err.message : String(err)}\n${USAGE}\n`);
-    return 2;
-  }
-  if (args.help === true) {
-    process.stdout.write(USAGE + '\n');
-    return 0;
-  }
-  if (args.version === true) {
-    process.stdout.write(`cosi-fleet ${version()}\n`);
-    return 0;
-  }
+  const args = serverFlags('cosi-fleet', USAGE, {
+    pki: { type: 'string' },
+    'follow-cert': { type: 'string' },
+    'follow-key': { type: 'string' },
+    listen: { type: 'string', default: '127.0.0.1:50001' },
+    'nodes-file': { type: 'string' },
+    replica: { type: 'string', default: hostname() },
+    'etcd-endpoints': { type: 'string' },
+    'etcd-ca': { type: 'string' },
+    'etcd-cert': { type: 'string' },
+    'etcd-key': { type: 'string' },
+    'etcd-insecure': { type: 'boolean', default: false },
+    'etcd-prefix': { type: 'string', default: '/cosi-fleet/' },
+    'lease-ttl': { type: 'string', default: '5s' },
+    'max-bootstraps': { type: 'string', default: '32' },
+    'node-rate': { type: 'string', default: '20' },
+    'unreachable-after': { type: 'string', default: '3s' },
+    'status-interval': { type: 'string', default: '15s' },
+    'metrics-listen': { type: 'string' },
+    audit: { type: 'boolean', default: false },
+    'log-level': { type: 'string', default: 'info' },
+    help: { type: 'boolean', short: 'h' },
+    version: { type: 'boolean' },
+  });
+  if (typeof args === 'number') return args;
   const level = parseLevel(args['log-level']);
   if (level === undefined) throw new UsageError('unknown --log-level: use debug, info, warn or error');
   const pki = args.pki;
